@@ -1,0 +1,49 @@
+"""Every Prometheus metric emostream exports, defined once so names and labels agree across stages.
+
+Each stage process serves its own registry on its own port (see :func:`serve_metrics`); a metric is
+exported by a process only once that process has touched it, except unlabelled ones.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+FRAMES = Counter(
+    "emostream_frames", "Frames a stage finished processing and passed on.", ["stage", "camera"]
+)
+FRAMES_DROPPED = Counter(
+    "emostream_frames_dropped",
+    "Frames or messages a stage dropped, by reason (overload, malformed, read_error, ...).",
+    ["stage", "camera", "reason"],
+)
+FACES = Counter("emostream_faces", "Faces detected.", ["camera"])
+EMOTIONS = Counter("emostream_emotions", "Classified faces by top emotion.", ["camera", "emotion"])
+EVENT_LATENCY = Histogram(
+    "emostream_event_latency_seconds",
+    "Capture timestamp to event publication at the sink.",
+    ["camera"],
+    buckets=LATENCY_BUCKETS,
+)
+STAGE_SECONDS = Histogram(
+    "emostream_stage_seconds",
+    "Processing time of one unit of work (a frame; a batch in the classifier).",
+    ["stage"],
+    buckets=STAGE_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "emostream_classifier_batch_size", "Faces per classifier forward pass.", buckets=BATCH_BUCKETS
+)
+CAMERA_UP = Gauge("emostream_camera_up", "1 while a camera delivers frames, else 0.", ["camera"])
+STAGE_RESTARTS = Counter("emostream_stage_restarts", "Stage processes restarted by the launcher.", ["stage"])
+STAGE_UP = Gauge("emostream_stage_up", "1 while the launcher sees the stage process running.", ["stage"])
+MODEL_INFO = Info("emostream_model", "The emotion model the classifier serves.")
+
+
+def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:
+    """Serve /metrics on ``host:port`` from a daemon thread; ``None`` or 0 disables it."""
+    if port:
+        start_http_server(port, addr=host)

@@ -1,0 +1,87 @@
+"""The emotion model file: a self-describing ``torch.export`` program (``.pt2``).
+
+Training writes it (:func:`save_model`), the classifier reads it (:func:`load_model`) with torch
+alone -- no model class, no torchvision. Besides the graph and weights it carries, as the extra file
+``emostream.json``, a :class:`ModelInfo`: class names, input size, normalisation, calibration
+temperature, training-data hash and metrics.
+
+Input contract: float32 tensor (N, 1, H, W) holding ``(pixel / 255 - mean) / std`` of grayscale
+face crops; output: logits (N, len(class_names)). Calibrated probabilities are
+``softmax(logits / temperature)``. The batch dimension is dynamic.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MODEL_FORMAT = "emostream-model/1"
+INFO_FILE = "emostream.json"
+MAX_BATCH = 4096
+
+
+class ModelFileError(ValueError):
+    """The file is not an emostream model (or is corrupt)."""
+
+
+@dataclass
+class ModelInfo:
+    arch: str
+    class_names: list[str]
+    input_size: tuple[int, int] = (48, 48)
+    mean: float = 0.5
+    std: float = 0.25
+    temperature: float = 1.0
+    data_sha256: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    format: str = MODEL_FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelInfo:
+        data = json.loads(text)
+        if data.get("format") != MODEL_FORMAT:
+            raise ModelFileError(f"model format {data.get('format')!r}, expected {MODEL_FORMAT!r}")
+        data["input_size"] = tuple(data["input_size"])
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def save_model(module: Any, info: ModelInfo, path: str | Path) -> Path:
+    """Export ``module`` (eval mode, CPU, float32) with a dynamic batch dimension and ``info``."""
+    import torch
+
+    module = module.eval().float().cpu()
+    h, w = info.input_size
+    example = torch.zeros(2, 1, h, w)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    with torch.no_grad():
+        program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, path, extra_files={INFO_FILE: info.to_json()})
+    return path
+
+
+def load_model(path: str | Path, device: str = "cpu") -> tuple[Any, ModelInfo]:
+    """Load a model file; returns ``(module, info)``. Raises ModelFileError for anything else."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist")
+    extra = {INFO_FILE: ""}
+    try:
+        program = torch.export.load(path, extra_files=extra)
+    except Exception as exc:  # torch raises many types for a file that is not a .pt2 archive
+        raise ModelFileError(f"{path} is not an emostream model file: {exc}") from exc
+    if not extra[INFO_FILE]:
+        raise ModelFileError(f"{path} has no {INFO_FILE}: not an emostream model file")
+    info = ModelInfo.from_json(extra[INFO_FILE])
+    module = program.module().to(device)
+    return module, info

@@ -1,0 +1,35 @@
+"""Process plumbing every stage shares: logging, graceful stop on SIGTERM/SIGINT, common CLI flags."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+from emostream.metrics import serve_metrics
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("process")
+    group.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics here (0: off)")
+    group.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics server binds")
+    group.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def start_process(name: str, args: argparse.Namespace) -> threading.Event:
+    """Configure logging, serve metrics and return an event that is set on SIGTERM or SIGINT."""
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format=f"%(asctime)s {name} %(levelname)s %(message)s",
+    )
+    serve_metrics(args.metrics_port, args.metrics_host)
+    stop = threading.Event()
+
+    def _request_stop(signum: int, _frame: object) -> None:
+        logging.getLogger(name).info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _request_stop)
+    signal.signal(signal.SIGINT, _request_stop)
+    return stop

@@ -1,0 +1,380 @@
+"""The emostream wire format: every message that crosses a ZeroMQ socket between stages.
+
+Version 1. Every message is a ZeroMQ multipart message ``[topic, header, *payload]``:
+
+* ``topic``   -- routing bytes. ``b"frame"`` and ``b"faces"`` between internal stages; the camera id
+  for events, so a SUB socket can filter by camera with a plain prefix subscription.
+* ``header``  -- UTF-8 JSON object. Internal messages carry ``"v": WIRE_VERSION``; events carry
+  ``"schema": EVENT_SCHEMA`` (the public, documented event format).
+* ``payload`` -- zero or more binary parts (image bytes, face crops).
+
+``FRAME``  capture -> detector: header ``{v, camera, seq, ts_capture, shape: [h, w, 3], encoding}``,
+           one payload part: raw BGR bytes (h*w*3) or a JPEG.
+``FACES``  detector -> classifier: header ``{v, camera, seq, ts_capture, ts_detect, frame_shape,
+           boxes: [[x, y, w, h]...], scores: [...], crop_size}``, one payload part: N crops of
+           ``crop_size`` x ``crop_size`` uint8 grayscale, row-major, concatenated.
+``EVENT``  classifier -> sink -> users: topic = camera id, header = the event JSON, no payload.
+
+Decoders accept anything exposing the buffer protocol (``bytes``, ``memoryview``, ``zmq.Frame``) so
+receivers can use ``copy=False``. They raise :class:`WireError` -- never anything else -- for input
+they cannot trust; ``WireError.reason`` is a short, fixed label suitable for a metrics label.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+WIRE_VERSION = 1
+EVENT_SCHEMA = 1
+
+#: FER2013 class order; index i of every score vector is EMOTIONS[i].
+EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+TOPIC_FRAME = b"frame"
+TOPIC_FACES = b"faces"
+
+MAX_SIDE = 8192  # largest frame side accepted: 8K video, far beyond any camera we serve
+MAX_FACES = 1024
+CAMERA_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+Part = bytes | memoryview | Any  # Any: zmq.Frame and other buffer-protocol objects
+
+
+class Encoding(str, Enum):
+    """How a frame's pixels travel. RAW is cheapest on one host; JPEG saves bandwidth across hosts."""
+
+    RAW = "bgr"
+    JPEG = "jpeg"
+
+
+class WireError(ValueError):
+    """A message that does not follow this format. ``reason`` is a low-cardinality metrics label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# ---------------------------------------------------------------------------------------------
+# Values
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Frame:
+    """One captured video frame (BGR, uint8, HxWx3) and where and when it came from."""
+
+    camera: str
+    seq: int
+    ts_capture: float
+    image: np.ndarray
+
+
+@dataclass(slots=True)
+class Faces:
+    """The faces found in one frame: boxes in full-frame pixels, detector scores, classifier crops.
+
+    ``boxes`` is int32 (N, 4) as x, y, w, h; ``scores`` float32 (N,); ``crops`` uint8
+    (N, crop_size, crop_size). N may be zero: a frame without faces still travels, so that every
+    processed frame yields an event.
+    """
+
+    camera: str
+    seq: int
+    ts_capture: float
+    ts_detect: float
+    frame_shape: tuple[int, int]
+    boxes: np.ndarray
+    scores: np.ndarray
+    crops: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+@dataclass(slots=True)
+class FaceEmotion:
+    """One classified face inside an event."""
+
+    box: tuple[int, int, int, int]
+    emotion: str
+    confidence: float
+    scores: dict[str, float]
+    detector_score: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "box": [int(v) for v in self.box],
+            "emotion": self.emotion,
+            "confidence": round(float(self.confidence), 4),
+            "scores": {k: round(float(v), 4) for k, v in self.scores.items()},
+        }
+        if self.detector_score is not None:
+            out["detector_score"] = round(float(self.detector_score), 4)
+        return out
+
+
+@dataclass(slots=True)
+class EmotionEvent:
+    """The public event: one per processed frame, faces may be empty. See README 'Event format'."""
+
+    camera: str
+    frame: int
+    ts_capture: float
+    ts_event: float
+    faces: list[FaceEmotion] = field(default_factory=list)
+    type: str = "faces"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": EVENT_SCHEMA,
+            "type": self.type,
+            "camera": self.camera,
+            "frame": self.frame,
+            "ts_capture": self.ts_capture,
+            "ts_event": self.ts_event,
+            "faces": [f.to_dict() for f in self.faces],
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _buffer(part: Part) -> memoryview:
+    try:
+        return memoryview(part).cast("B")
+    except TypeError as exc:
+        raise WireError("bad_part", f"message part of type {type(part).__name__} is not bytes") from exc
+
+
+def _header(part: Part) -> dict[str, Any]:
+    try:
+        header = json.loads(bytes(_buffer(part)).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise WireError("bad_header", f"header is not UTF-8 JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise WireError("bad_header", "header is not a JSON object")
+    return header
+
+
+def _dumps(header: dict[str, Any]) -> bytes:
+    return json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def _check_parts(parts: Sequence[Part], topic: bytes | None, count: int) -> None:
+    if len(parts) != count:
+        raise WireError("bad_parts", f"expected {count} message parts, got {len(parts)}")
+    if topic is not None and bytes(_buffer(parts[0])) != topic:
+        raise WireError("wrong_topic", f"expected topic {topic!r}")
+
+
+def _check_version(header: dict[str, Any], key: str, expected: int) -> None:
+    version = header.get(key)
+    if version != expected or isinstance(version, bool):
+        raise WireError("bad_version", f"{key}={version!r}, this build speaks {expected}")
+
+
+def _camera(header: dict[str, Any]) -> str:
+    camera = header.get("camera")
+    if not isinstance(camera, str) or not CAMERA_ID_PATTERN.match(camera):
+        raise WireError("bad_field", f"camera={camera!r} is not a camera id")
+    return camera
+
+
+def _int(header: dict[str, Any], key: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
+    value = header.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise WireError("bad_field", f"{key}={value!r} is not an integer in [{lo}, {hi}]")
+    return value
+
+
+def _time(header: dict[str, Any], key: str) -> float:
+    value = header.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise WireError("bad_field", f"{key}={value!r} is not a timestamp")
+    return float(value)
+
+
+def _int_list(value: Any, key: str, length: int, lo: int, hi: int) -> list[int]:
+    if (
+        not isinstance(value, list)
+        or len(value) != length
+        or not all(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi for v in value)
+    ):
+        raise WireError("bad_field", f"{key}={value!r} is not {length} integers in [{lo}, {hi}]")
+    return value
+
+
+def camera_id_error(camera: str) -> str | None:
+    """Why ``camera`` cannot be a camera id, or None when it can (used by config validation too)."""
+    if CAMERA_ID_PATTERN.match(camera):
+        return None
+    return "camera ids are 1-64 characters of letters, digits, '_', '.', '-', starting alphanumeric"
+
+
+# ---------------------------------------------------------------------------------------------
+# FRAME: capture -> detector
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_frame(frame: Frame, encoding: Encoding = Encoding.RAW, jpeg_quality: int = 80) -> list[Any]:
+    """Serialize a frame. RAW sends the array's own buffer (no copy when it is contiguous)."""
+    image = frame.image
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"frames are HxWx3 uint8 BGR, got {image.dtype} {image.shape}")
+    header = {
+        "v": WIRE_VERSION,
+        "camera": frame.camera,
+        "seq": int(frame.seq),
+        "ts_capture": float(frame.ts_capture),
+        "shape": list(image.shape),
+        "encoding": Encoding(encoding).value,
+    }
+    if encoding == Encoding.JPEG:
+        import cv2
+
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+        if not ok:
+            raise ValueError("JPEG encoding failed")
+        payload: Any = buf.tobytes()
+    else:
+        payload = np.ascontiguousarray(image).data
+    return [TOPIC_FRAME, _dumps(header), payload]
+
+
+def decode_frame(parts: Sequence[Part]) -> Frame:
+    """Parse and validate a FRAME message. The returned image is read-only when RAW and zero-copy."""
+    _check_parts(parts, TOPIC_FRAME, 3)
+    header = _header(parts[1])
+    _check_version(header, "v", WIRE_VERSION)
+    camera = _camera(header)
+    seq = _int(header, "seq")
+    ts_capture = _time(header, "ts_capture")
+    h, w, c = _int_list(header.get("shape"), "shape", 3, 1, MAX_SIDE)
+    if c != 3:
+        raise WireError("bad_field", f"frames have 3 channels, header says {c}")
+    encoding = header.get("encoding")
+    payload = _buffer(parts[2])
+    if encoding == Encoding.RAW.value:
+        if payload.nbytes != h * w * 3:
+            raise WireError("bad_payload", f"raw payload is {payload.nbytes} bytes, shape needs {h * w * 3}")
+        image = np.frombuffer(payload, dtype=np.uint8).reshape(h, w, 3)
+    elif encoding == Encoding.JPEG.value:
+        import cv2
+
+        image = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            raise WireError("bad_payload", "JPEG payload does not decode")
+        if image.shape != (h, w, 3):
+            raise WireError("bad_payload", f"JPEG decodes to {image.shape}, header says {(h, w, 3)}")
+    else:
+        raise WireError("bad_field", f"encoding={encoding!r} is not one of bgr, jpeg")
+    return Frame(camera=camera, seq=seq, ts_capture=ts_capture, image=image)
+
+
+# ---------------------------------------------------------------------------------------------
+# FACES: detector -> classifier
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_faces(faces: Faces) -> list[Any]:
+    n = len(faces)
+    crops = np.ascontiguousarray(faces.crops, dtype=np.uint8)
+    if crops.ndim != 3 or crops.shape[0] != n or crops.shape[1] != crops.shape[2]:
+        raise ValueError(f"crops must be (N, S, S) uint8 with N={n}, got {crops.shape}")
+    header = {
+        "v": WIRE_VERSION,
+        "camera": faces.camera,
+        "seq": int(faces.seq),
+        "ts_capture": float(faces.ts_capture),
+        "ts_detect": float(faces.ts_detect),
+        "frame_shape": [int(faces.frame_shape[0]), int(faces.frame_shape[1])],
+        "boxes": np.asarray(faces.boxes, dtype=np.int64).reshape(n, 4).tolist(),
+        "scores": [round(float(s), 4) for s in np.asarray(faces.scores).reshape(n)],
+        "crop_size": int(crops.shape[1]) if n else 48,
+    }
+    return [TOPIC_FACES, _dumps(header), crops.data]
+
+
+def decode_faces(parts: Sequence[Part]) -> Faces:
+    _check_parts(parts, TOPIC_FACES, 3)
+    header = _header(parts[1])
+    _check_version(header, "v", WIRE_VERSION)
+    camera = _camera(header)
+    seq = _int(header, "seq")
+    ts_capture = _time(header, "ts_capture")
+    ts_detect = _time(header, "ts_detect")
+    fh, fw = _int_list(header.get("frame_shape"), "frame_shape", 2, 1, MAX_SIDE)
+    crop_size = _int(header, "crop_size", 8, 512)
+    boxes = header.get("boxes")
+    scores = header.get("scores")
+    if not isinstance(boxes, list) or len(boxes) > MAX_FACES:
+        raise WireError("bad_field", f"boxes must be a list of at most {MAX_FACES}")
+    for box in boxes:
+        _int_list(box, "box", 4, -MAX_SIDE, MAX_SIDE)
+    if (
+        not isinstance(scores, list)
+        or len(scores) != len(boxes)
+        or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in scores)
+    ):
+        raise WireError("bad_field", "scores must be one finite number per box")
+    n = len(boxes)
+    payload = _buffer(parts[2])
+    if payload.nbytes != n * crop_size * crop_size:
+        raise WireError("bad_payload", f"crops are {payload.nbytes} bytes, {n} boxes need {n * crop_size**2}")
+    return Faces(
+        camera=camera,
+        seq=seq,
+        ts_capture=ts_capture,
+        ts_detect=ts_detect,
+        frame_shape=(fh, fw),
+        boxes=np.asarray(boxes, dtype=np.int32).reshape(n, 4),
+        scores=np.asarray(scores, dtype=np.float32),
+        crops=np.frombuffer(payload, dtype=np.uint8).reshape(n, crop_size, crop_size),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# EVENT: classifier -> sink -> subscribers
+# ---------------------------------------------------------------------------------------------
+
+
+def encode_event(event: EmotionEvent | dict[str, Any]) -> list[bytes]:
+    body = event.to_dict() if isinstance(event, EmotionEvent) else event
+    return [str(body["camera"]).encode("utf-8"), _dumps(body)]
+
+
+def decode_event(parts: Sequence[Part]) -> dict[str, Any]:
+    """Validate an event and return it as the JSON object users see (a dict, ready to print)."""
+    _check_parts(parts, None, 2)
+    event = _header(parts[1])
+    _check_version(event, "schema", EVENT_SCHEMA)
+    camera = _camera(event)
+    if bytes(_buffer(parts[0])) != camera.encode("utf-8"):
+        raise WireError("wrong_topic", "event topic is not its camera id")
+    kind = event.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise WireError("bad_field", "event type missing")
+    _time(event, "ts_event")
+    if kind == "faces":
+        _int(event, "frame")
+        _time(event, "ts_capture")
+        faces = event.get("faces")
+        if not isinstance(faces, list):
+            raise WireError("bad_field", "faces must be a list")
+        for face in faces:
+            if not isinstance(face, dict) or face.get("emotion") not in EMOTIONS:
+                raise WireError("bad_field", f"face {face!r} lacks a known emotion")
+            _int_list(face.get("box"), "box", 4, -MAX_SIDE, MAX_SIDE)
+    return event
