@@ -12,9 +12,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.
 STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
-FRAMES = Counter(
-    "emostream_frames", "Frames a stage finished processing and passed on.", ["stage", "camera"]
-)
+FRAMES = Counter("emostream_frames", "Frames a stage finished processing and passed on.", ["stage", "camera"])
 FRAMES_DROPPED = Counter(
     "emostream_frames_dropped",
     "Frames or messages a stage dropped, by reason (overload, malformed, read_error, ...).",

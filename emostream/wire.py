@@ -153,7 +153,9 @@ class EmotionEvent:
 
 def _buffer(part: Part) -> memoryview:
     try:
-        return memoryview(part).cast("B")
+        view = memoryview(part)
+        # cast() refuses views with a zero in their shape; an empty payload is still a valid one.
+        return view.cast("B") if view.nbytes else memoryview(b"")
     except TypeError as exc:
         raise WireError("bad_part", f"message part of type {type(part).__name__} is not bytes") from exc
 
@@ -199,9 +201,13 @@ def _int(header: dict[str, Any], key: str, lo: int = 0, hi: int = 2**63 - 1) -> 
     return value
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _time(header: dict[str, Any], key: str) -> float:
     value = header.get(key)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+    if not _is_number(value) or value < 0:
         raise WireError("bad_field", f"{key}={value!r} is not a timestamp")
     return float(value)
 
@@ -323,11 +329,7 @@ def decode_faces(parts: Sequence[Part]) -> Faces:
         raise WireError("bad_field", f"boxes must be a list of at most {MAX_FACES}")
     for box in boxes:
         _int_list(box, "box", 4, -MAX_SIDE, MAX_SIDE)
-    if (
-        not isinstance(scores, list)
-        or len(scores) != len(boxes)
-        or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in scores)
-    ):
+    if not isinstance(scores, list) or len(scores) != len(boxes) or not all(_is_number(s) for s in scores):
         raise WireError("bad_field", "scores must be one finite number per box")
     n = len(boxes)
     payload = _buffer(parts[2])

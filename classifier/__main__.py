@@ -1,0 +1,43 @@
+"""``python -m classifier``: the batching emotion classifier process."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from emostream.modelfile import ModelFileError
+from emostream.runtime import add_common_args, start_process
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m classifier", description=__doc__)
+    parser.add_argument("--pull", required=True, help="endpoint to bind for faces from the detectors")
+    parser.add_argument("--push", required=True, help="endpoint of the sink to send events to")
+    parser.add_argument("--model", default=None, help="model file (default: the shipped model)")
+    parser.add_argument("--max-batch", type=int, default=64, help="faces per forward pass, at most")
+    parser.add_argument("--max-wait-ms", type=float, default=10.0, help="longest a face waits for a batch")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--no-bf16", action="store_true", help="run in float32")
+    add_common_args(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stop = start_process("classifier", args)
+    from classifier.model import EmotionModel
+    from classifier.service import ClassifierService
+
+    try:
+        model = EmotionModel(args.model, device=args.device, bf16=not args.no_bf16)
+    except (ModelFileError, RuntimeError) as exc:
+        print(f"classifier: {exc}", file=sys.stderr)
+        return 2
+    model.warm_up()
+    service = ClassifierService(model, args.pull, args.push, args.max_batch, args.max_wait_ms)
+    service.run(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Serving the emotion model: load the model file, run batches on CUDA or CPU, return probabilities."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from emostream.modelfile import ModelInfo, load_model
+
+log = logging.getLogger("classifier")
+
+#: The model trained by ``python -m training`` and shipped with the repository.
+SHIPPED_MODEL = Path(__file__).resolve().parent / "models" / "emotion.pt2"
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
+    return torch.device(requested)
+
+
+class EmotionModel:
+    """Batched inference over uint8 grayscale crops.
+
+    CPU: channels-last with bfloat16 autocast (AMX makes convolutions 3-5x faster than float32).
+    CUDA: pinned host memory, non-blocking copy, bfloat16 autocast. Preprocessing (scale,
+    normalise, resize if the crop size differs) is one vectorised op over the whole batch.
+    """
+
+    def __init__(self, path: str | Path | None = None, device: str = "auto", bf16: bool = True) -> None:
+        self.path = Path(path) if path else SHIPPED_MODEL
+        self.device = pick_device(device)
+        module, info = load_model(self.path, device=str(self.device))
+        self.info: ModelInfo = info
+        self.module = module.to(memory_format=torch.channels_last)
+        self.bf16 = bf16
+        self.class_names = list(info.class_names)
+        self._scale = 1.0 / (255.0 * info.std)
+        self._shift = info.mean / info.std
+        log.info("loaded %s (%s) on %s, bf16=%s", self.path.name, info.arch, self.device, bf16)
+
+    def _to_input(self, crops: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(crops)).unsqueeze(1)
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        x = x.float().mul_(self._scale).sub_(self._shift)
+        if tuple(x.shape[-2:]) != tuple(self.info.input_size):
+            x = torch.nn.functional.interpolate(x, size=self.info.input_size, mode="area")
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def predict(self, crops: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (N, classes) as float32 for uint8 crops (N, H, W)."""
+        if crops.shape[0] == 0:
+            return np.empty((0, len(self.class_names)), dtype=np.float32)
+        x = self._to_input(crops)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.module(x)
+        probs = torch.softmax(logits.float() / self.info.temperature, dim=1)
+        return probs.cpu().numpy()
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8, 32)) -> None:
+        """Run a few batches so the first real frames do not pay one-off allocation costs."""
+        h, w = self.info.input_size
+        for n in batch_sizes:
+            self.predict(np.zeros((n, h, w), dtype=np.uint8))

@@ -1,0 +1,115 @@
+"""The classifier process: PULL faces from every detector, batch, classify, PUSH events to the sink."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+import zmq
+
+from classifier.batching import Batch, FaceBatcher
+from classifier.model import EmotionModel
+from emostream import metrics
+from emostream.wire import EmotionEvent, FaceEmotion, WireError, decode_faces, encode_event
+
+log = logging.getLogger("classifier")
+STAGE = "classifier"
+MAX_DRAIN = 256  # messages read per wake-up, so a flood cannot starve the batch deadline
+
+
+def events_for_batch(batch: Batch, probs: np.ndarray, class_names: list[str]) -> list[EmotionEvent]:
+    """One event per frame of the batch, faces in detector order, in the batch's frame order."""
+    now = time.time()
+    events = []
+    for frame, frame_probs in zip(batch.frames, batch.split(probs), strict=True):
+        faces = []
+        for box, det_score, p in zip(frame.boxes, frame.scores, frame_probs, strict=True):
+            top = int(np.argmax(p))
+            faces.append(
+                FaceEmotion(
+                    box=tuple(int(v) for v in box),
+                    emotion=class_names[top],
+                    confidence=float(p[top]),
+                    scores={name: float(v) for name, v in zip(class_names, p, strict=True)},
+                    detector_score=float(det_score),
+                )
+            )
+        events.append(
+            EmotionEvent(
+                camera=frame.camera, frame=frame.seq, ts_capture=frame.ts_capture, ts_event=now, faces=faces
+            )
+        )
+    return events
+
+
+class ClassifierService:
+    def __init__(
+        self,
+        model: EmotionModel,
+        pull_endpoint: str,
+        push_endpoint: str,
+        max_batch: int = 64,
+        max_wait_ms: float = 10.0,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.model = model
+        self.batcher = FaceBatcher(max_batch, max_wait_ms)
+        ctx = context or zmq.Context.instance()
+        self.pull = ctx.socket(zmq.PULL)
+        self.pull.setsockopt(zmq.RCVHWM, 64)
+        self.pull.bind(pull_endpoint)
+        self.push = ctx.socket(zmq.PUSH)
+        self.push.setsockopt(zmq.SNDHWM, 1000)
+        self.push.setsockopt(zmq.LINGER, 2000)
+        self.push.connect(push_endpoint)
+        metrics.MODEL_INFO.info(
+            {
+                "path": str(model.path),
+                "arch": model.info.arch,
+                "device": str(model.device),
+                "data_sha256": model.info.data_sha256[:16],
+            }
+        )
+
+    def _receive(self, timeout_ms: int) -> None:
+        if not self.pull.poll(timeout_ms):
+            return
+        for _ in range(MAX_DRAIN):
+            try:
+                parts = self.pull.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                faces = decode_faces(parts)
+            except WireError as err:
+                metrics.FRAMES_DROPPED.labels(STAGE, "unknown", err.reason).inc()
+                log.warning("dropped malformed faces message: %s", err)
+                continue
+            self.batcher.add(faces)
+
+    def _classify(self, batch: Batch) -> None:
+        started = time.perf_counter()
+        probs = self.model.predict(batch.crops)
+        events = events_for_batch(batch, probs, self.model.class_names)
+        metrics.STAGE_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
+        if batch.face_count:
+            metrics.BATCH_SIZE.observe(batch.face_count)
+        for event in events:
+            self.push.send_multipart(encode_event(event))
+            metrics.FRAMES.labels(STAGE, event.camera).inc()
+            for face in event.faces:
+                metrics.EMOTIONS.labels(event.camera, face.emotion).inc()
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            due = self.batcher.seconds_until_due()
+            timeout_ms = 100 if due is None else int(np.ceil(due * 1000))
+            self._receive(timeout_ms)
+            while self.batcher.ready():
+                self._classify(self.batcher.take())
+        while len(self.batcher):  # flush what was already received
+            self._classify(self.batcher.take())
+        self.pull.close(linger=0)
+        self.push.close()

@@ -1,0 +1,1 @@
+"""Launcher: one YAML config starts, supervises and stops every stage process."""

@@ -1,0 +1,104 @@
+"""``python -m deploy``: run the whole pipeline from one YAML config.
+
+python -m deploy run [--config FILE] [--duration SECONDS]   # no --config: the embedded demo
+python -m deploy check --config FILE                         # validate and print the plan
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+
+from deploy.config import ConfigError, load_config
+from deploy.plan import endpoints, metrics_ports, plan_stages
+from deploy.status import StatusPrinter
+from deploy.supervisor import FatalStageError, Supervisor
+from emostream.metrics import serve_metrics
+
+log = logging.getLogger("deploy")
+EXIT_CONFIG = 2
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    for spec in plan_stages(config):
+        print(f"{spec.name}: {' '.join(spec.argv[1:])}")
+    print(f"events: {endpoints(config).events}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    stages = plan_stages(config)
+    sup = config.supervisor
+    supervisor = Supervisor(stages, sup.restart_backoff_s, sup.restart_backoff_max_s, sup.stop_timeout_s)
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("received %s, stopping all stages", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    if config.metrics.enabled:
+        ports = metrics_ports(config)
+        serve_metrics(ports["launcher"], config.metrics.host)
+        log.info("metrics: %s", ", ".join(f"{n}=:{p}" for n, p in ports.items()))
+    events = endpoints(config).events
+    log.info("events are published on %s (python -m sink.subscribe --endpoint %s)", events, events)
+    status = None
+    if sup.status_interval_s > 0 and not args.quiet:
+        status = StatusPrinter(events, sup.status_interval_s)
+        status.start()
+    supervisor.start()
+    deadline = time.monotonic() + args.duration if args.duration else None
+    code = 0
+    try:
+        while not stop.wait(0.2):
+            supervisor.poll()
+            if deadline and time.monotonic() >= deadline:
+                log.info("duration of %.0fs reached, stopping", args.duration)
+                break
+            if supervisor.sources_finished():
+                log.info("every camera source has ended; draining and stopping")
+                stop.wait(2.0)
+                break
+    except FatalStageError as exc:
+        log.error("%s", exc)
+        code = 1
+    finally:
+        supervisor.stop()
+        if status:
+            status.stop_event.set()
+    log.info("stopped")
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start and supervise every stage")
+    run.add_argument("--config", default=None, help="pipeline YAML (default: the embedded demo)")
+    run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    run.add_argument("--quiet", action="store_true", help="no periodic status lines")
+    run.set_defaults(func=cmd_run)
+    check = sub.add_parser("check", help="validate a config and print the stage commands")
+    check.add_argument("--config", default=None, help="pipeline YAML (default: the embedded demo)")
+    check.set_defaults(func=cmd_check)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

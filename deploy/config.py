@@ -1,0 +1,191 @@
+"""The pipeline's YAML config: schema, defaults, validation with errors that name the key.
+
+One file describes the whole pipeline; see ``deploy/demo.yaml`` (the embedded default) and
+``deploy/examples/``. Unknown keys are errors, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from emostream.wire import camera_id_error
+
+DEMO_CONFIG = Path(__file__).resolve().parent / "demo.yaml"
+LIVE_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the offending key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class CameraConfig(Section):
+    id: str
+    #: "demo", a camera index (0), a video file path, or an rtsp/http(s) URL.
+    source: str | int
+    loop: bool = False
+    pacing: Literal["realtime", "fast"] = "realtime"
+    fps: PositiveFloat | None = None
+    resize: tuple[Annotated[int, Field(ge=16, le=8192)], Annotated[int, Field(ge=16, le=8192)]] | None = None
+    drop_policy: Literal["drop_oldest", "block"] | None = None
+    encoding: Literal["bgr", "jpeg"] = "bgr"
+    jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 80
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        problem = camera_id_error(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @property
+    def is_file(self) -> bool:
+        source = self.source
+        return (
+            isinstance(source, str)
+            and source != "demo"
+            and not source.isdigit()
+            and not (source.lower().startswith(LIVE_SCHEMES))
+        )
+
+
+class DetectorConfig(Section):
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
+    backend: Literal["haar", "yunet"] = "haar"
+    model: str | None = None
+    downscale: Annotated[float, Field(gt=0, le=1)] = 1.0
+    min_face: Annotated[int, Field(ge=8)] = 40
+    score_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.7
+    crop_size: Annotated[int, Field(ge=16, le=256)] = 48
+
+    @model_validator(mode="after")
+    def _model_for_yunet(self) -> DetectorConfig:
+        if self.backend == "yunet" and not self.model:
+            raise ValueError("backend 'yunet' needs detector.model, the path of a YuNet .onnx file")
+        return self
+
+
+class ClassifierConfig(Section):
+    model: str | None = None
+    max_batch: Annotated[int, Field(ge=1, le=4096)] = 64
+    max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 10.0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = True
+
+
+class SinkConfig(Section):
+    publish: str = "tcp://127.0.0.1:5560"
+    jsonl: str | None = None
+
+
+class NetworkConfig(Section):
+    """Internal endpoints: classifier at base_port, sink at base_port+1, camera i at base_port+50+i."""
+
+    host: str = "127.0.0.1"
+    base_port: Port = 5550
+
+
+class MetricsConfig(Section):
+    """Ports: launcher base, sink base+1, classifier base+2, detector i base+10+i, camera i base+100+i."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    base_port: Port = 9100
+
+
+class SupervisorConfig(Section):
+    restart_backoff_s: PositiveFloat = 0.5
+    restart_backoff_max_s: PositiveFloat = 10.0
+    stop_timeout_s: PositiveFloat = 5.0
+    status_interval_s: Annotated[float, Field(ge=0)] = 5.0
+
+
+class PipelineConfig(Section):
+    cameras: list[CameraConfig] = Field(min_length=1)
+    detector: DetectorConfig = DetectorConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    sink: SinkConfig = SinkConfig()
+    network: NetworkConfig = NetworkConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    supervisor: SupervisorConfig = SupervisorConfig()
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_ids(cls, cameras: list[CameraConfig]) -> list[CameraConfig]:
+        seen: set[str] = set()
+        for camera in cameras:
+            if camera.id in seen:
+                raise ValueError(f"camera id {camera.id!r} is used twice")
+            seen.add(camera.id)
+        return cameras
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before", "tagged-union") or "[" in str(part):
+            continue  # pydantic's internal validator names, not keys the user wrote
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def parse_config(data: Any, origin: str = "config") -> PipelineConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: the top level must be a mapping of sections (cameras, detector, ...)")
+    try:
+        config = PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = _key_path(err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            lines.append(f"{origin}: {key}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+    base = Path(origin).parent if origin != "config" else Path.cwd()
+
+    def resolve(key: str, path: str) -> str:
+        # Relative paths work from the current directory or from the config file's folder.
+        for candidate in (Path(path), base / path):
+            if candidate.exists():
+                return str(candidate.resolve())
+        raise ConfigError(f"{origin}: {key}: file {path!r} does not exist")
+
+    for i, camera in enumerate(config.cameras):
+        if camera.is_file:
+            camera.source = resolve(f"cameras[{i}].source", str(camera.source))
+    if config.detector.model:
+        config.detector.model = resolve("detector.model", config.detector.model)
+    if config.classifier.model:
+        config.classifier.model = resolve("classifier.model", config.classifier.model)
+    return config
+
+
+def load_config(path: str | Path | None) -> PipelineConfig:
+    """Read and validate a YAML config; ``None`` means the embedded demo."""
+    path = Path(path) if path else DEMO_CONFIG
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,170 @@
+"""Turn a validated config into the stage processes to run: names, command lines, endpoints, ports."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from enum import Enum
+
+from deploy.config import ConfigError, PipelineConfig
+
+
+class Restart(str, Enum):
+    """When the supervisor restarts a stage that exited."""
+
+    ALWAYS = "always"  # services: any exit is a failure
+    ON_FAILURE = "on_failure"  # finite sources: exit 0 means "the file ended", not a crash
+
+
+#: A stage exiting with this code reports a problem no restart can fix (bad file, bad model).
+EXIT_FATAL = 2
+
+
+@dataclass
+class StageSpec:
+    name: str
+    module: str
+    args: list[str]
+    restart: Restart = Restart.ALWAYS
+    metrics_port: int | None = None
+    #: A stage whose fatal exit stops the whole pipeline (all but per-camera captures).
+    essential: bool = True
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", self.module, *self.args]
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    faces: str
+    events_in: str
+    frames: dict[str, str]
+    events: str
+
+
+def endpoints(config: PipelineConfig) -> Endpoints:
+    net = config.network
+    ends = Endpoints(
+        faces=f"tcp://{net.host}:{net.base_port}",
+        events_in=f"tcp://{net.host}:{net.base_port + 1}",
+        frames={c.id: f"tcp://{net.host}:{net.base_port + 50 + i}" for i, c in enumerate(config.cameras)},
+        events=config.sink.publish,
+    )
+    internal = [ends.faces, ends.events_in, *ends.frames.values()]
+    if ends.events in internal:
+        raise ConfigError(
+            f"sink.publish: {ends.events} is also an internal endpoint "
+            f"(network.base_port {net.base_port} takes ports from {net.base_port} on)"
+        )
+    return ends
+
+
+def metrics_ports(config: PipelineConfig) -> dict[str, int]:
+    """Prometheus port of every process, keyed by stage name ("launcher" for the supervisor itself)."""
+    base = config.metrics.base_port
+    ports = {"launcher": base, "sink": base + 1, "classifier": base + 2}
+    ports.update({f"detector-{i}": base + 10 + i for i in range(config.detector.workers)})
+    ports.update({f"capture-{c.id}": base + 100 + i for i, c in enumerate(config.cameras)})
+    return ports
+
+
+def plan_stages(config: PipelineConfig) -> list[StageSpec]:
+    """Stages in start order: downstream first, so every socket a stage connects to is already bound."""
+    ends = endpoints(config)
+    ports = metrics_ports(config) if config.metrics.enabled else {}
+
+    def common(name: str) -> list[str]:
+        port = ports.get(name)
+        return ["--metrics-port", str(port), "--metrics-host", config.metrics.host] if port else []
+
+    sink_args = ["--pull", ends.events_in, "--publish", ends.events]
+    if config.sink.jsonl:
+        sink_args += ["--jsonl", config.sink.jsonl]
+    stages = [StageSpec("sink", "sink", sink_args + common("sink"), metrics_port=ports.get("sink"))]
+
+    cls = config.classifier
+    cls_args = [
+        "--pull",
+        ends.faces,
+        "--push",
+        ends.events_in,
+        "--max-batch",
+        str(cls.max_batch),
+        "--max-wait-ms",
+        str(cls.max_wait_ms),
+        "--device",
+        cls.device,
+    ]
+    if cls.model:
+        cls_args += ["--model", cls.model]
+    if not cls.bf16:
+        cls_args.append("--no-bf16")
+    stages.append(
+        StageSpec(
+            "classifier", "classifier", cls_args + common("classifier"), metrics_port=ports.get("classifier")
+        )
+    )
+
+    det = config.detector
+    for i in range(det.workers):
+        name = f"detector-{i}"
+        args = ["--worker", str(i)]
+        for frames in ends.frames.values():
+            args += ["--pull", frames]
+        args += [
+            "--push",
+            ends.faces,
+            "--backend",
+            det.backend,
+            "--downscale",
+            str(det.downscale),
+            "--min-face",
+            str(det.min_face),
+            "--score-threshold",
+            str(det.score_threshold),
+            "--crop-size",
+            str(det.crop_size),
+        ]
+        if det.model:
+            args += ["--model", det.model]
+        stages.append(StageSpec(name, "detector", args + common(name), metrics_port=ports.get(name)))
+
+    for camera in config.cameras:
+        name = f"capture-{camera.id}"
+        args = [
+            "--camera",
+            camera.id,
+            "--source",
+            str(camera.source),
+            "--push",
+            ends.frames[camera.id],
+            "--pacing",
+            camera.pacing,
+            "--encoding",
+            camera.encoding,
+            "--jpeg-quality",
+            str(camera.jpeg_quality),
+        ]
+        if camera.loop:
+            args.append("--loop")
+        if camera.fps:
+            args += ["--fps", str(camera.fps)]
+        if camera.resize:
+            args += ["--resize", f"{camera.resize[0]}x{camera.resize[1]}"]
+        if camera.drop_policy:
+            args += ["--drop-policy", camera.drop_policy]
+        finite = camera.is_file and not camera.loop
+        stages.append(
+            StageSpec(
+                name,
+                "capture",
+                args + common(name),
+                restart=Restart.ON_FAILURE if finite else Restart.ALWAYS,
+                metrics_port=ports.get(name),
+                essential=False,
+                labels={"camera": camera.id},
+            )
+        )
+    return stages

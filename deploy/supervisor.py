@@ -1,0 +1,147 @@
+"""Start every stage as its own OS process, restart the ones that die, stop them all cleanly.
+
+Children run in their own session so that a Ctrl-C in the terminal reaches the launcher alone and
+the launcher decides the stop order (sources first, so frames in flight drain into the sink). Each
+child also gets SIGTERM from the kernel if the launcher itself dies (PR_SET_PDEATHSIG), so no stage
+outlives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+
+from deploy.plan import EXIT_FATAL, Restart, StageSpec
+from emostream import metrics
+
+log = logging.getLogger("deploy")
+STABLE_AFTER_S = 30.0  # a stage that ran this long is healthy again: its backoff resets
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError):  # not Linux: children may outlive a SIGKILLed launcher
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class StageState:
+    spec: StageSpec
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    failures_in_row: int = 0
+    next_start_at: float | None = None
+    finished: bool = False  # exited 0 under Restart.ON_FAILURE: its work is done
+    fatal: bool = False  # exited EXIT_FATAL: a restart cannot help
+
+
+class FatalStageError(RuntimeError):
+    pass
+
+
+class Supervisor:
+    def __init__(
+        self,
+        stages: list[StageSpec],
+        backoff_s: float = 0.5,
+        backoff_max_s: float = 10.0,
+        stop_timeout_s: float = 5.0,
+    ) -> None:
+        self.states = {spec.name: StageState(spec) for spec in stages}
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.stop_timeout_s = stop_timeout_s
+        self._lock = threading.Lock()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def _spawn(self, state: StageState) -> None:
+        state.process = subprocess.Popen(state.spec.argv, start_new_session=True, preexec_fn=_die_with_parent)
+        state.started_at = time.monotonic()
+        state.next_start_at = None
+        metrics.STAGE_UP.labels(state.spec.name).set(1)
+        log.info("started %s (pid %d)", state.spec.name, state.process.pid)
+
+    def start(self) -> None:
+        for state in self.states.values():
+            self._spawn(state)
+
+    def poll(self) -> None:
+        """Reap exited stages and (re)start due ones. Raises FatalStageError for an essential stage."""
+        now = time.monotonic()
+        with self._lock:
+            for state in self.states.values():
+                proc = state.process
+                if proc is not None and proc.poll() is not None:
+                    self._on_exit(state, proc.returncode, now)
+                if state.next_start_at is not None and now >= state.next_start_at:
+                    state.restarts += 1
+                    metrics.STAGE_RESTARTS.labels(state.spec.name).inc()
+                    self._spawn(state)
+
+    def _on_exit(self, state: StageState, code: int, now: float) -> None:
+        name = state.spec.name
+        state.process = None
+        metrics.STAGE_UP.labels(name).set(0)
+        if code == 0 and state.spec.restart == Restart.ON_FAILURE:
+            log.info("%s finished", name)
+            state.finished = True
+            return
+        if code == EXIT_FATAL:
+            state.fatal = True
+            if state.spec.essential:
+                raise FatalStageError(f"{name} exited with a fatal error (exit code {code}); see its log")
+            log.error("%s exited with a fatal error (exit code %d); not restarting it", name, code)
+            return
+        ran_for = now - state.started_at
+        state.failures_in_row = 1 if ran_for >= STABLE_AFTER_S else state.failures_in_row + 1
+        delay = min(self.backoff_max_s, self.backoff_s * 2 ** (state.failures_in_row - 1))
+        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        log.warning("%s died (%s) after %.1fs; restarting in %.1fs", name, how, ran_for, delay)
+        state.next_start_at = now + delay
+
+    def sources_finished(self) -> bool:
+        """True when every stage with finite input (files without loop) has ended and none loops."""
+        finite = [s for s in self.states.values() if s.spec.restart == Restart.ON_FAILURE]
+        sources = [s for s in self.states.values() if not s.spec.essential]
+        return bool(sources) and len(finite) == len(sources) and all(s.finished or s.fatal for s in sources)
+
+    def running(self) -> dict[str, int]:
+        return {n: s.process.pid for n, s in self.states.items() if s.process and s.process.poll() is None}
+
+    def stop(self) -> None:
+        """SIGTERM sources first, then downstream stages in order; SIGKILL what outlives the timeout."""
+        with self._lock:
+            for state in self.states.values():
+                state.next_start_at = None
+            # Plan order is downstream-first, so reversed it is sources first.
+            modules = list(dict.fromkeys(s.spec.module for s in reversed(list(self.states.values()))))
+            deadline = time.monotonic() + self.stop_timeout_s
+            share = self.stop_timeout_s / len(modules)
+            for module in modules:
+                group = [s for s in self.states.values() if s.spec.module == module and s.process]
+                for state in group:
+                    if state.process.poll() is None:
+                        state.process.send_signal(signal.SIGTERM)
+                group_deadline = min(deadline, time.monotonic() + share)
+                for state in group:
+                    self._wait(state, group_deadline)
+            for state in self.states.values():
+                if state.process and state.process.poll() is None:
+                    log.warning("%s did not stop in time; killing it", state.spec.name)
+                    state.process.kill()
+                    state.process.wait()
+                if state.process:
+                    metrics.STAGE_UP.labels(state.spec.name).set(0)
+
+    @staticmethod
+    def _wait(state: StageState, deadline: float) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            state.process.wait(timeout=max(0.0, deadline - time.monotonic()))

@@ -1,0 +1,87 @@
+"""The sink process: PULL events from the classifier, validate, PUB them and append them to JSON Lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+import zmq
+
+from emostream import metrics
+from emostream.wire import WireError, decode_event
+
+log = logging.getLogger("sink")
+STAGE = "sink"
+
+
+class JsonlWriter:
+    """Appends one event per line; flushes every line so a reader or a crash never sees half a line."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] = self.path.open("a", encoding="utf-8")
+
+    def write(self, event: dict) -> None:
+        self._file.write(json.dumps(event, separators=(",", ":")) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class SinkService:
+    def __init__(
+        self,
+        pull_endpoint: str,
+        publish_endpoint: str,
+        jsonl: str | Path | None = None,
+        context: zmq.Context | None = None,
+    ) -> None:
+        ctx = context or zmq.Context.instance()
+        self.pull = ctx.socket(zmq.PULL)
+        self.pull.bind(pull_endpoint)
+        self.pub = ctx.socket(zmq.PUB)
+        # A slow subscriber loses events beyond this many (PUB semantics) instead of growing memory.
+        self.pub.setsockopt(zmq.SNDHWM, 10_000)
+        self.pub.bind(publish_endpoint)
+        self.writer = JsonlWriter(jsonl) if jsonl else None
+
+    def handle(self, parts: list) -> None:
+        try:
+            event = decode_event(parts)
+        except WireError as err:
+            metrics.FRAMES_DROPPED.labels(STAGE, "unknown", err.reason).inc()
+            log.warning("dropped malformed event: %s", err)
+            return
+        camera = event["camera"]
+        self.pub.send_multipart([bytes(parts[0]), bytes(parts[1])])
+        if self.writer:
+            self.writer.write(event)
+        metrics.FRAMES.labels(STAGE, camera).inc()
+        if event.get("type") == "faces":
+            metrics.EVENT_LATENCY.labels(camera).observe(max(0.0, time.time() - event["ts_capture"]))
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            if self.pull.poll(100):
+                while True:
+                    try:
+                        parts = self.pull.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self.handle(parts)
+        # Drain what already arrived so classified events reach their files on a clean stop.
+        while self.pull.poll(200):
+            self.handle(self.pull.recv_multipart(copy=False))
+        self.close()
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+        self.pull.close(linger=0)
+        self.pub.close(linger=500)

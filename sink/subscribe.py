@@ -1,0 +1,82 @@
+"""``python -m sink.subscribe``: print emotion events as JSON Lines, for a user's own scripts.
+
+    python -m sink.subscribe --camera cam0 --count 10 --timeout 30 | jq .faces
+
+Exit status: 0 when ``--count`` events arrived (or, without ``--count``, when at least one did),
+1 when ``--timeout`` ran out first. From Python, iterate :func:`events` instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import zmq
+
+from emostream.wire import WireError, decode_event
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5560"
+
+
+def events(
+    endpoint: str = DEFAULT_ENDPOINT, camera: str | None = None, timeout: float | None = None
+) -> Iterator[dict[str, Any]]:
+    """Yield validated events from the sink's PUB socket until ``timeout`` seconds have passed."""
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    # The topic is the camera id; ZeroMQ matches prefixes, so "cam1" also lets "cam10" through and
+    # the exact comparison below drops it.
+    sub.setsockopt(zmq.SUBSCRIBE, camera.encode() if camera else b"")
+    sub.connect(endpoint)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            wait_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            if not sub.poll(wait_ms):
+                return
+            parts = sub.recv_multipart()
+            try:
+                event = decode_event(parts)
+            except WireError as err:
+                print(f"subscribe: skipped malformed event: {err}", file=sys.stderr)
+                continue
+            if camera is None or event["camera"] == camera:
+                yield event
+    finally:
+        sub.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sink.subscribe",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="the sink's publish endpoint")
+    parser.add_argument("--camera", default=None, help="only this camera's events")
+    parser.add_argument("--count", type=int, default=None, help="exit after this many events")
+    parser.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    args = parser.parse_args(argv)
+    received = 0
+    try:
+        for event in events(args.endpoint, args.camera, args.timeout):
+            sys.stdout.write(json.dumps(event) + "\n")
+            sys.stdout.flush()
+            received += 1
+            if args.count is not None and received >= args.count:
+                return 0
+    except KeyboardInterrupt:
+        return 0
+    if args.count is not None or received == 0:
+        print(f"subscribe: timed out after {received} event(s)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

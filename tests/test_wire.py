@@ -1,0 +1,213 @@
+"""The wire format: round trips for every message kind, and rejection of malformed input."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from emostream import wire
+from emostream.wire import (
+    EMOTIONS,
+    EmotionEvent,
+    Encoding,
+    FaceEmotion,
+    Faces,
+    Frame,
+    WireError,
+    decode_event,
+    decode_faces,
+    decode_frame,
+    encode_event,
+    encode_faces,
+    encode_frame,
+)
+
+
+def make_frame(h: int = 72, w: int = 96) -> Frame:
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    return Frame(camera="cam0", seq=17, ts_capture=1_700_000_000.25, image=image)
+
+
+def make_faces(n: int = 2) -> Faces:
+    rng = np.random.default_rng(2)
+    return Faces(
+        camera="cam-1.a",
+        seq=5,
+        ts_capture=1.5,
+        ts_detect=1.6,
+        frame_shape=(720, 1280),
+        boxes=np.array([[10 * i, 20, 30, 40] for i in range(n)], dtype=np.int32).reshape(n, 4),
+        scores=np.linspace(0.5, 0.9, n, dtype=np.float32),
+        crops=rng.integers(0, 256, size=(n, 48, 48), dtype=np.uint8),
+    )
+
+
+def header_of(parts) -> dict:
+    return json.loads(bytes(parts[1]))
+
+
+def with_header(parts, **changes) -> list:
+    header = header_of(parts)
+    header.update(changes)
+    return [parts[0], json.dumps(header).encode(), *parts[2:]]
+
+
+def test_raw_frame_round_trip_is_exact():
+    frame = make_frame()
+    decoded = decode_frame(encode_frame(frame))
+    assert (decoded.camera, decoded.seq, decoded.ts_capture) == ("cam0", 17, frame.ts_capture)
+    np.testing.assert_array_equal(decoded.image, frame.image)
+
+
+def test_jpeg_frame_round_trip_is_close_and_smaller():
+    image = np.zeros((120, 160, 3), dtype=np.uint8)
+    image[:, :80] = (40, 120, 200)
+    frame = Frame("cam0", 1, 2.0, image)
+    parts = encode_frame(frame, Encoding.JPEG, jpeg_quality=90)
+    assert len(bytes(parts[2])) < image.nbytes
+    decoded = decode_frame(parts)
+    assert decoded.image.shape == image.shape
+    assert np.abs(decoded.image.astype(int) - image).mean() < 3
+
+
+def test_frame_decoding_accepts_memoryviews_without_copy():
+    parts = [memoryview(bytes(p)) for p in encode_frame(make_frame())]
+    assert decode_frame(parts).image.shape == (72, 96, 3)
+
+
+def test_faces_round_trip_keeps_boxes_scores_and_crops():
+    faces = make_faces(3)
+    decoded = decode_faces(encode_faces(faces))
+    np.testing.assert_array_equal(decoded.boxes, faces.boxes)
+    np.testing.assert_allclose(decoded.scores, faces.scores, atol=1e-4)
+    np.testing.assert_array_equal(decoded.crops, faces.crops)
+    assert decoded.frame_shape == (720, 1280) and len(decoded) == 3
+
+
+def test_faces_message_without_faces_round_trips():
+    decoded = decode_faces(encode_faces(make_faces(0)))
+    assert len(decoded) == 0 and decoded.crops.shape == (0, 48, 48)
+
+
+def test_event_round_trip_matches_documented_shape():
+    scores = dict(zip(EMOTIONS, [0.01, 0.0, 0.02, 0.9, 0.03, 0.02, 0.02], strict=True))
+    event = EmotionEvent("cam0", 17, 10.0, 10.05, [FaceEmotion((1, 2, 3, 4), "happy", 0.9, scores, 0.8)])
+    parts = encode_event(event)
+    assert parts[0] == b"cam0"
+    body = decode_event(parts)
+    assert body["schema"] == 1 and body["type"] == "faces" and body["frame"] == 17
+    assert body["faces"][0]["box"] == [1, 2, 3, 4] and body["faces"][0]["emotion"] == "happy"
+    assert set(body["faces"][0]["scores"]) == set(EMOTIONS)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda p: p[:2], "bad_parts"),
+        (lambda p: [b"faces", *p[1:]], "wrong_topic"),
+        (lambda p: [p[0], b"\xff\xfe", p[2]], "bad_header"),
+        (lambda p: [p[0], b"[1, 2]", p[2]], "bad_header"),
+        (lambda p: with_header(p, v=2), "bad_version"),
+        (lambda p: with_header(p, v=True), "bad_version"),
+        (lambda p: with_header(p, camera="../etc"), "bad_field"),
+        (lambda p: with_header(p, camera=""), "bad_field"),
+        (lambda p: with_header(p, seq=-1), "bad_field"),
+        (lambda p: with_header(p, seq=True), "bad_field"),
+        (lambda p: with_header(p, seq="3"), "bad_field"),
+        (lambda p: with_header(p, ts_capture=None), "bad_field"),
+        (lambda p: with_header(p, shape=[72, 96]), "bad_field"),
+        (lambda p: with_header(p, shape=[72, 96, 1]), "bad_field"),
+        (lambda p: with_header(p, shape=[0, 96, 3]), "bad_field"),
+        (lambda p: with_header(p, shape=[100000, 96, 3]), "bad_field"),
+        (lambda p: with_header(p, encoding="png"), "bad_field"),
+        (lambda p: [p[0], p[1], bytes(p[2])[:-1]], "bad_payload"),
+        (lambda p: [p[0], header_bytes_jpeg(p), b"not a jpeg"], "bad_payload"),
+        (lambda p: [p[0], p[1], 12345], "bad_part"),
+    ],
+)
+def test_malformed_frames_are_rejected_with_a_reason(mutate, reason):
+    parts = encode_frame(make_frame())
+    with pytest.raises(WireError) as info:
+        decode_frame(mutate(parts))
+    assert info.value.reason == reason
+
+
+def header_bytes_jpeg(parts) -> bytes:
+    header = header_of(parts)
+    header["encoding"] = "jpeg"
+    return json.dumps(header).encode()
+
+
+def test_jpeg_whose_size_disagrees_with_header_is_rejected():
+    parts = encode_frame(make_frame(), Encoding.JPEG)
+    with pytest.raises(WireError, match="JPEG decodes to"):
+        decode_frame(with_header(parts, shape=[10, 10, 3]))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda p: with_header(p, boxes=[[1, 2, 3]] * 2), "bad_field"),
+        (lambda p: with_header(p, scores=[0.5]), "bad_field"),
+        (lambda p: with_header(p, scores=[0.5, "x"]), "bad_field"),
+        (lambda p: with_header(p, crop_size=4), "bad_field"),
+        (lambda p: with_header(p, boxes=[[0, 0, 1, 1]] * 2000, scores=[1.0] * 2000), "bad_field"),
+        (lambda p: [p[0], p[1], bytes(p[2]) + b"x"], "bad_payload"),
+        (lambda p: with_header(p, frame_shape=[720]), "bad_field"),
+    ],
+)
+def test_malformed_faces_are_rejected_with_a_reason(mutate, reason):
+    parts = encode_faces(make_faces(2))
+    with pytest.raises(WireError) as info:
+        decode_faces(mutate(parts))
+    assert info.value.reason == reason
+
+
+def test_malformed_events_are_rejected():
+    good = encode_event(EmotionEvent("cam0", 1, 1.0, 2.0, []))
+    decode_event(good)
+    body = json.loads(good[1])
+    bad_face = dict(body, faces=[{"box": [0, 0, 1, 1], "emotion": "bored"}])
+    cases = [
+        [b"cam1", good[1]],  # topic is not the camera
+        [good[0], json.dumps(dict(body, schema=9)).encode()],
+        [good[0], json.dumps(dict(body, faces="none")).encode()],
+        [good[0], json.dumps(bad_face).encode()],
+        [good[0]],
+    ]
+    for parts in cases:
+        with pytest.raises(WireError):
+            decode_event(parts)
+
+
+def test_random_bytes_never_raise_anything_but_wire_error():
+    rng = random.Random(7)
+    decoders = (decode_frame, decode_faces, decode_event)
+    valid = [encode_frame(make_frame(8, 8)), encode_faces(make_faces(1)), encode_event(EmotionEvent("c", 1, 1, 1))]
+    rejected = 0
+    for i in range(3000):
+        base = [bytes(p) for p in valid[i % 3]]
+        parts = [bytearray(p) for p in base]
+        for _ in range(rng.randint(1, 4)):
+            target = rng.randrange(len(parts))
+            if parts[target] and rng.random() < 0.7:
+                parts[target][rng.randrange(len(parts[target]))] = rng.randrange(256)
+            else:
+                parts[target] = bytearray(rng.randbytes(rng.randint(0, 64)))
+        if rng.random() < 0.1:
+            parts = parts[: rng.randint(0, len(parts))]
+        try:
+            decoders[i % 3]([bytes(p) for p in parts])
+        except WireError:
+            rejected += 1
+    assert rejected > 1000  # most mutations must be caught, none may escape as another exception
+
+
+def test_encoder_refuses_frames_that_are_not_bgr_uint8():
+    with pytest.raises(ValueError):
+        encode_frame(Frame("cam0", 0, 0.0, np.zeros((4, 4), dtype=np.uint8)))
+    assert wire.camera_id_error("ok-id_1.2") is None and wire.camera_id_error("a b")
