@@ -38,9 +38,7 @@ class Batch:
 
 
 class FaceBatcher:
-    def __init__(
-        self, max_batch: int, max_wait_ms: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, max_batch: int, max_wait_ms: float, clock: Callable[[], float] = time.monotonic) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         if max_wait_ms < 0:

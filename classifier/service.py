@@ -37,9 +37,7 @@ def events_for_batch(batch: Batch, probs: np.ndarray, class_names: list[str]) ->
                 )
             )
         events.append(
-            EmotionEvent(
-                camera=frame.camera, frame=frame.seq, ts_capture=frame.ts_capture, ts_event=now, faces=faces
-            )
+            EmotionEvent(camera=frame.camera, frame=frame.seq, ts_capture=frame.ts_capture, ts_event=now, faces=faces)
         )
     return events
 

@@ -102,9 +102,7 @@ def plan_stages(config: PipelineConfig) -> list[StageSpec]:
     if not cls.bf16:
         cls_args.append("--no-bf16")
     stages.append(
-        StageSpec(
-            "classifier", "classifier", cls_args + common("classifier"), metrics_port=ports.get("classifier")
-        )
+        StageSpec("classifier", "classifier", cls_args + common("classifier"), metrics_port=ports.get("classifier"))
     )
 
     det = config.detector

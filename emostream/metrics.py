@@ -32,9 +32,7 @@ STAGE_SECONDS = Histogram(
     ["stage"],
     buckets=STAGE_BUCKETS,
 )
-BATCH_SIZE = Histogram(
-    "emostream_classifier_batch_size", "Faces per classifier forward pass.", buckets=BATCH_BUCKETS
-)
+BATCH_SIZE = Histogram("emostream_classifier_batch_size", "Faces per classifier forward pass.", buckets=BATCH_BUCKETS)
 CAMERA_UP = Gauge("emostream_camera_up", "1 while a camera delivers frames, else 0.", ["camera"])
 STAGE_RESTARTS = Counter("emostream_stage_restarts", "Stage processes restarted by the launcher.", ["stage"])
 STAGE_UP = Gauge("emostream_stage_up", "1 while the launcher sees the stage process running.", ["stage"])

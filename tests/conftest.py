@@ -82,8 +82,12 @@ def tiny_model(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(1, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, len(EMOTIONS)),
+        nn.Conv2d(1, 8, 3, stride=2, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, len(EMOTIONS)),
     )
     path = tmp_path_factory.mktemp("model") / "tiny.pt2"
     save_model(net, ModelInfo(arch="tiny-test-cnn", class_names=list(EMOTIONS)), path)

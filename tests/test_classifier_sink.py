@@ -17,8 +17,16 @@ from emostream.wire import EMOTIONS, Faces, encode_faces
 def faces(camera: str, seq: int, n: int) -> Faces:
     rng = np.random.default_rng(seq)
     boxes = np.array([[10 * i, 10, 40, 40] for i in range(n)], dtype=np.int32).reshape(n, 4)
-    return Faces(camera, seq, time.time(), time.time(), (480, 640), boxes, np.full(n, 0.9, np.float32),
-                 rng.integers(0, 256, (n, 48, 48), dtype=np.uint8))
+    return Faces(
+        camera,
+        seq,
+        time.time(),
+        time.time(),
+        (480, 640),
+        boxes,
+        np.full(n, 0.9, np.float32),
+        rng.integers(0, 256, (n, 48, 48), dtype=np.uint8),
+    )
 
 
 @pytest.fixture
@@ -26,16 +34,51 @@ def classifier_and_sink(tiny_model, tmp_path):
     faces_port, events_in_port, pub_port, cls_metrics, sink_metrics = free_ports(5)
     jsonl = tmp_path / "events.jsonl"
     procs = [
-        subprocess.Popen([PYTHON, "-m", "sink", "--pull", f"tcp://127.0.0.1:{events_in_port}",
-                          "--publish", f"tcp://127.0.0.1:{pub_port}", "--jsonl", str(jsonl),
-                          "--metrics-port", str(sink_metrics)], cwd=REPO),
-        subprocess.Popen([PYTHON, "-m", "classifier", "--pull", f"tcp://127.0.0.1:{faces_port}",
-                          "--push", f"tcp://127.0.0.1:{events_in_port}", "--model", str(tiny_model),
-                          "--max-batch", "8", "--max-wait-ms", "20", "--metrics-port", str(cls_metrics)],
-                         cwd=REPO),
+        subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "sink",
+                "--pull",
+                f"tcp://127.0.0.1:{events_in_port}",
+                "--publish",
+                f"tcp://127.0.0.1:{pub_port}",
+                "--jsonl",
+                str(jsonl),
+                "--metrics-port",
+                str(sink_metrics),
+            ],
+            cwd=REPO,
+        ),
+        subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "classifier",
+                "--pull",
+                f"tcp://127.0.0.1:{faces_port}",
+                "--push",
+                f"tcp://127.0.0.1:{events_in_port}",
+                "--model",
+                str(tiny_model),
+                "--max-batch",
+                "8",
+                "--max-wait-ms",
+                "20",
+                "--metrics-port",
+                str(cls_metrics),
+            ],
+            cwd=REPO,
+        ),
     ]
-    yield {"faces": faces_port, "pub": pub_port, "cls_metrics": cls_metrics, "sink_metrics": sink_metrics,
-           "jsonl": jsonl, "procs": procs}
+    yield {
+        "faces": faces_port,
+        "pub": pub_port,
+        "cls_metrics": cls_metrics,
+        "sink_metrics": sink_metrics,
+        "jsonl": jsonl,
+        "procs": procs,
+    }
     for p in procs:
         p.terminate()
     for p in procs:
@@ -52,8 +95,10 @@ def test_faces_from_three_cameras_become_one_event_per_frame(classifier_and_sink
     push.connect(f"tcp://127.0.0.1:{env['faces']}")
     wait_for(lambda: scrape(env["cls_metrics"]) and scrape(env["sink_metrics"]), what="metrics servers")
     # The classifier loads its model before binding, so probe until the first event comes through.
-    wait_for(lambda: push.send_multipart(encode_faces(faces("probe", 0, 1))) or sub.poll(200),
-             what="first event through classifier and sink")
+    wait_for(
+        lambda: push.send_multipart(encode_faces(faces("probe", 0, 1))) or sub.poll(200),
+        what="first event through classifier and sink",
+    )
     while sub.poll(300):
         sub.recv_multipart()
 
@@ -80,8 +125,11 @@ def test_faces_from_three_cameras_become_one_event_per_frame(classifier_and_sink
         assert frames == sorted(frames)
 
     cls_text = wait_for(
-        lambda: (t := scrape(env["cls_metrics"]))
-        and metric_value(t, "emostream_frames_dropped_total", stage="classifier") >= 2 and t,
+        lambda: (
+            (t := scrape(env["cls_metrics"]))
+            and metric_value(t, "emostream_frames_dropped_total", stage="classifier") >= 2
+            and t
+        ),
         what="malformed messages counted by the classifier",
     )
     assert metric_value(cls_text, "emostream_frames_dropped_total", reason="bad_header") == 1
@@ -90,7 +138,8 @@ def test_faces_from_three_cameras_become_one_event_per_frame(classifier_and_sink
     assert metric_value(cls_text, "emostream_classifier_batch_size_sum") >= sum(sent.values())
     assert metric_value(cls_text, "emostream_frames_total", stage="classifier", camera="cam1") == 10
     assert metric_value(cls_text, "emostream_emotions_total", camera="cam2") == sum(
-        n for (c, _), n in sent.items() if c == "cam2")
+        n for (c, _), n in sent.items() if c == "cam2"
+    )
     sink_text = scrape(env["sink_metrics"])
     assert metric_value(sink_text, "emostream_event_latency_seconds_count", camera="cam0") == 10
     assert all(p.poll() is None for p in env["procs"]), "malformed input must not kill a stage"
@@ -102,9 +151,24 @@ def test_faces_from_three_cameras_become_one_event_per_frame(classifier_and_sink
 
 def test_subscribe_cli_filters_one_camera_and_stops_after_count(classifier_and_sink):
     env = classifier_and_sink
-    sub = subprocess.Popen([PYTHON, "-m", "sink.subscribe", "--endpoint", f"tcp://127.0.0.1:{env['pub']}",
-                            "--camera", "cam1", "--count", "3", "--timeout", "60"],
-                           cwd=REPO, stdout=subprocess.PIPE, text=True)
+    sub = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "sink.subscribe",
+            "--endpoint",
+            f"tcp://127.0.0.1:{env['pub']}",
+            "--camera",
+            "cam1",
+            "--count",
+            "3",
+            "--timeout",
+            "60",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     push = zmq.Context.instance().socket(zmq.PUSH)
     push.connect(f"tcp://127.0.0.1:{env['faces']}")
     seq = 0
@@ -121,8 +185,12 @@ def test_subscribe_cli_filters_one_camera_and_stops_after_count(classifier_and_s
 
 def test_subscribe_cli_times_out_with_status_1_when_nothing_arrives():
     (port,) = free_ports(1)
-    result = subprocess.run([PYTHON, "-m", "sink.subscribe", "--endpoint", f"tcp://127.0.0.1:{port}",
-                             "--count", "1", "--timeout", "1"], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [PYTHON, "-m", "sink.subscribe", "--endpoint", f"tcp://127.0.0.1:{port}", "--count", "1", "--timeout", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1 and "timed out" in result.stderr
 
 
@@ -130,8 +198,22 @@ def test_classifier_refuses_a_file_that_is_not_a_model(tmp_path):
     bogus = tmp_path / "model.pt2"
     bogus.write_bytes(b"this is not a model")
     (a, b) = free_ports(2)
-    result = subprocess.run([PYTHON, "-m", "classifier", "--pull", f"tcp://127.0.0.1:{a}",
-                             "--push", f"tcp://127.0.0.1:{b}", "--model", str(bogus)],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "classifier",
+            "--pull",
+            f"tcp://127.0.0.1:{a}",
+            "--push",
+            f"tcp://127.0.0.1:{b}",
+            "--model",
+            str(bogus),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "not an emostream model" in result.stderr

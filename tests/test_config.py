@@ -31,8 +31,10 @@ def test_embedded_demo_config_is_valid_and_plans_every_stage():
         ({"cameras": [{"id": "a", "source": "demo"}], "classifier": {"max_batch": 0}}, "classifier.max_batch"),
         ({"cameras": [{"id": "a", "source": "demo"}], "sinks": {}}, "sinks: unknown key"),
         ({"cameras": [{"id": "a", "source": "/no/such/video.mp4"}]}, "cameras[0].source: file"),
-        ({"cameras": [{"id": "a", "source": "demo"}], "classifier": {"model": "/no/model.pt2"}},
-         "classifier.model: file"),
+        (
+            {"cameras": [{"id": "a", "source": "demo"}], "classifier": {"model": "/no/model.pt2"}},
+            "classifier.model: file",
+        ),
         ({"cameras": [{"id": "a", "source": "demo", "resize": [640]}]}, "cameras[0].resize"),
     ],
 )
@@ -57,8 +59,9 @@ def test_publish_endpoint_colliding_with_an_internal_one_is_refused():
 
 
 def test_ports_and_endpoints_are_distinct_for_many_cameras_and_workers():
-    config = parse_config({"cameras": [{"id": f"c{i}", "source": "demo"} for i in range(12)],
-                           "detector": {"workers": 4}})
+    config = parse_config(
+        {"cameras": [{"id": f"c{i}", "source": "demo"} for i in range(12)], "detector": {"workers": 4}}
+    )
     ports = metrics_ports(config)
     assert len(set(ports.values())) == len(ports) == 1 + 1 + 1 + 4 + 12
     ends = endpoints(config)
@@ -68,18 +71,21 @@ def test_ports_and_endpoints_are_distinct_for_many_cameras_and_workers():
 def test_finite_file_cameras_are_restarted_only_on_failure(tmp_path):
     video = tmp_path / "v.mp4"
     video.write_bytes(b"")
-    config = parse_config({"cameras": [{"id": "f", "source": str(video)},
-                                       {"id": "l", "source": str(video), "loop": True}]})
+    config = parse_config(
+        {"cameras": [{"id": "f", "source": str(video)}, {"id": "l", "source": str(video), "loop": True}]}
+    )
     restart = {s.name: s.restart.value for s in plan_stages(config)}
     assert restart["capture-f"] == "on_failure" and restart["capture-l"] == "always"
 
 
 def test_launcher_exits_non_zero_and_names_the_key_for_a_bad_config(tmp_path):
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump({"cameras": [{"id": "cam0", "source": "demo"}],
-                                    "classifier": {"max_wait_ms": "soon"}}))
-    result = subprocess.run([PYTHON, "-m", "deploy", "run", "--config", str(path)],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    path.write_text(
+        yaml.safe_dump({"cameras": [{"id": "cam0", "source": "demo"}], "classifier": {"max_wait_ms": "soon"}})
+    )
+    result = subprocess.run(
+        [PYTHON, "-m", "deploy", "run", "--config", str(path)], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
     assert "classifier.max_wait_ms" in result.stderr
 
@@ -87,6 +93,7 @@ def test_launcher_exits_non_zero_and_names_the_key_for_a_bad_config(tmp_path):
 def test_launcher_reports_yaml_syntax_errors(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("cameras: [\n  - id: a\n")
-    result = subprocess.run([PYTHON, "-m", "deploy", "check", "--config", str(path)],
-                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [PYTHON, "-m", "deploy", "check", "--config", str(path)], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and "not valid YAML" in result.stderr
