@@ -12,7 +12,7 @@ import zmq
 from classifier.batching import Batch, FaceBatcher
 from classifier.model import EmotionModel
 from emostream import metrics
-from emostream.wire import EmotionEvent, FaceEmotion, WireError, decode_faces, encode_event
+from emostream.wire import REJECT_REASONS, EmotionEvent, FaceEmotion, WireError, decode_faces, encode_event
 
 log = logging.getLogger("classifier")
 STAGE = "classifier"
@@ -53,6 +53,7 @@ class ClassifierService:
         context: zmq.Context | None = None,
     ) -> None:
         self.model = model
+        metrics.declare_drops(STAGE, "unknown", REJECT_REASONS)
         self.batcher = FaceBatcher(max_batch, max_wait_ms)
         ctx = context or zmq.Context.instance()
         self.pull = ctx.socket(zmq.PULL)

@@ -39,6 +39,12 @@ STAGE_UP = Gauge("emostream_stage_up", "1 while the launcher sees the stage proc
 MODEL_INFO = Info("emostream_model", "The emotion model the classifier serves.")
 
 
+def declare_drops(stage: str, camera: str, reasons: tuple[str, ...]) -> None:
+    """Export zero-valued drop counters up front, so dashboards and rate() see them before any drop."""
+    for reason in reasons:
+        FRAMES_DROPPED.labels(stage, camera, reason)
+
+
 def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:
     """Serve /metrics on ``host:port`` from a daemon thread; ``None`` or 0 disables it."""
     if port:

@@ -55,6 +55,10 @@ class Encoding(str, Enum):
     JPEG = "jpeg"
 
 
+#: Every ``WireError.reason``: stages pre-declare their drop counters with these labels.
+REJECT_REASONS = ("bad_part", "bad_parts", "wrong_topic", "bad_header", "bad_version", "bad_field", "bad_payload")
+
+
 class WireError(ValueError):
     """A message that does not follow this format. ``reason`` is a low-cardinality metrics label."""
 

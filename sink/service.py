@@ -12,7 +12,7 @@ from typing import IO
 import zmq
 
 from emostream import metrics
-from emostream.wire import WireError, decode_event
+from emostream.wire import REJECT_REASONS, WireError, decode_event
 
 log = logging.getLogger("sink")
 STAGE = "sink"
@@ -42,6 +42,7 @@ class SinkService:
         jsonl: str | Path | None = None,
         context: zmq.Context | None = None,
     ) -> None:
+        metrics.declare_drops(STAGE, "unknown", REJECT_REASONS)
         ctx = context or zmq.Context.instance()
         self.pull = ctx.socket(zmq.PULL)
         self.pull.bind(pull_endpoint)
