@@ -50,10 +50,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("metrics: %s", ", ".join(f"{n}=:{p}" for n, p in ports.items()))
     events = endpoints(config).events
     log.info("events are published on %s (python -m sink.subscribe --endpoint %s)", events, events)
-    status = None
-    if sup.status_interval_s > 0 and not args.quiet:
-        status = StatusPrinter(events, sup.status_interval_s)
-        status.start()
+    status = StatusPrinter(events, 0 if args.quiet else sup.status_interval_s)
+    status.start()
     supervisor.start()
     deadline = time.monotonic() + args.duration if args.duration else None
     code = 0
@@ -72,8 +70,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         code = 1
     finally:
         supervisor.stop()
-        if status:
-            status.stop_event.set()
+        status.stop_event.set()
+        status.join(timeout=2)
+    for line in status.summary():
+        log.info("summary: %s", line)
     log.info("stopped")
     return code
 
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="start and supervise every stage")
     run.add_argument("--config", default=None, help="pipeline YAML (default: the embedded demo)")
     run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    run.add_argument("--quiet", action="store_true", help="no periodic status lines")
+    run.add_argument("--quiet", action="store_true", help="no periodic status lines (the final summary stays)")
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help="validate a config and print the stage commands")
     check.add_argument("--config", default=None, help="pipeline YAML (default: the embedded demo)")

@@ -3,36 +3,69 @@
 from __future__ import annotations
 
 import logging
-import statistics
 import threading
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 
+import numpy as np
 import zmq
 
 from emostream.wire import WireError, decode_event
 
 log = logging.getLogger("deploy")
+MAX_SAMPLES = 1_000_000  # latency samples kept per camera for the final summary
+
+
+@dataclass
+class CameraStats:
+    frames: int = 0
+    faces: int = 0
+    first_event: float = 0.0
+    last_event: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    emotions: Counter[str] = field(default_factory=Counter)
+
+    def add(self, event: dict, now: float) -> None:
+        if not self.frames:
+            self.first_event = now
+        self.last_event = now
+        self.frames += 1
+        self.faces += len(event["faces"])
+        if len(self.latencies) < MAX_SAMPLES:
+            self.latencies.append(event["ts_event"] - event["ts_capture"])
+        self.emotions.update(f["emotion"] for f in event["faces"])
+
+    def describe(self, seconds: float) -> str:
+        p50, p95, p99 = np.percentile(np.asarray(self.latencies) * 1000, [50, 95, 99])
+        top = ", ".join(f"{e} {n}" for e, n in self.emotions.most_common(3)) or "no faces"
+        return (
+            f"{self.frames} frames, {self.frames / max(seconds, 1e-9):.1f} frames/s, "
+            f"{self.faces / self.frames:.2f} faces/frame, latency p50/p95/p99 {p50:.0f}/{p95:.0f}/{p99:.0f} ms, "
+            f"top emotions: {top}"
+        )
 
 
 class StatusPrinter(threading.Thread):
-    """Every ``interval`` seconds logs, per camera: events/s, faces per frame, latest emotions, latency."""
+    """Logs per-camera throughput, faces and latency every ``interval`` s, and a summary at the end.
+
+    Latency here is capture timestamp to classification (``ts_event - ts_capture``), as carried by
+    the events; the sink's histogram adds the last hop.
+    """
 
     def __init__(self, endpoint: str, interval: float) -> None:
         super().__init__(name="status", daemon=True)
         self.endpoint = endpoint
         self.interval = interval
         self.stop_event = threading.Event()
+        self.total: dict[str, CameraStats] = defaultdict(CameraStats)
 
     def run(self) -> None:
         sub = zmq.Context.instance().socket(zmq.SUB)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.setsockopt(zmq.LINGER, 0)
         sub.connect(self.endpoint)
-        frames: Counter[str] = Counter()
-        faces: Counter[str] = Counter()
-        latencies: dict[str, list[float]] = defaultdict(list)
-        emotions: dict[str, Counter[str]] = defaultdict(Counter)
+        window: dict[str, CameraStats] = defaultdict(CameraStats)
         window_start = time.monotonic()
         while not self.stop_event.is_set():
             if sub.poll(200):
@@ -41,25 +74,20 @@ class StatusPrinter(threading.Thread):
                 except WireError:
                     continue
                 if event.get("type") == "faces":
-                    cam = event["camera"]
-                    frames[cam] += 1
-                    faces[cam] += len(event["faces"])
-                    latencies[cam].append(event["ts_event"] - event["ts_capture"])
-                    emotions[cam].update(f["emotion"] for f in event["faces"])
+                    now = time.monotonic()
+                    window[event["camera"]].add(event, now)
+                    self.total[event["camera"]].add(event, now)
             elapsed = time.monotonic() - window_start
-            if elapsed >= self.interval:
-                if not frames:
+            if self.interval and elapsed >= self.interval:
+                if not window:
                     log.info("status: no events yet on %s", self.endpoint)
-                for cam in sorted(frames):
-                    top = ", ".join(f"{e} {n}" for e, n in emotions[cam].most_common(3)) or "no faces"
-                    log.info(
-                        "status: %s %.1f frames/s, %.2f faces/frame, latency p50 %.0f ms, emotions: %s",
-                        cam,
-                        frames[cam] / elapsed,
-                        faces[cam] / frames[cam],
-                        1000 * statistics.median(latencies[cam]),
-                        top,
-                    )
-                frames.clear(), faces.clear(), latencies.clear(), emotions.clear()
+                for cam in sorted(window):
+                    log.info("status: %s %s", cam, window[cam].describe(elapsed))
+                window.clear()
                 window_start = time.monotonic()
         sub.close()
+
+    def summary(self) -> list[str]:
+        """One line per camera over the whole run (rate measured between its first and last event)."""
+        stats = sorted(self.total.items())
+        return [f"{cam}: {s.describe(s.last_event - s.first_event)}" for cam, s in stats if s.frames > 1]

@@ -1,0 +1,135 @@
+"""``python -m capture``: one camera's capture process.
+
+Exit codes: 0 when a file ended (or on SIGTERM/SIGINT), 2 for a problem no restart can fix (bad
+arguments, a file that cannot be opened or decoded), 1 for anything else (e.g. the endpoint is in
+use). A live source that fails is retried with backoff and never ends the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import zmq
+
+from capture.sender import DropPolicy, FrameSender, default_drop_policy
+from capture.sources import SourceError, classify_source
+from capture.stream import CaptureConfig, FrameStream, Pacing, parse_size
+from emostream.runtime import add_common_args, start_process
+from emostream.wire import Encoding, camera_id_error
+
+log = logging.getLogger("capture")
+
+EXIT_FATAL = 2
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def _jpeg_quality(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text} is not in 1..100")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m capture", description="Grab frames from one camera and push them to the detectors."
+    )
+    parser.add_argument("--camera", required=True, help="camera id, used in every message and metric")
+    parser.add_argument(
+        "--source",
+        required=True,
+        help="'demo' (synthetic camera, 15 fps unless --fps), a camera index (0), a video file, "
+        "or a URL (rtsp://, http://...)",
+    )
+    parser.add_argument("--push", required=True, help="ZeroMQ endpoint this process binds, e.g. tcp://127.0.0.1:5600")
+    parser.add_argument("--loop", action="store_true", help="restart a video file when it ends")
+    parser.add_argument(
+        "--pacing",
+        choices=[p.value for p in Pacing],
+        default=Pacing.REALTIME.value,
+        help="files, demo and VOD URLs: at their frame rate (realtime) or as fast as possible (fast); "
+        "cameras and live streams pace themselves",
+    )
+    parser.add_argument(
+        "--fps", type=_positive_float, help="send at most this many frames per second (others are skipped)"
+    )
+    parser.add_argument("--resize", type=_size, metavar="WxH", help="resize frames before sending")
+    parser.add_argument(
+        "--drop-policy",
+        choices=[p.value for p in DropPolicy],
+        help="when detectors lag: drop_oldest (default for live sources) or block (default for files)",
+    )
+    parser.add_argument("--encoding", choices=[e.value for e in Encoding], default=Encoding.RAW.value)
+    parser.add_argument("--jpeg-quality", type=_jpeg_quality, default=80, metavar="Q", help="1..100, with jpeg")
+    add_common_args(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = camera_id_error(args.camera)
+    if problem:
+        parser.error(f"--camera {args.camera!r}: {problem}")
+    kind = classify_source(args.source)
+    policy = DropPolicy(args.drop_policy) if args.drop_policy else default_drop_policy(kind)
+    stop = start_process(f"capture[{args.camera}]", args)
+    config = CaptureConfig(
+        camera=args.camera,
+        source=args.source,
+        loop=args.loop,
+        pacing=Pacing(args.pacing),
+        max_fps=args.fps,
+        resize=args.resize,
+    )
+    stream = FrameStream(config, stop)
+    context = zmq.Context()
+    try:
+        sender = FrameSender(context, args.push, args.camera, policy, stop, Encoding(args.encoding), args.jpeg_quality)
+    except zmq.ZMQError as exc:
+        log.error("camera %s: cannot bind %s: %s", args.camera, args.push, exc)
+        context.term()
+        return 1
+    log.info(
+        "camera %s: %s source %r -> %s (drop policy %s, encoding %s)",
+        args.camera,
+        kind.value,
+        args.source,
+        args.push,
+        policy.value,
+        args.encoding,
+    )
+    code = 0
+    try:
+        for frame in stream:
+            if not sender.submit(frame):
+                break
+    except SourceError as exc:
+        log.error("camera %s: %s", args.camera, exc)
+        code = EXIT_FATAL
+    finally:
+        stream.close()
+        sender.finish()
+        # term() is what waits for the socket's linger: without it queued frames die with the process.
+        context.term()
+    log.info("camera %s: stopped; %d frames sent, %d dropped", args.camera, sender.sent, sender.dropped)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""The capture side of the frames socket: a PUSH socket that binds, behind a one-frame slot.
+
+The grab loop hands every frame to :meth:`FrameSender.submit`; a sender thread moves it to the
+socket when the socket can take it. What happens when it cannot is the :class:`DropPolicy`.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+
+import zmq
+
+from capture.sources import SourceKind
+from emostream.metrics import FRAMES, FRAMES_DROPPED
+from emostream.wire import Encoding, Frame, encode_frame
+
+log = logging.getLogger("capture")
+
+#: Frames ZeroMQ queues per connected detector before the socket counts as full. Small on purpose:
+#: every queued frame is latency (and ~0.9 MB at 640x480), and a full socket is our overload signal.
+SNDHWM = 1
+#: The kernel's TCP send buffer (bytes; Linux doubles it). Loopback's autotuned buffers hold ~10
+#: raw 640x480 frames: measured with a consumer at 5 fps, frames arrived 2.4 s old with default
+#: buffers and 0.6 s old with 128 KiB here and on the detector's side, still ~1,200 msgs/s at 720p.
+SNDBUF = 128 * 1024
+#: How long a blocked wait lasts before it looks at the stop event again (SIGTERM stays prompt).
+POLL_MS = 100
+#: After the last frame of a file: how long close() may take to hand queued frames to the detectors.
+FINAL_LINGER_MS = 10_000
+#: After a stop request: queued frames are stale, do not hold the shutdown for them.
+STOP_LINGER_MS = 200
+
+
+class DropPolicy(str, enum.Enum):
+    """What capture does when the detectors do not keep up (its PUSH socket would block).
+
+    Modelled on the buffer filling strategies of Roboflow inference's video sources: a live camera
+    cannot be paused, a file can.
+    """
+
+    #: Never block the grab loop. Keep only the newest frame pending; every older frame it replaces
+    #: is thrown away and counted in ``emostream_frames_dropped{stage="capture",reason="overload"}``.
+    #: Latency stays bounded, throughput adapts to the detectors. Default for live sources.
+    DROP_OLDEST = "drop_oldest"
+    #: Wait until the downstream takes the frame; lose nothing. The grab loop (and with it the
+    #: source) slows down to the detectors' pace. Default for files.
+    BLOCK = "block"
+
+
+def default_drop_policy(kind: SourceKind) -> DropPolicy:
+    return DropPolicy.DROP_OLDEST if kind.is_live else DropPolicy.BLOCK
+
+
+class FrameSlot:
+    """A mailbox for one frame between the grab loop and the sender thread."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._closed = False
+
+    def put_wait(self, frame: Frame, stop: threading.Event) -> bool:
+        """Wait until the slot is empty, then place ``frame``; False (frame not placed) if stopped."""
+        with self._cond:
+            while self._frame is not None and not stop.is_set():
+                self._cond.wait(POLL_MS / 1000)
+            if stop.is_set():
+                return False
+            self._frame = frame
+            self._cond.notify_all()
+            return True
+
+    def put_replace(self, frame: Frame) -> Frame | None:
+        """Place ``frame`` at once; return the older pending frame it replaced, if any."""
+        with self._cond:
+            replaced, self._frame = self._frame, frame
+            self._cond.notify_all()
+            return replaced
+
+    def take(self, timeout_s: float) -> Frame | None:
+        with self._cond:
+            if self._frame is None and not self._closed:
+                self._cond.wait(timeout_s)
+            frame, self._frame = self._frame, None
+            self._cond.notify_all()
+            return frame
+
+    def close(self) -> None:
+        """No more frames will come; the sender exits once the slot is empty."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def drained(self) -> bool:
+        with self._cond:
+            return self._closed and self._frame is None
+
+
+class FrameSender:
+    """Binds a PUSH socket on ``endpoint`` and sends submitted frames from its own thread.
+
+    Detector workers connect their PULL sockets to the endpoint; ZeroMQ deals frames round-robin
+    to the workers that have room, so a busy worker is skipped.
+    """
+
+    def __init__(
+        self,
+        context: zmq.Context,
+        endpoint: str,
+        camera: str,
+        policy: DropPolicy,
+        stop: threading.Event,
+        encoding: Encoding = Encoding.RAW,
+        jpeg_quality: int = 80,
+        sndhwm: int = SNDHWM,
+    ) -> None:
+        self.camera = camera
+        self.policy = policy
+        self.stop = stop
+        self.encoding = encoding
+        self.jpeg_quality = jpeg_quality
+        self.socket = context.socket(zmq.PUSH)
+        self.socket.setsockopt(zmq.SNDHWM, sndhwm)
+        self.socket.setsockopt(zmq.SNDBUF, SNDBUF)
+        self.socket.setsockopt(zmq.LINGER, STOP_LINGER_MS)
+        self.socket.bind(endpoint)  # raises zmq.ZMQError (e.g. address in use); caller reports it
+        self.sent = 0
+        self.dropped = 0
+        self._slot = FrameSlot()
+        self._frames_sent = FRAMES.labels(stage="capture", camera=camera)
+        self._frames_dropped = FRAMES_DROPPED.labels(stage="capture", camera=camera, reason="overload")
+        # Non-daemon would keep a crashed main thread's process alive; the main thread joins it.
+        self._thread = threading.Thread(target=self._run, name=f"send-{camera}", daemon=True)
+        self._thread.start()
+
+    def submit(self, frame: Frame) -> bool:
+        """Hand over one frame; False when stopping (the frame was not taken)."""
+        if self.policy is DropPolicy.BLOCK:
+            return self._slot.put_wait(frame, self.stop)
+        if self._slot.put_replace(frame) is not None:
+            self._count_drop()
+        return not self.stop.is_set()
+
+    def _count_drop(self) -> None:
+        self.dropped += 1
+        self._frames_dropped.inc()
+
+    def _run(self) -> None:
+        held: Frame | None = None
+        while not self.stop.is_set():
+            if held is None:
+                # Wait for room *before* taking a frame: meanwhile the slot keeps being refreshed
+                # with the newest frame (drop_oldest), so what finally goes out is never stale.
+                if not self.socket.poll(POLL_MS, zmq.POLLOUT):
+                    if self._slot.drained:
+                        return
+                    continue
+                held = self._slot.take(POLL_MS / 1000)
+                if held is None:
+                    if self._slot.drained:
+                        return
+                    continue
+            try:
+                parts = encode_frame(held, self.encoding, self.jpeg_quality)
+            except ValueError:
+                # Cannot happen for frames from FrameStream; if it does, lose this frame, not the thread.
+                log.exception("camera %s: cannot encode frame %d, skipping it", self.camera, held.seq)
+                held = None
+                continue
+            try:
+                self.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                # A detector went away between poll and send. BLOCK keeps the frame and waits
+                # again; DROP_OLDEST lets it go, a newer frame is already on its way.
+                if self.policy is DropPolicy.DROP_OLDEST:
+                    self._count_drop()
+                    held = None
+                else:
+                    self.socket.poll(POLL_MS, zmq.POLLOUT)
+                continue
+            self.sent += 1
+            self._frames_sent.inc()
+            held = None
+
+    def finish(self) -> None:
+        """Send what is pending (unless stopping), then close the socket.
+
+        At the end of a file the socket lingers up to ``FINAL_LINGER_MS`` so frames still queued in
+        ZeroMQ reach the detectors before the process exits; after a stop request it does not wait.
+        """
+        self._slot.close()
+        while self._thread.is_alive():
+            self._thread.join(POLL_MS / 1000)
+        linger = STOP_LINGER_MS if self.stop.is_set() else FINAL_LINGER_MS
+        self.socket.close(linger=linger)

@@ -1,0 +1,67 @@
+"""Classifier input from detector boxes: square grayscale face crops.
+
+Crop geometry. FER2013 images are tight, centred, frontal face crops, close to what the Haar
+cascade's square box covers (brows-to-chin, cheek-to-cheek with a little hair and ears). So a crop
+is the square of side ``max(w, h)`` centred on the box: exactly the Haar box, and for YuNet's
+narrower, taller box the same square as Haar's to within a few percent (measured on the shared
+media). Where that square reaches past the frame it is clamped to the frame and the missing part is
+padded by replicating the edge pixels, so the face stays centred as in FER2013 (shifting the
+square inside the frame instead would move the face off-centre) and no artificial black border
+appears. Resizing uses INTER_AREA, which averages instead of aliasing when shrinking.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def crop_squares(boxes: np.ndarray) -> np.ndarray:
+    """The crop square (x, y, side, side) of each xywh box, int32 (N, 4); may extend past the frame."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    side = np.maximum(np.maximum(boxes[:, 2], boxes[:, 3]), 1.0)
+    cx = boxes[:, 0] + boxes[:, 2] / 2
+    cy = boxes[:, 1] + boxes[:, 3] / 2
+    x0 = np.round(cx - side / 2)
+    y0 = np.round(cy - side / 2)
+    side = np.round(side)
+    return np.stack([x0, y0, side, side], axis=1).astype(np.int32)
+
+
+def _square_crop(gray: np.ndarray, x: int, y: int, side: int) -> np.ndarray:
+    height, width = gray.shape
+    x1, y1 = max(x, 0), max(y, 0)
+    x2, y2 = min(x + side, width), min(y + side, height)
+    if x1 >= x2 or y1 >= y2:
+        # Entirely outside the frame (a corrupt box): a flat grey crop rather than an exception.
+        return np.full((side, side), 128, dtype=np.uint8)
+    region = gray[y1:y2, x1:x2]
+    top, left = y1 - y, x1 - x
+    bottom, right = (y + side) - y2, (x + side) - x2
+    if top or left or bottom or right:
+        region = cv2.copyMakeBorder(region, top, bottom, left, right, cv2.BORDER_REPLICATE)
+    return region
+
+
+def face_crops(image_bgr: np.ndarray, boxes: np.ndarray, size: int = 48) -> np.ndarray:
+    """Grayscale ``size`` x ``size`` crops of the faces in ``boxes`` (xywh), uint8 (N, size, size)."""
+    squares = crop_squares(boxes)
+    out = np.empty((len(squares), size, size), dtype=np.uint8)
+    if len(squares) == 0:
+        return out
+    gray = image_bgr if image_bgr.ndim == 2 else cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
+    for i, (x, y, side, _) in enumerate(squares):
+        crop = _square_crop(gray, int(x), int(y), int(side))
+        out[i] = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def clip_boxes(boxes: np.ndarray, frame_shape: tuple[int, ...]) -> np.ndarray:
+    """Boxes (xywh) clipped to the frame, so that events only report pixels that exist."""
+    boxes = np.asarray(boxes, dtype=np.int32).reshape(-1, 4)
+    height, width = frame_shape[:2]
+    x1 = np.clip(boxes[:, 0], 0, width)
+    y1 = np.clip(boxes[:, 1], 0, height)
+    x2 = np.clip(boxes[:, 0] + boxes[:, 2], 0, width)
+    y2 = np.clip(boxes[:, 1] + boxes[:, 3], 0, height)
+    return np.stack([x1, y1, x2 - x1, y2 - y1], axis=1).astype(np.int32)
