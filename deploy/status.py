@@ -15,6 +15,9 @@ from emostream.wire import WireError, decode_event
 
 log = logging.getLogger("deploy")
 MAX_SAMPLES = 1_000_000  # latency samples kept per camera for the final summary
+#: The summary leaves out each camera's first seconds: frames grabbed while downstream stages were
+#: still loading (the model, the detector) wait for them and say nothing about the steady state.
+WARMUP_S = 5.0
 
 
 @dataclass
@@ -25,8 +28,11 @@ class CameraStats:
     last_event: float = 0.0
     latencies: list[float] = field(default_factory=list)
     emotions: Counter[str] = field(default_factory=Counter)
+    skip_before: float | None = None  # events arriving earlier are ignored (warm-up)
 
     def add(self, event: dict, now: float) -> None:
+        if self.skip_before is not None and now < self.skip_before:
+            return
         if not self.frames:
             self.first_event = now
         self.last_event = now
@@ -58,7 +64,7 @@ class StatusPrinter(threading.Thread):
         self.endpoint = endpoint
         self.interval = interval
         self.stop_event = threading.Event()
-        self.total: dict[str, CameraStats] = defaultdict(CameraStats)
+        self.total: dict[str, CameraStats] = {}
 
     def run(self) -> None:
         sub = zmq.Context.instance().socket(zmq.SUB)
@@ -76,7 +82,8 @@ class StatusPrinter(threading.Thread):
                 if event.get("type") == "faces":
                     now = time.monotonic()
                     window[event["camera"]].add(event, now)
-                    self.total[event["camera"]].add(event, now)
+                    total = self.total.setdefault(event["camera"], CameraStats(skip_before=now + WARMUP_S))
+                    total.add(event, now)
             elapsed = time.monotonic() - window_start
             if self.interval and elapsed >= self.interval:
                 if not window:
@@ -88,6 +95,10 @@ class StatusPrinter(threading.Thread):
         sub.close()
 
     def summary(self) -> list[str]:
-        """One line per camera over the whole run (rate measured between its first and last event)."""
+        """One line per camera over the run after its first WARMUP_S seconds of events."""
         stats = sorted(self.total.items())
-        return [f"{cam}: {s.describe(s.last_event - s.first_event)}" for cam, s in stats if s.frames > 1]
+        return [
+            f"{cam} (after {WARMUP_S:.0f} s warm-up): {s.describe(s.last_event - s.first_event)}"
+            for cam, s in stats
+            if s.frames > 1
+        ]

@@ -1,0 +1,261 @@
+"""Tests for the training package, on tiny synthetic FER2013-format data (no real data needed)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from emostream.modelfile import load_model
+from emostream.wire import EMOTIONS
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_MODEL = REPO / "classifier" / "models" / "emotion.pt2"
+PER_CLASS = {"Training": 40, "PublicTest": 14, "PrivateTest": 14}
+
+# Small and fast: no augmentation (the synthetic classes are position patterns a flip would mix up),
+# the tiny architecture, a constant learning rate.
+FAST_FLAGS = [
+    "--arch",
+    "resnet_fer_tiny",
+    "--batch-size",
+    "32",
+    "--lr",
+    "0.01",
+    "--lr-scheduler",
+    "none",
+    "--hflip",
+    "0",
+    "--shift",
+    "0",
+    "--scale",
+    "0",
+    "--rotate",
+    "0",
+    "--brightness",
+    "0",
+    "--contrast",
+    "0",
+    "--erase",
+    "0",
+    "--label-smoothing",
+    "0",
+    "--no-progress",
+    "--workers",
+    "1",
+]
+
+
+def synthetic_image(label: int, rng: np.random.Generator) -> np.ndarray:
+    """Class k: background brightness rising with k plus a white 16x16 square in grid cell k."""
+    img = rng.integers(0, 40, size=(48, 48)) + 25 * label
+    r, c = divmod(label, 3)
+    img[r * 16 : r * 16 + 16, c * 16 : c * 16 + 16] = 255
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def write_csv(path: Path, rows: list[tuple[object, str, str]], gz: bool = False) -> Path:
+    text = "emotion,pixels,Usage\n" + "".join(f"{e},{p},{u}\n" for e, p, u in rows)
+    if gz:
+        with gzip.open(path, "wt") as fh:
+            fh.write(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def synthetic_rows(seed: int = 0) -> list[tuple[object, str, str]]:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for usage, n in PER_CLASS.items():
+        for i in range(n * len(EMOTIONS)):
+            label = i % len(EMOTIONS)
+            rows.append((label, " ".join(map(str, synthetic_image(label, rng).ravel())), usage))
+    return rows
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
+    )
+
+
+@pytest.fixture(scope="module")
+def data_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_csv(tmp_path_factory.mktemp("fer") / "fer2013.csv.gz", synthetic_rows(), gz=True)
+
+
+@pytest.fixture(scope="module")
+def runs(data_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A straight 2-epoch run (implicit train) and a 1-epoch run resumed to 2 (explicit ``train``)."""
+    base = tmp_path_factory.mktemp("runs")
+    straight, resumed = base / "straight", base / "resumed"
+    full = run_cli("--data", str(data_csv), "--out", str(straight), "--epochs", "2", *FAST_FLAGS)
+    assert full.returncode == 0, full.stderr
+    first = run_cli("train", "--data", str(data_csv), "--out", str(resumed), "--epochs", "1", *FAST_FLAGS)
+    assert first.returncode == 0, first.stderr
+    second = run_cli("train", "--data", str(data_csv), "--out", str(resumed), "--epochs", "2", "--resume", *FAST_FLAGS)
+    assert second.returncode == 0, second.stderr
+    return {"straight": straight, "resumed": resumed, "resume_stdout": second.stdout}
+
+
+def test_cli_writes_loadable_model(runs: dict[str, object]) -> None:
+    out = runs["straight"]
+    assert isinstance(out, Path)
+    module, info = load_model(out / "model.pt2")
+    assert info.class_names == list(EMOTIONS)
+    assert info.arch == "resnet_fer_tiny"
+    assert tuple(info.input_size) == (48, 48)
+    assert len(info.data_sha256) == 64
+    assert {"PublicTest", "PrivateTest"} <= set(info.metrics)
+    assert info.extra["config"]["epochs"] == 2
+    logits = module(torch.zeros(3, 1, 48, 48))
+    assert logits.shape == (3, len(EMOTIONS))
+    assert module(torch.zeros(17, 1, 48, 48)).shape == (17, len(EMOTIONS))  # dynamic batch
+
+
+def test_report_has_metrics_and_beats_chance(runs: dict[str, object]) -> None:
+    out = runs["straight"]
+    assert isinstance(out, Path)
+    report = json.loads((out / "report.json").read_text())
+    for key in ("PublicTest", "PrivateTest", "history", "config", "timing", "best_epoch", "data"):
+        assert key in report
+    test = report["PrivateTest"]
+    assert {"accuracy", "macro_f1", "per_class", "confusion_matrix"} <= set(test)
+    assert set(test["per_class"]) == set(EMOTIONS)
+    assert {"precision", "recall", "f1", "support"} <= set(test["per_class"]["disgust"])
+    assert np.asarray(test["confusion_matrix"]).shape == (7, 7)
+    assert np.asarray(test["confusion_matrix"]).sum() == PER_CLASS["PrivateTest"] * 7
+    assert [h["epoch"] for h in report["history"]] == [1, 2]
+    assert test["accuracy"] > 2.0 / len(EMOTIONS)  # chance is 1/7 on the balanced synthetic data
+    for name in ("training_curves.png", "confusion_privatetest.png", "checkpoint.pt"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_resume_continues_from_checkpoint_epoch(runs: dict[str, object]) -> None:
+    resumed, straight = runs["resumed"], runs["straight"]
+    assert isinstance(resumed, Path) and isinstance(straight, Path)
+    assert "after epoch 1" in str(runs["resume_stdout"])
+    assert "epoch   1/2" not in str(runs["resume_stdout"])  # epoch 1 is not trained again
+    ckpt = torch.load(resumed / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 1
+    history = json.loads((resumed / "report.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    # Data order, augmentation and dropout depend only on (seed, epoch): resuming matches a straight run.
+    reference = json.loads((straight / "report.json").read_text())["history"]
+    for got, want in zip(history, reference, strict=True):
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-3, abs=1e-3)
+
+
+def test_config_unknown_key_is_an_error(data_csv: Path, tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("epochs: 1\nlearning_rat: 0.1\n")
+    result = run_cli("--config", str(config), "--data", str(data_csv), "--out", str(tmp_path / "out"))
+    assert result.returncode != 0
+    assert "learning_rat" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_sets_defaults_and_flags_win(tmp_path: Path) -> None:
+    from training.train import parse_args
+
+    config = tmp_path / "ok.yaml"
+    config.write_text("epochs: 3\nbatch-size: 16\narch: resnet_fer_tiny\ndata: x.csv\nout: o\n")
+    args = parse_args(["--config", str(config), "--epochs", "5"])
+    assert (args.epochs, args.batch_size, args.arch, args.data) == (5, 16, "resnet_fer_tiny", "x.csv")
+
+
+@pytest.mark.parametrize(("text", "key"), [("epochs: 2.5\n", "epochs"), ("arch: vgg99\n", "arch")])
+def test_config_values_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, key: str) -> None:
+    from training.train import parse_args
+
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--config", str(config), "--data", "x.csv", "--out", "o"])
+    assert exc.value.code != 0
+    assert f"config key {key}" in capsys.readouterr().err
+
+
+def test_resume_without_checkpoint_is_an_error(data_csv: Path, tmp_path: Path) -> None:
+    from training.train import main, parse_args
+
+    args = parse_args(["--data", str(data_csv), "--out", str(tmp_path), "--resume", *FAST_FLAGS])
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(args)
+
+
+def test_unknown_subcommand_is_an_error() -> None:
+    from training.__main__ import main
+
+    assert main(["explode"]) == 2
+
+
+def test_data_skips_short_rows_and_rejects_unknown_labels(tmp_path: Path) -> None:
+    from training.data import DataError, load_fer2013
+
+    rows = synthetic_rows()[:10]
+    rows.append((3, "1 2 3", "Training"))  # wrong pixel count: skipped with a warning
+    with pytest.warns(UserWarning, match="skipped 1 row"):
+        data = load_fer2013(write_csv(tmp_path / "short.csv", rows))
+    assert data.skipped_rows == 1
+    assert len(data.splits["Training"]) == 10
+    assert data.splits["Training"].images.shape == (10, 1, 48, 48)
+    assert data.splits["Training"].images.dtype == torch.uint8
+    assert data.splits["Training"].labels.tolist() == [i % 7 for i in range(10)]
+
+    bad = synthetic_rows()[:5] + [(9, rows[0][1], "Training")]
+    with pytest.raises(DataError, match="unknown emotion label"):
+        load_fer2013(write_csv(tmp_path / "label.csv", bad))
+
+
+def test_data_plain_and_gzip_agree(tmp_path: Path) -> None:
+    from training.data import load_fer2013
+
+    rows = synthetic_rows()[:20]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain = load_fer2013(write_csv(tmp_path / "a.csv", rows), hash_file=False)
+        packed = load_fer2013(write_csv(tmp_path / "a.csv.gz", rows, gz=True), hash_file=False)
+    assert torch.equal(plain.splits["Training"].images, packed.splits["Training"].images)
+
+
+def test_train_preset_shapes_and_determinism() -> None:
+    from training.presets import EvalPreset, TrainPreset
+
+    images = torch.randint(0, 256, (8, 1, 48, 48), dtype=torch.uint8)
+    a = TrainPreset()(images, torch.Generator().manual_seed(1))
+    b = TrainPreset()(images, torch.Generator().manual_seed(1))
+    assert a.shape == (8, 1, 48, 48) and a.dtype == torch.float32
+    assert torch.equal(a, b)
+    plain = EvalPreset(mean=0.5, std=0.25)(torch.full((1, 1, 2, 2), 255, dtype=torch.uint8))
+    assert torch.allclose(plain, torch.full((1, 1, 2, 2), 2.0))
+
+
+def test_import_torchvision_gives_transforms() -> None:
+    from training.torchvision_compat import import_torchvision
+
+    tv = import_torchvision()
+    assert hasattr(tv, "transforms")
+    from torchvision.transforms import v2
+
+    assert v2.RandomHorizontalFlip(p=1.0)(torch.arange(4.0).view(1, 1, 4)).flatten().tolist() == [3, 2, 1, 0]
+    assert import_torchvision() is tv  # idempotent
+
+
+def test_shipped_model_loads() -> None:
+    if not SHIPPED_MODEL.is_file():
+        pytest.skip(f"{SHIPPED_MODEL.relative_to(REPO)} not shipped yet (train it with python -m training)")
+    module, info = load_model(SHIPPED_MODEL)
+    assert info.class_names == list(EMOTIONS)
+    assert tuple(info.input_size) == (48, 48)
+    assert module(torch.zeros(2, 1, 48, 48)).shape == (2, len(EMOTIONS))

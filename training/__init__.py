@@ -1,0 +1,1 @@
+"""Training tools for the emostream emotion classifier: ``python -m training --help``."""
