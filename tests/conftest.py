@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -57,6 +58,24 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str 
             last_exc = exc
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what} (last error: {last_exc!r})")
+
+
+def metric_samples(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a real /metrics page keyed by (sample name, labels); {} while it is not up."""
+    try:
+        text = scrape(port, timeout=5)
+    except OSError:
+        return {}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def sample(samples: dict, name: str, **labels: str) -> float | None:
+    """The value of the sample with exactly these labels, or None."""
+    return samples.get((name, frozenset(labels.items())))
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

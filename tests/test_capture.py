@@ -7,24 +7,22 @@ import http.server
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import zmq
-from prometheus_client.parser import text_string_to_metric_families
 
 from capture.sender import DropPolicy, FrameSender, default_drop_policy
 from capture.sources import DemoSource, SourceError, SourceKind, classify_source
 from capture.stream import CaptureConfig, FpsLimiter, FrameStream, Pacer, Pacing, parse_size
+from conftest import free_port, metric_samples, sample, wait_for
 from detector.backends import HaarDetector
 from emostream.wire import Frame, decode_frame
 
@@ -35,7 +33,7 @@ FACES_MP4_FRAMES = 241
 
 
 # ------------------------------------------------------------------------------------------------
-# helpers (kept in this file on purpose: other engineers own the rest of tests/)
+# helpers (the cross-file ones live in conftest.py)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -69,42 +67,6 @@ def take(stream: FrameStream, count: int) -> list[Frame]:
     frames = list(itertools.islice(stream, count))
     stream.close()
     return frames
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(condition: Callable[[], object], timeout_s: float = 30.0, what: str = "condition") -> object:
-    """Poll until ``condition()`` is truthy. A generous deadline against hangs, not a timing test."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.1)
-
-
-def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample of a real /metrics page, keyed by (sample name, labels)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            text = response.read().decode("utf-8")
-    except OSError:
-        return {}
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def sample(samples: dict, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
 
 
 def start_capture(*args: str) -> subprocess.Popen:
@@ -434,14 +396,14 @@ def test_capture_process_drops_oldest_frames_when_nobody_reads(
     def sent_and_dropped() -> bool:
         # Drops start before the receiver's connection is up (no peer: nothing can be sent), so
         # wait for both: frames that went out until the queues filled, and drops after that.
-        samples = scrape(metrics_port)
+        samples = metric_samples(metrics_port)
         labels = {"stage": "capture", "camera": "demo-cam"}
         dropped = sample(samples, "emostream_frames_dropped_total", reason="overload", **labels)
         sent = sample(samples, "emostream_frames_total", **labels)
         return bool(dropped and dropped > 0 and sent and sent >= 1)
 
     wait_for(sent_and_dropped, what="frames sent and overload drops in /metrics")
-    samples = scrape(metrics_port)
+    samples = metric_samples(metrics_port)
     assert sample(samples, "emostream_camera_up", camera="demo-cam") == 1.0
     assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)
@@ -482,7 +444,7 @@ def test_capture_process_survives_an_unreachable_stream_and_reports_the_camera_d
     processes.append(proc)
 
     def failures() -> float | None:
-        samples = scrape(metrics_port)
+        samples = metric_samples(metrics_port)
         errors = sample(samples, "emostream_frames_dropped_total", stage="capture", camera="gone", reason="read_error")
         return errors if errors and sample(samples, "emostream_camera_up", camera="gone") == 0.0 else None
 

@@ -5,20 +5,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import zmq
-from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import free_port, metric_samples, sample, wait_for
 from detector.backends import DetectorConfigError, HaarDetector, YuNetDetector
 from detector.crops import crop_squares, face_crops
 from detector.pipeline import FaceExtractor, build_extractor, detect_downscaled
@@ -32,7 +30,7 @@ PORTRAITS = ["lena.jpg", "messi5.jpg", "grace_hopper.jpg"]
 
 
 # ------------------------------------------------------------------------------------------------
-# helpers (kept in this file on purpose: other engineers own the rest of tests/)
+# helpers (the cross-file ones live in conftest.py)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -65,42 +63,6 @@ def yunet_model() -> str:
     if not YUNET_MODEL.is_file():
         pytest.skip(f"YuNet model {YUNET_MODEL} is missing (see shared/models/SOURCE.md)")
     return str(YUNET_MODEL)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(condition: Callable[[], object], timeout_s: float = 30.0, what: str = "condition") -> object:
-    """Poll until ``condition()`` is truthy. A generous deadline against hangs, not a timing test."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.1)
-
-
-def scrape(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample of a real /metrics page, keyed by (sample name, labels)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-            text = response.read().decode("utf-8")
-    except OSError:
-        return {}
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def sample(samples: dict, name: str, **labels: str) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -351,7 +313,7 @@ def test_detector_process_answers_every_frame_and_survives_malformed_messages(
     assert answered[("cam-a", 2)].frame_shape == (720, 1280)
 
     def dropped_by_reason() -> dict[str, float] | None:
-        samples = scrape(metrics_port)
+        samples = metric_samples(metrics_port)
         counts = {
             reason: sample(samples, "emostream_frames_dropped_total", stage="detector", camera="unknown", reason=reason)
             for reason in broken
@@ -360,7 +322,7 @@ def test_detector_process_answers_every_frame_and_survives_malformed_messages(
 
     counts = wait_for(dropped_by_reason, what="malformed messages in /metrics")
     assert counts == {reason: 1.0 for reason in broken}
-    samples = scrape(metrics_port)
+    samples = metric_samples(metrics_port)
     assert sample(samples, "emostream_frames_total", stage="detector", camera="cam-a") == 3.0
     assert sample(samples, "emostream_frames_total", stage="detector", camera="cam-b") == 2.0
     assert sample(samples, "emostream_faces_total", camera="cam-b") == 1.0
