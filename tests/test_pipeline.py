@@ -23,15 +23,21 @@ from classifier.model import SHIPPED_MODEL
 from conftest import PYTHON, REPO, free_port, metric_value, scrape, shared_path, wait_for
 
 STAGE_METRICS = {
-    "capture": ["emostream_frames_total", "emostream_camera_up"],
-    "detector": ["emostream_frames_total", "emostream_faces_total", "emostream_stage_seconds_bucket"],
+    "capture": ["emostream_frames_total", "emostream_frames_dropped_total", "emostream_camera_up"],
+    "detector": [
+        "emostream_frames_total",
+        "emostream_frames_dropped_total",
+        "emostream_faces_total",
+        "emostream_stage_seconds_bucket",
+    ],
     "classifier": [
         "emostream_frames_total",
+        "emostream_frames_dropped_total",
         "emostream_emotions_total",
         "emostream_classifier_batch_size_bucket",
         "emostream_stage_seconds_bucket",
     ],
-    "sink": ["emostream_frames_total", "emostream_event_latency_seconds_bucket"],
+    "sink": ["emostream_frames_total", "emostream_frames_dropped_total", "emostream_event_latency_seconds_bucket"],
     "launcher": ["emostream_stage_up"],
 }
 
