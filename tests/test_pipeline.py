@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import cv2
 import pytest
 import yaml
 import zmq
@@ -221,3 +222,27 @@ def test_fatal_error_in_an_essential_stage_stops_the_launcher_with_an_error(tmp_
         pipe.stop()
     assert code == 1
     assert f"{stage} exited with a fatal error" in pipe.log_text()
+
+
+def test_a_finite_file_camera_in_block_mode_loses_no_frame_and_ends_the_run(tmp_path):
+    source = cv2.VideoCapture(str(shared_path("media", "faces.mp4")))
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (640, 360))
+    frames = 40
+    for _ in range(frames):
+        ok, image = source.read()
+        assert ok
+        writer.write(cv2.resize(image, (640, 360), interpolation=cv2.INTER_AREA))
+    writer.release()
+    source.release()
+
+    camera = {"id": "clip", "source": str(clip), "pacing": "fast", "drop_policy": "block"}
+    pipe = Pipeline(pipeline_config([camera], tmp_path), tmp_path)
+    try:
+        code = pipe.proc.wait(timeout=120)  # the launcher stops by itself once the file has ended
+    finally:
+        pipe.stop()
+    assert code == 0, pipe.log_text()
+    assert "every camera source has ended" in pipe.log_text()
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert sorted(e["frame"] for e in events) == list(range(frames)), "block mode must deliver every frame"
