@@ -12,10 +12,10 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from capture.sources import SourceKind, classify_source
 from emostream.wire import camera_id_error
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "demo.yaml"
-LIVE_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "rtmp://", "udp://", "tcp://")
 
 
 class ConfigError(ValueError):
@@ -52,13 +52,7 @@ class CameraConfig(Section):
 
     @property
     def is_file(self) -> bool:
-        source = self.source
-        return (
-            isinstance(source, str)
-            and source != "demo"
-            and not source.isdigit()
-            and not (source.lower().startswith(LIVE_SCHEMES))
-        )
+        return classify_source(str(self.source)) is SourceKind.FILE
 
 
 class DetectorConfig(Section):
