@@ -16,12 +16,10 @@ import zmq
 from capture.sender import DropPolicy, FrameSender, default_drop_policy
 from capture.sources import SourceError, classify_source
 from capture.stream import CaptureConfig, FrameStream, Pacing, parse_size
-from emostream.runtime import add_common_args, start_process
+from emostream.runtime import EXIT_FATAL, add_common_args, start_process
 from emostream.wire import Encoding, camera_id_error
 
 log = logging.getLogger("capture")
-
-EXIT_FATAL = 2
 
 
 def _size(text: str) -> tuple[int, int]:

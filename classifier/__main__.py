@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from emostream.modelfile import ModelFileError
-from emostream.runtime import add_common_args, start_process
+from emostream.runtime import EXIT_FATAL, add_common_args, start_process
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         model = EmotionModel(args.model, device=args.device, bf16=not args.no_bf16)
     except (ModelFileError, RuntimeError) as exc:
         print(f"classifier: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_FATAL
     model.warm_up()
     service = ClassifierService(model, args.pull, args.push, args.max_batch, args.max_wait_ms)
     service.run(stop)

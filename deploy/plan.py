@@ -16,10 +16,6 @@ class Restart(str, Enum):
     ON_FAILURE = "on_failure"  # finite sources: exit 0 means "the file ended", not a crash
 
 
-#: A stage exiting with this code reports a problem no restart can fix (bad file, bad model).
-EXIT_FATAL = 2
-
-
 @dataclass
 class StageSpec:
     name: str

@@ -17,8 +17,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from deploy.plan import EXIT_FATAL, Restart, StageSpec
+from deploy.plan import Restart, StageSpec
 from emostream import metrics
+from emostream.runtime import EXIT_FATAL
 
 log = logging.getLogger("deploy")
 STABLE_AFTER_S = 30.0  # a stage that ran this long is healthy again: its backoff resets

@@ -15,11 +15,9 @@ import zmq
 from detector.backends import DetectorConfigError
 from detector.pipeline import build_extractor
 from detector.worker import DetectorWorker
-from emostream.runtime import add_common_args, start_process
+from emostream.runtime import EXIT_FATAL, add_common_args, start_process
 
 log = logging.getLogger("detector")
-
-EXIT_FATAL = 2
 
 
 def _downscale(text: str) -> float:

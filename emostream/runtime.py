@@ -9,6 +9,10 @@ import threading
 
 from emostream.metrics import serve_metrics
 
+#: A stage exits with this code for a problem no restart can fix (a missing file, a bad model, bad
+#: arguments); the launcher then does not restart it. Any other non-zero exit is a crash.
+EXIT_FATAL = 2
+
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("process")
