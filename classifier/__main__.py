@@ -9,7 +9,7 @@ from emostream.modelfile import ModelFileError
 from emostream.runtime import EXIT_FATAL, add_common_args, start_process
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m classifier", description=__doc__)
     parser.add_argument("--pull", required=True, help="endpoint to bind for faces from the detectors")
     parser.add_argument("--push", required=True, help="endpoint of the sink to send events to")
@@ -19,11 +19,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--no-bf16", action="store_true", help="run in float32")
     add_common_args(parser)
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     stop = start_process("classifier", args)
     from classifier.model import EmotionModel
     from classifier.service import ClassifierService
