@@ -16,6 +16,8 @@ import zmq
 from capture.sender import DropPolicy, FrameSender, default_drop_policy
 from capture.sources import SourceError, classify_source
 from capture.stream import CaptureConfig, FrameStream, Pacing, parse_size
+from emostream.health import HEALTH
+from emostream.metrics import FRAMES_RECEIVED
 from emostream.runtime import EXIT_FATAL, add_common_args, start_process
 from emostream.wire import Encoding, camera_id_error
 
@@ -112,9 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         policy.value,
         args.encoding,
     )
+    HEALTH.set_ready(reason=f"bound {args.push}")
+    received = FRAMES_RECEIVED.labels(stage="capture", camera=args.camera)
     code = 0
     try:
         for frame in stream:
+            HEALTH.beat()
+            received.inc()
             if not sender.submit(frame):
                 break
     except SourceError as exc:

@@ -13,6 +13,7 @@ import threading
 import zmq
 
 from capture.sources import SourceKind
+from emostream.health import HEALTH
 from emostream.metrics import FRAMES, FRAMES_DROPPED
 from emostream.wire import Encoding, Frame, encode_frame
 
@@ -151,6 +152,8 @@ class FrameSender:
     def _run(self) -> None:
         held: Frame | None = None
         while not self.stop.is_set():
+            # This loop wakes every POLL_MS even while the source is down and reconnecting.
+            HEALTH.beat()
             if held is None:
                 # Wait for room *before* taking a frame: meanwhile the slot keeps being refreshed
                 # with the newest frame (drop_oldest), so what finally goes out is never stale.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -40,6 +41,8 @@ class EmotionModel:
         self.module = module.to(memory_format=torch.channels_last)
         self.bf16 = bf16
         self.class_names = list(info.class_names)
+        #: First 12 hex digits of the file's sha256: tells apart two models of the same arch.
+        self.version = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
         self._scale = 1.0 / (255.0 * info.std)
         self._shift = info.mean / info.std
         log.info("loaded %s (%s) on %s, bf16=%s", self.path.name, info.arch, self.device, bf16)

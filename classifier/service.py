@@ -12,6 +12,7 @@ import zmq
 from classifier.batching import Batch, FaceBatcher
 from classifier.model import EmotionModel
 from emostream import metrics
+from emostream.health import HEALTH
 from emostream.wire import REJECT_REASONS, EmotionEvent, FaceEmotion, WireError, decode_faces, encode_event
 
 log = logging.getLogger("classifier")
@@ -68,7 +69,9 @@ class ClassifierService:
                 "path": str(model.path),
                 "arch": model.info.arch,
                 "device": str(model.device),
+                "version": model.version,
                 "data_sha256": model.info.data_sha256[:16],
+                "privatetest_accuracy": str(model.info.metrics.get("PrivateTest", {}).get("accuracy", "")),
             }
         )
 
@@ -86,6 +89,7 @@ class ClassifierService:
                 metrics.FRAMES_DROPPED.labels(STAGE, "unknown", err.reason).inc()
                 log.warning("dropped malformed faces message: %s", err)
                 continue
+            metrics.FRAMES_RECEIVED.labels(STAGE, faces.camera).inc()
             self.batcher.add(faces)
 
     def _classify(self, batch: Batch) -> None:
@@ -102,12 +106,15 @@ class ClassifierService:
                 metrics.EMOTIONS.labels(event.camera, face.emotion).inc()
 
     def run(self, stop: threading.Event) -> None:
+        HEALTH.set_ready(reason=f"model {self.model.path.name} loaded")
         while not stop.is_set():
+            HEALTH.beat()
             due = self.batcher.seconds_until_due()
             timeout_ms = 100 if due is None else int(np.ceil(due * 1000))
             self._receive(timeout_ms)
             while self.batcher.ready():
                 self._classify(self.batcher.take())
+            metrics.QUEUE_DEPTH.set(self.batcher.pending_faces)
         while len(self.batcher):  # flush what was already received
             self._classify(self.batcher.take())
         self.pull.close(linger=0)

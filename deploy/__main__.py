@@ -17,6 +17,7 @@ from deploy.config import ConfigError, load_config
 from deploy.plan import endpoints, metrics_ports, plan_stages
 from deploy.status import StatusPrinter
 from deploy.supervisor import FatalStageError, Supervisor
+from emostream.health import HEALTH
 from emostream.metrics import serve_metrics
 
 log = logging.getLogger("deploy")
@@ -53,10 +54,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     status = StatusPrinter(events, 0 if args.quiet else sup.status_interval_s)
     status.start()
     supervisor.start()
+    HEALTH.set_ready(reason="stages started")
     deadline = time.monotonic() + args.duration if args.duration else None
     code = 0
     try:
         while not stop.wait(0.2):
+            HEALTH.beat()
             supervisor.poll()
             if deadline and time.monotonic() >= deadline:
                 log.info("duration of %.0fs reached, stopping", args.duration)

@@ -14,7 +14,8 @@ import time
 import zmq
 
 from detector.pipeline import FaceExtractor
-from emostream.metrics import FACES, FRAMES, FRAMES_DROPPED, STAGE_SECONDS, declare_drops
+from emostream.health import HEALTH
+from emostream.metrics import FACES, FRAMES, FRAMES_DROPPED, FRAMES_RECEIVED, STAGE_SECONDS, declare_drops
 from emostream.wire import REJECT_REASONS, WireError, decode_frame, encode_faces
 
 log = logging.getLogger("detector")
@@ -67,7 +68,9 @@ class DetectorWorker:
         self._stage_seconds = STAGE_SECONDS.labels(stage="detector")
 
     def run(self) -> None:
+        HEALTH.set_ready()
         while not self.stop.is_set():
+            HEALTH.beat()
             if not self.pull.poll(POLL_MS, zmq.POLLIN):
                 continue
             parts = self.pull.recv_multipart(copy=False)
@@ -83,6 +86,7 @@ class DetectorWorker:
             FRAMES_DROPPED.labels(stage="detector", camera="unknown", reason=exc.reason).inc()
             log.warning("worker %d: dropping malformed message: %s", self.worker_id, exc)
             return
+        FRAMES_RECEIVED.labels(stage="detector", camera=frame.camera).inc()
         try:
             faces = self.extractor.process(frame)
             message = encode_faces(faces)

@@ -1,17 +1,23 @@
 """Every Prometheus metric emostream exports, defined once so names and labels agree across stages.
 
 Each stage process serves its own registry on its own port (see :func:`serve_metrics`); a metric is
-exported by a process only once that process has touched it, except unlabelled ones.
+exported by a process only once that process has touched it, except unlabelled ones. The catalogue
+with every metric's meaning is in deploy/METRICS.md.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
+FRAMES_RECEIVED = Counter(
+    "emostream_frames_received",
+    "Frames a stage took in: grabbed from the source (capture) or decoded from its input socket.",
+    ["stage", "camera"],
+)
 FRAMES = Counter("emostream_frames", "Frames a stage finished processing and passed on.", ["stage", "camera"])
 FRAMES_DROPPED = Counter(
     "emostream_frames_dropped",
@@ -33,6 +39,7 @@ STAGE_SECONDS = Histogram(
     buckets=STAGE_BUCKETS,
 )
 BATCH_SIZE = Histogram("emostream_classifier_batch_size", "Faces per classifier forward pass.", buckets=BATCH_BUCKETS)
+QUEUE_DEPTH = Gauge("emostream_classifier_queue_depth", "Faces received and waiting for a batch.")
 CAMERA_UP = Gauge("emostream_camera_up", "1 while a camera delivers frames, else 0.", ["camera"])
 STAGE_RESTARTS = Counter("emostream_stage_restarts", "Stage processes restarted by the launcher.", ["stage"])
 STAGE_UP = Gauge("emostream_stage_up", "1 while the launcher sees the stage process running.", ["stage"])
@@ -46,6 +53,8 @@ def declare_drops(stage: str, camera: str, reasons: tuple[str, ...]) -> None:
 
 
 def serve_metrics(port: int | None, host: str = "127.0.0.1") -> None:
-    """Serve /metrics on ``host:port`` from a daemon thread; ``None`` or 0 disables it."""
+    """Serve /metrics, /healthz and /readyz on ``host:port``; ``None`` or 0 disables it."""
     if port:
-        start_http_server(port, addr=host)
+        from emostream.health import serve_http
+
+        serve_http(port, host)

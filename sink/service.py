@@ -12,6 +12,7 @@ from typing import IO
 import zmq
 
 from emostream import metrics
+from emostream.health import HEALTH
 from emostream.wire import REJECT_REASONS, WireError, decode_event
 
 log = logging.getLogger("sink")
@@ -60,6 +61,7 @@ class SinkService:
             log.warning("dropped malformed event: %s", err)
             return
         camera = event["camera"]
+        metrics.FRAMES_RECEIVED.labels(STAGE, camera).inc()
         self.pub.send_multipart([bytes(parts[0]), bytes(parts[1])])
         if self.writer:
             self.writer.write(event)
@@ -68,7 +70,9 @@ class SinkService:
             metrics.EVENT_LATENCY.labels(camera).observe(max(0.0, time.time() - event["ts_capture"]))
 
     def run(self, stop: threading.Event) -> None:
+        HEALTH.set_ready()
         while not stop.is_set():
+            HEALTH.beat()
             if self.pull.poll(100):
                 while True:
                     try:

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -24,15 +25,24 @@ from classifier.model import SHIPPED_MODEL
 from conftest import PYTHON, REPO, free_port, metric_value, scrape, shared_path, wait_for
 
 STAGE_METRICS = {
-    "capture": ["emostream_frames_total", "emostream_frames_dropped_total", "emostream_camera_up"],
+    "capture": [
+        "emostream_frames_received_total",
+        "emostream_frames_total",
+        "emostream_frames_dropped_total",
+        "emostream_camera_up",
+    ],
     "detector": [
+        "emostream_frames_received_total",
         "emostream_frames_total",
         "emostream_frames_dropped_total",
         "emostream_faces_total",
         "emostream_stage_seconds_bucket",
     ],
     "classifier": [
+        "emostream_frames_received_total",
         "emostream_frames_total",
+        "emostream_classifier_queue_depth",
+        "emostream_model_info",
         "emostream_frames_dropped_total",
         "emostream_emotions_total",
         "emostream_classifier_batch_size_bucket",
@@ -200,6 +210,9 @@ def test_three_cameras_on_real_video_deliver_events_with_faces_and_every_stage_s
             text = scrape(port)
             for name in STAGE_METRICS[stage]:
                 assert name in text, f"{stage} /metrics lacks {name}"
+            for path in ("/healthz", "/readyz"):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+                    assert resp.status == 200, f"{stage} {path}"
         assert metric_value(scrape(pipe.metrics_base + 11), "emostream_frames_total", stage="detector") > 0, (
             "the second detector worker must share the load"
         )

@@ -1,0 +1,386 @@
+"""``python -m sink.report``: summarise a sink's JSON Lines event log per camera, as a table, JSON and plots.
+
+    python -m sink.report --events events.jsonl [--out DIR] [--bin SECONDS]
+
+Per camera (and for all cameras together): events, time span, frames per second, frames lost (gaps
+in the frame numbers capture gave them), faces per frame, share of frames with faces, emotion
+distribution of the faces and latency (``ts_event - ts_capture``) p50/p95/p99. The table goes to
+stdout; ``report.json`` and PNG plots of the emotion shares over time (one per camera, one overall)
+go to ``--out`` (default: ``<events file without suffix>.report/`` beside the log).
+
+Every line is validated exactly as the sink validates events (:func:`emostream.wire.decode_event`),
+so the report counts what a subscriber would have accepted. Malformed lines are counted, the first
+few are quoted with their line numbers, and never stop the report; events of other types than
+``faces`` are counted and ignored, as the README's event format asks readers to do.
+
+Exit status: 0 with a report, 1 when the log holds no valid ``faces`` event (empty, or all
+malformed), 2 for bad arguments or an unreadable file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from emostream.wire import EMOTIONS, WireError, decode_event
+
+#: Malformed lines quoted in the output; the rest are only counted (a corrupt file may have millions).
+MAX_EXAMPLES = 10
+#: Auto bin widths, seconds: the smallest one giving at most TARGET_BINS bins over the log's span.
+NICE_BINS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
+TARGET_BINS = 60
+PERCENTILES = (50, 95, 99)
+#: One fixed colour per emotion so every plot (and every report) reads the same way.
+EMOTION_COLORS = {
+    "angry": "#d62728",
+    "disgust": "#8c564b",
+    "fear": "#9467bd",
+    "happy": "#2ca02c",
+    "sad": "#1f77b4",
+    "surprise": "#ff7f0e",
+    "neutral": "#7f7f7f",
+}
+ALL = "ALL"  # the row/key of the summary over every camera
+
+
+@dataclass
+class EventLog:
+    """The valid ``faces`` events of a log, flattened into one row per event and one row per face."""
+
+    events: pd.DataFrame  # camera, frame, ts_capture, ts_event, faces
+    faces: pd.DataFrame  # camera, ts_capture, emotion, confidence
+    lines: int = 0
+    blank: int = 0
+    malformed: int = 0
+    malformed_reasons: Counter[str] = field(default_factory=Counter)
+    malformed_examples: list[dict[str, Any]] = field(default_factory=list)
+    other_types: Counter[str] = field(default_factory=Counter)
+
+
+def parse_line(raw: bytes) -> dict[str, Any]:
+    """One log line as the sink would accept it, or :class:`WireError` saying why not."""
+    # decode_event validates a [topic, JSON] message and requires topic == camera id; a log line has
+    # no topic, so take it from the line itself. A line that is not even JSON gets an empty topic and
+    # decode_event then names the problem (bad_header) in the same words the sink's metrics use.
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):
+        obj = None
+    camera = obj.get("camera") if isinstance(obj, dict) else None
+    topic = camera.encode("utf-8", "replace") if isinstance(camera, str) else b""
+    return decode_event([topic, raw])
+
+
+def read_log(lines: Iterable[bytes]) -> EventLog:
+    """Validate and flatten every line; malformed ones are counted and a few kept as examples."""
+    event_rows: list[tuple[str, int, float, float, int]] = []
+    face_rows: list[tuple[str, float, str, float]] = []
+    log = EventLog(events=pd.DataFrame(), faces=pd.DataFrame())
+    for number, raw in enumerate(lines, start=1):
+        log.lines += 1
+        raw = raw.rstrip(b"\r\n")
+        if not raw.strip():
+            log.blank += 1  # a trailing newline or an empty line: nothing to report, nothing wrong
+            continue
+        try:
+            event = parse_line(raw)
+        except WireError as err:
+            log.malformed += 1
+            log.malformed_reasons[err.reason] += 1
+            if len(log.malformed_examples) < MAX_EXAMPLES:
+                log.malformed_examples.append({"line": number, "reason": err.reason, "detail": err.detail})
+            continue
+        if event["type"] != "faces":
+            log.other_types[event["type"]] += 1
+            continue
+        camera, ts_capture = event["camera"], float(event["ts_capture"])
+        event_rows.append((camera, event["frame"], ts_capture, float(event["ts_event"]), len(event["faces"])))
+        for face in event["faces"]:
+            confidence = face.get("confidence")
+            confidence = float(confidence) if isinstance(confidence, (int, float)) else math.nan
+            face_rows.append((camera, ts_capture, face["emotion"], confidence))
+    log.events = pd.DataFrame(event_rows, columns=["camera", "frame", "ts_capture", "ts_event", "faces"])
+    log.faces = pd.DataFrame(face_rows, columns=["camera", "ts_capture", "emotion", "confidence"])
+    return log
+
+
+def frames_lost(events: pd.DataFrame) -> int:
+    """Frames capture numbered but the log never saw: gaps in ``frame`` within each capture run.
+
+    Capture numbers the frames it yields 0, 1, 2, ... so a gap means a frame was dropped on the way.
+    A restarted capture (or a log appended to by several runs) starts again from 0: in capture-time
+    order a frame number that does not grow starts a new run, and gaps are counted within runs.
+    """
+    lost = 0
+    frames = events.sort_values("ts_capture")["frame"].to_numpy()
+    if len(frames) == 0:
+        return 0
+    starts = np.flatnonzero(np.diff(frames) <= 0) + 1
+    for run in np.split(frames, starts):
+        lost += int(run.max() - run.min() + 1 - len(np.unique(run)))
+    return lost
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), digits)
+
+
+def summarise(events: pd.DataFrame, faces: pd.DataFrame, cameras: int = 1) -> dict[str, Any]:
+    """The numbers of one camera (or, with ``cameras`` > 1, of several together)."""
+    n = len(events)
+    first, last = float(events["ts_capture"].min()), float(events["ts_capture"].max())
+    span = last - first
+    # N frames at a steady rate r cover (N - 1) / r seconds, so (N - 1) / span recovers r exactly;
+    # over several cameras this is their combined rate.
+    fps = (n - 1) / span if n > 1 and span > 0 else None
+    latency_ms = (events["ts_event"] - events["ts_capture"]).to_numpy() * 1000.0
+    pct = np.percentile(latency_ms, PERCENTILES)  # numpy's default linear interpolation
+    counts = faces["emotion"].value_counts()
+    total_faces = int(len(faces))
+    lost = (
+        frames_lost(events)
+        if cameras == 1
+        else sum(frames_lost(group) for _, group in events.groupby("camera", sort=False))
+    )
+    return {
+        "events": n,
+        "start": datetime.fromtimestamp(first, timezone.utc).isoformat(),
+        "end": datetime.fromtimestamp(last, timezone.utc).isoformat(),
+        "span_s": _round(span, 3),
+        "fps": _round(fps, 3),
+        "frames_lost": lost,
+        "faces": total_faces,
+        "faces_per_frame": _round(total_faces / n, 4),
+        "frames_with_faces": _round(float((events["faces"] > 0).mean()), 4),
+        "emotions": {e: int(counts.get(e, 0)) for e in EMOTIONS},
+        "emotion_shares": {e: _round(counts.get(e, 0) / total_faces, 4) if total_faces else None for e in EMOTIONS},
+        "latency_ms": {
+            **{f"p{p}": _round(v, 3) for p, v in zip(PERCENTILES, pct)},
+            "mean": _round(float(latency_ms.mean()), 3),
+            "max": _round(float(latency_ms.max()), 3),
+        },
+        # ts_capture comes from the capture host's clock and ts_event from the classifier's: across
+        # machines a negative latency means their clocks disagree (run NTP/chrony), not time travel.
+        "negative_latencies": int((latency_ms < 0).sum()),
+    }
+
+
+def auto_bin(span: float) -> float:
+    """A round bin width giving at most TARGET_BINS bins over ``span`` seconds."""
+    for width in NICE_BINS:
+        if span / width <= TARGET_BINS:
+            return float(width)
+    return float(math.ceil(span / TARGET_BINS))
+
+
+def emotion_shares_over_time(faces: pd.DataFrame, t0: float, bin_s: float, n_bins: int) -> pd.DataFrame:
+    """Share of each emotion among the faces of every time bin; bins without faces are all zero."""
+    index = pd.RangeIndex(n_bins)
+    if faces.empty:
+        return pd.DataFrame(0.0, index=index, columns=list(EMOTIONS))
+    bins = ((faces["ts_capture"] - t0) // bin_s).astype(int).clip(0, n_bins - 1)
+    counts = pd.crosstab(bins, faces["emotion"]).reindex(index=index, columns=list(EMOTIONS), fill_value=0)
+    totals = counts.sum(axis=1)
+    # Zero rather than NaN for empty bins: the stack then drops to the axis where no face was seen
+    # instead of interpolating a mood across a gap.
+    return counts.div(totals.where(totals > 0), axis=0).fillna(0.0)
+
+
+def plot_shares(shares: pd.DataFrame, t0: float, bin_s: float, title: str, path: Path) -> None:
+    """A stacked area of emotion shares per time bin, written as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers, CI or containers
+    import matplotlib.pyplot as plt
+
+    x = (shares.index.to_numpy() + 0.5) * bin_s  # bin centres, seconds since the log's first frame
+    fig, ax = plt.subplots(figsize=(10, 4.5), dpi=100)
+    try:
+        ax.stackplot(
+            x,
+            [shares[e].to_numpy() for e in EMOTIONS],
+            labels=list(EMOTIONS),
+            colors=[EMOTION_COLORS[e] for e in EMOTIONS],
+            alpha=0.9,
+        )
+        start = datetime.fromtimestamp(t0, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        ax.set_xlabel(f"seconds since {start} (bins of {bin_s:g} s)")
+        ax.set_ylabel("share of faces")
+        ax.set_ylim(0, 1)
+        ax.set_xlim(0, max(x[-1] + 0.5 * bin_s, bin_s))
+        ax.set_title(title)
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+def build_report(log: EventLog, source: str, bin_s: float | None) -> dict[str, Any]:
+    """Every number of the report, keyed by camera (plus ALL), ready to be written as JSON."""
+    cameras = sorted(log.events["camera"].unique())
+    per_camera = {
+        camera: summarise(log.events[log.events["camera"] == camera], log.faces[log.faces["camera"] == camera])
+        for camera in cameras
+    }
+    overall = summarise(log.events, log.faces, cameras=len(cameras))
+    t0 = float(log.events["ts_capture"].min())
+    span = float(log.events["ts_capture"].max()) - t0
+    width = bin_s if bin_s else auto_bin(span)
+    return {
+        "source": source,
+        "lines": log.lines,
+        "blank_lines": log.blank,
+        "malformed": {
+            "count": log.malformed,
+            "reasons": dict(log.malformed_reasons),
+            "examples": log.malformed_examples,
+        },
+        "other_types": dict(log.other_types),
+        "bin_s": width,
+        "t0": t0,
+        "cameras": per_camera,
+        "overall": overall,
+        "plots": {},
+    }
+
+
+def write_plots(log: EventLog, report: dict[str, Any], out: Path) -> dict[str, str]:
+    """One PNG per camera and one over all cameras; returns {camera or ALL: file name}."""
+    t0, width = report["t0"], report["bin_s"]
+    n_bins = int((float(log.events["ts_capture"].max()) - t0) // width) + 1
+    plots = {}
+    groups = [(ALL, log.faces, "all cameras")] + [
+        (camera, log.faces[log.faces["camera"] == camera], f"camera {camera}") for camera in report["cameras"]
+    ]
+    for key, faces, label in groups:
+        name = "emotions_overall.png" if key == ALL else f"emotions_{key}.png"
+        summary = report["overall"] if key == ALL else report["cameras"][key]
+        title = f"Emotion shares over time, {label} ({summary['faces']} faces in {summary['events']} frames)"
+        plot_shares(emotion_shares_over_time(faces, t0, width, n_bins), t0, width, title, out / name)
+        plots[key] = name
+    return plots
+
+
+def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def render_tables(report: dict[str, Any]) -> str:
+    """The human-readable summary: one row per camera plus ALL, then the emotion shares."""
+    rows = {**report["cameras"], ALL: report["overall"]}
+    summary = pd.DataFrame(
+        {
+            camera: {
+                "events": str(s["events"]),
+                "span_s": _fmt(s["span_s"], ".1f"),
+                "fps": _fmt(s["fps"], ".2f"),
+                "lost": str(s["frames_lost"]),
+                "faces/frame": _fmt(s["faces_per_frame"], ".2f"),
+                "with_faces": _fmt(None if s["frames_with_faces"] is None else 100 * s["frames_with_faces"], ".1f", "%"),
+                "lat_p50_ms": _fmt(s["latency_ms"]["p50"], ".1f"),
+                "lat_p95_ms": _fmt(s["latency_ms"]["p95"], ".1f"),
+                "lat_p99_ms": _fmt(s["latency_ms"]["p99"], ".1f"),
+            }
+            for camera, s in rows.items()
+        }
+    ).T
+    summary.index.name = "camera"
+    shares = pd.DataFrame(
+        {
+            camera: {e: _fmt(None if v is None else 100 * v, ".1f") for e, v in s["emotion_shares"].items()}
+            for camera, s in rows.items()
+        }
+    ).T
+    shares.index.name = "camera"
+    return (
+        summary.to_string()
+        + "\n\nemotion shares of faces (%):\n"
+        + shares.to_string()
+        + f"\n\nlatency = ts_event - ts_capture; fps over each camera's span; plots in bins of {report['bin_s']:g} s"
+    )
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sink.report",
+        description="Summarise a sink's JSON Lines event log per camera: table, report.json and PNG plots.",
+    )
+    parser.add_argument("--events", required=True, type=Path, help="the JSON Lines file the sink wrote (--jsonl)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="directory for report.json and the plots (default: <events>.report/)"
+    )
+    parser.add_argument(
+        "--bin", type=_positive, default=None, metavar="SECONDS", help="time bin of the plots (default: ~60 bins)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    path: Path = args.events
+    try:
+        # Binary: a line that is not UTF-8 is one malformed line, not a crash of the whole report.
+        with path.open("rb") as fh:
+            log = read_log(fh)
+    except OSError as exc:
+        parser.error(f"cannot read {path}: {exc.strerror or exc}")
+    malformed = log.malformed
+    if log.events.empty:
+        why = "it is empty" if log.lines == log.blank else f"{log.lines - log.blank} non-blank lines"
+        extra = f", {malformed} malformed" if malformed else ""
+        other = f", {sum(log.other_types.values())} of other types" if log.other_types else ""
+        print(f"sink.report: no valid 'faces' events in {path} ({why}{extra}{other})", file=sys.stderr)
+        for example in log.malformed_examples:
+            print(f"  line {example['line']}: {example['reason']}: {example['detail']}", file=sys.stderr)
+        return 1
+
+    out: Path = args.out if args.out is not None else path.with_suffix(".report")
+    out.mkdir(parents=True, exist_ok=True)
+    report = build_report(log, str(path), args.bin)
+    report["plots"] = write_plots(log, report, out)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+    others = sum(log.other_types.values())
+    print(
+        f"{path}: {log.lines} lines, {len(log.events)} events, {malformed} malformed, "
+        f"{others} of other types, {len(report['cameras'])} cameras"
+    )
+    print()
+    print(render_tables(report))
+    if malformed:
+        reasons = ", ".join(f"{r} {c}" for r, c in sorted(log.malformed_reasons.items()))
+        print(f"\nmalformed lines: {malformed} ({reasons}); first ones:")
+        for example in log.malformed_examples:
+            print(f"  line {example['line']}: {example['reason']}: {example['detail']}")
+    negative = report["overall"]["negative_latencies"]
+    if negative:
+        print(f"\n{negative} events have ts_event before ts_capture: the capture and classifier clocks disagree")
+    print(f"\nwrote {out / 'report.json'} and {len(report['plots'])} plots in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

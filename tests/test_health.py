@@ -1,0 +1,40 @@
+"""Liveness and readiness endpoints served beside /metrics."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+from conftest import free_port
+from emostream.health import Health, serve_http
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def test_readiness_follows_the_stage_and_liveness_follows_its_heartbeat():
+    health = Health(stale_after_s=3600)
+    port = free_port()
+    server = serve_http(port, health=health)
+    try:
+        assert get(port, "/healthz")[0] == 200
+        assert get(port, "/readyz") == (503, "starting\n")
+        health.set_ready(reason="model loaded")
+        assert get(port, "/readyz") == (200, "model loaded\n")
+        status, body = get(port, "/metrics")
+        assert status == 200 and "python_info" in body
+
+        health.stale_after_s = -1.0  # every heartbeat is now too old: a hung main loop
+        status, body = get(port, "/healthz")
+        assert status == 503 and "silent" in body
+        assert get(port, "/readyz")[0] == 503, "a hung stage is not ready either"
+        health.stale_after_s = 3600
+        health.beat()
+        assert get(port, "/healthz")[0] == 200
+    finally:
+        server.shutdown()
