@@ -54,6 +54,7 @@ class ClassifierService:
         context: zmq.Context | None = None,
     ) -> None:
         self.model = model
+        metrics.register_classifier_metrics()
         metrics.declare_drops(STAGE, "unknown", REJECT_REASONS)
         self.batcher = FaceBatcher(max_batch, max_wait_ms)
         ctx = context or zmq.Context.instance()

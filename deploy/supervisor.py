@@ -68,6 +68,8 @@ class Supervisor:
         state.started_at = time.monotonic()
         state.next_start_at = None
         metrics.STAGE_UP.labels(state.spec.name).set(1)
+        # Exported at 0 from the start: increase() and alerts then see the first restart too.
+        metrics.STAGE_RESTARTS.labels(state.spec.name)
         log.info("started %s (pid %d)", state.spec.name, state.process.pid)
 
     def start(self) -> None:
@@ -94,6 +96,8 @@ class Supervisor:
         if code == 0 and state.spec.restart == Restart.ON_FAILURE:
             log.info("%s finished", name)
             state.finished = True
+            # A finished source is no longer a stage: drop its series so "stage down" does not fire.
+            metrics.STAGE_UP.remove(name)
             return
         if code == EXIT_FATAL:
             state.fatal = True

@@ -7,7 +7,9 @@ with every metric's meaning is in deploy/METRICS.md.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+import contextlib
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
 STAGE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -38,12 +40,23 @@ STAGE_SECONDS = Histogram(
     ["stage"],
     buckets=STAGE_BUCKETS,
 )
-BATCH_SIZE = Histogram("emostream_classifier_batch_size", "Faces per classifier forward pass.", buckets=BATCH_BUCKETS)
-QUEUE_DEPTH = Gauge("emostream_classifier_queue_depth", "Faces received and waiting for a batch.")
+# Classifier-only metrics without labels would otherwise show up, empty, in every process that imports
+# this module: they join the registry only when the classifier calls register_classifier_metrics().
+BATCH_SIZE = Histogram(
+    "emostream_classifier_batch_size", "Faces per classifier forward pass.", buckets=BATCH_BUCKETS, registry=None
+)
+QUEUE_DEPTH = Gauge("emostream_classifier_queue_depth", "Faces received and waiting for a batch.", registry=None)
 CAMERA_UP = Gauge("emostream_camera_up", "1 while a camera delivers frames, else 0.", ["camera"])
 STAGE_RESTARTS = Counter("emostream_stage_restarts", "Stage processes restarted by the launcher.", ["stage"])
 STAGE_UP = Gauge("emostream_stage_up", "1 while the launcher sees the stage process running.", ["stage"])
-MODEL_INFO = Info("emostream_model", "The emotion model the classifier serves.")
+MODEL_INFO = Info("emostream_model", "The emotion model the classifier serves.", registry=None)
+
+
+def register_classifier_metrics() -> None:
+    """Add the classifier's unlabelled metrics to the default registry (idempotent)."""
+    for metric in (BATCH_SIZE, QUEUE_DEPTH, MODEL_INFO):
+        with contextlib.suppress(ValueError):  # already registered in this process
+            REGISTRY.register(metric)
 
 
 def declare_drops(stage: str, camera: str, reasons: tuple[str, ...]) -> None:
