@@ -13,6 +13,8 @@ import sys
 import threading
 import time
 
+from deploy.bench import add_arguments as add_bench_arguments
+from deploy.bench import cmd_bench
 from deploy.config import ConfigError, load_config
 from deploy.plan import endpoints, metrics_ports, plan_stages
 from deploy.status import StatusPrinter
@@ -94,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="validate a config and print the stage commands")
     check.add_argument("--config", default=None, help="pipeline YAML (default: the embedded demo)")
     check.set_defaults(func=cmd_check)
+    bench = sub.add_parser("bench", help="measure throughput and latency against the study's one-process baseline")
+    add_bench_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m detector", description="Find faces in camera frames and send crops to the classifier."
     )
-    parser.add_argument("--worker", type=int, required=True, help="this worker's index (for logs)")
+    parser.add_argument("--worker", type=int, default=0, help="this worker's index, for logs (replicas may all use 0)")
     parser.add_argument(
         "--pull", action="append", required=True, help="a camera's frames endpoint to connect to (repeat per camera)"
     )

@@ -79,7 +79,13 @@ def parse_line(raw: bytes) -> dict[str, Any]:
         obj = None
     camera = obj.get("camera") if isinstance(obj, dict) else None
     topic = camera.encode("utf-8", "replace") if isinstance(camera, str) else b""
-    return decode_event([topic, raw])
+    try:
+        return decode_event([topic, raw])
+    except WireError:
+        raise
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
+        # The report promises never to crash on a bad line, whatever shape it has.
+        raise WireError("bad_field", f"unreadable event ({type(exc).__name__}: {exc})") from exc
 
 
 def read_log(lines: Iterable[bytes]) -> EventLog:
@@ -99,7 +105,9 @@ def read_log(lines: Iterable[bytes]) -> EventLog:
             log.malformed += 1
             log.malformed_reasons[err.reason] += 1
             if len(log.malformed_examples) < MAX_EXAMPLES:
-                log.malformed_examples.append({"line": number, "reason": err.reason, "detail": err.detail})
+                # Details quote the offending value, which can be a whole face: keep one screen line.
+                detail = err.detail if len(err.detail) <= 160 else err.detail[:157] + "..."
+                log.malformed_examples.append({"line": number, "reason": err.reason, "detail": detail})
             continue
         if event["type"] != "faces":
             log.other_types[event["type"]] += 1
@@ -115,58 +123,76 @@ def read_log(lines: Iterable[bytes]) -> EventLog:
     return log
 
 
-def frames_lost(events: pd.DataFrame) -> int:
-    """Frames capture numbered but the log never saw: gaps in ``frame`` within each capture run.
+@dataclass(frozen=True)
+class Timing:
+    """How one camera's frames spread over time, run by run."""
 
-    Capture numbers the frames it yields 0, 1, 2, ... so a gap means a frame was dropped on the way.
-    A restarted capture (or a log appended to by several runs) starts again from 0: in capture-time
-    order a frame number that does not grow starts a new run, and gaps are counted within runs.
+    runs: int  # capture runs in the log (a restarted capture, or a log appended to by several runs)
+    active_s: float  # seconds covered by the runs, the gaps between runs left out
+    intervals: int  # frame-to-frame intervals within runs: (frames of a run - 1), summed
+    lost: int  # frames capture numbered but the log never saw
+
+    @property
+    def fps(self) -> float | None:
+        # N frames at a steady rate r cover (N - 1) / r seconds, so intervals / active_s recovers r
+        # exactly, and a pause between two runs appended to one log does not dilute it.
+        return self.intervals / self.active_s if self.active_s > 0 else None
+
+
+def camera_timing(events: pd.DataFrame) -> Timing:
+    """Split one camera's events into capture runs and measure them.
+
+    Capture numbers the frames it yields 0, 1, 2, ... (a gap downstream means a frame was lost) and
+    starts again from 0 when it restarts. The sink appends to its file, so one log may hold several
+    runs: in capture-time order, a frame number that does not grow starts a new run.
     """
-    lost = 0
-    frames = events.sort_values("ts_capture")["frame"].to_numpy()
-    if len(frames) == 0:
-        return 0
+    ordered = events.sort_values("ts_capture", kind="stable")
+    frames = ordered["frame"].to_numpy()
+    times = ordered["ts_capture"].to_numpy()
     starts = np.flatnonzero(np.diff(frames) <= 0) + 1
-    for run in np.split(frames, starts):
-        lost += int(run.max() - run.min() + 1 - len(np.unique(run)))
-    return lost
+    runs = list(zip(np.split(frames, starts), np.split(times, starts), strict=True))
+    return Timing(
+        runs=len(runs),
+        active_s=float(sum(t[-1] - t[0] for _, t in runs)),
+        intervals=sum(len(f) - 1 for f, _ in runs),
+        lost=sum(int(f.max() - f.min() + 1 - len(np.unique(f))) for f, _ in runs),
+    )
 
 
 def _round(value: float | None, digits: int) -> float | None:
     return None if value is None or not math.isfinite(value) else round(float(value), digits)
 
 
-def summarise(events: pd.DataFrame, faces: pd.DataFrame, cameras: int = 1) -> dict[str, Any]:
-    """The numbers of one camera (or, with ``cameras`` > 1, of several together)."""
+def summarise(events: pd.DataFrame, faces: pd.DataFrame) -> dict[str, Any]:
+    """The numbers of the events and faces given: one camera's, or every camera's together.
+
+    Over several cameras ``fps`` is the sum of the cameras' rates (the pipeline's total frame rate)
+    and ``frames_lost``/``runs`` are sums; everything else is computed over the pooled rows.
+    """
     n = len(events)
     first, last = float(events["ts_capture"].min()), float(events["ts_capture"].max())
-    span = last - first
-    # N frames at a steady rate r cover (N - 1) / r seconds, so (N - 1) / span recovers r exactly;
-    # over several cameras this is their combined rate.
-    fps = (n - 1) / span if n > 1 and span > 0 else None
+    timings = [camera_timing(group) for _, group in events.groupby("camera", sort=True)]
+    rates = [t.fps for t in timings if t.fps is not None]
     latency_ms = (events["ts_event"] - events["ts_capture"]).to_numpy() * 1000.0
-    pct = np.percentile(latency_ms, PERCENTILES)  # numpy's default linear interpolation
+    pct = np.percentile(latency_ms, PERCENTILES)  # numpy's default: linear interpolation
     counts = faces["emotion"].value_counts()
     total_faces = int(len(faces))
-    lost = (
-        frames_lost(events)
-        if cameras == 1
-        else sum(frames_lost(group) for _, group in events.groupby("camera", sort=False))
-    )
     return {
         "events": n,
         "start": datetime.fromtimestamp(first, timezone.utc).isoformat(),
         "end": datetime.fromtimestamp(last, timezone.utc).isoformat(),
-        "span_s": _round(span, 3),
-        "fps": _round(fps, 3),
-        "frames_lost": lost,
+        "span_s": _round(last - first, 3),
+        "active_s": _round(sum(t.active_s for t in timings), 3),
+        "runs": sum(t.runs for t in timings),
+        "fps": _round(sum(rates), 3) if rates else None,
+        "frames_lost": sum(t.lost for t in timings),
         "faces": total_faces,
         "faces_per_frame": _round(total_faces / n, 4),
         "frames_with_faces": _round(float((events["faces"] > 0).mean()), 4),
         "emotions": {e: int(counts.get(e, 0)) for e in EMOTIONS},
         "emotion_shares": {e: _round(counts.get(e, 0) / total_faces, 4) if total_faces else None for e in EMOTIONS},
         "latency_ms": {
-            **{f"p{p}": _round(v, 3) for p, v in zip(PERCENTILES, pct)},
+            **{f"p{p}": _round(v, 3) for p, v in zip(PERCENTILES, pct, strict=True)},
             "mean": _round(float(latency_ms.mean()), 3),
             "max": _round(float(latency_ms.max()), 3),
         },
@@ -213,6 +239,7 @@ def plot_shares(shares: pd.DataFrame, t0: float, bin_s: float, title: str, path:
             labels=list(EMOTIONS),
             colors=[EMOTION_COLORS[e] for e in EMOTIONS],
             alpha=0.9,
+            step="mid",  # a bin is a block of time: draw it flat, do not interpolate between bins
         )
         start = datetime.fromtimestamp(t0, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         ax.set_xlabel(f"seconds since {start} (bins of {bin_s:g} s)")
@@ -234,7 +261,7 @@ def build_report(log: EventLog, source: str, bin_s: float | None) -> dict[str, A
         camera: summarise(log.events[log.events["camera"] == camera], log.faces[log.faces["camera"] == camera])
         for camera in cameras
     }
-    overall = summarise(log.events, log.faces, cameras=len(cameras))
+    overall = summarise(log.events, log.faces)
     t0 = float(log.events["ts_capture"].min())
     span = float(log.events["ts_capture"].max()) - t0
     width = bin_s if bin_s else auto_bin(span)
@@ -285,10 +312,11 @@ def render_tables(report: dict[str, Any]) -> str:
             camera: {
                 "events": str(s["events"]),
                 "span_s": _fmt(s["span_s"], ".1f"),
+                "runs": str(s["runs"]),
                 "fps": _fmt(s["fps"], ".2f"),
                 "lost": str(s["frames_lost"]),
                 "faces/frame": _fmt(s["faces_per_frame"], ".2f"),
-                "with_faces": _fmt(None if s["frames_with_faces"] is None else 100 * s["frames_with_faces"], ".1f", "%"),
+                "with_faces": _fmt(100 * s["frames_with_faces"], ".1f", "%"),
                 "lat_p50_ms": _fmt(s["latency_ms"]["p50"], ".1f"),
                 "lat_p95_ms": _fmt(s["latency_ms"]["p95"], ".1f"),
                 "lat_p99_ms": _fmt(s["latency_ms"]["p99"], ".1f"),
@@ -308,7 +336,8 @@ def render_tables(report: dict[str, Any]) -> str:
         summary.to_string()
         + "\n\nemotion shares of faces (%):\n"
         + shares.to_string()
-        + f"\n\nlatency = ts_event - ts_capture; fps over each camera's span; plots in bins of {report['bin_s']:g} s"
+        + "\n\nlatency = ts_event - ts_capture; fps within capture runs (ALL: their sum); "
+        + f"plots in bins of {report['bin_s']:g} s"
     )
 
 
@@ -377,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  line {example['line']}: {example['reason']}: {example['detail']}")
     negative = report["overall"]["negative_latencies"]
     if negative:
-        print(f"\n{negative} events have ts_event before ts_capture: the capture and classifier clocks disagree")
+        print(f"\n{negative} event(s) with ts_event before ts_capture: the capture and classifier clocks disagree")
     print(f"\nwrote {out / 'report.json'} and {len(report['plots'])} plots in {out}")
     return 0
 

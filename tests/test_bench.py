@@ -1,0 +1,197 @@
+"""``python -m deploy bench`` in pieces, on tiny settings: the full command takes minutes.
+
+No assertion here is about speed: this machine is shared, so only the shape of the results and the
+arithmetic of the derived ratios are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import shared_path
+from deploy.__main__ import main as deploy_main
+from deploy.baseline import rate, run_baseline
+from deploy.bench import (
+    derive,
+    format_report,
+    measure_classifier,
+    measure_detector,
+    measure_matmul_peak,
+    read_frames,
+    run_end_to_end,
+    write_json,
+    write_plot,
+)
+
+
+@pytest.fixture(scope="module")
+def video():
+    return shared_path("media", "faces.mp4")
+
+
+@pytest.fixture(scope="module")
+def yunet():
+    return shared_path("models", "face_detection_yunet_2026may.onnx")
+
+
+def test_rate_is_the_median_over_chunks_and_keeps_the_mean():
+    # Chunks of 2 items: 2/0.2 = 10, 2/0.2 = 10, 2/2.0 = 1 per second; a slowed-down chunk is ignored.
+    result = rate([1] * 6, [0.1, 0.1, 0.1, 0.1, 1.0, 1.0], chunk=2)
+    assert result["per_s"] == pytest.approx(10.0)
+    assert result["mean_per_s"] == pytest.approx(6 / 2.4)
+    assert result["chunks"] == 3
+    # A partial trailing chunk counts only when there is no full one.
+    assert rate([1, 1, 1], [0.5, 0.5, 0.1], chunk=2)["per_s"] == pytest.approx(2.0)
+    assert rate([1], [0.25], chunk=25)["per_s"] == pytest.approx(4.0)
+
+
+def test_baseline_loop_on_a_few_frames(video):
+    result = run_baseline(video, max_frames=4, chunk=2)
+    assert result["frames"] == 4
+    assert result["fps"] > 0 and result["mean_fps"] > 0
+    assert set(result["seconds_by_part"]) == {"decode", "detect", "crop", "classify"}
+    assert sum(result["share_by_part"].values()) == pytest.approx(1.0, abs=0.05)
+    assert result["faces"] == round(result["faces_per_frame"] * 4)
+
+
+def test_standalone_stages_on_a_few_frames(video, yunet):
+    decode, frames = read_frames(video, 4, chunk=2)
+    assert len(frames) == 4 and decode["fps"] > 0 and decode["resolution"] == [1280, 720]
+
+    det, crops = measure_detector(frames, "yunet", yunet, 0.5, 20, chunk=2)
+    assert det["fps"] > 0 and det["cpu_s_per_frame"] > 0
+    crops = np.concatenate(crops)
+    assert crops.shape[1:] == (48, 48) and len(crops) == round(det["faces_per_frame"] * 4) > 0
+
+    cls = measure_classifier(crops, max_batch=8, batch1_faces=4, batched_batches=2, sweep=(4,), rounds=2)
+    assert cls["batch1_faces_per_s"] > 0 and cls["batched_faces_per_s"] > 0
+    assert set(cls["faces_per_s_by_batch"]) == {1, 4, 8}
+    assert cls["batched_over_batch1"] == pytest.approx(cls["batched_faces_per_s"] / cls["batch1_faces_per_s"])
+    assert cls["flops_per_face"] > 1e6  # a real CNN on 48x48, not a counter that saw nothing
+
+    peak = measure_matmul_peak(size=256, reps=2, threads=2)
+    assert peak["gflops"] >= peak["median_gflops"] > 0
+
+
+def _run(cameras, events_per_s, p50, p99, *, pacing="realtime", error=None):
+    return {
+        "label": f"{cameras}cam",
+        "cameras": cameras,
+        "pacing": pacing,
+        "drop_policy": "block" if pacing == "fast" else "drop_oldest",
+        "offered_fps": 25.0 * cameras if pacing == "realtime" else None,
+        "events": 0 if error else int(events_per_s * 10),
+        "events_per_s": events_per_s,
+        "faces_per_frame": 3.0,
+        "latency_ms": {"p50": p50, "p95": (p50 + p99) / 2, "p99": p99},
+        "sink_latency_ms": {"p50": p50 + 1, "p95": p99, "p99": p99 + 1},
+        "drops_in_window": {"capture/overload": 12.0} if cameras == 4 else {},
+        "cpu_cores_by_stage": {"capture": 0.2, "detector": 1.2, "classifier": 0.3, "sink": 0.01, "launcher": 0.01},
+        "classifier_mean_batch": 9.5,
+        "error": error,
+    }
+
+
+FIXED = {
+    "machine": {"cpu_count": 2, "cpu_model": "test CPU", "torch": "2.x", "opencv": "4.x"},
+    "settings": {"workers": 2, "fast_cameras": 2, "max_batch": 64, "downscale": 0.5, "warmup_s": 5, "measure_s": 10},
+    "baseline": {"fps": 20.0, "frames": 100, "faces_per_frame": 1.7, "share_by_part": {"detect": 0.8}},
+    "stages": {
+        "decode": {"fps": 300.0, "cpu_parallelism": 1.5, "cpu_s_per_frame": 0.005},
+        "detector_yunet": {
+            "fps": 90.0,
+            "cpu_parallelism": 1.25,
+            "cpu_s_per_frame": 0.02,
+            "faces_per_frame": 3.0,
+            "downscale": 0.5,
+        },
+    },
+    "classifier": {
+        "batch1_faces_per_s": 400.0,
+        "batched_faces_per_s": 2400.0,
+        "faces_per_s_by_batch": {1: 400.0, 64: 2400.0},
+        "max_batch": 64,
+        "flops_per_face": 0.25e9,
+        "cpu_parallelism": 1.8,
+        "cpu_s_per_face": 0.0005,
+    },
+    "peak": {"gflops": 1200.0, "threads": 2},
+    "runs": [
+        _run(1, 25.0, 40.0, 90.0),
+        _run(2, 48.0, 60.0, 150.0),
+        _run(4, 44.0, 300.0, 900.0),
+        _run(8, 99.0, 1.0, 1.0, error="the launcher exited early with code 1"),
+    ],
+    "max_throughput": _run(2, 60.0, 500.0, 800.0, pacing="fast"),
+    "what_if": {**_run(2, 75.0, 300.0, 400.0, pacing="fast"), "env": {"OMP_NUM_THREADS": "1"}},
+}
+
+
+def test_derived_ratios_table_json_and_plot_on_fixed_results(tmp_path):
+    results = json.loads(json.dumps(FIXED))  # a copy, and int keys become strings as after a JSON round trip
+    results["headline"] = h = derive(results)
+    assert h["baseline_fps"] == 20.0
+    # The best realtime run that did not fail: 2 cameras (48/s), not the failed 8-camera one (99/s).
+    assert h["end_to_end_fps"] == 48.0 and h["end_to_end_cameras"] == 2
+    assert h["p99_latency_ms"] == 150.0
+    assert h["end_to_end_over_baseline"] == pytest.approx(48 / 20)
+    assert h["max_throughput_fps"] == 60.0
+    assert h["max_throughput_over_baseline"] == pytest.approx(3.0)
+    assert h["classifier_faces_per_s"] == 2400.0
+    assert h["classifier_batched_over_batch1"] == pytest.approx(6.0)
+    assert h["classifier_gflops"] == pytest.approx(600.0)
+    assert h["classifier_share_of_peak"] == pytest.approx(0.5)
+    # Capacity = fps x min(processes, cpus / parallelism):
+    # decode 300 x min(2, 2/1.5) = 400; detector 90 x min(2, 2/1.25) = 144; classifier 2400/3 x min(1, ..) = 800.
+    assert h["stage_capacity_fps"] == pytest.approx({"decode": 400.0, "detector": 144.0, "classifier": 800.0})
+    assert h["slowest_stage"] == "detector"
+    assert h["pipeline_over_slowest_stage"] == pytest.approx(60 / 144)
+    assert h["pipeline_over_slowest_stage_unscaled"] == pytest.approx(60 / 90)
+    # CPU budget: 2 cores / (0.005 + 0.02 + 0.0005 x 3) s per frame.
+    assert h["cpu_budget_fps"] == pytest.approx(2 / 0.0265)
+    assert h["pipeline_over_cpu_budget"] == pytest.approx(60 / (2 / 0.0265))
+    assert h["what_if_fps"] == 75.0 and h["what_if_over_max_throughput"] == pytest.approx(1.25)
+
+    table = format_report(results)
+    for text in ("2.40x", "6.00x", "3.00x", "1.25x", "0.42", "capture/overload 12", "FAILED", "OMP_NUM_THREADS=1"):
+        assert text in table, f"{text!r} missing from\n{table}"
+    widths = {len(line) for line in table.splitlines() if line.startswith("  run ")}
+    assert widths, "the end-to-end table has a header row"
+
+    doc = json.loads(write_json(results, tmp_path / "out" / "bench.json").read_text())
+    for key in (
+        "baseline_fps",
+        "end_to_end_fps",
+        "p99_latency_ms",
+        "classifier_faces_per_s",
+        "classifier_batched_over_batch1",
+        "pipeline_over_slowest_stage",
+    ):
+        assert doc[key] == pytest.approx(h[key]), key
+    assert len(doc["runs"]) == 4 and doc["machine"]["cpu_count"] == 2
+
+    png = write_plot(results, tmp_path / "out" / "bench.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_end_to_end_runner_on_one_camera_reads_events_and_drops(video, yunet):
+    run = run_end_to_end(video, yunet, 1, workers=1, warmup_s=1.0, measure_s=3.0, startup_timeout_s=90.0)
+    assert run["error"] is None, run.get("log_tail")
+    assert run["events"] > 0 and run["events_per_s"] > 0
+    assert all(math.isfinite(v) and v > 0 for v in run["latency_ms"].values())
+    assert set(run["metrics_scraped"]) == {"launcher", "sink", "classifier", "detector-0", "capture-cam0"}
+    assert not run["metrics_errors"]
+    assert run["drop_series"] > 0, "emostream_frames_dropped_total was not read from /metrics"
+    assert isinstance(run["drops_in_window"], dict) and isinstance(run["drops_total"], list)
+    assert {"capture", "detector", "classifier"} <= set(run["cpu_cores_by_stage"])
+    assert run["timeline"] and run["launcher_exit_code"] == 0
+
+
+def test_missing_video_is_a_clear_error(tmp_path, capsys):
+    missing = tmp_path / "nope.mp4"
+    assert deploy_main(["bench", "--video", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
