@@ -184,6 +184,7 @@ def merge_baselines(slices: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if not slices:
         raise ValueError("no baseline slices")
     merged = dict(slices[0])
+    merged.pop("cpu_watch", None)  # belongs to one slice; every slice's is kept under "slices"
     chunk_fps = [r for s in slices for r in s["chunk_fps"]]
     frames = sum(s["frames"] for s in slices)
     seconds = sum(s["seconds"] for s in slices)

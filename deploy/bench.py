@@ -998,6 +998,28 @@ def _others(entry: dict[str, Any]) -> str:
     return _fmt(watch.get("other_processes_cores", entry.get("other_processes_cores")), 2)
 
 
+#: Cores of other processes above which a measurement is flagged as disturbed in the report.
+NOISY_CORES = 0.5
+
+
+def noisy_steps(results: dict[str, Any]) -> list[str]:
+    """Names of the measurements during which other processes kept more than NOISY_CORES cores busy."""
+    entries: list[tuple[str, dict[str, Any]]] = [
+        (f"baseline slice {i + 1}", sl) for i, sl in enumerate(results["baseline"].get("slices", []))
+    ]
+    entries += [(name, entry) for name, entry in results.get("stages", {}).items()]
+    entries += [("classifier", results.get("classifier", {})), ("matmul peak", results.get("peak", {}))]
+    runs = [*results.get("runs", []), results.get("max_throughput"), results.get("what_if")]
+    entries += [(_run_name(r), r) for r in runs if r and not r.get("error")]
+    out = []
+    for name, entry in entries:
+        watch = entry.get("cpu_watch") or {}
+        others = watch.get("other_processes_cores", entry.get("other_processes_cores"))
+        if others is not None and others > NOISY_CORES:
+            out.append(f"{name} ({others:.1f})")
+    return out
+
+
 def _run_name(run: dict[str, Any]) -> str:
     name = f"{run['cameras']} cam {run['pacing']}" + (" block" if run["drop_policy"] == "block" else "")
     return name + "".join(f" {k}={v}" for k, v in (run.get("env") or {}).items())
@@ -1020,19 +1042,21 @@ def format_report(results: dict[str, Any]) -> str:
         "Baseline: the study's loop in one process (decode -> Haar full res 1.3/5 -> 48x48 crop -> model b1 fp32)",
     ]
     share = b.get("share_by_part", {})
-    lines += align(
-        ["", "frames/s", "frames", "faces/frame", "decode", "detect", "crop", "classify", "others"],
+    rows = [
+        [f"slice {i + 1}", _fmt(sl["fps"]), str(sl["frames"]), "", "", "", "", "", _others(sl)]
+        for i, sl in enumerate(b.get("slices", []))
+    ]
+    rows.append(
         [
-            [
-                "baseline",
-                _fmt(b["fps"]),
-                str(b["frames"]),
-                _fmt(b["faces_per_frame"], 2),
-                *(f"{100 * share.get(k, 0):.0f}%" for k in ("decode", "detect", "crop", "classify")),
-                _others(b),
-            ]
-        ],
+            "baseline (median)",
+            _fmt(b["fps"]),
+            str(b["frames"]),
+            _fmt(b["faces_per_frame"], 2),
+            *(f"{100 * share.get(k, 0):.0f}%" for k in ("decode", "detect", "crop", "classify")),
+            "" if b.get("slices") else _others(b),
+        ]
     )
+    lines += align(["", "frames/s", "frames", "faces/frame", "decode", "detect", "crop", "classify", "others"], rows)
     lines += ["", "Stages standalone (this process, same frames; rate = median over chunks)"]
     rows = [["decode (capture)", _fmt(st["decode"]["fps"]), "frames/s", _fmt(st["decode"]["cpu_parallelism"], 2)]]
     rows[0] += ["-", _others(st["decode"])]
@@ -1116,6 +1140,14 @@ def format_report(results: dict[str, Any]) -> str:
     ]
     header = ["run", "capture", "detector", "classifier", "sink", "launcher", "others", "det ms", "cls ms"]
     lines += align(header, rows, indent="    ")
+    busy = noisy_steps(results)
+    if busy:
+        lines += [
+            "",
+            f"NOTE: other processes kept more than {NOISY_CORES:g} cores busy during: {', '.join(busy)}.",
+            "  Those numbers are depressed; ratios within one step (batched/batch-1, runs against each other) hold",
+            "  up better than ratios across steps measured at different moments.",
+        ]
     cap = h["stage_capacity_fps"]
     lines += [
         "",
