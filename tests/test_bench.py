@@ -14,8 +14,9 @@ import pytest
 
 from conftest import shared_path
 from deploy.__main__ import main as deploy_main
-from deploy.baseline import rate, run_baseline
+from deploy.baseline import merge_baselines, rate, run_baseline
 from deploy.bench import (
+    _seq_gaps,
     derive,
     format_report,
     measure_classifier,
@@ -49,13 +50,48 @@ def test_rate_is_the_median_over_chunks_and_keeps_the_mean():
     assert rate([1], [0.25], chunk=25)["per_s"] == pytest.approx(4.0)
 
 
-def test_baseline_loop_on_a_few_frames(video):
-    result = run_baseline(video, max_frames=4, chunk=2)
-    assert result["frames"] == 4
-    assert result["fps"] > 0 and result["mean_fps"] > 0
-    assert set(result["seconds_by_part"]) == {"decode", "detect", "crop", "classify"}
-    assert sum(result["share_by_part"].values()) == pytest.approx(1.0, abs=0.05)
-    assert result["faces"] == round(result["faces_per_frame"] * 4)
+def test_seq_gaps_count_only_frames_never_delivered():
+    # Frame 7 arrived, just not inside the window (a second worker delivered it late): not a gap.
+    assert _seq_gaps([5, 6, 8, 9], {4, 5, 6, 7, 8, 9, 10}) == 0
+    assert _seq_gaps([5, 9], {5, 9}) == 3
+    assert _seq_gaps([], set()) == 0
+
+
+def test_baseline_loop_on_a_few_frames_and_slices_merge(video):
+    first = run_baseline(video, max_frames=4, chunk=2)
+    assert first["frames"] == 4 and len(first["chunk_fps"]) == 2
+    assert first["fps"] > 0 and first["mean_fps"] > 0
+    assert set(first["seconds_by_part"]) == {"decode", "detect", "crop", "classify"}
+    assert sum(first["share_by_part"].values()) == pytest.approx(1.0, abs=0.05)
+    assert first["faces"] == round(first["faces_per_frame"] * 4)
+    # A time budget ends a slice after its first chunk at the latest.
+    last = run_baseline(video, max_frames=50, chunk=2, max_seconds=1e-9)
+    assert last["frames"] == 2
+
+    merged = merge_baselines([first, last])
+    assert merged["frames"] == 6 and merged["chunks"] == 3
+    assert merged["fps"] == pytest.approx(sorted(first["chunk_fps"] + last["chunk_fps"])[1])
+    assert merged["faces"] == first["faces"] + last["faces"]
+    assert [s["frames"] for s in merged["slices"]] == [4, 2]
+
+
+def test_merged_slices_take_the_median_chunk():
+    def slice_(chunks, frames):
+        return {
+            "chunk_fps": chunks,
+            "frames": frames,
+            "seconds": frames / 10,
+            "faces": frames,
+            "seconds_by_part": {"decode": 0.0, "detect": frames / 10, "crop": 0.0, "classify": 0.0},
+            "emotions": {"happy": frames},
+            "cpu_parallelism": 1.0,
+            "fps": chunks[0],
+        }
+
+    merged = merge_baselines([slice_([10.0, 12.0], 50), slice_([2.0], 25)])  # the second slice hit a busy minute
+    assert merged["fps"] == 10.0
+    assert merged["mean_fps"] == pytest.approx(75 / 7.5)
+    assert merged["emotions"] == {"happy": 75}
 
 
 def test_standalone_stages_on_a_few_frames(video, yunet):
@@ -99,7 +135,16 @@ def _run(cameras, events_per_s, p50, p99, *, pacing="realtime", error=None):
 FIXED = {
     "machine": {"cpu_count": 2, "cpu_model": "test CPU", "torch": "2.x", "opencv": "4.x"},
     "settings": {"workers": 2, "fast_cameras": 2, "max_batch": 64, "downscale": 0.5, "warmup_s": 5, "measure_s": 10},
-    "baseline": {"fps": 20.0, "frames": 100, "faces_per_frame": 1.7, "share_by_part": {"detect": 0.8}},
+    "baseline": {
+        "fps": 20.0,
+        "frames": 100,
+        "faces_per_frame": 1.7,
+        "share_by_part": {"detect": 0.8},
+        "slices": [
+            {"fps": 21.0, "frames": 50, "cpu_watch": {"other_processes_cores": 0.1}},
+            {"fps": 19.0, "frames": 50, "cpu_watch": {"other_processes_cores": 0.9}},
+        ],
+    },
     "stages": {
         "decode": {"fps": 300.0, "cpu_parallelism": 1.5, "cpu_s_per_frame": 0.005},
         "detector_yunet": {
@@ -157,10 +202,23 @@ def test_derived_ratios_table_json_and_plot_on_fixed_results(tmp_path):
     assert h["what_if_fps"] == 75.0 and h["what_if_over_max_throughput"] == pytest.approx(1.25)
 
     table = format_report(results)
-    for text in ("2.40x", "6.00x", "3.00x", "1.25x", "0.42", "capture/overload 12", "FAILED", "OMP_NUM_THREADS=1"):
+    for text in (
+        "2.40x",
+        "6.00x",
+        "3.00x",
+        "1.25x",
+        "0.42",
+        "capture/overload 12",
+        "FAILED",
+        "OMP_NUM_THREADS=1",
+        "during: baseline slice 2 (0.9)",
+    ):
         assert text in table, f"{text!r} missing from\n{table}"
-    widths = {len(line) for line in table.splitlines() if line.startswith("  run ")}
-    assert widths, "the end-to-end table has a header row"
+    # Aligned: in the end-to-end table every value of the events/s column ends where its header ends.
+    lines = table.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("  run ") and "events/s" in line)
+    end = lines[header].index("events/s") + len("events/s")
+    assert lines[header + 1][:end].endswith("25.0") and lines[header + 2][:end].endswith("48.0")
 
     doc = json.loads(write_json(results, tmp_path / "out" / "bench.json").read_text())
     for key in (
