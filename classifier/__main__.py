@@ -18,6 +18,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-wait-ms", type=float, default=10.0, help="longest a face waits for a batch")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--no-bf16", action="store_true", help="run in float32")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (0: torch's default, one per core). 1 by default: the classifier shares the "
+        "cores with detectors and capture, and an OpenMP pool whose threads get preempted stalls every batch",
+    )
     add_common_args(parser)
     return parser
 
@@ -25,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     stop = start_process("classifier", args)
+    import torch
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     from classifier.model import EmotionModel
     from classifier.service import ClassifierService
 

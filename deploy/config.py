@@ -63,6 +63,8 @@ class DetectorConfig(Section):
     min_face: Annotated[int, Field(ge=8)] = 40
     score_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.7
     crop_size: Annotated[int, Field(ge=16, le=256)] = 48
+    #: OpenCV threads per worker; 0 keeps OpenCV's default (all cores). Set 1 when workers >= cores.
+    threads: Annotated[int, Field(ge=0, le=256)] = 0
 
     @model_validator(mode="after")
     def _model_for_yunet(self) -> DetectorConfig:
@@ -77,6 +79,8 @@ class ClassifierConfig(Section):
     max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 10.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = True
+    #: torch CPU threads; 1 by default because the classifier shares the cores with the other stages.
+    threads: Annotated[int, Field(ge=0, le=256)] = 1
 
 
 class SinkConfig(Section):

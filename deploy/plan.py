@@ -92,6 +92,8 @@ def plan_stages(config: PipelineConfig) -> list[StageSpec]:
         str(cls.max_wait_ms),
         "--device",
         cls.device,
+        "--threads",
+        str(cls.threads),
     ]
     if cls.model:
         cls_args += ["--model", cls.model]
@@ -120,6 +122,8 @@ def plan_stages(config: PipelineConfig) -> list[StageSpec]:
             str(det.score_threshold),
             "--crop-size",
             str(det.crop_size),
+            "--threads",
+            str(det.threads),
         ]
         if det.model:
             args += ["--model", det.model]

@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 
+import cv2
 import zmq
 
 from detector.backends import DetectorConfigError
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--score-threshold", type=_unit_interval, default=0.7, help="YuNet's minimum confidence (Haar: unused)"
     )
     parser.add_argument("--crop-size", type=_crop_size, default=48, metavar="PX", help="crop side (FER2013: 48)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="OpenCV threads (0: OpenCV's default); 1 when workers fill the cores"
+    )
     add_common_args(parser)
     return parser
 
@@ -67,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     stop = start_process(f"detector[{args.worker}]", args)
+    if args.threads > 0:
+        cv2.setNumThreads(args.threads)
     try:
         extractor = build_extractor(
             backend=args.backend,

@@ -97,3 +97,15 @@ def test_launcher_reports_yaml_syntax_errors(tmp_path):
         [PYTHON, "-m", "deploy", "check", "--config", str(path)], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2 and "not valid YAML" in result.stderr
+
+
+def test_thread_settings_reach_the_stage_command_lines_and_the_stage_parsers_accept_them():
+    from classifier.__main__ import build_parser as classifier_parser
+    from detector.__main__ import build_parser as detector_parser
+
+    config = parse_config({"cameras": [{"id": "a", "source": "demo"}], "detector": {"threads": 1}})
+    stages = {s.name: s for s in plan_stages(config)}
+    cls_args = classifier_parser().parse_args(stages["classifier"].args)
+    det_args = detector_parser().parse_args(stages["detector-0"].args)
+    assert cls_args.threads == 1, "the classifier defaults to one torch thread"
+    assert det_args.threads == 1
