@@ -58,13 +58,6 @@ EXIT_MISSING = 2
 #: Events still received this long after a window count as delivered (not as a gap in the frame
 #: numbers): with several detector workers, frames of one camera can overtake each other.
 GAP_GRACE_S = 1.0
-#: The what-if run: the max-throughput run again with torch's OpenMP pool at one thread. It changes
-#: nothing in the pipeline's code or config, only the environment the stages start in; OpenCV (and
-#: so the detectors and capture) uses its own pthreads pool and ignores it, so only the classifier
-#: is affected. Why this one: on a machine with as many busy detector threads as cores, the
-#: classifier's 2-thread OpenMP barriers wait for descheduled threads (see the classifier ms/batch
-#: in the pipeline versus standalone).
-WHAT_IF_ENV = {"OMP_NUM_THREADS": "1"}
 
 DEFINITIONS = {
     "baseline_fps": "frames/s of the study's sequential loop (deploy/baseline.py), median over 25-frame chunks",
@@ -100,9 +93,8 @@ DEFINITIONS = {
         "burst, so per-second bins are not independent samples and their median would not be a throughput)"
     ),
     "what_if_fps": (
-        "the max-throughput run again with only the environment changed (WHAT_IF_ENV, default OMP_NUM_THREADS=1: "
-        "torch in the classifier on one thread; OpenCV ignores it); what_if_over_max_throughput = what_if_fps / "
-        "max_throughput_fps"
+        "with --what-if NAME=VALUE: the max-throughput run again with only the stages' environment changed "
+        "(no code or config change); what_if_over_max_throughput = what_if_fps / max_throughput_fps"
     ),
     "drops": "emostream_frames_dropped_total from every stage's /metrics: total at the end and delta in the window",
     "realtime runs": (
@@ -148,7 +140,7 @@ class BenchSettings:
     startup_timeout_s: float = 120.0
     realtime_drop_policy: str = "drop_oldest"
     #: One more max-throughput run with these extra environment variables (none: skipped); see WHAT_IF.
-    what_if_env: dict[str, str] | None = field(default_factory=lambda: dict(WHAT_IF_ENV))
+    what_if_env: dict[str, str] | None = None
 
     @classmethod
     def quick_settings(cls, **overrides: Any) -> BenchSettings:
@@ -1458,9 +1450,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fast-cameras", type=int, default=2, help="cameras of the max-throughput run (default 2)")
     parser.add_argument("--measure-seconds", type=float, help="measured window per pipeline run (40, quick 12)")
     parser.add_argument(
-        "--no-what-if",
-        action="store_true",
-        help="skip the extra max-throughput run with OMP_NUM_THREADS=1 (the classifier's torch on one thread)",
+        "--what-if",
+        action="append",
+        metavar="NAME=VALUE",
+        help="one more max-throughput run with this environment variable set (repeatable), e.g. "
+        "OMP_NUM_THREADS=2 to compare against the classifier's default of one torch thread",
     )
 
 
@@ -1487,8 +1481,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     }
     if args.measure_seconds:
         overrides["measure_s"] = args.measure_seconds
-    if args.no_what_if:
-        overrides["what_if_env"] = None
+    if args.what_if:
+        pairs = [item.partition("=") for item in args.what_if]
+        if any(not name or not sep for name, sep, _ in pairs):
+            print("bench: --what-if takes NAME=VALUE", file=sys.stderr)
+            return EXIT_MISSING
+        overrides["what_if_env"] = {name: value for name, _, value in pairs}
     settings = BenchSettings.quick_settings(**overrides) if args.quick else BenchSettings(**overrides)
     results = run_bench(settings)
     print(format_report(results), flush=True)
