@@ -1032,6 +1032,13 @@ def _run_name(run: dict[str, Any]) -> str:
 def format_report(results: dict[str, Any]) -> str:
     """The printed summary: aligned text tables of every measurement and the headline ratios."""
     h = results["headline"]
+    what_if_rows = []
+    if h.get("what_if_env"):  # only with --what-if
+        env = " ".join(f"{k}={v}" for k, v in h["what_if_env"].items())
+        what_if_rows = [
+            [f"what_if_fps ({env})", _fmt(h.get("what_if_fps"))],
+            ["what_if_over_max_throughput", _ratio(h.get("what_if_over_max_throughput"))],
+        ]
     m = results["machine"]
     s = results["settings"]
     b = results["baseline"]
@@ -1174,11 +1181,7 @@ def format_report(results: dict[str, Any]) -> str:
                 [f"pipeline_over_slowest_stage ({h['slowest_stage']})", _fmt(h["pipeline_over_slowest_stage"], 2)],
                 ["cpu_budget_fps", _fmt(h["cpu_budget_fps"])],
                 ["pipeline_over_cpu_budget", _fmt(h["pipeline_over_cpu_budget"], 2)],
-                [
-                    "what_if_fps (" + " ".join(f"{k}={v}" for k, v in (h.get("what_if_env") or {}).items()) + ")",
-                    _fmt(h.get("what_if_fps")),
-                ],
-                ["what_if_over_max_throughput", _ratio(h.get("what_if_over_max_throughput"))],
+                *what_if_rows,
             ],
         ),
     ]
