@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+PYTHON = sys.executable
 
 
 def shared_path(*parts: str) -> Path:
@@ -113,4 +118,31 @@ def tiny_model(tmp_path_factory) -> Path:
     return path
 
 
-PYTHON = sys.executable
+def start_stage(module: str, *args: str) -> subprocess.Popen:
+    """``python -m <module> ARGS`` from the repository, output captured as text."""
+    return subprocess.Popen(
+        [PYTHON, "-m", module, *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen]]:
+    """Processes a test starts; killed (if still running) and reaped at teardown."""
+    started: list[subprocess.Popen] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+
+
+@pytest.fixture
+def zmq_context() -> Iterator[zmq.Context]:
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import functools
 import http.server
 import itertools
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +20,7 @@ import zmq
 from capture.sender import DropPolicy, FrameSender, default_drop_policy
 from capture.sources import DemoSource, SourceError, SourceKind, classify_source
 from capture.stream import CaptureConfig, FpsLimiter, FrameStream, Pacer, Pacing, parse_size
-from conftest import free_port, metric_samples, sample, wait_for
+from conftest import free_port, metric_samples, sample, start_stage, wait_for
 from detector.backends import HaarDetector
 from emostream.wire import Frame, decode_frame
 
@@ -70,31 +68,7 @@ def take(stream: FrameStream, count: int) -> list[Frame]:
 
 
 def start_capture(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "capture", *args],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen]]:
-    started: list[subprocess.Popen] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=10)
-
-
-@pytest.fixture
-def zmq_context() -> Iterator[zmq.Context]:
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
+    return start_stage("capture", *args)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -16,7 +13,7 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import free_port, metric_samples, sample, wait_for
+from conftest import free_port, metric_samples, sample, start_stage, wait_for
 from detector.backends import DetectorConfigError, HaarDetector, YuNetDetector
 from detector.crops import crop_squares, face_crops
 from detector.pipeline import FaceExtractor, build_extractor, detect_downscaled
@@ -213,31 +210,7 @@ def test_extractor_reports_boxes_inside_the_frame_with_full_res_crops(yunet_mode
 
 
 def start_detector(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "detector", *args],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-@pytest.fixture
-def zmq_context() -> Iterator[zmq.Context]:
-    context = zmq.Context()
-    yield context
-    context.destroy(linger=0)
-
-
-@pytest.fixture
-def processes() -> Iterator[list[subprocess.Popen]]:
-    started: list[subprocess.Popen] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=10)
+    return start_stage("detector", *args)
 
 
 def frame_message(camera: str, seq: int, image: np.ndarray) -> list:
