@@ -16,6 +16,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help="model file (default: the shipped model)")
     parser.add_argument("--max-batch", type=int, default=64, help="faces per forward pass, at most")
     parser.add_argument("--max-wait-ms", type=float, default=10.0, help="longest a face waits for a batch")
+    parser.add_argument(
+        "--fixed-wait",
+        action="store_true",
+        help="always wait --max-wait-ms for a partial batch (default: close it early when the measured arrival "
+        "rate says no other face will come before the deadline)",
+    )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--no-bf16", action="store_true", help="run in float32")
     parser.add_argument(
@@ -45,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"classifier: {exc}", file=sys.stderr)
         return EXIT_FATAL
     model.warm_up()
-    service = ClassifierService(model, args.pull, args.push, args.max_batch, args.max_wait_ms)
+    service = ClassifierService(
+        model, args.pull, args.push, args.max_batch, args.max_wait_ms, adaptive_wait=not args.fixed_wait
+    )
     service.run(stop)
     return 0
 

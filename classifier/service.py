@@ -52,11 +52,12 @@ class ClassifierService:
         max_batch: int = 64,
         max_wait_ms: float = 10.0,
         context: zmq.Context | None = None,
+        adaptive_wait: bool = True,
     ) -> None:
         self.model = model
         metrics.register_classifier_metrics()
         metrics.declare_drops(STAGE, "unknown", REJECT_REASONS)
-        self.batcher = FaceBatcher(max_batch, max_wait_ms)
+        self.batcher = FaceBatcher(max_batch, max_wait_ms, adaptive=adaptive_wait)
         ctx = context or zmq.Context.instance()
         self.pull = ctx.socket(zmq.PULL)
         self.pull.setsockopt(zmq.RCVHWM, 64)

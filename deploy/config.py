@@ -77,6 +77,8 @@ class ClassifierConfig(Section):
     model: str | None = None
     max_batch: Annotated[int, Field(ge=1, le=4096)] = 64
     max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 10.0
+    #: Close a partial batch early when no other face is expected before max_wait_ms (see classifier.batching).
+    adaptive_wait: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = True
     #: torch CPU threads; 1 by default because the classifier shares the cores with the other stages.

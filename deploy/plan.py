@@ -97,6 +97,8 @@ def plan_stages(config: PipelineConfig) -> list[StageSpec]:
     ]
     if cls.model:
         cls_args += ["--model", cls.model]
+    if not cls.adaptive_wait:
+        cls_args.append("--fixed-wait")
     if not cls.bf16:
         cls_args.append("--no-bf16")
     stages.append(

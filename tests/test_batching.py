@@ -105,3 +105,47 @@ def test_invalid_batcher_settings_are_refused():
         FaceBatcher(max_batch=0, max_wait_ms=1)
     with pytest.raises(ValueError):
         FaceBatcher(max_batch=1, max_wait_ms=-1)
+
+
+def feed(batcher: FaceBatcher, clock: FakeClock, interval: float, count: int) -> None:
+    """``count`` one-face frames, ``interval`` seconds apart, each batch taken as soon as it is ready."""
+    for seq in range(count):
+        batcher.add(faces("cam0", seq, 1))
+        while batcher.ready():
+            batcher.take()
+        clock.now += interval
+
+
+def test_adaptive_wait_closes_at_once_when_no_other_face_is_expected_in_time():
+    clock = FakeClock()
+    batcher = FaceBatcher(max_batch=32, max_wait_ms=50, clock=clock, adaptive=True)
+    feed(batcher, clock, interval=0.1, count=8)  # 10 faces/s: one expected per 100 ms
+    while len(batcher):
+        batcher.take()
+    assert batcher.arrival_rate() == pytest.approx(10.0, rel=0.2)
+    batcher.add(faces("cam1", 0, 1))
+    assert batcher.ready(), "waiting 50 ms for a face due in 100 ms only adds latency"
+
+
+def test_adaptive_wait_keeps_waiting_to_fill_the_batch_under_load():
+    clock = FakeClock()
+    batcher = FaceBatcher(max_batch=32, max_wait_ms=50, clock=clock, adaptive=True)
+    feed(batcher, clock, interval=0.005, count=100)  # 200 faces/s: ten expected per 50 ms
+    while len(batcher):
+        batcher.take()
+    batcher.add(faces("cam1", 0, 1))
+    rate = batcher.arrival_rate()
+    assert rate == pytest.approx(200.0, rel=0.1)
+    assert not batcher.ready(), "more faces are due before the deadline: wait for them"
+    # It closes one expected inter-arrival time before max_wait: the last face it waits for.
+    assert batcher.seconds_until_due() == pytest.approx(0.050 - 1.0 / rate, abs=1e-9)
+    clock.now += 0.050 - 1.0 / rate
+    assert batcher.ready()
+
+
+def test_adaptive_wait_without_history_waits_the_full_max_wait():
+    clock = FakeClock()
+    batcher = FaceBatcher(max_batch=32, max_wait_ms=250, clock=clock, adaptive=True)
+    batcher.add(faces("cam0", 0, 1))
+    assert batcher.arrival_rate() is None
+    assert batcher.seconds_until_due() == pytest.approx(0.25)

@@ -109,3 +109,7 @@ def test_thread_settings_reach_the_stage_command_lines_and_the_stage_parsers_acc
     det_args = detector_parser().parse_args(stages["detector-0"].args)
     assert cls_args.threads == 1, "the classifier defaults to one torch thread"
     assert det_args.threads == 1
+    assert not cls_args.fixed_wait, "the adaptive wait is the default"
+    fixed = parse_config({"cameras": [{"id": "a", "source": "demo"}], "classifier": {"adaptive_wait": False}})
+    fixed_cls = next(s for s in plan_stages(fixed) if s.name == "classifier")
+    assert classifier_parser().parse_args(fixed_cls.args).fixed_wait
