@@ -2,6 +2,7 @@
 
 python -m deploy run [--config FILE] [--duration SECONDS]   # no --config: the embedded demo
 python -m deploy check --config FILE                         # validate and print the plan
+python -m deploy bench [--quick] [--json FILE] [--plot FILE]  # baseline vs pipeline, side by side
 """
 
 from __future__ import annotations
