@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +64,17 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str 
             last_exc = exc
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what} (last error: {last_exc!r})")
+
+
+def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, str]:
+    """Status and body of GET 127.0.0.1:port/path; (0, "") while nothing listens there."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    except OSError:
+        return 0, ""
 
 
 def metric_samples(port: int) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

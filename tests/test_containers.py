@@ -19,8 +19,6 @@ import re
 import shutil
 import signal
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -30,7 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import PYTHON, REPO, free_ports, wait_for
+from conftest import PYTHON, REPO, free_ports, http_get, wait_for
 
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
@@ -662,14 +660,6 @@ def test_k8s_detectors_scale_and_only_the_gpu_overlay_asks_for_a_gpu():
 # ---------------------------------------------------------------------------------------------
 
 
-def http_status(port: int, path: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
 def localise(argv: list[str], ports: dict[int, int], metrics_port: int, volumes: dict[str, Path]) -> list[str]:
     """A compose command line for this host: service names and 0.0.0.0 become 127.0.0.1, every
     port a free one (the same mapping for every service, so connects still meet binds), container
@@ -741,7 +731,7 @@ def test_compose_commands_run_as_local_processes_deliver_events_and_answer_healt
         for service, name, port, proc in procs:
             assert proc.poll() is None, f"{name} exited with {proc.returncode}\n{all_logs()}"
             for path in ("/healthz", "/readyz"):
-                wait_for(lambda p=port, q=path: http_status(p, q) == 200, timeout=30, what=f"{name} {path} 200")
+                wait_for(lambda p=port, q=path: http_get(p, q)[0] == 200, timeout=30, what=f"{name} {path} 200")
             # The compose healthcheck itself, pointed at this process's port, must succeed too.
             test = doc["services"][service]["healthcheck"]["test"]
             code = test[test.index("-c") + 1]

@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
-
 from conftest import free_port
+from conftest import http_get as get
 from emostream.health import Health, serve_http
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
 
 
 def test_readiness_follows_the_stage_and_liveness_follows_its_heartbeat():

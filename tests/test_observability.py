@@ -26,7 +26,7 @@ import pytest
 import yaml
 from test_pipeline import Pipeline, pipeline_config
 
-from conftest import REPO, free_port, free_ports, wait_for
+from conftest import REPO, free_port, free_ports, http_get, wait_for
 from deploy.config import parse_config
 from deploy.plan import metrics_ports
 
@@ -318,17 +318,10 @@ def wait_for_data(live: dict, queries: dict[str, str]) -> dict[str, list[dict]]:
 def test_every_stage_answers_healthz_and_readyz(live):
     ports = metrics_ports(parse_config(live["config"]))
 
-    def status(port: int, path: str) -> int:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-                return resp.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
-        except OSError:  # not listening yet
-            return 0
-
     while True:
-        answers = {(name, path): status(port, path) for name, port in ports.items() for path in ("/healthz", "/readyz")}
+        answers = {
+            (name, path): http_get(port, path)[0] for name, port in ports.items() for path in ("/healthz", "/readyz")
+        }
         # Whether a camera that cannot open its source is "ready" is the stage's call: 200 or 503.
         not_yet = {
             key: code
