@@ -1,7 +1,8 @@
-"""The capture side of the frames socket: a PUSH socket that binds, behind a one-frame slot.
+"""The capture side of the frames socket: a ROUTER socket that binds, behind a one-frame slot.
 
 The grab loop hands every frame to :meth:`FrameSender.submit`; a sender thread moves it to the
-socket when the socket can take it. What happens when it cannot is the :class:`DropPolicy`.
+detector worker that :class:`capture.dispatch.Dispatcher` picks (least-loaded, credit-based) as soon
+as a worker has room. What happens when none has room is the :class:`DropPolicy`.
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ import threading
 
 import zmq
 
+from capture.dispatch import Dispatcher
 from capture.sources import SourceKind
 from emostream.health import HEALTH
-from emostream.metrics import FRAMES, FRAMES_DROPPED
-from emostream.wire import Encoding, Frame, encode_frame
+from emostream.metrics import FRAMES, FRAMES_DROPPED, declare_drops
+from emostream.wire import REJECT_REASONS, Encoding, Frame, WireError, decode_credit, encode_frame
 
 log = logging.getLogger("capture")
 
-#: Frames ZeroMQ queues per connected detector before the socket counts as full. Small on purpose:
-#: every queued frame is latency (and ~0.9 MB at 640x480), and a full socket is our overload signal.
-SNDHWM = 1
+#: Frames ZeroMQ may queue per connected worker. Credits keep the real number at the worker's window
+#: (2 by default); this only has to be larger than any window a worker may announce.
+SNDHWM = 64
 #: The kernel's TCP send buffer (bytes; Linux doubles it). Loopback's autotuned buffers hold ~10
 #: raw 640x480 frames: measured with a consumer at 5 fps, frames arrived 2.4 s old with default
 #: buffers and 0.6 s old with 128 KiB here and on the detector's side, still ~1,200 msgs/s at 720p.
@@ -35,13 +37,14 @@ STOP_LINGER_MS = 200
 
 
 class DropPolicy(str, enum.Enum):
-    """What capture does when the detectors do not keep up (its PUSH socket would block).
+    """What capture does when the detectors do not keep up (no worker has room for the next frame).
 
     Modelled on the buffer filling strategies of Roboflow inference's video sources: a live camera
     cannot be paused, a file can.
     """
 
-    #: Never block the grab loop. Keep only the newest frame pending; every older frame it replaces
+    #: Never block the grab loop. Keep only the newest frame pending until a detector worker has room
+    #: for it (see :mod:`capture.dispatch`); every older frame it replaces
     #: is thrown away and counted in ``emostream_frames_dropped{stage="capture",reason="overload"}``.
     #: Latency stays bounded, throughput adapts to the detectors. Default for live sources.
     DROP_OLDEST = "drop_oldest"
@@ -101,10 +104,10 @@ class FrameSlot:
 
 
 class FrameSender:
-    """Binds a PUSH socket on ``endpoint`` and sends submitted frames from its own thread.
+    """Binds a ROUTER socket on ``endpoint`` and sends submitted frames from its own thread.
 
-    Detector workers connect their PULL sockets to the endpoint; ZeroMQ deals frames round-robin
-    to the workers that have room, so a busy worker is skipped.
+    Detector workers connect a DEALER socket each and send credits (see :mod:`capture.dispatch`);
+    a frame goes to the least-loaded worker with room, never to one that did not ask for it.
     """
 
     def __init__(
@@ -116,15 +119,18 @@ class FrameSender:
         stop: threading.Event,
         encoding: Encoding = Encoding.RAW,
         jpeg_quality: int = 80,
-        sndhwm: int = SNDHWM,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self.camera = camera
         self.policy = policy
         self.stop = stop
         self.encoding = encoding
         self.jpeg_quality = jpeg_quality
-        self.socket = context.socket(zmq.PUSH)
-        self.socket.setsockopt(zmq.SNDHWM, sndhwm)
+        self.dispatcher = dispatcher or Dispatcher()
+        self.socket = context.socket(zmq.ROUTER)
+        # Sending to a worker that is gone must fail (EHOSTUNREACH), not vanish silently.
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.socket.setsockopt(zmq.SNDHWM, SNDHWM)
         self.socket.setsockopt(zmq.SNDBUF, SNDBUF)
         self.socket.setsockopt(zmq.LINGER, STOP_LINGER_MS)
         self.socket.bind(endpoint)  # raises zmq.ZMQError (e.g. address in use); caller reports it
@@ -133,6 +139,7 @@ class FrameSender:
         self._slot = FrameSlot()
         self._frames_sent = FRAMES.labels(stage="capture", camera=camera)
         self._frames_dropped = FRAMES_DROPPED.labels(stage="capture", camera=camera, reason="overload")
+        declare_drops("capture", "unknown", REJECT_REASONS)
         # Non-daemon would keep a crashed main thread's process alive; the main thread joins it.
         self._thread = threading.Thread(target=self._run, name=f"send-{camera}", daemon=True)
         self._thread.start()
@@ -149,39 +156,71 @@ class FrameSender:
         self.dropped += 1
         self._frames_dropped.inc()
 
+    def _read_credits(self) -> None:
+        """Apply every credit message waiting on the socket (non-blocking)."""
+        while True:
+            try:
+                peer, *parts = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                credit = decode_credit(parts)
+            except WireError as exc:
+                FRAMES_DROPPED.labels(stage="capture", camera="unknown", reason=exc.reason).inc()
+                log.warning("camera %s: ignoring malformed credit message: %s", self.camera, exc)
+                continue
+            if self.dispatcher.update(peer, credit):
+                log.info("camera %s: detector worker %s connected", self.camera, credit.worker)
+        for state in self.dispatcher.expire():
+            log.warning("camera %s: detector worker %s silent, sending it nothing", self.camera, state.name)
+
     def _run(self) -> None:
         held: Frame | None = None
         while not self.stop.is_set():
             # This loop wakes every POLL_MS even while the source is down and reconnecting.
             HEALTH.beat()
+            self._read_credits()
             if held is None:
                 # Wait for room *before* taking a frame: meanwhile the slot keeps being refreshed
                 # with the newest frame (drop_oldest), so what finally goes out is never stale.
-                if not self.socket.poll(POLL_MS, zmq.POLLOUT):
+                if not self.dispatcher.has_room():
                     if self._slot.drained:
                         return
+                    self.socket.poll(POLL_MS, zmq.POLLIN)
                     continue
                 held = self._slot.take(POLL_MS / 1000)
                 if held is None:
                     if self._slot.drained:
                         return
                     continue
+                self._read_credits()  # the freshest loads for the choice
+            assignment = self.dispatcher.assign()
+            if assignment is None:
+                # The worker with room went silent meanwhile. BLOCK keeps the frame; DROP_OLDEST lets
+                # it go, a newer frame will come.
+                if self.policy is DropPolicy.DROP_OLDEST:
+                    self._count_drop()
+                    held = None
+                continue
+            held.key = assignment.key
             try:
                 parts = encode_frame(held, self.encoding, self.jpeg_quality)
             except ValueError:
                 # Cannot happen for frames from FrameStream; if it does, lose this frame, not the thread.
+                self.dispatcher.unsend(assignment)
                 log.exception("camera %s: cannot encode frame %d, skipping it", self.camera, held.seq)
                 held = None
                 continue
             try:
-                self.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                # A detector went away between poll and send. BLOCK keeps the frame and waits
-                # again; DROP_OLDEST lets it go, a newer frame is already on its way.
-                if self.policy is DropPolicy.DROP_OLDEST:
-                    self._count_drop()
-                    held = None
+                self.socket.send_multipart([assignment.peer, *parts], flags=zmq.NOBLOCK, copy=False)
+            except zmq.ZMQError as exc:
+                # EHOSTUNREACH: the worker disconnected after its last credit. Try another worker.
+                self.dispatcher.unsend(assignment)
+                if exc.errno == zmq.EHOSTUNREACH:
+                    gone = self.dispatcher.forget(assignment.peer)
+                    log.warning("camera %s: detector worker %s went away", self.camera, gone.name if gone else "?")
                 else:
+                    log.warning("camera %s: send failed (%s), retrying", self.camera, exc)
                     self.socket.poll(POLL_MS, zmq.POLLOUT)
                 continue
             self.sent += 1

@@ -65,6 +65,10 @@ class DetectorConfig(Section):
     crop_size: Annotated[int, Field(ge=16, le=256)] = 48
     #: OpenCV threads per worker; 0 keeps OpenCV's default (all cores). Set 1 when workers >= cores.
     threads: Annotated[int, Field(ge=0, le=256)] = 0
+    #: Detect on one frame in N per camera; the N-1 after reuse its boxes (DeepStream's `interval`).
+    interval: Annotated[int, Field(ge=1, le=100)] = 1
+    #: Frames in flight per camera towards each worker (credit window, see capture/dispatch.py).
+    window: Annotated[int, Field(ge=1, le=64)] = 2
 
     @model_validator(mode="after")
     def _model_for_yunet(self) -> DetectorConfig:

@@ -110,7 +110,7 @@ def plan_stages(config: PipelineConfig) -> list[StageSpec]:
         name = f"detector-{i}"
         args = ["--worker", str(i)]
         for frames in ends.frames.values():
-            args += ["--pull", frames]
+            args += ["--frames", frames]
         args += [
             "--push",
             ends.faces,
@@ -126,6 +126,10 @@ def plan_stages(config: PipelineConfig) -> list[StageSpec]:
             str(det.crop_size),
             "--threads",
             str(det.threads),
+            "--interval",
+            str(det.interval),
+            "--window",
+            str(det.window),
         ]
         if det.model:
             args += ["--model", det.model]

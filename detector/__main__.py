@@ -15,7 +15,7 @@ import zmq
 
 from detector.backends import DetectorConfigError
 from detector.pipeline import build_extractor
-from detector.worker import DetectorWorker
+from detector.worker import DEFAULT_WINDOW, DetectorWorker
 from emostream.runtime import EXIT_FATAL, add_common_args, start_process
 
 log = logging.getLogger("detector")
@@ -35,6 +35,13 @@ def _unit_interval(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text} is not in 1..100")
+    return value
+
+
 def _crop_size(text: str) -> int:
     value = int(text)
     if not 8 <= value <= 512:
@@ -48,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--worker", type=int, default=0, help="this worker's index, for logs (replicas may all use 0)")
     parser.add_argument(
-        "--pull", action="append", required=True, help="a camera's frames endpoint to connect to (repeat per camera)"
+        "--frames", action="append", required=True, help="a camera's frames endpoint to connect to (repeat per camera)"
     )
     parser.add_argument("--push", required=True, help="the classifier's endpoint to connect to")
     parser.add_argument("--backend", choices=["haar", "yunet"], default="haar")
@@ -63,6 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crop-size", type=_crop_size, default=48, metavar="PX", help="crop side (FER2013: 48)")
     parser.add_argument(
         "--threads", type=int, default=0, help="OpenCV threads (0: OpenCV's default); 1 when workers fill the cores"
+    )
+    parser.add_argument(
+        "--interval",
+        type=_positive_int,
+        default=1,
+        help="detect faces on one frame in N per camera, reuse its boxes on the N-1 after (default 1: every frame)",
+    )
+    parser.add_argument(
+        "--window",
+        type=_positive_int,
+        default=DEFAULT_WINDOW,
+        help=f"frames in flight per camera towards this worker (default {DEFAULT_WINDOW})",
     )
     add_common_args(parser)
     return parser
@@ -87,18 +106,28 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FATAL
     context = zmq.Context()
     try:
-        worker = DetectorWorker(context, args.pull, args.push, extractor, stop, worker_id=args.worker)
+        worker = DetectorWorker(
+            context,
+            args.frames,
+            args.push,
+            extractor,
+            stop,
+            worker_id=args.worker,
+            window=args.window,
+            interval=args.interval,
+        )
     except zmq.ZMQError as exc:
-        log.error("worker %d: bad endpoint in --pull/--push: %s", args.worker, exc)
+        log.error("worker %d: bad endpoint in --frames/--push: %s", args.worker, exc)
         context.destroy(linger=0)
         return EXIT_FATAL
     log.info(
-        "worker %d: %s detector (downscale %g, min face %d px) pulling from %s, pushing to %s",
+        "worker %d: %s detector (downscale %g, min face %d px, interval %d) taking frames from %s, pushing to %s",
         args.worker,
         args.backend,
         args.downscale,
         args.min_face,
-        ", ".join(args.pull),
+        args.interval,
+        ", ".join(args.frames),
         args.push,
     )
     try:

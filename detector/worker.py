@@ -1,4 +1,10 @@
-"""The detector worker's socket loop: PULL frames from every camera, PUSH Faces to the classifier.
+"""The detector worker's socket loop: ask cameras for frames, find faces, PUSH Faces to the classifier.
+
+The worker connects one DEALER socket to each camera's ROUTER and asks for work with ``CREDIT``
+messages (see :mod:`capture.dispatch`): it takes at most ``window`` frames in flight per camera and
+reports its load, so each camera sends its next frame to the least-loaded worker. Frames taken off
+the sockets wait in one FIFO, bounded by the credits to at most ``window`` x cameras, and are processed
+in arrival order.
 
 A worker never dies of its input: a message that is not a valid frame is counted in
 ``emostream_frames_dropped{stage="detector",camera="unknown",reason=<WireError.reason>}``, logged
@@ -7,24 +13,30 @@ and skipped; a frame the detector fails on is counted with reason ``detect_error
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass
 
 import zmq
 
 from detector.pipeline import FaceExtractor
 from emostream.health import HEALTH
 from emostream.metrics import FACES, FRAMES, FRAMES_DROPPED, FRAMES_RECEIVED, STAGE_SECONDS, declare_drops
-from emostream.wire import REJECT_REASONS, WireError, decode_frame, encode_faces
+from emostream.wire import REJECT_REASONS, Credit, WireError, decode_frame, encode_credit, encode_faces
 
 log = logging.getLogger("detector")
 
-#: Frames queued per camera connection on the receiving side. Small: a frame waiting here is
-#: latency, and when this worker is busy the capture side should see back-pressure (and drop the
-#: oldest frame of a live camera) or hand the frame to an idle worker instead. One frame waiting
-#: while another is processed leaves no idle gap.
-RCVHWM = 1
+#: Frames in flight per camera connection: one being processed and one ready behind it leaves the
+#: worker no idle gap waiting for the next frame to cross the socket, and adds at most one frame of
+#: queueing latency.
+DEFAULT_WINDOW = 2
+#: A credit goes to every camera at least this often, even when idle: a camera that restarted learns
+#: of the worker, and a worker that stops sending is known to be dead or hung (capture.dispatch.EXPIRY_S).
+HEARTBEAT_S = 1.0
 #: The kernel's TCP receive buffer (bytes; Linux doubles it). Autotuned loopback buffers hold many
 #: raw frames, seconds of stale video under overload (see capture.sender.SNDBUF for measurements).
 RCVBUF = 128 * 1024
@@ -35,46 +47,103 @@ POLL_MS = 100
 CLOSE_LINGER_MS = 1000
 
 
+@dataclass
+class CameraLink:
+    """One camera connection: its DEALER socket and how many of its frames this worker finished."""
+
+    endpoint: str
+    socket: zmq.Socket
+    done: int = 0
+
+
 class DetectorWorker:
-    """Owns the two sockets and the loop; ``run`` returns when ``stop`` is set."""
+    """Owns the sockets and the loop; ``run`` returns when ``stop`` is set."""
 
     def __init__(
         self,
         context: zmq.Context,
-        pull_endpoints: list[str],
+        camera_endpoints: list[str],
         push_endpoint: str,
         extractor: FaceExtractor,
         stop: threading.Event,
         worker_id: int = 0,
+        window: int = DEFAULT_WINDOW,
+        interval: int = 1,
     ) -> None:
+        if window < 1 or interval < 1:
+            raise ValueError("window and interval must be at least 1")
         self.extractor = extractor
         self.stop = stop
+        self.window = window
+        self.interval = interval
         declare_drops("detector", "unknown", REJECT_REASONS)
         self.worker_id = worker_id
-        self.pull = context.socket(zmq.PULL)
-        self.pull.setsockopt(zmq.RCVHWM, RCVHWM)
-        self.pull.setsockopt(zmq.RCVBUF, RCVBUF)
-        self.pull.setsockopt(zmq.LINGER, 0)
-        for endpoint in pull_endpoints:
-            # Connect, not bind: cameras come and go, each binds its own endpoint, and ZeroMQ
-            # fair-queues between all connected cameras so a fast one cannot starve the others.
-            self.pull.connect(endpoint)
+        self.name = f"detector-{worker_id}-{os.getpid()}"
+        self.links: list[CameraLink] = []
+        self.poller = zmq.Poller()
+        for endpoint in camera_endpoints:
+            # Connect, not bind: cameras come and go, each binds its own endpoint.
+            sock = context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.RCVBUF, RCVBUF)
+            sock.setsockopt(zmq.SNDHWM, 4)  # credits only; newer ones supersede older ones
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(endpoint)
+            self.links.append(CameraLink(endpoint, sock))
+            self.poller.register(sock, zmq.POLLIN)
+        self._by_socket = {link.socket: link for link in self.links}
         self.push = context.socket(zmq.PUSH)
         self.push.setsockopt(zmq.SNDHWM, SNDHWM)
         self.push.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
         self.push.connect(push_endpoint)
+        self.queue: deque[tuple[CameraLink, list[zmq.Frame]]] = deque()
         self.processed = 0
         self.rejected = 0
         self._stage_seconds = STAGE_SECONDS.labels(stage="detector")
+        self._last_heartbeat = 0.0
+
+    @property
+    def load(self) -> int:
+        """Frames held and not yet finished (the one being processed is still in the queue)."""
+        return len(self.queue)
+
+    def _credit(self, link: CameraLink) -> None:
+        credit = Credit(self.name, link.done, self.window, self.load, self.interval)
+        # Again: not connected yet and the queue is full; the next credit (absolute values) supersedes it.
+        with contextlib.suppress(zmq.Again):
+            link.socket.send_multipart(encode_credit(credit), flags=zmq.NOBLOCK)
+
+    def _credit_all(self) -> None:
+        for link in self.links:
+            self._credit(link)
+        self._last_heartbeat = time.monotonic()
+
+    def _receive(self, timeout_ms: int) -> None:
+        """Move every frame waiting on the camera sockets into the queue."""
+        for sock, _ in self.poller.poll(timeout_ms):
+            link = self._by_socket[sock]
+            while True:
+                try:
+                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                self.queue.append((link, parts))
 
     def run(self) -> None:
         HEALTH.set_ready()
+        self._credit_all()
         while not self.stop.is_set():
             HEALTH.beat()
-            if not self.pull.poll(POLL_MS, zmq.POLLIN):
+            self._receive(0 if self.queue else POLL_MS)
+            if time.monotonic() - self._last_heartbeat >= HEARTBEAT_S:
+                self._credit_all()
+            if not self.queue:
                 continue
-            parts = self.pull.recv_multipart(copy=False)
+            link, parts = self.queue[0]
             self.handle(parts)
+            self.queue.popleft()
+            link.done += 1
+            # Room again on the frame's connection, and a lower load for every camera to see.
+            self._credit_all()
 
     def handle(self, parts: list[zmq.Frame]) -> None:
         """Process one received message; never raises for bad input."""
@@ -112,8 +181,10 @@ class DetectorWorker:
                     return True
                 except zmq.Again:
                     continue
+            HEALTH.beat()
         return False
 
     def close(self) -> None:
-        self.pull.close()
+        for link in self.links:
+            link.socket.close()
         self.push.close()

@@ -27,6 +27,12 @@ FRAMES_DROPPED = Counter(
     ["stage", "camera", "reason"],
 )
 FACES = Counter("emostream_faces", "Faces detected.", ["camera"])
+DETECTIONS = Counter(
+    "emostream_detections",
+    "Frames the face detector ran on. With detector.interval N > 1 the other frames reuse their camera's "
+    "last key-frame boxes.",
+    ["camera"],
+)
 EMOTIONS = Counter("emostream_emotions", "Classified faces by top emotion.", ["camera", "emotion"])
 EVENT_LATENCY = Histogram(
     "emostream_event_latency_seconds",

@@ -8,8 +8,15 @@ Version 1. Every message is a ZeroMQ multipart message ``[topic, header, *payloa
   ``"schema": EVENT_SCHEMA`` (the public, documented event format).
 * ``payload`` -- zero or more binary parts (image bytes, face crops).
 
-``FRAME``  capture -> detector: header ``{v, camera, seq, ts_capture, shape: [h, w, 3], encoding}``,
-           one payload part: raw BGR bytes (h*w*3) or a JPEG.
+``FRAME``  capture -> detector: header ``{v, camera, seq, ts_capture, shape: [h, w, 3], encoding, key}``,
+           one payload part: raw BGR bytes (h*w*3) or a JPEG. ``key`` (optional, default true): run the
+           face detector on this frame; false means "track the faces of this camera's last key frame",
+           which the camera only sends to the worker that had that key frame.
+``CREDIT`` detector -> capture (the reverse direction of the same connection), no payload: header
+           ``{v, worker, done, window, load, interval}``. The worker has finished ``done`` frames of
+           this connection and accepts up to ``window`` frames unfinished on it; ``load`` is how many
+           frames (all cameras) it holds unfinished; ``interval`` is its detection interval. Values are
+           absolute, not increments, so a lost, repeated or late credit message never skews the count.
 ``FACES``  detector -> classifier: header ``{v, camera, seq, ts_capture, ts_detect, frame_shape,
            boxes: [[x, y, w, h]...], scores: [...], crop_size}``, one payload part: N crops of
            ``crop_size`` x ``crop_size`` uint8 grayscale, row-major, concatenated.
@@ -40,6 +47,7 @@ EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surpri
 
 TOPIC_FRAME = b"frame"
 TOPIC_FACES = b"faces"
+TOPIC_CREDIT = b"credit"
 
 MAX_SIDE = 8192  # largest frame side accepted: 8K video, far beyond any camera we serve
 MAX_FACES = 1024
@@ -81,6 +89,19 @@ class Frame:
     seq: int
     ts_capture: float
     image: np.ndarray
+    #: Detect faces on this frame (True) or reuse the last key frame's tracks (False).
+    key: bool = True
+
+
+@dataclass(slots=True, frozen=True)
+class Credit:
+    """A detector worker's flow-control state for one camera connection (see ``CREDIT`` above)."""
+
+    worker: str
+    done: int
+    window: int
+    load: int
+    interval: int = 1
 
 
 @dataclass(slots=True)
@@ -251,6 +272,8 @@ def encode_frame(frame: Frame, encoding: Encoding = Encoding.RAW, jpeg_quality: 
         "shape": list(image.shape),
         "encoding": Encoding(encoding).value,
     }
+    if not frame.key:
+        header["key"] = False
     if encoding == Encoding.JPEG:
         import cv2
 
@@ -275,6 +298,9 @@ def decode_frame(parts: Sequence[Part]) -> Frame:
     if c != 3:
         raise WireError("bad_field", f"frames have 3 channels, header says {c}")
     encoding = header.get("encoding")
+    key = header.get("key", True)
+    if not isinstance(key, bool):
+        raise WireError("bad_field", f"key={key!r} is not a boolean")
     payload = _buffer(parts[2])
     if encoding == Encoding.RAW.value:
         if payload.nbytes != h * w * 3:
@@ -290,7 +316,43 @@ def decode_frame(parts: Sequence[Part]) -> Frame:
             raise WireError("bad_payload", f"JPEG decodes to {image.shape}, header says {(h, w, 3)}")
     else:
         raise WireError("bad_field", f"encoding={encoding!r} is not one of bgr, jpeg")
-    return Frame(camera=camera, seq=seq, ts_capture=ts_capture, image=image)
+    return Frame(camera=camera, seq=seq, ts_capture=ts_capture, image=image, key=key)
+
+
+# ---------------------------------------------------------------------------------------------
+# CREDIT: detector -> capture
+# ---------------------------------------------------------------------------------------------
+
+MAX_WINDOW = 64
+MAX_INTERVAL = 100
+
+
+def encode_credit(credit: Credit) -> list[bytes]:
+    header = {
+        "v": WIRE_VERSION,
+        "worker": credit.worker,
+        "done": int(credit.done),
+        "window": int(credit.window),
+        "load": int(credit.load),
+        "interval": int(credit.interval),
+    }
+    return [TOPIC_CREDIT, _dumps(header)]
+
+
+def decode_credit(parts: Sequence[Part]) -> Credit:
+    _check_parts(parts, TOPIC_CREDIT, 2)
+    header = _header(parts[1])
+    _check_version(header, "v", WIRE_VERSION)
+    worker = header.get("worker")
+    if not isinstance(worker, str) or not 0 < len(worker) <= 64:
+        raise WireError("bad_field", f"worker={worker!r} is not a worker name")
+    return Credit(
+        worker=worker,
+        done=_int(header, "done"),
+        window=_int(header, "window", 0, MAX_WINDOW),
+        load=_int(header, "load", 0, 1_000_000),
+        interval=_int(header, "interval", 1, MAX_INTERVAL),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

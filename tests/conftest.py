@@ -158,3 +158,46 @@ def zmq_context() -> Iterator[zmq.Context]:
     context = zmq.Context()
     yield context
     context.destroy(linger=0)
+
+
+class CreditingWorker:
+    """The detector-worker side of the frames protocol, played by a test: a DEALER connected to a
+    camera's ROUTER that asks for up to ``window`` unfinished frames with real CREDIT messages.
+
+    ``receive`` takes a frame without finishing it (the worker is busy with it); ``finish`` reports
+    frames done, which lets the camera send more. ``receive(finish=True)`` does both, like an idle
+    worker.
+    """
+
+    def __init__(self, context: zmq.Context, endpoint: str, window: int = 1, load: int = 0, name: str = "test") -> None:
+        from emostream.wire import Credit, encode_credit
+
+        self._credit, self._encode = Credit, encode_credit
+        self.socket = context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+        self.window, self.load, self.name = window, load, name
+        self.done = 0
+        self.announce()
+
+    def announce(self) -> None:
+        credit = self._credit(self.name, self.done, self.window, self.load)
+        self.socket.send_multipart(self._encode(credit))
+
+    def receive(self, timeout_ms: int = 30_000, finish: bool = False):
+        """The next frame (a wire Frame), or None after ``timeout_ms``."""
+        from emostream.wire import decode_frame
+
+        if not self.socket.poll(timeout_ms):
+            return None
+        frame = decode_frame(self.socket.recv_multipart())
+        if finish:
+            self.finish()
+        return frame
+
+    def finish(self, count: int = 1) -> None:
+        self.done += count
+        self.announce()
+
+    def close(self) -> None:
+        self.socket.close()

@@ -20,7 +20,7 @@ import zmq
 from capture.sender import DropPolicy, FrameSender, default_drop_policy
 from capture.sources import DemoSource, SourceError, SourceKind, classify_source
 from capture.stream import CaptureConfig, FpsLimiter, FrameStream, Pacer, Pacing, parse_size
-from conftest import free_port, metric_samples, sample, start_stage, wait_for
+from conftest import CreditingWorker, free_port, metric_samples, sample, start_stage, wait_for
 from detector.backends import HaarDetector
 from emostream.wire import Frame, decode_frame
 
@@ -274,11 +274,11 @@ def test_drop_oldest_keeps_only_the_newest_pending_frame(zmq_context: zmq.Contex
         for seq in range(5):
             assert sender.submit(Frame(camera="cam", seq=seq, ts_capture=time.time(), image=image))
         assert sender.dropped == 4
-        receiver = zmq_context.socket(zmq.PULL)
-        receiver.connect(f"tcp://127.0.0.1:{port}")
-        assert receiver.poll(20_000), "the pending frame never arrived"
-        assert decode_frame(receiver.recv_multipart()).seq == 4
-        assert not receiver.poll(200)
+        worker = CreditingWorker(zmq_context, f"tcp://127.0.0.1:{port}", window=4)
+        frame = worker.receive(20_000)
+        assert frame is not None, "the pending frame never arrived"
+        assert frame.seq == 4
+        assert worker.receive(200) is None
     finally:
         stop.set()
         sender.finish()
@@ -294,9 +294,7 @@ def test_capture_process_delivers_every_frame_of_a_file_in_order(
     faces_mp4: str, zmq_context: zmq.Context, processes: list[subprocess.Popen]
 ) -> None:
     port = free_port()
-    receiver = zmq_context.socket(zmq.PULL)
-    receiver.setsockopt(zmq.RCVHWM, 1)
-    receiver.connect(f"tcp://127.0.0.1:{port}")
+    worker = CreditingWorker(zmq_context, f"tcp://127.0.0.1:{port}", window=1)
     proc = start_capture(
         "--camera", "file-cam",
         "--source", faces_mp4,
@@ -307,17 +305,62 @@ def test_capture_process_delivers_every_frame_of_a_file_in_order(
     processes.append(proc)
     frames = []
     while len(frames) < FACES_MP4_FRAMES:
-        assert receiver.poll(30_000), f"only {len(frames)} frames arrived"
-        frames.append(decode_frame(receiver.recv_multipart(copy=False)))
+        frame = worker.receive(30_000)
+        assert frame is not None, f"only {len(frames)} frames arrived"
+        frames.append(frame)
         if len(frames) == 1:
             time.sleep(1.0)  # a stalled consumer: block mode must wait for it, not drop
+        worker.finish()
     assert [f.seq for f in frames] == list(range(FACES_MP4_FRAMES))
     assert all(f.camera == "file-cam" and f.image.shape == (180, 320, 3) for f in frames)
     assert all(a.ts_capture <= b.ts_capture for a, b in itertools.pairwise(frames))
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
     assert "241 frames sent, 0 dropped" in stderr
-    assert not receiver.poll(100)
+    assert worker.receive(100) is None
+
+
+@pytest.mark.timeout(90)
+def test_capture_process_sends_each_frame_to_the_least_loaded_worker_that_has_room(
+    faces_mp4: str, zmq_context: zmq.Context, processes: list[subprocess.Popen]
+) -> None:
+    # Three workers ask this camera for frames. "idle" finishes each frame at once; "stuck" takes
+    # frames and never finishes them; "busy" reports 1,000 frames of other cameras' work. ZeroMQ's
+    # PUSH would deal a third to each. Least-loaded dispatch with credits must give "stuck" exactly
+    # its window, "busy" nothing while "idle" has room, and lose nothing (a file blocks).
+    port = free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    idle = CreditingWorker(zmq_context, endpoint, window=64, name="idle")
+    proc = start_capture(
+        "--camera", "lb-cam",
+        "--source", faces_mp4,
+        "--push", endpoint,
+        "--pacing", "fast",
+        "--resize", "160x90",
+    )  # fmt: skip
+    processes.append(proc)
+    got: dict[str, list[int]] = {"idle": [], "stuck": [], "busy": []}
+    first = idle.receive(30_000, finish=True)
+    assert first is not None, "no frame arrived"
+    got["idle"].append(first.seq)
+    # The others join once the camera surely knows "idle": the first frame reached it.
+    stuck = CreditingWorker(zmq_context, endpoint, window=2, name="stuck")
+    busy = CreditingWorker(zmq_context, endpoint, window=2, load=1000, name="busy")
+    workers = {"idle": idle, "stuck": stuck, "busy": busy}
+    while sum(map(len, got.values())) < FACES_MP4_FRAMES:
+        progressed = False
+        for name, worker in workers.items():
+            frame = worker.receive(0, finish=name == "idle")
+            if frame is not None:
+                got[name].append(frame.seq)
+                progressed = True
+        if not progressed:
+            assert any(w.socket.poll(30_000) for w in workers.values()), f"stalled after {got}"
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert len(got["stuck"]) == 2, got["stuck"]
+    assert got["busy"] == []
+    assert sorted(got["idle"] + got["stuck"]) == list(range(FACES_MP4_FRAMES))
 
 
 @pytest.mark.timeout(90)
@@ -325,8 +368,7 @@ def test_capture_process_sends_jpeg_frames_at_the_configured_fps(
     clip_25fps_50: str, zmq_context: zmq.Context, processes: list[subprocess.Popen]
 ) -> None:
     port = free_port()
-    receiver = zmq_context.socket(zmq.PULL)  # default RCVHWM (1000): room for the whole clip
-    receiver.connect(f"tcp://127.0.0.1:{port}")
+    worker = CreditingWorker(zmq_context, f"tcp://127.0.0.1:{port}", window=64)  # room for the whole clip
     proc = start_capture(
         "--camera", "jpeg-cam",
         "--source", clip_25fps_50,
@@ -341,8 +383,8 @@ def test_capture_process_sends_jpeg_frames_at_the_configured_fps(
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     frames = []
-    while receiver.poll(1000):
-        parts = receiver.recv_multipart()
+    while worker.socket.poll(1000):
+        parts = worker.socket.recv_multipart()
         assert b'"encoding":"jpeg"' in parts[1]
         frames.append(decode_frame(parts))
     assert [f.seq for f in frames] == list(range(10))
@@ -354,10 +396,8 @@ def test_capture_process_drops_oldest_frames_when_nobody_reads(
     zmq_context: zmq.Context, processes: list[subprocess.Popen]
 ) -> None:
     port, metrics_port = free_port(), free_port()
-    # Connected but never reading: ZeroMQ's queues fill up and the camera must not wait.
-    receiver = zmq_context.socket(zmq.PULL)
-    receiver.setsockopt(zmq.RCVHWM, 1)
-    receiver.connect(f"tcp://127.0.0.1:{port}")
+    # A worker that takes one frame and never finishes it: the camera must not wait for it.
+    worker = CreditingWorker(zmq_context, f"tcp://127.0.0.1:{port}", window=1)
     proc = start_capture(
         "--camera", "demo-cam",
         "--source", "demo",
@@ -368,8 +408,8 @@ def test_capture_process_drops_oldest_frames_when_nobody_reads(
     processes.append(proc)
 
     def sent_and_dropped() -> bool:
-        # Drops start before the receiver's connection is up (no peer: nothing can be sent), so
-        # wait for both: frames that went out until the queues filled, and drops after that.
+        # Drops start before the worker's credit arrives (nothing can be sent), so wait for both: the
+        # frame that went out, and drops after that.
         samples = metric_samples(metrics_port)
         labels = {"stage": "capture", "camera": "demo-cam"}
         dropped = sample(samples, "emostream_frames_dropped_total", reason="overload", **labels)
@@ -379,15 +419,14 @@ def test_capture_process_drops_oldest_frames_when_nobody_reads(
     wait_for(sent_and_dropped, what="frames sent and overload drops in /metrics")
     samples = metric_samples(metrics_port)
     assert sample(samples, "emostream_camera_up", camera="demo-cam") == 1.0
+    assert sample(samples, "emostream_frames_total", stage="capture", camera="demo-cam") == 1.0
     assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 0, stderr
-    # What the receiver got is the frames that left before the queues filled: in order, no repeats.
-    seqs = []
-    while receiver.poll(100):
-        seqs.append(decode_frame(receiver.recv_multipart()).seq)
-    assert seqs == sorted(set(seqs))
+    # The worker asked for one frame and got exactly one: credits bound what a busy worker holds.
+    assert worker.receive(100) is not None
+    assert worker.receive(100) is None
 
 
 def test_capture_process_exits_2_when_the_file_cannot_be_opened(

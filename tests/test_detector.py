@@ -17,7 +17,7 @@ from conftest import free_port, metric_samples, sample, start_stage, wait_for
 from detector.backends import DetectorConfigError, HaarDetector, YuNetDetector
 from detector.crops import crop_squares, face_crops
 from detector.pipeline import FaceExtractor, build_extractor, detect_downscaled
-from emostream.wire import Frame, decode_faces, encode_frame
+from emostream.wire import Frame, decode_credit, decode_faces, encode_frame
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -204,6 +204,39 @@ def test_extractor_reports_boxes_inside_the_frame_with_full_res_crops(yunet_mode
     assert (x >= 0).all() and (y >= 0).all() and (x + w <= 1280).all() and (y + h <= 720).all()
 
 
+class CountingDetector:
+    """A real detector wrapped to count its calls (how often the extractor ran detection)."""
+
+    def __init__(self, inner: HaarDetector) -> None:
+        self.inner, self.min_size, self.calls = inner, inner.min_size, 0
+
+    def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.calls += 1
+        return self.inner.detect(image_bgr)
+
+
+def test_non_key_frames_reuse_the_key_frames_boxes_with_crops_from_the_new_frame() -> None:
+    detector = CountingDetector(HaarDetector())
+    extractor = FaceExtractor(detector)
+    lena = read_image("lena.jpg")
+    key = extractor.process(Frame(camera="cam", seq=0, ts_capture=1.0, image=lena))
+    assert len(key) == 1 and detector.calls == 1
+    # The next frames are darker copies: same place, other pixels. Tracked, not detected again.
+    darker = (lena // 2).astype(np.uint8)
+    tracked = extractor.process(Frame(camera="cam", seq=1, ts_capture=1.04, image=darker, key=False))
+    assert detector.calls == 1
+    np.testing.assert_array_equal(tracked.boxes, key.boxes)
+    assert tracked.crops.mean() < 0.6 * key.crops.mean(), "crops must come from the new frame"
+    # Another camera's non-key frame has no key frame here (e.g. after a restart): detect anyway.
+    other = extractor.process(Frame(camera="other", seq=5, ts_capture=1.0, image=lena, key=False))
+    assert detector.calls == 2 and len(other) == 1
+    # A key frame always detects, even for a camera with tracks.
+    extractor.process(Frame(camera="cam", seq=3, ts_capture=1.1, image=np.zeros_like(lena)))
+    assert detector.calls == 3
+    empty = extractor.process(Frame(camera="cam", seq=4, ts_capture=1.2, image=lena, key=False))
+    assert len(empty) == 0, "the tracks are the last key frame's: no face there"
+
+
 # ------------------------------------------------------------------------------------------------
 # the worker process
 # ------------------------------------------------------------------------------------------------
@@ -234,21 +267,20 @@ def malformed_messages() -> dict[str, list[bytes]]:
 def test_detector_process_answers_every_frame_and_survives_malformed_messages(
     zmq_context: zmq.Context, processes: list[subprocess.Popen]
 ) -> None:
-    # Two cameras (two PUSH sockets the test binds, as capture processes would) and the classifier
+    # Two cameras (two ROUTER sockets the test binds, as capture processes would) and the classifier
     # side (a PULL the test binds); the worker connects to all of them.
     cameras = {}
     for camera in ("cam-a", "cam-b"):
-        push = zmq_context.socket(zmq.PUSH)
-        push.setsockopt(zmq.SNDTIMEO, 30_000)  # fail the test rather than hang if no worker connects
-        port = push.bind_to_random_port("tcp://127.0.0.1")
-        cameras[camera] = (push, f"tcp://127.0.0.1:{port}")
+        router = zmq_context.socket(zmq.ROUTER)
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        cameras[camera] = (router, f"tcp://127.0.0.1:{port}")
     results = zmq_context.socket(zmq.PULL)
     results_port = results.bind_to_random_port("tcp://127.0.0.1")
     metrics_port = free_port()
     proc = start_detector(
         "--worker", "3",
-        "--pull", cameras["cam-a"][1],
-        "--pull", cameras["cam-b"][1],
+        "--frames", cameras["cam-a"][1],
+        "--frames", cameras["cam-b"][1],
         "--push", f"tcp://127.0.0.1:{results_port}",
         "--min-face", "24",
         "--metrics-port", str(metrics_port),
@@ -263,14 +295,25 @@ def test_detector_process_answers_every_frame_and_survives_malformed_messages(
         ("cam-a", 2): video_frame(0),
     }
     broken = malformed_messages()
-    push_a, push_b = cameras["cam-a"][0], cameras["cam-b"][0]
-    push_a.send_multipart(frame_message("cam-a", 0, real[("cam-a", 0)]))
+    # The worker announces itself to each camera with a credit: its routing id addresses it.
+    peers = {}
+    for camera, (router, _) in cameras.items():
+        assert router.poll(30_000), f"no credit from the worker on {camera}"
+        peer, *parts = router.recv_multipart()
+        credit = decode_credit(parts)
+        assert (credit.done, credit.window, credit.interval) == (0, 2, 1)
+        peers[camera] = peer
+
+    def send(camera: str, parts: list) -> None:
+        cameras[camera][0].send_multipart([peers[camera], *parts])
+
+    send("cam-a", frame_message("cam-a", 0, real[("cam-a", 0)]))
     for parts in broken.values():  # all on cam-a, before its last real frames
-        push_a.send_multipart(parts)
-    push_b.send_multipart(frame_message("cam-b", 0, real[("cam-b", 0)]))
-    push_a.send_multipart(frame_message("cam-a", 1, real[("cam-a", 1)]))
-    push_b.send_multipart(frame_message("cam-b", 1, real[("cam-b", 1)]))
-    push_a.send_multipart(frame_message("cam-a", 2, real[("cam-a", 2)]))
+        send("cam-a", parts)
+    send("cam-b", frame_message("cam-b", 0, real[("cam-b", 0)]))
+    send("cam-a", frame_message("cam-a", 1, real[("cam-a", 1)]))
+    send("cam-b", frame_message("cam-b", 1, real[("cam-b", 1)]))
+    send("cam-a", frame_message("cam-a", 2, real[("cam-a", 2)]))
 
     answered = {}
     while len(answered) < len(real):
@@ -302,6 +345,21 @@ def test_detector_process_answers_every_frame_and_survives_malformed_messages(
     assert sample(samples, "emostream_stage_seconds_count", stage="detector") == 5.0
     assert proc.poll() is None, "the worker died of malformed input"
 
+    def last_credit(camera: str):
+        router = cameras[camera][0]
+        credit = None
+        while router.poll(0):
+            credit = decode_credit(router.recv_multipart()[1:])
+        return credit
+
+    # Every message, malformed or not, is finished and reported so: the camera may send more.
+    done = {"cam-a": 3 + len(broken), "cam-b": 2}
+    for camera, count in done.items():
+        credit = wait_for(lambda c=camera: last_credit(c), what=f"a credit on {camera}")
+        while credit.done < count:
+            credit = wait_for(lambda c=camera: last_credit(c), what=f"done={count} on {camera}")
+        assert credit.done == count and credit.load == 0
+
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 0, stderr
@@ -310,7 +368,7 @@ def test_detector_process_answers_every_frame_and_survives_malformed_messages(
 def test_detector_process_with_a_missing_yunet_model_exits_2(processes: list[subprocess.Popen]) -> None:
     proc = start_detector(
         "--worker", "0",
-        "--pull", f"tcp://127.0.0.1:{free_port()}",
+        "--frames", f"tcp://127.0.0.1:{free_port()}",
         "--push", f"tcp://127.0.0.1:{free_port()}",
         "--backend", "yunet",
         "--model", str(REPO / "no-such-model.onnx"),

@@ -11,15 +11,18 @@ import pytest
 from emostream import wire
 from emostream.wire import (
     EMOTIONS,
+    Credit,
     EmotionEvent,
     Encoding,
     FaceEmotion,
     Faces,
     Frame,
     WireError,
+    decode_credit,
     decode_event,
     decode_faces,
     decode_frame,
+    encode_credit,
     encode_event,
     encode_faces,
     encode_frame,
@@ -61,6 +64,32 @@ def test_raw_frame_round_trip_is_exact():
     decoded = decode_frame(encode_frame(frame))
     assert (decoded.camera, decoded.seq, decoded.ts_capture) == ("cam0", 17, frame.ts_capture)
     np.testing.assert_array_equal(decoded.image, frame.image)
+
+
+def test_frames_are_key_frames_unless_marked_otherwise():
+    frame = make_frame()
+    assert "key" not in header_of(encode_frame(frame)), "the default stays off the wire"
+    assert decode_frame(encode_frame(frame)).key is True
+    frame.key = False
+    assert decode_frame(encode_frame(frame)).key is False
+
+
+def test_credit_round_trip_and_rejections():
+    credit = Credit(worker="detector-0-123", done=41, window=2, load=3, interval=3)
+    assert decode_credit(encode_credit(credit)) == credit
+    parts = encode_credit(credit)
+    for mutate, reason in [
+        (lambda p: [b"frame", p[1]], "wrong_topic"),
+        (lambda p: p[:1], "bad_parts"),
+        (lambda p: with_header(p, done=-1), "bad_field"),
+        (lambda p: with_header(p, window=1000), "bad_field"),
+        (lambda p: with_header(p, interval=0), "bad_field"),
+        (lambda p: with_header(p, worker=""), "bad_field"),
+        (lambda p: with_header(p, v=7), "bad_version"),
+    ]:
+        with pytest.raises(WireError) as info:
+            decode_credit(mutate(parts))
+        assert info.value.reason == reason
 
 
 def test_jpeg_frame_round_trip_is_close_and_smaller():
@@ -124,6 +153,7 @@ def test_event_round_trip_matches_documented_shape():
         (lambda p: with_header(p, shape=[0, 96, 3]), "bad_field"),
         (lambda p: with_header(p, shape=[100000, 96, 3]), "bad_field"),
         (lambda p: with_header(p, encoding="png"), "bad_field"),
+        (lambda p: with_header(p, key="no"), "bad_field"),
         (lambda p: [p[0], p[1], bytes(p[2])[:-1]], "bad_payload"),
         (lambda p: [p[0], header_bytes_jpeg(p), b"not a jpeg"], "bad_payload"),
         (lambda p: [p[0], p[1], 12345], "bad_part"),
@@ -186,11 +216,16 @@ def test_malformed_events_are_rejected():
 
 def test_random_bytes_never_raise_anything_but_wire_error():
     rng = random.Random(7)
-    decoders = (decode_frame, decode_faces, decode_event)
-    valid = [encode_frame(make_frame(8, 8)), encode_faces(make_faces(1)), encode_event(EmotionEvent("c", 1, 1, 1))]
+    decoders = (decode_frame, decode_faces, decode_event, decode_credit)
+    valid = [
+        encode_frame(make_frame(8, 8)),
+        encode_faces(make_faces(1)),
+        encode_event(EmotionEvent("c", 1, 1, 1)),
+        encode_credit(Credit("w", 1, 2, 0)),
+    ]
     rejected = 0
-    for i in range(3000):
-        base = [bytes(p) for p in valid[i % 3]]
+    for i in range(4000):
+        base = [bytes(p) for p in valid[i % 4]]
         parts = [bytearray(p) for p in base]
         for _ in range(rng.randint(1, 4)):
             target = rng.randrange(len(parts))
@@ -201,10 +236,10 @@ def test_random_bytes_never_raise_anything_but_wire_error():
         if rng.random() < 0.1:
             parts = parts[: rng.randint(0, len(parts))]
         try:
-            decoders[i % 3]([bytes(p) for p in parts])
+            decoders[i % 4]([bytes(p) for p in parts])
         except WireError:
             rejected += 1
-    assert rejected > 1000  # most mutations must be caught, none may escape as another exception
+    assert rejected > 1300  # most mutations must be caught, none may escape as another exception
 
 
 def test_encoder_refuses_frames_that_are_not_bgr_uint8():
