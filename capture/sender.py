@@ -203,6 +203,7 @@ class FrameSender:
                     held = None
                 continue
             held.key = assignment.key
+            held.droppable = self.policy is DropPolicy.DROP_OLDEST
             try:
                 parts = encode_frame(held, self.encoding, self.jpeg_quality)
             except ValueError:

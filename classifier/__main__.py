@@ -22,6 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="always wait --max-wait-ms for a partial batch (default: close it early when the measured arrival "
         "rate says no other face will come before the deadline)",
     )
+    parser.add_argument(
+        "--max-age-ms",
+        type=float,
+        default=1000.0,
+        help="drop faces of live cameras captured longer ago than this (counted, reason 'stale'); 0: never. "
+        "Frames of files are never dropped",
+    )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--no-bf16", action="store_true", help="run in float32")
     parser.add_argument(
@@ -52,7 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FATAL
     model.warm_up()
     service = ClassifierService(
-        model, args.pull, args.push, args.max_batch, args.max_wait_ms, adaptive_wait=not args.fixed_wait
+        model,
+        args.pull,
+        args.push,
+        args.max_batch,
+        args.max_wait_ms,
+        adaptive_wait=not args.fixed_wait,
+        max_age_ms=args.max_age_ms,
     )
     service.run(stop)
     return 0

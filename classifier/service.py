@@ -13,11 +13,18 @@ from classifier.batching import Batch, FaceBatcher
 from classifier.model import EmotionModel
 from emostream import metrics
 from emostream.health import HEALTH
-from emostream.wire import REJECT_REASONS, EmotionEvent, FaceEmotion, WireError, decode_faces, encode_event
+from emostream.wire import REJECT_REASONS, EmotionEvent, FaceEmotion, Faces, WireError, decode_faces, encode_event
 
 log = logging.getLogger("classifier")
 STAGE = "classifier"
 MAX_DRAIN = 256  # messages read per wake-up, so a flood cannot starve the batch deadline
+#: Faces messages queued on the receiving side. Bounded so that a slow classifier pushes back on the
+#: detectors (they stop asking cameras for frames, and live cameras drop the oldest, counted) instead
+#: of building a queue of stale frames; large enough for a few full batches.
+RCVHWM = 128
+#: The kernel's receive buffer (bytes): Faces messages are a few KB, so autotuned loopback buffers
+#: would hold hundreds of them beyond RCVHWM.
+RCVBUF = 256 * 1024
 
 
 def events_for_batch(batch: Batch, probs: np.ndarray, class_names: list[str]) -> list[EmotionEvent]:
@@ -53,14 +60,17 @@ class ClassifierService:
         max_wait_ms: float = 10.0,
         context: zmq.Context | None = None,
         adaptive_wait: bool = True,
+        max_age_ms: float = 1000.0,
     ) -> None:
         self.model = model
+        self.max_age_s = max_age_ms / 1000.0
         metrics.register_classifier_metrics()
         metrics.declare_drops(STAGE, "unknown", REJECT_REASONS)
         self.batcher = FaceBatcher(max_batch, max_wait_ms, adaptive=adaptive_wait)
         ctx = context or zmq.Context.instance()
         self.pull = ctx.socket(zmq.PULL)
-        self.pull.setsockopt(zmq.RCVHWM, 64)
+        self.pull.setsockopt(zmq.RCVHWM, RCVHWM)
+        self.pull.setsockopt(zmq.RCVBUF, RCVBUF)
         self.pull.bind(pull_endpoint)
         self.push = ctx.socket(zmq.PUSH)
         self.push.setsockopt(zmq.SNDHWM, 1000)
@@ -92,7 +102,14 @@ class ClassifierService:
                 log.warning("dropped malformed faces message: %s", err)
                 continue
             metrics.FRAMES_RECEIVED.labels(STAGE, faces.camera).inc()
+            if self.is_stale(faces):
+                metrics.FRAMES_DROPPED.labels(STAGE, faces.camera, "stale").inc()
+                continue
             self.batcher.add(faces)
+
+    def is_stale(self, faces: Faces) -> bool:
+        """A live camera's frame too old to be worth classifying; files' frames never are."""
+        return faces.droppable and self.max_age_s > 0 and time.time() - faces.ts_capture > self.max_age_s
 
     def _classify(self, batch: Batch) -> None:
         started = time.perf_counter()

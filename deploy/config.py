@@ -83,6 +83,8 @@ class ClassifierConfig(Section):
     max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 10.0
     #: Close a partial batch early when no other face is expected before max_wait_ms (see classifier.batching).
     adaptive_wait: bool = True
+    #: Faces of live cameras older than this (capture to classifier) are dropped, counted as 'stale'; 0: never.
+    max_age_ms: Annotated[float, Field(ge=0, le=600_000)] = 1000.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = True
     #: torch CPU threads; 1 by default because the classifier shares the cores with the other stages.

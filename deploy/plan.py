@@ -90,6 +90,8 @@ def plan_stages(config: PipelineConfig) -> list[StageSpec]:
         str(cls.max_batch),
         "--max-wait-ms",
         str(cls.max_wait_ms),
+        "--max-age-ms",
+        str(cls.max_age_ms),
         "--device",
         cls.device,
         "--threads",

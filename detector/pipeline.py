@@ -86,6 +86,7 @@ class FaceExtractor:
             boxes=clip_boxes(boxes, image.shape),
             scores=np.asarray(scores, dtype=np.float32).reshape(-1),
             crops=crops,
+            droppable=frame.droppable,
         )
 
 

@@ -8,18 +8,21 @@ Version 1. Every message is a ZeroMQ multipart message ``[topic, header, *payloa
   ``"schema": EVENT_SCHEMA`` (the public, documented event format).
 * ``payload`` -- zero or more binary parts (image bytes, face crops).
 
-``FRAME``  capture -> detector: header ``{v, camera, seq, ts_capture, shape: [h, w, 3], encoding, key}``,
-           one payload part: raw BGR bytes (h*w*3) or a JPEG. ``key`` (optional, default true): run the
-           face detector on this frame; false means "track the faces of this camera's last key frame",
-           which the camera only sends to the worker that had that key frame.
+``FRAME``  capture -> detector: header ``{v, camera, seq, ts_capture, shape: [h, w, 3], encoding, key,
+           droppable}``, one payload part: raw BGR bytes (h*w*3) or a JPEG. ``key`` (optional, default
+           true): run the face detector on this frame; false means "track the faces of this camera's last
+           key frame", which the camera only sends to the worker that had that key frame. ``droppable``
+           (optional, default false): the frame comes from a source whose drop policy lets later stages
+           drop it when it is too old to matter (a live camera); false frames are never dropped for age.
 ``CREDIT`` detector -> capture (the reverse direction of the same connection), no payload: header
            ``{v, worker, done, window, load, interval}``. The worker has finished ``done`` frames of
            this connection and accepts up to ``window`` frames unfinished on it; ``load`` is how many
            frames (all cameras) it holds unfinished; ``interval`` is its detection interval. Values are
            absolute, not increments, so a lost, repeated or late credit message never skews the count.
 ``FACES``  detector -> classifier: header ``{v, camera, seq, ts_capture, ts_detect, frame_shape,
-           boxes: [[x, y, w, h]...], scores: [...], crop_size}``, one payload part: N crops of
-           ``crop_size`` x ``crop_size`` uint8 grayscale, row-major, concatenated.
+           boxes: [[x, y, w, h]...], scores: [...], crop_size, droppable}`` (droppable: the frame's),
+           one payload part: N crops of ``crop_size`` x ``crop_size`` uint8 grayscale, row-major,
+           concatenated.
 ``EVENT``  classifier -> sink -> users: topic = camera id, header = the event JSON, no payload.
 
 Decoders accept anything exposing the buffer protocol (``bytes``, ``memoryview``, ``zmq.Frame``) so
@@ -91,6 +94,8 @@ class Frame:
     image: np.ndarray
     #: Detect faces on this frame (True) or reuse the last key frame's tracks (False).
     key: bool = True
+    #: Later stages may drop this frame once it is too old (live sources); never for files.
+    droppable: bool = False
 
 
 @dataclass(slots=True, frozen=True)
@@ -121,6 +126,7 @@ class Faces:
     boxes: np.ndarray
     scores: np.ndarray
     crops: np.ndarray
+    droppable: bool = False
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -237,6 +243,13 @@ def _time(header: dict[str, Any], key: str) -> float:
     return float(value)
 
 
+def _bool(header: dict[str, Any], key: str, default: bool) -> bool:
+    value = header.get(key, default)
+    if not isinstance(value, bool):
+        raise WireError("bad_field", f"{key}={value!r} is not a boolean")
+    return value
+
+
 def _int_list(value: Any, key: str, length: int, lo: int, hi: int) -> list[int]:
     if (
         not isinstance(value, list)
@@ -274,6 +287,8 @@ def encode_frame(frame: Frame, encoding: Encoding = Encoding.RAW, jpeg_quality: 
     }
     if not frame.key:
         header["key"] = False
+    if frame.droppable:
+        header["droppable"] = True
     if encoding == Encoding.JPEG:
         import cv2
 
@@ -298,9 +313,8 @@ def decode_frame(parts: Sequence[Part]) -> Frame:
     if c != 3:
         raise WireError("bad_field", f"frames have 3 channels, header says {c}")
     encoding = header.get("encoding")
-    key = header.get("key", True)
-    if not isinstance(key, bool):
-        raise WireError("bad_field", f"key={key!r} is not a boolean")
+    key = _bool(header, "key", True)
+    droppable = _bool(header, "droppable", False)
     payload = _buffer(parts[2])
     if encoding == Encoding.RAW.value:
         if payload.nbytes != h * w * 3:
@@ -316,7 +330,7 @@ def decode_frame(parts: Sequence[Part]) -> Frame:
             raise WireError("bad_payload", f"JPEG decodes to {image.shape}, header says {(h, w, 3)}")
     else:
         raise WireError("bad_field", f"encoding={encoding!r} is not one of bgr, jpeg")
-    return Frame(camera=camera, seq=seq, ts_capture=ts_capture, image=image, key=key)
+    return Frame(camera=camera, seq=seq, ts_capture=ts_capture, image=image, key=key, droppable=droppable)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,6 +390,8 @@ def encode_faces(faces: Faces) -> list[Any]:
         "scores": [round(float(s), 4) for s in np.asarray(faces.scores).reshape(n)],
         "crop_size": int(crops.shape[1]) if n else 48,
     }
+    if faces.droppable:
+        header["droppable"] = True
     return [TOPIC_FACES, _dumps(header), crops.data]
 
 
@@ -389,6 +405,7 @@ def decode_faces(parts: Sequence[Part]) -> Faces:
     ts_detect = _time(header, "ts_detect")
     fh, fw = _int_list(header.get("frame_shape"), "frame_shape", 2, 1, MAX_SIDE)
     crop_size = _int(header, "crop_size", 8, 512)
+    droppable = _bool(header, "droppable", False)
     boxes = header.get("boxes")
     scores = header.get("scores")
     if not isinstance(boxes, list) or len(boxes) > MAX_FACES:
@@ -410,6 +427,7 @@ def decode_faces(parts: Sequence[Part]) -> Faces:
         boxes=np.asarray(boxes, dtype=np.int32).reshape(n, 4),
         scores=np.asarray(scores, dtype=np.float32),
         crops=np.frombuffer(payload, dtype=np.uint8).reshape(n, crop_size, crop_size),
+        droppable=droppable,
     )
 
 

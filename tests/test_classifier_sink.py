@@ -217,3 +217,36 @@ def test_classifier_refuses_a_file_that_is_not_a_model(tmp_path):
     )
     assert result.returncode == 2
     assert "not an emostream model" in result.stderr
+
+
+def test_old_faces_of_live_cameras_are_dropped_as_stale_and_files_lose_nothing(classifier_and_sink):
+    env = classifier_and_sink
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"tcp://127.0.0.1:{env['pub']}")
+    push = ctx.socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{env['faces']}")
+    wait_for(
+        lambda: push.send_multipart(encode_faces(faces("probe", 0, 1))) or sub.poll(200),
+        what="first event through classifier and sink",
+    )
+    while sub.poll(300):
+        sub.recv_multipart()
+    # Captured 5 s ago (the classifier's max age is 1 s): too old for a live camera, not for a file.
+    for seq in range(1, 6):
+        for camera, droppable in (("live", True), ("file", False)):
+            old = faces(camera, seq, 2)
+            old.ts_capture -= 5.0
+            old.droppable = droppable
+            push.send_multipart(encode_faces(old))
+    push.send_multipart(encode_faces(faces("live", 6, 1)))  # fresh: classified
+    received = set()
+    while ("live", 6) not in received or len([c for c, _ in received if c == "file"]) < 5:
+        assert sub.poll(10_000), f"events missing, got {sorted(received)}"
+        event = json.loads(sub.recv_multipart()[1])
+        received.add((event["camera"], event["frame"]))
+    assert received == {("file", seq) for seq in range(1, 6)} | {("live", 6)}
+    cls_text = scrape(env["cls_metrics"])
+    assert metric_value(cls_text, "emostream_frames_dropped_total", camera="live", reason="stale") == 5
+    assert metric_value(cls_text, "emostream_frames_dropped_total", camera="file", reason="stale") == 0
