@@ -82,6 +82,16 @@ DEFINITIONS = {
         "by YuNet's faces/frame to give frames/s"
     ),
     "pipeline_over_slowest_stage": "max_throughput_fps (fast pacing, block) / min(stage_capacity_fps)",
+    "detector stage": (
+        "with settings.interval N > 1 the detector stage is measured as the pipeline runs it (detection on one "
+        "frame in N, the key frame's boxes reused on the others: detector_yunet_tracked) for stage capacity and "
+        "CPU budget; detector_yunet is YuNet on every frame"
+    ),
+    "interval_study": (
+        "YuNet's boxes on every frame of the video; with interval N each frame reuses its key frame's boxes. "
+        "faces_kept = share of the detector's faces on the in-between frames covered by a held box with "
+        "IoU >= 0.5; held_unmatched = share of held boxes covering no detected face"
+    ),
     "pipeline_over_slowest_stage_unscaled": "max_throughput_fps / min(standalone fps, without process scaling)",
     "cpu_budget_fps": (
         "cpu_count / sum of standalone CPU seconds per frame (decode + detector + classifier x faces/frame): "
@@ -120,6 +130,12 @@ class BenchSettings:
     downscale: float = 0.5
     #: Full-resolution pixels, as in deploy/examples/three_cameras.yaml: the meeting video's far faces are small.
     min_face: int = 20
+    #: detector.interval of the pipeline runs: detect on 1 frame in 3, track on the others (see interval_study).
+    interval: int = 3
+    #: OpenCV threads per detector worker: with 2 workers on 2 cores, more threads only contend.
+    detector_threads: int = 1
+    #: Detection intervals whose tracking quality is measured offline on the video's frames.
+    intervals: tuple[int, ...] = (1, 2, 3, 4, 5)
     max_batch: int = 64
     max_wait_ms: float = 10.0
     baseline_frames: int | None = None  # per slice; None: the whole video
@@ -142,6 +158,21 @@ class BenchSettings:
     #: One more max-throughput run with these extra environment variables (none: skipped); see WHAT_IF.
     what_if_env: dict[str, str] | None = None
 
+    def spec(self, cameras: int, pacing: str, drop_policy: str) -> PipelineSpec:
+        """The pipeline of one end-to-end run under these settings."""
+        return PipelineSpec(
+            cameras=cameras,
+            pacing=pacing,
+            drop_policy=drop_policy,
+            workers=self.workers,
+            downscale=self.downscale,
+            min_face=self.min_face,
+            interval=self.interval,
+            detector_threads=self.detector_threads,
+            max_batch=self.max_batch,
+            max_wait_ms=self.max_wait_ms,
+        )
+
     @classmethod
     def quick_settings(cls, **overrides: Any) -> BenchSettings:
         base = cls(
@@ -158,6 +189,26 @@ class BenchSettings:
             measure_s=10.0,
         )
         return replace(base, **overrides)
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What one end-to-end run starts: ``cameras`` replays of the video and the stages' settings."""
+
+    cameras: int
+    pacing: str = "realtime"
+    drop_policy: str = "drop_oldest"
+    workers: int = 2
+    downscale: float = 0.5
+    min_face: int = 20
+    interval: int = 1
+    detector_threads: int = 1
+    max_batch: int = 64
+    max_wait_ms: float = 10.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.cameras}cam-{self.pacing}-{self.drop_policy}"
 
 
 # -- progress ----------------------------------------------------------------------------------------
@@ -236,10 +287,13 @@ def measure_detector(
     downscale: float,
     min_face: int,
     chunk: int = 25,
-) -> tuple[dict[str, Any], list[np.ndarray]]:
+    interval: int = 1,
+) -> tuple[dict[str, Any], list[np.ndarray], list[np.ndarray]]:
     """A detector worker's per-frame work (``FaceExtractor.process``: downscale, detect, crop) on ``frames``.
 
-    Returns frames/s and the 48x48 crops it produced (the classifier is then measured on real faces).
+    With ``interval`` N > 1 one frame in N is a key frame and the others reuse its boxes, as in the
+    pipeline. Returns frames/s, the 48x48 crops it produced (the classifier is then measured on real
+    faces) and the boxes of every frame.
     """
     from detector.pipeline import build_extractor
     from emostream.wire import Frame
@@ -249,12 +303,15 @@ def measure_detector(
     extractor.process(Frame(camera="bench", seq=0, ts_capture=0.0, image=frames[0]))
     seconds: list[float] = []
     crops: list[np.ndarray] = []
+    boxes: list[np.ndarray] = []
     cpu0 = time.process_time()
     for seq, image in enumerate(frames):
+        frame = Frame(camera="bench", seq=seq, ts_capture=0.0, image=image, key=seq % interval == 0)
         t0 = time.perf_counter()
-        faces = extractor.process(Frame(camera="bench", seq=seq, ts_capture=0.0, image=image))
+        faces = extractor.process(frame)
         seconds.append(time.perf_counter() - t0)
         crops.append(faces.crops)
+        boxes.append(faces.boxes)
     cpu_s = time.process_time() - cpu0
     summary = rate([1] * len(seconds), seconds, chunk)
     n_faces = sum(len(c) for c in crops)
@@ -263,6 +320,7 @@ def measure_detector(
             "backend": backend,
             "downscale": downscale,
             "min_face": min_face,
+            "interval": interval,
             "fps": summary["per_s"],
             "mean_fps": summary["mean_per_s"],
             "frames": len(frames),
@@ -273,7 +331,67 @@ def measure_detector(
             "opencv_threads": cv2.getNumThreads(),
         },
         crops,
+        boxes,
     )
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix (len(a), len(b)) of xywh boxes."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    ix = np.minimum(a[:, None, 0] + a[:, None, 2], b[None, :, 0] + b[None, :, 2]) - np.maximum(
+        a[:, None, 0], b[None, :, 0]
+    )
+    iy = np.minimum(a[:, None, 1] + a[:, None, 3], b[None, :, 1] + b[None, :, 3]) - np.maximum(
+        a[:, None, 1], b[None, :, 1]
+    )
+    inter = np.clip(ix, 0, None) * np.clip(iy, 0, None)
+    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def interval_study(
+    detected: Sequence[np.ndarray], intervals: Sequence[int], iou_threshold: float = 0.5
+) -> list[dict[str, Any]]:
+    """How well a detection interval keeps the faces: ``detected`` holds the detector's boxes on every
+    frame; with interval N frame i reuses the boxes of frame i - i % N (the pipeline's key-frame tracking).
+
+    Per N: ``faces_kept`` = share of the detector's faces on the frames in between that a held box
+    covers with IoU >= ``iou_threshold``; ``median_iou`` of each such face's best held box;
+    ``held_unmatched`` = share of held boxes that match no detected face (a face that left); and the
+    detector runs per frame, 1/N. N = 1 detects everything: 1.0 by definition. For scale: on adjacent
+    frames the detector itself agrees with its previous frame about as well as N = 2 says.
+    """
+    study = []
+    for n in intervals:
+        matched = total = held_total = held_unmatched = 0
+        ious: list[float] = []
+        for i, boxes in enumerate(detected):
+            if n <= 1 or i % n == 0:
+                continue
+            held = detected[i - i % n]
+            total += len(boxes)
+            held_total += len(held)
+            if len(boxes) and len(held):
+                iou = box_iou(boxes, held)
+                best = iou.max(axis=1)
+                matched += int((best >= iou_threshold).sum())
+                ious.extend(best.tolist())
+                held_unmatched += int((iou.max(axis=0) < iou_threshold).sum())
+            else:
+                ious.extend([0.0] * len(boxes))
+                held_unmatched += len(held)
+        study.append(
+            {
+                "interval": n,
+                "detections_per_frame": 1.0 / n,
+                "faces_kept": matched / total if total else 1.0,
+                "median_iou": float(np.median(ious)) if ious else 1.0,
+                "held_unmatched": held_unmatched / held_total if held_total else 0.0,
+                "tracked_faces": total,
+            }
+        )
+    return study
 
 
 def count_flops_per_face(module: Any, input_size: tuple[int, int] = (48, 48), batch: int = 4) -> float:
@@ -441,40 +559,30 @@ def allocate_ports(cameras: int, workers: int, attempts: int = 200) -> tuple[int
     raise RuntimeError("no free port range found for the pipeline")
 
 
-def pipeline_config(
-    video: str | Path,
-    yunet: str | Path,
-    cameras: int,
-    *,
-    pacing: str = "realtime",
-    drop_policy: str = "drop_oldest",
-    workers: int = 2,
-    downscale: float = 0.5,
-    min_face: int = 20,
-    max_batch: int = 64,
-    max_wait_ms: float = 10.0,
-) -> dict[str, Any]:
+def pipeline_config(video: str | Path, yunet: str | Path, spec: PipelineSpec) -> dict[str, Any]:
     """The launcher config of one end-to-end run, with free ports for every endpoint and /metrics."""
-    net, publish, metrics = allocate_ports(cameras, workers)
+    net, publish, metrics = allocate_ports(spec.cameras, spec.workers)
     return {
         "cameras": [
             {
                 "id": f"cam{i}",
                 "source": str(video),
                 "loop": True,
-                "pacing": pacing,
-                "drop_policy": drop_policy,
+                "pacing": spec.pacing,
+                "drop_policy": spec.drop_policy,
             }
-            for i in range(cameras)
+            for i in range(spec.cameras)
         ],
         "detector": {
-            "workers": workers,
+            "workers": spec.workers,
             "backend": "yunet",
             "model": str(yunet),
-            "downscale": downscale,
-            "min_face": min_face,
+            "downscale": spec.downscale,
+            "min_face": spec.min_face,
+            "interval": spec.interval,
+            "threads": spec.detector_threads,
         },
-        "classifier": {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "device": "cpu"},
+        "classifier": {"max_batch": spec.max_batch, "max_wait_ms": spec.max_wait_ms, "device": "cpu"},
         "sink": {"publish": f"tcp://127.0.0.1:{publish}"},
         "network": {"base_port": net},
         "metrics": {"base_port": metrics},
@@ -690,6 +798,10 @@ def summarize_run(
             det = delta("emostream_stage_seconds_count", stage="detector")
             cls = delta("emostream_stage_seconds_count", stage="classifier")
             result["classifier_mean_batch"] = delta("emostream_classifier_batch_size_sum") / batches if batches else 0.0
+            frames_detected = delta("emostream_frames_total", stage="detector")
+            result["detections_per_frame"] = (
+                delta("emostream_detections_total") / frames_detected if frames_detected else None
+            )
             result["detector_ms_per_frame"] = (
                 1000 * delta("emostream_stage_seconds_sum", stage="detector") / det if det else 0.0
             )
@@ -712,15 +824,8 @@ def summarize_run(
 def run_end_to_end(
     video: str | Path,
     yunet: str | Path,
-    cameras: int,
+    spec: PipelineSpec,
     *,
-    pacing: str = "realtime",
-    drop_policy: str = "drop_oldest",
-    workers: int = 2,
-    downscale: float = 0.5,
-    min_face: int = 20,
-    max_batch: int = 64,
-    max_wait_ms: float = 10.0,
     warmup_s: float = 5.0,
     measure_s: float = 30.0,
     startup_timeout_s: float = 120.0,
@@ -738,25 +843,13 @@ def run_end_to_end(
     then the launcher gets SIGTERM. ``--duration`` is only a safety net: should this process die,
     the launcher still stops by itself.
     """
-    config = pipeline_config(
-        video,
-        yunet,
-        cameras,
-        pacing=pacing,
-        drop_policy=drop_policy,
-        workers=workers,
-        downscale=downscale,
-        min_face=min_face,
-        max_batch=max_batch,
-        max_wait_ms=max_wait_ms,
-    )
+    config = pipeline_config(video, yunet, spec)
     own_dir = None
     if workdir is None:
         own_dir = tempfile.TemporaryDirectory(prefix="emostream-bench-")
         workdir = own_dir.name
     workdir = Path(workdir)
-    label = f"{cameras}cam-{pacing}-{drop_policy}"
-    label += "".join(f"-{k}={v}" for k, v in (env or {}).items())
+    label = spec.label + "".join(f"-{k}={v}" for k, v in (env or {}).items())
     config_path = workdir / f"pipeline-{label}.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     parsed = load_config(config_path)  # the launcher's own validation, and its port layout
@@ -846,11 +939,12 @@ def run_end_to_end(
     result.update(
         {
             "label": label,
-            "cameras": cameras,
-            "pacing": pacing,
-            "drop_policy": drop_policy,
-            "workers": workers,
-            "offered_fps": 25.0 * cameras if pacing == "realtime" else None,
+            "cameras": spec.cameras,
+            "pacing": spec.pacing,
+            "drop_policy": spec.drop_policy,
+            "workers": spec.workers,
+            "interval": spec.interval,
+            "offered_fps": 25.0 * spec.cameras if spec.pacing == "realtime" else None,
             "warmup_s": warmup_s,
             "startup_s": (first_at - launched) if first_at else None,
             "launcher_exit_code": code,
@@ -931,7 +1025,8 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
     out["classifier_share_of_peak"] = out["classifier_gflops"] / peak if peak else None
 
     decode = results["stages"]["decode"]
-    det = results["stages"]["detector_yunet"]
+    # The detector stage as the pipeline runs it: at its detection interval when there is one.
+    det = results["stages"].get("detector_yunet_tracked") or results["stages"]["detector_yunet"]
     faces_per_frame = det["faces_per_frame"]
     cls_fps = cls["batched_faces_per_s"] / faces_per_frame if faces_per_frame else float("inf")
     processes = {"decode": int(settings["fast_cameras"]), "detector": int(settings["workers"]), "classifier": 1}
@@ -958,6 +1053,11 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
     budget = cpus / sum(cpu_per_frame.values()) if sum(cpu_per_frame.values()) > 0 else None
     out["cpu_budget_fps"] = budget
     out["pipeline_over_cpu_budget"] = max_fps / budget if max_fps and budget else None
+    out["detector_interval"] = int(det.get("interval", 1))
+    study = {row["interval"]: row for row in results.get("interval_study", [])}
+    out["faces_kept_at_interval"] = (
+        study[out["detector_interval"]]["faces_kept"] if study.get(out["detector_interval"]) else None
+    )
     return out
 
 
@@ -1071,12 +1171,13 @@ def format_report(results: dict[str, Any]) -> str:
     lines += ["", "Stages standalone (this process, same frames; rate = median over chunks)"]
     rows = [["decode (capture)", _fmt(st["decode"]["fps"]), "frames/s", _fmt(st["decode"]["cpu_parallelism"], 2)]]
     rows[0] += ["-", _others(st["decode"])]
-    for key, name in (("detector_yunet", "YuNet"), ("detector_haar", "Haar")):
+    for key, name in (("detector_yunet", "YuNet"), ("detector_yunet_tracked", "YuNet"), ("detector_haar", "Haar")):
         d = st.get(key)
         if d:
+            every = f", interval {d['interval']}" if d.get("interval", 1) > 1 else ""
             rows.append(
                 [
-                    f"detector {name} {d['downscale']:g}x",
+                    f"detector {name} {d['downscale']:g}x{every}",
                     _fmt(d["fps"]),
                     "frames/s",
                     _fmt(d["cpu_parallelism"], 2),
@@ -1097,6 +1198,22 @@ def format_report(results: dict[str, Any]) -> str:
             ]
         )
     lines += align(["stage", "rate", "unit", "cores used", "faces/frame", "others"], rows)
+    study = results.get("interval_study") or []
+    if study:
+        lines += ["", "Detection interval: YuNet on 1 frame in N, its boxes held on the others (same frames)"]
+        lines += align(
+            ["interval", "detections/frame", "faces kept (IoU>=0.5)", "median IoU", "held boxes unmatched"],
+            [
+                [
+                    str(row["interval"]),
+                    _fmt(row["detections_per_frame"], 2),
+                    f"{100 * row['faces_kept']:.1f}%",
+                    _fmt(row["median_iou"], 2),
+                    f"{100 * row['held_unmatched']:.1f}%",
+                ]
+                for row in study
+            ],
+        )
     lines += [
         "",
         f"  classifier batched/batch-1 {_ratio(h['classifier_batched_over_batch1'])}; "
@@ -1105,8 +1222,9 @@ def format_report(results: dict[str, Any]) -> str:
         f"  {100 * (h['classifier_share_of_peak'] or 0):.0f}% of this machine's measured bf16 matmul peak "
         f"({_fmt(h['bf16_peak_gflops'], 0)} GFLOP/s on {results['peak']['threads']} threads)",
         "",
-        f"End to end: python -m deploy run, YuNet {s['downscale']:g}x, {s['workers']} detector workers, "
-        f"max_batch {s['max_batch']}; {s['warmup_s']:g} s warm-up, then {s['measure_s']:g} s measured",
+        f"End to end: python -m deploy run, YuNet {s['downscale']:g}x at interval {s.get('interval', 1)}, "
+        f"{s['workers']} detector workers, max_batch {s['max_batch']}; {s['warmup_s']:g} s warm-up, "
+        f"then {s['measure_s']:g} s measured",
     ]
     runs = [r for r in [*results.get("runs", []), results.get("max_throughput"), results.get("what_if")] if r]
     rows = []
@@ -1181,6 +1299,11 @@ def format_report(results: dict[str, Any]) -> str:
                 [f"pipeline_over_slowest_stage ({h['slowest_stage']})", _fmt(h["pipeline_over_slowest_stage"], 2)],
                 ["cpu_budget_fps", _fmt(h["cpu_budget_fps"])],
                 ["pipeline_over_cpu_budget", _fmt(h["pipeline_over_cpu_budget"], 2)],
+                [
+                    "detector interval / faces kept at it",
+                    f"{h.get('detector_interval', 1)} / "
+                    + (f"{100 * h['faces_kept_at_interval']:.1f}%" if h.get("faces_kept_at_interval") else "-"),
+                ],
                 *what_if_rows,
             ],
         ),
@@ -1332,18 +1455,39 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
 
     progress.step(f"detectors: YuNet and Haar at {settings.downscale:g}x on {len(frames)} frames")
     with CpuWatch() as watch:
-        yunet, crops = measure_detector(
+        yunet, crops, yunet_boxes = measure_detector(
             frames, "yunet", settings.yunet, settings.downscale, settings.min_face, settings.chunk
         )
     yunet["cpu_watch"] = watch.result
     with CpuWatch() as watch:
-        haar, _ = measure_detector(frames, "haar", None, settings.downscale, settings.min_face, settings.chunk)
+        haar, _, _ = measure_detector(frames, "haar", None, settings.downscale, settings.min_face, settings.chunk)
     haar["cpu_watch"] = watch.result
     results["stages"]["detector_yunet"] = yunet
     results["stages"]["detector_haar"] = haar
+    if settings.interval > 1:
+        with CpuWatch() as watch:
+            tracked, _, _ = measure_detector(
+                frames,
+                "yunet",
+                settings.yunet,
+                settings.downscale,
+                settings.min_face,
+                settings.chunk,
+                interval=settings.interval,
+            )
+        tracked["cpu_watch"] = watch.result
+        results["stages"]["detector_yunet_tracked"] = tracked
+    results["interval_study"] = interval_study(yunet_boxes, settings.intervals)
+    kept = {row["interval"]: row["faces_kept"] for row in results["interval_study"]}
     progress.note(
         f"YuNet {yunet['fps']:.1f} frames/s ({yunet['faces_per_frame']:.2f} faces/frame), "
         f"Haar {haar['fps']:.1f} frames/s ({haar['faces_per_frame']:.2f} faces/frame)"
+        + (
+            f"; YuNet at interval {settings.interval}: {tracked['fps']:.1f} frames/s, "
+            f"{100 * kept.get(settings.interval, 1.0):.1f}% of faces kept"
+            if settings.interval > 1
+            else ""
+        )
     )
     del frames  # ~2.7 MB each at 720p: free them before the pipeline runs start their own processes
 
@@ -1373,11 +1517,6 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
     progress.note(f"{results['peak']['gflops']:.0f} GFLOP/s")
 
     common = {
-        "workers": settings.workers,
-        "downscale": settings.downscale,
-        "min_face": settings.min_face,
-        "max_batch": settings.max_batch,
-        "max_wait_ms": settings.max_wait_ms,
         "warmup_s": settings.warmup_s,
         "measure_s": settings.measure_s,
         "startup_timeout_s": settings.startup_timeout_s,
@@ -1389,9 +1528,7 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
             run = run_end_to_end(
                 settings.video,
                 settings.yunet,
-                cams,
-                pacing="realtime",
-                drop_policy=settings.realtime_drop_policy,
+                settings.spec(cams, "realtime", settings.realtime_drop_policy),
                 workdir=workdir,
                 **common,
             )
@@ -1401,9 +1538,7 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
         fast = run_end_to_end(
             settings.video,
             settings.yunet,
-            settings.fast_cameras,
-            pacing="fast",
-            drop_policy="block",
+            settings.spec(settings.fast_cameras, "fast", "block"),
             workdir=workdir,
             **common,
         )
@@ -1415,9 +1550,7 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
             what_if = run_end_to_end(
                 settings.video,
                 settings.yunet,
-                settings.fast_cameras,
-                pacing="fast",
-                drop_policy="block",
+                settings.spec(settings.fast_cameras, "fast", "block"),
                 workdir=workdir,
                 env=settings.what_if_env,
                 **common,
@@ -1450,6 +1583,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--yunet", default=str(DEFAULT_YUNET), help="YuNet .onnx (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="detector workers in the pipeline runs (default 2)")
     parser.add_argument("--cameras", default="1,2,4", help="camera counts of the realtime runs (default 1,2,4)")
+    parser.add_argument(
+        "--interval",
+        type=int,
+        default=3,
+        help="detector.interval of the pipeline runs (default 3; 1: detect every frame)",
+    )
     parser.add_argument("--fast-cameras", type=int, default=2, help="cameras of the max-throughput run (default 2)")
     parser.add_argument("--measure-seconds", type=float, help="measured window per pipeline run (40, quick 12)")
     parser.add_argument(
@@ -1472,13 +1611,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"bench: --cameras {args.cameras!r} is not a comma-separated list of integers", file=sys.stderr)
         return EXIT_MISSING
-    if not cameras or min(cameras) < 1 or args.workers < 1 or args.fast_cameras < 1:
-        print("bench: --cameras, --workers and --fast-cameras must be positive", file=sys.stderr)
+    if not cameras or min(cameras) < 1 or args.workers < 1 or args.fast_cameras < 1 or args.interval < 1:
+        print("bench: --cameras, --workers, --fast-cameras and --interval must be positive", file=sys.stderr)
         return EXIT_MISSING
     overrides: dict[str, Any] = {
         "video": Path(args.video).resolve(),
         "yunet": Path(args.yunet).resolve(),
         "workers": args.workers,
+        "interval": args.interval,
         "cameras": cameras,
         "fast_cameras": args.fast_cameras,
     }

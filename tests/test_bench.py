@@ -16,9 +16,11 @@ from conftest import shared_path
 from deploy.__main__ import main as deploy_main
 from deploy.baseline import merge_baselines, rate, run_baseline
 from deploy.bench import (
+    PipelineSpec,
     _seq_gaps,
     derive,
     format_report,
+    interval_study,
     measure_classifier,
     measure_detector,
     measure_matmul_peak,
@@ -98,10 +100,16 @@ def test_standalone_stages_on_a_few_frames(video, yunet):
     decode, frames = read_frames(video, 4, chunk=2)
     assert len(frames) == 4 and decode["fps"] > 0 and decode["resolution"] == [1280, 720]
 
-    det, crops = measure_detector(frames, "yunet", yunet, 0.5, 20, chunk=2)
+    det, crops, boxes = measure_detector(frames, "yunet", yunet, 0.5, 20, chunk=2)
     assert det["fps"] > 0 and det["cpu_s_per_frame"] > 0
     crops = np.concatenate(crops)
     assert crops.shape[1:] == (48, 48) and len(crops) == round(det["faces_per_frame"] * 4) > 0
+    # At interval 2, frames 1 and 3 hold the boxes of frames 0 and 2.
+    tracked, _, held = measure_detector(frames, "yunet", yunet, 0.5, 20, chunk=2, interval=2)
+    assert tracked["interval"] == 2
+    np.testing.assert_array_equal(held[1], boxes[0])
+    np.testing.assert_array_equal(held[3], boxes[2])
+    np.testing.assert_array_equal(held[2], boxes[2])
 
     cls = measure_classifier(crops, max_batch=8, batch1_faces=4, batched_batches=2, sweep=(4,), rounds=2)
     assert cls["batch1_faces_per_s"] > 0 and cls["batched_faces_per_s"] > 0
@@ -111,6 +119,22 @@ def test_standalone_stages_on_a_few_frames(video, yunet):
 
     peak = measure_matmul_peak(size=256, reps=2, threads=2)
     assert peak["gflops"] >= peak["median_gflops"] > 0
+
+
+def test_interval_study_counts_the_faces_held_boxes_keep():
+    box = np.array([[0, 0, 10, 10]])
+    detected = [box, box + [1, 0, 0, 0], box + [20, 20, 0, 0], np.zeros((0, 4))]
+    by_n = {row["interval"]: row for row in interval_study(detected, (1, 2, 4))}
+    assert by_n[1]["faces_kept"] == 1.0 and by_n[1]["tracked_faces"] == 0
+    # N=2: frame 1 holds frame 0's box (IoU 90/110), frame 3 holds frame 2's box over no face.
+    assert by_n[2]["faces_kept"] == 1.0
+    assert by_n[2]["median_iou"] == pytest.approx(90 / 110)
+    assert by_n[2]["held_unmatched"] == pytest.approx(1 / 2)
+    # N=4: frames 1-3 hold frame 0's box: kept on frame 1, lost on frame 2, nothing to find on frame 3.
+    assert by_n[4]["faces_kept"] == pytest.approx(1 / 2)
+    assert by_n[4]["median_iou"] == pytest.approx(90 / 110 / 2)
+    assert by_n[4]["held_unmatched"] == pytest.approx(2 / 3)
+    assert by_n[4]["detections_per_frame"] == 0.25
 
 
 def _run(cameras, events_per_s, p50, p99, *, pacing="realtime", error=None):
@@ -237,7 +261,8 @@ def test_derived_ratios_table_json_and_plot_on_fixed_results(tmp_path):
 
 
 def test_end_to_end_runner_on_one_camera_reads_events_and_drops(video, yunet):
-    run = run_end_to_end(video, yunet, 1, workers=1, warmup_s=1.0, measure_s=3.0, startup_timeout_s=90.0)
+    spec = PipelineSpec(cameras=1, workers=1, interval=2)
+    run = run_end_to_end(video, yunet, spec, warmup_s=1.0, measure_s=3.0, startup_timeout_s=90.0)
     assert run["error"] is None, run.get("log_tail")
     assert run["events"] > 0 and run["events_per_s"] > 0
     assert all(math.isfinite(v) and v > 0 for v in run["latency_ms"].values())
@@ -247,6 +272,8 @@ def test_end_to_end_runner_on_one_camera_reads_events_and_drops(video, yunet):
     assert isinstance(run["drops_in_window"], dict) and isinstance(run["drops_total"], list)
     assert {"capture", "detector", "classifier"} <= set(run["cpu_cores_by_stage"])
     assert run["timeline"] and run["launcher_exit_code"] == 0
+    # One worker, interval 2: the detector ran on every other frame, the others were tracked.
+    assert 0.45 <= run["detections_per_frame"] <= 0.6
 
 
 def test_missing_video_is_a_clear_error(tmp_path, capsys):

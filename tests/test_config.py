@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import PYTHON, REPO
+from conftest import PYTHON, REPO, shared_path
 from deploy.config import ConfigError, load_config, parse_config
 from deploy.plan import endpoints, metrics_ports, plan_stages
 
@@ -29,6 +29,9 @@ def test_embedded_demo_config_is_valid_and_plans_every_stage():
         ({"cameras": [{"id": "a", "source": "demo"}], "detector": {"workers": "two"}}, "detector.workers"),
         ({"cameras": [{"id": "a", "source": "demo"}], "detector": {"backend": "yunet"}}, "detector"),
         ({"cameras": [{"id": "a", "source": "demo"}], "classifier": {"max_batch": 0}}, "classifier.max_batch"),
+        ({"cameras": [{"id": "a", "source": "demo"}], "detector": {"interval": 0}}, "detector.interval"),
+        ({"cameras": [{"id": "a", "source": "demo"}], "detector": {"window": 100}}, "detector.window"),
+        ({"cameras": [{"id": "a", "source": "demo"}], "classifier": {"max_age_ms": -1}}, "classifier.max_age_ms"),
         ({"cameras": [{"id": "a", "source": "demo"}], "sinks": {}}, "sinks: unknown key"),
         ({"cameras": [{"id": "a", "source": "/no/such/video.mp4"}]}, "cameras[0].source: file"),
         (
@@ -99,17 +102,32 @@ def test_launcher_reports_yaml_syntax_errors(tmp_path):
     assert result.returncode == 2 and "not valid YAML" in result.stderr
 
 
-def test_thread_settings_reach_the_stage_command_lines_and_the_stage_parsers_accept_them():
+def test_stage_settings_reach_the_stage_command_lines_and_the_stage_parsers_accept_them():
     from classifier.__main__ import build_parser as classifier_parser
     from detector.__main__ import build_parser as detector_parser
 
-    config = parse_config({"cameras": [{"id": "a", "source": "demo"}], "detector": {"threads": 1}})
+    config = parse_config(
+        {
+            "cameras": [{"id": "a", "source": "demo"}],
+            "detector": {"threads": 1, "interval": 3, "window": 1},
+            "classifier": {"max_age_ms": 250},
+        }
+    )
     stages = {s.name: s for s in plan_stages(config)}
     cls_args = classifier_parser().parse_args(stages["classifier"].args)
     det_args = detector_parser().parse_args(stages["detector-0"].args)
     assert cls_args.threads == 1, "the classifier defaults to one torch thread"
-    assert det_args.threads == 1
+    assert cls_args.max_age_ms == 250
+    assert (det_args.threads, det_args.interval, det_args.window) == (1, 3, 1)
     assert not cls_args.fixed_wait, "the adaptive wait is the default"
     fixed = parse_config({"cameras": [{"id": "a", "source": "demo"}], "classifier": {"adaptive_wait": False}})
     fixed_cls = next(s for s in plan_stages(fixed) if s.name == "classifier")
     assert classifier_parser().parse_args(fixed_cls.args).fixed_wait
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "deploy" / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_config_is_valid(path):
+    shared_path("media", "faces.mp4")  # the examples replay the shared video
+    shared_path("models", "face_detection_yunet_2026may.onnx")
+    config = load_config(path)
+    assert plan_stages(config)
