@@ -56,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="'demo' (synthetic camera, 15 fps unless --fps), a camera index (0), a video file, "
         "or a URL (rtsp://, http://...)",
     )
-    parser.add_argument("--push", required=True, help="ZeroMQ endpoint this process binds, e.g. tcp://127.0.0.1:5600")
+    parser.add_argument(
+        "--frames",
+        required=True,
+        help="ZeroMQ endpoint this process binds for the detector workers, e.g. tcp://127.0.0.1:5600",
+    )
     parser.add_argument("--loop", action="store_true", help="restart a video file when it ends")
     parser.add_argument(
         "--pacing",
@@ -100,9 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     stream = FrameStream(config, stop)
     context = zmq.Context()
     try:
-        sender = FrameSender(context, args.push, args.camera, policy, stop, Encoding(args.encoding), args.jpeg_quality)
+        encoding = Encoding(args.encoding)
+        sender = FrameSender(context, args.frames, args.camera, policy, stop, encoding, args.jpeg_quality)
     except zmq.ZMQError as exc:
-        log.error("camera %s: cannot bind %s: %s", args.camera, args.push, exc)
+        log.error("camera %s: cannot bind %s: %s", args.camera, args.frames, exc)
         context.term()
         return 1
     log.info(
@@ -110,11 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         args.camera,
         kind.value,
         args.source,
-        args.push,
+        args.frames,
         policy.value,
         args.encoding,
     )
-    HEALTH.set_ready(reason=f"bound {args.push}")
+    HEALTH.set_ready(reason=f"bound {args.frames}")
     received = FRAMES_RECEIVED.labels(stage="capture", camera=args.camera)
     code = 0
     try:

@@ -119,10 +119,11 @@ class ClassifierService:
         if batch.face_count:
             metrics.BATCH_SIZE.observe(batch.face_count)
         for event in events:
-            self.push.send_multipart(encode_event(event))
+            # Count before sending: whoever sees the event then also sees it in /metrics.
             metrics.FRAMES.labels(STAGE, event.camera).inc()
             for face in event.faces:
                 metrics.EMOTIONS.labels(event.camera, face.emotion).inc()
+            self.push.send_multipart(encode_event(event))
 
     def run(self, stop: threading.Event) -> None:
         HEALTH.set_ready(reason=f"model {self.model.path.name} loaded")

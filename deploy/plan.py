@@ -144,7 +144,7 @@ def plan_stages(config: PipelineConfig) -> list[StageSpec]:
             camera.id,
             "--source",
             str(camera.source),
-            "--push",
+            "--frames",
             ends.frames[camera.id],
             "--pacing",
             camera.pacing,

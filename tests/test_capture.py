@@ -298,7 +298,7 @@ def test_capture_process_delivers_every_frame_of_a_file_in_order(
     proc = start_capture(
         "--camera", "file-cam",
         "--source", faces_mp4,
-        "--push", f"tcp://127.0.0.1:{port}",
+        "--frames", f"tcp://127.0.0.1:{port}",
         "--pacing", "fast",
         "--resize", "320x180",
     )  # fmt: skip
@@ -334,7 +334,7 @@ def test_capture_process_sends_each_frame_to_the_least_loaded_worker_that_has_ro
     proc = start_capture(
         "--camera", "lb-cam",
         "--source", faces_mp4,
-        "--push", endpoint,
+        "--frames", endpoint,
         "--pacing", "fast",
         "--resize", "160x90",
     )  # fmt: skip
@@ -372,7 +372,7 @@ def test_capture_process_sends_jpeg_frames_at_the_configured_fps(
     proc = start_capture(
         "--camera", "jpeg-cam",
         "--source", clip_25fps_50,
-        "--push", f"tcp://127.0.0.1:{port}",
+        "--frames", f"tcp://127.0.0.1:{port}",
         "--pacing", "fast",
         "--fps", "5",
         "--encoding", "jpeg",
@@ -402,7 +402,7 @@ def test_capture_process_drops_oldest_frames_when_nobody_reads(
         "--camera", "demo-cam",
         "--source", "demo",
         "--pacing", "fast",
-        "--push", f"tcp://127.0.0.1:{port}",
+        "--frames", f"tcp://127.0.0.1:{port}",
         "--metrics-port", str(metrics_port),
     )  # fmt: skip
     processes.append(proc)
@@ -435,7 +435,7 @@ def test_capture_process_exits_2_when_the_file_cannot_be_opened(
     not_a_video = tmp_path / "notes.mp4"
     not_a_video.write_bytes(b"this is not a video file\n" * 100)
     for source in (str(tmp_path / "missing.mp4"), str(not_a_video)):
-        proc = start_capture("--camera", "c", "--source", source, "--push", f"tcp://127.0.0.1:{free_port()}")
+        proc = start_capture("--camera", "c", "--source", source, "--frames", f"tcp://127.0.0.1:{free_port()}")
         processes.append(proc)
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 2, stderr
@@ -458,7 +458,7 @@ def test_capture_process_survives_an_unreachable_live_source_and_reports_the_cam
     proc = start_capture(
         "--camera", "gone",
         "--source", dead_source(),
-        "--push", f"tcp://127.0.0.1:{free_port()}",
+        "--frames", f"tcp://127.0.0.1:{free_port()}",
         "--metrics-port", str(metrics_port),
     )  # fmt: skip
     processes.append(proc)

@@ -116,9 +116,9 @@ def parse_stage(argv: list[str], where: str) -> StageCommand:
     cmd = StageCommand(module, args)
     # Who binds and who connects, as in deploy/plan.py and each stage's --help.
     if module == "capture":
-        cmd.binds = [args.push]
+        cmd.binds = [args.frames]
     elif module == "detector":
-        cmd.connects = [*args.pull, args.push]
+        cmd.connects = [*args.frames, args.push]
     elif module == "classifier":
         cmd.binds, cmd.connects = [args.pull], [args.push]
     else:
