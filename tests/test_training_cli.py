@@ -387,7 +387,10 @@ def test_gradcam_cli_writes_overlays(trained: dict[str, object], synthetic, tmp_
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["images"][0]["class"] == "surprise"
-    assert run_cli("gradcam", "--images", str(paths[0]), "--class", "boredom", "--out", str(out)).returncode == 1
+    from training.gradcam import cli as gradcam_cli
+
+    model = str(trained["model"])
+    assert gradcam_cli(["--model", model, "--images", str(paths[0]), "--class", "boredom", "--out", str(out)]) == 1
 
 
 def brightness_model(tmp_path: Path) -> Path:
@@ -530,13 +533,14 @@ def test_ferplus_labels_join_fer2013_rows(tmp_path: Path) -> None:
 
 
 def test_ferplus_on_the_shared_data() -> None:
-    from training.data import load_ferplus_codes
+    from training.data import FERPLUS_NOT_A_FACE, load_ferplus_codes
 
     codes = load_ferplus_codes(shared_path("data", "fer2013", "fer2013new.csv"))
     assert codes.shape == (35887,)
+    # Kept per split: Training 24,941, PublicTest 3,186, PrivateTest 3,137 (the FER+ majority sets).
+    assert int((codes >= 0).sum()) == 24_941 + 3_186 + 3_137
     # Blank image names are FER+'s not-a-face rows (10 NF votes): the rule drops them all.
-    kept = codes >= 0
-    assert 30_000 < kept.sum() < 35_887
+    assert int((codes == FERPLUS_NOT_A_FACE).sum()) >= 173
 
 
 # ---------------------------------------------------------------------------------------------
@@ -704,3 +708,17 @@ def test_real_fer2013_privatetest_parses_only_that_split() -> None:
         data = load_dataset(path, splits=("PrivateTest",), hash_file=False)
     assert list(data.splits) == ["PrivateTest"]
     assert data.splits["PrivateTest"].class_counts() == [491, 55, 528, 879, 594, 416, 626]
+
+
+def test_shipped_model_reproduces_its_report(capsys) -> None:
+    from training.inference import shipped_model_path
+
+    data = shared_path("data", "fer2013", "fer2013.csv.gz")
+    if not shipped_model_path().is_file():
+        pytest.skip("classifier/models/emotion.pt2 is not shipped")
+    report = json.loads(shipped_model_path().with_name("emotion.report.json").read_text())
+    status, metrics, _ = run_in_process(capsys, "evaluate", "--data", str(data), "--split", "PrivateTest")
+    assert status == 0
+    assert metrics["n"] == report["PrivateTest"]["n"] == 3589
+    assert metrics["accuracy"] == pytest.approx(report["PrivateTest"]["accuracy"], abs=1 / 3589)
+    assert metrics["macro_f1"] == pytest.approx(report["PrivateTest"]["macro_f1"], abs=2e-3)

@@ -2,8 +2,7 @@
 
 Subcommands map to modules exposing ``cli(argv) -> int``. A first argument that is not a known
 subcommand (an option such as ``--data``, or nothing) means ``train``, so ``python -m training --data
-...`` and ``python -m training train --data ...`` are the same. New subcommands (explore, evaluate,
-gradcam, export) register here.
+...`` and ``python -m training train --data ...`` are the same. Subcommands register here.
 """
 
 from __future__ import annotations
@@ -15,6 +14,11 @@ from collections.abc import Sequence
 DEFAULT = "train"
 SUBCOMMANDS: dict[str, str] = {
     "train": "training.train",
+    "explore": "training.explore",
+    "evaluate": "training.evaluate",
+    "calibrate": "training.calibrate",
+    "gradcam": "training.gradcam",
+    "export": "training.export",
 }
 
 

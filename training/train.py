@@ -4,9 +4,12 @@ Laid out like torchvision's references/classification/train.py: flat ``train_one
 ``evaluate`` and ``main(args)``, one checkpoint dict per epoch (``--resume``). Defaults live in the
 argparse groups; a YAML ``--config`` overrides them and explicit flags override the YAML.
 
-Protocol: fit on Training, pick the epoch with the best PublicTest score, evaluate PrivateTest once,
-at the end, with the picked weights. Outputs in ``--out``: model.pt2 (emostream.modelfile),
-report.json, training_curves.png, confusion_privatetest.png, checkpoint.pt.
+Protocol: fit on Training, pick the epoch with the best PublicTest score, fit the softmax temperature
+on PublicTest logits of the picked weights (stored in the model file), evaluate PrivateTest once, at
+the end. Data: a FER2013 CSV or an image folder with splits (see ``training.data``), labels from the
+CSV or the FER+ majority vote (``--labels ferplus``). Outputs in ``--out``: model.pt2
+(emostream.modelfile), report.json, training_curves.png, confusion_privatetest.png,
+reliability_privatetest.png, checkpoint.pt.
 """
 
 from __future__ import annotations
@@ -34,8 +37,18 @@ from tqdm import tqdm
 from emostream.modelfile import ModelInfo, save_model
 from emostream.wire import EMOTIONS
 from training import presets
-from training.data import DataError, Split, load_fer2013
-from training.metrics import classification_metrics, plot_confusion, plot_training_curves
+from training.data import LABEL_SOURCES, DataError, Split, load_dataset
+from training.metrics import (
+    classification_metrics,
+    expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+    plot_confusion,
+    plot_reliability,
+    plot_training_curves,
+    reliability_bins,
+    softmax,
+)
 from training.models import ARCHS, build_model
 
 CHECKPOINT = "checkpoint.pt"
@@ -56,7 +69,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", default=None, help="YAML file of defaults (keys = option names)")
 
     g = p.add_argument_group("data")
-    g.add_argument("--data", default=None, help="fer2013.csv or fer2013.csv.gz (required)")
+    g.add_argument(
+        "--data",
+        default=None,
+        help="fer2013.csv(.gz) or an image folder <root>/<split>/<class>/*.png with Training/PublicTest/"
+        "PrivateTest (or train/val/test) splits (required)",
+    )
+    g.add_argument(
+        "--labels",
+        default="fer2013",
+        choices=LABEL_SOURCES,
+        help="fer2013: the CSV's emotion column; ferplus: FER+ majority vote from --ferplus-csv (CSV only)",
+    )
+    g.add_argument("--ferplus-csv", default=None, help="fer2013new.csv; None = the one next to --data")
+    g.add_argument(
+        "--strict", action="store_true", help="make a bad row/image an error, instead of a counted and warned skip"
+    )
     g.add_argument("--out", default=None, help="output directory (required)")
     g.add_argument("--train-limit", type=int, default=0, help="use only the first N Training rows (0 = all)")
 
@@ -115,6 +143,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="CPU threads for torch (0 = torch default); batches are built in-process, no DataLoader",
     )
     g.add_argument("--eval-batch-size", type=int, default=256)
+    g.add_argument("--ece-bins", type=int, default=15, help="equal-width confidence bins for ECE")
     g.add_argument(
         "--resume",
         nargs="?",
@@ -343,13 +372,41 @@ def evaluate(
     amp_dtype: torch.dtype | None,
     batch_size: int = 256,
 ) -> dict[str, Any]:
-    """Loss (plain cross-entropy) plus ``classification_metrics``; ``preds`` holds the argmax."""
+    """Loss (plain cross-entropy) plus ``classification_metrics``; ``preds`` the argmax, ``logits`` the logits."""
     logits = predict(model, split, transform, device, amp_dtype, batch_size)
     preds = logits.argmax(1)
     result = classification_metrics(split.labels.numpy(), preds.numpy(), EMOTIONS)
     result["loss"] = float(F.cross_entropy(logits, split.labels)) if len(split) else float("nan")
     result["preds"] = preds
+    result["logits"] = logits
     return result
+
+
+def calibrate(
+    final: dict[str, dict[str, Any]], splits: dict[str, Split], n_bins: int
+) -> tuple[float, dict[str, Any], dict[str, dict[str, dict[str, list[float]]]]]:
+    """Fit the temperature on PublicTest logits; ECE/NLL before and after on every evaluated split.
+
+    Returns (temperature, JSON summary, reliability bins per split for the diagram).
+    """
+    val_logits = final["PublicTest"]["logits"].double().numpy()
+    temperature = fit_temperature(val_logits, splits["PublicTest"].labels.numpy())
+    summary: dict[str, Any] = {"temperature": temperature, "fit_split": "PublicTest", "n_bins": n_bins}
+    bins: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for name, m in final.items():
+        logits, labels = m["logits"].double().numpy(), splits[name].labels.numpy()
+        raw, scaled = softmax(logits), softmax(logits, temperature)
+        summary[name] = {
+            "ece_raw": expected_calibration_error(raw, labels, n_bins),
+            "ece_calibrated": expected_calibration_error(scaled, labels, n_bins),
+            "nll_raw": negative_log_likelihood(logits, labels),
+            "nll_calibrated": negative_log_likelihood(logits, labels, temperature),
+        }
+        bins[name] = {
+            "raw": reliability_bins(raw, labels, n_bins),
+            "calibrated": reliability_bins(scaled, labels, n_bins),
+        }
+    return temperature, summary, bins
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,7 +415,7 @@ def evaluate(
 
 
 def _summary(m: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in m.items() if k != "preds"}
+    return {k: v for k, v in m.items() if k not in ("preds", "logits")}
 
 
 def _json_safe(obj: Any) -> Any:
@@ -378,18 +435,22 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     config = _json_safe(vars(args))
 
     t0 = time.perf_counter()
-    data = load_fer2013(args.data)
+    data = load_dataset(args.data, labels=args.labels, ferplus_csv=args.ferplus_csv, strict=args.strict)
+    missing = [s for s in ("Training", "PublicTest", "PrivateTest") if s not in data.splits]
+    if missing:
+        raise DataError(f"{data.path} ({data.layout}) has no {missing} split(s): training needs all three")
     train_split, val_split, test_split = (data.splits[s] for s in ("Training", "PublicTest", "PrivateTest"))
     if args.train_limit:
         train_split = Split(train_split.images[: args.train_limit], train_split.labels[: args.train_limit])
     if len(train_split) < args.batch_size:
         raise DataError(f"{len(train_split)} Training rows are fewer than one batch of {args.batch_size}")
     if not len(val_split) or not len(test_split):
-        raise DataError("the data needs PublicTest and PrivateTest rows (Usage column)")
+        raise DataError("the data needs PublicTest and PrivateTest rows (Usage column, or val/test folders)")
     load_s = time.perf_counter() - t0
     print(
         f"data: {data.path} sha256 {data.sha256[:12]}... Training {len(train_split)} PublicTest "
-        f"{len(val_split)} PrivateTest {len(test_split)} skipped {data.skipped_rows} ({load_s:.1f}s)",
+        f"{len(val_split)} PrivateTest {len(test_split)} skipped {data.skipped_rows} "
+        f"dropped by label rule {sum(data.dropped.values())} (labels {data.labels}, {load_s:.1f}s)",
         flush=True,
     )
 
@@ -524,13 +585,21 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     for name, split in (("PublicTest", val_split), ("PrivateTest", test_split)):
         low = predict(model, split, eval_tf, device, torch.bfloat16, args.eval_batch_size).argmax(1)
         bf16_agreement[name] = float((low == final[name]["preds"]).float().mean())
+    # Temperature scaling on PublicTest (the selection split; PrivateTest stays untouched until here).
+    temperature, calibration, reliability = calibrate(
+        final, {"PublicTest": val_split, "PrivateTest": test_split}, args.ece_bins
+    )
     eval_s = time.perf_counter() - t_eval
     for name, m in final.items():
         print(f"final {name}: acc {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f} loss {m['loss']:.4f}", flush=True)
+    print(
+        f"calibration: temperature {temperature:.3f} (fit on PublicTest); ECE "
+        + ", ".join(f"{n} {calibration[n]['ece_raw']:.4f} -> {calibration[n]['ece_calibrated']:.4f}" for n in final),
+        flush=True,
+    )
 
     data_info = {
-        "path": data.path,
-        "sha256": data.sha256,
+        **data.summary(),
         "skipped_rows": data.skipped_rows,
         "counts": {"Training": len(train_split), "PublicTest": len(val_split), "PrivateTest": len(test_split)},
     }
@@ -538,18 +607,30 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         name: {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "loss": m["loss"], "n": m["n"]}
         for name, m in final.items()
     }
+    for name in final:
+        metrics[name]["ece_raw"] = calibration[name]["ece_raw"]
+        metrics[name]["ece_calibrated"] = calibration[name]["ece_calibrated"]
     metrics["best_epoch"] = best["epoch"] + 1
     metrics["select_metric"] = args.select_metric
+    metrics["calibration"] = calibration
     info = ModelInfo(
         arch=args.arch,
         class_names=list(EMOTIONS),
         input_size=(48, 48),
         mean=args.mean,
         std=args.std,
-        temperature=1.0,
+        temperature=temperature,
         data_sha256=data.sha256,
         metrics=metrics,
-        extra={"config": config, "params": n_params, "torch": torch.__version__},
+        # history: lets `python -m training evaluate --out` draw the training curves from the file alone.
+        extra={
+            "config": config,
+            "params": n_params,
+            "torch": torch.__version__,
+            "labels": data.labels,
+            "labels_sha256": data.labels_sha256,
+            "history": history,
+        },
     )
     model_path = save_model(model.cpu(), info, out / "model.pt2")
 
@@ -564,6 +645,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "PublicTest": _summary(final["PublicTest"]),
         "PrivateTest": _summary(final["PrivateTest"]),
         "bf16_argmax_agreement": bf16_agreement,
+        "calibration": calibration,
         "history": history,
         "config": config,
         "data": data_info,
@@ -592,7 +674,21 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         out / "confusion_privatetest.png",
         f"PrivateTest ({args.arch}, epoch {best['epoch'] + 1}): acc {final['PrivateTest']['accuracy']:.3f}",
     )
-    print(f"wrote {model_path}, report.json, training_curves.png, confusion_privatetest.png in {out}", flush=True)
+    plot_reliability(
+        {
+            f"raw (ECE {calibration['PrivateTest']['ece_raw']:.3f})": reliability["PrivateTest"]["raw"],
+            f"T={temperature:.2f} (ECE {calibration['PrivateTest']['ece_calibrated']:.3f})": reliability["PrivateTest"][
+                "calibrated"
+            ],
+        },
+        out / "reliability_privatetest.png",
+        f"PrivateTest ({args.arch}), temperature fit on PublicTest",
+    )
+    print(
+        f"wrote {model_path}, report.json, training_curves.png, confusion_privatetest.png, "
+        f"reliability_privatetest.png in {out}",
+        flush=True,
+    )
     return report
 
 

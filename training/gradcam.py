@@ -1,0 +1,270 @@
+"""Grad-CAM heatmaps for emostream model files, and ``python -m training gradcam``.
+
+Grad-CAM (Selvaraju et al. 2017): for class c and the activations A (C, h, w) of the last
+convolutional block, weight each channel by the spatial mean of d logit_c / dA, sum, ReLU, upsample
+bilinearly to the input size and scale each map to [0, 1] by its maximum (an all-zero map stays 0).
+
+Why it works on the shipped file: a model file is a ``torch.export`` program, and
+``load_model(...)`` gives its ``.module()``, an ``torch.fx.GraphModule`` of aten ops. We run that graph
+with a :class:`torch.fx.Interpreter` that keeps the output of one node -- by default the last node
+producing a 4-D (N, C, h, w) tensor with h*w > 1, i.e. the output of the last conv block before global
+pooling -- and differentiate the class logit with respect to it with ``torch.autograd.grad``. Nothing
+has to be stored at export time, no model class is needed, and any architecture with a conv trunk
+works; ``layer=`` picks another node by its graph name. A plain ``nn.Module`` is traced with
+``torch.fx.symbolic_trace`` first.
+
+``python -m training gradcam --model M --images IMG... [--class NAME] --out DIR`` writes, per image,
+``<stem>.gradcam_<class>.png`` (the face and the heatmap overlay side by side), plus
+``gradcam.npz`` (heatmaps, classes) and ``gradcam.json`` (also printed on stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from emostream.modelfile import ModelFileError, ModelInfo, load_model
+from emostream.wire import EMOTIONS
+from training.cli_support import emit, log
+from training.data import class_index as class_index_of
+from training.data import read_image
+from training.inference import load, preprocess
+from training.presets import DEFAULT_MEAN, DEFAULT_STD
+
+BATCH = 64
+
+
+@dataclass
+class GradCAMResult:
+    heatmaps: np.ndarray  # float32 (N, H, W) in [0, 1], H, W = model input size
+    class_index: np.ndarray  # int64 (N,): the class each heatmap explains
+    probabilities: np.ndarray  # float32 (N, classes): softmax(logits / temperature)
+    layer: str  # graph node whose activations were used
+    activation_shape: tuple[int, ...]  # (C, h, w) of that node
+
+
+class _ActivationRecorder(torch.fx.Interpreter):
+    """Runs a GraphModule and keeps the output of node ``layer`` (or of the last 4-D spatial node)."""
+
+    def __init__(self, module: torch.fx.GraphModule, layer: str | None) -> None:
+        super().__init__(module)
+        self.layer = layer
+        self.name: str | None = None
+        self.activation: torch.Tensor | None = None
+        self.spatial_nodes: list[str] = []
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        result = super().run_node(n)
+        if isinstance(result, torch.Tensor) and result.dim() == 4 and result.shape[-1] * result.shape[-2] > 1:
+            self.spatial_nodes.append(n.name)
+            if self.layer is None or n.name == self.layer:
+                self.name, self.activation = n.name, result
+        return result
+
+
+def _as_graph_module(module: nn.Module) -> torch.fx.GraphModule:
+    if isinstance(module, torch.fx.GraphModule):
+        return module
+    return torch.fx.symbolic_trace(module)
+
+
+def _unpack_model(model: Any, info: ModelInfo | None) -> tuple[nn.Module, ModelInfo]:
+    """Accept a path, (module, info) as load_model returns, an object with .module/.info
+    (classifier.model.EmotionModel), or a bare module (then ``info`` or default normalisation)."""
+    if isinstance(model, str | Path):
+        return load_model(model)
+    if isinstance(model, tuple) and len(model) == 2:
+        return model[0], info or model[1]
+    if hasattr(model, "module") and hasattr(model, "info"):
+        return model.module, info or model.info
+    if isinstance(model, nn.Module):
+        if info is None:
+            info = ModelInfo(arch="module", class_names=[], mean=DEFAULT_MEAN, std=DEFAULT_STD)
+        return model, info
+    raise TypeError(f"cannot compute Grad-CAM for a {type(model).__name__}")
+
+
+def gradcam_details(
+    model: Any,
+    crops: np.ndarray | torch.Tensor,
+    class_index: int | Sequence[int] | None = None,
+    *,
+    info: ModelInfo | None = None,
+    layer: str | None = None,
+) -> GradCAMResult:
+    """Grad-CAM of uint8 face crops (N, H, W) for ``class_index`` (one for all, one per crop, or
+    None = each crop's predicted class). See the module docstring for ``model``/``layer``."""
+    module, info = _unpack_model(model, info)
+    graph = _as_graph_module(module)
+    crops_t = torch.as_tensor(np.asarray(crops)) if not isinstance(crops, torch.Tensor) else crops
+    if crops_t.dim() == 2:
+        crops_t = crops_t.unsqueeze(0)
+    n = len(crops_t)
+    if class_index is None or isinstance(class_index, int | np.integer):
+        wanted = None if class_index is None else np.full(n, int(class_index))
+    else:
+        wanted = np.asarray(class_index, dtype=np.int64)
+        if wanted.shape != (n,):
+            raise ValueError(f"class_index has {wanted.size} entries for {n} crops")
+    maps, classes, probs = [], [], []
+    name, act_shape = "", ()
+    # Serving code may call this inside inference_mode; autograd needs both switched back on.
+    with torch.inference_mode(False), torch.enable_grad():
+        for start in range(0, n, BATCH):
+            x = preprocess(crops_t[start : start + BATCH], info).clone().requires_grad_(True)
+            recorder = _ActivationRecorder(graph, layer)
+            out = recorder.run(x)
+            logits = out[0] if isinstance(out, tuple | list) else out
+            if recorder.activation is None:
+                hint = f"; 4-D nodes: {recorder.spatial_nodes[-8:]}" if recorder.spatial_nodes else ""
+                what = f"node {layer!r} with a 4-D spatial output" if layer else "a 4-D spatial activation"
+                raise ValueError(f"the model graph has no {what}{hint}")
+            num_classes = logits.shape[1]
+            target = (
+                logits.argmax(1)
+                if wanted is None
+                else torch.as_tensor(wanted[start : start + BATCH], dtype=torch.int64)
+            )
+            if int(target.min()) < 0 or int(target.max()) >= num_classes:
+                raise ValueError(f"class index out of range 0..{num_classes - 1}")
+            score = logits.gather(1, target[:, None]).sum()
+            (grad,) = torch.autograd.grad(score, recorder.activation)
+            activation = recorder.activation.detach()
+            weights = grad.mean(dim=(2, 3), keepdim=True)
+            cam = F.relu((weights * activation).sum(dim=1, keepdim=True))
+            cam = F.interpolate(cam, size=tuple(info.input_size), mode="bilinear", align_corners=False)[:, 0]
+            peak = cam.amax(dim=(1, 2), keepdim=True)
+            cam = torch.where(peak > 0, cam / peak.clamp_min(1e-12), torch.zeros_like(cam))
+            maps.append(cam.clamp_(0, 1).float())
+            classes.append(target)
+            probs.append(torch.softmax(logits.detach().float() / info.temperature, dim=1))
+            name, act_shape = recorder.name or "", tuple(activation.shape[1:])
+    empty_hw = (0, *info.input_size)
+    return GradCAMResult(
+        heatmaps=torch.cat(maps).numpy() if maps else np.zeros(empty_hw, np.float32),
+        class_index=torch.cat(classes).numpy() if classes else np.zeros(0, np.int64),
+        probabilities=torch.cat(probs).numpy() if probs else np.zeros((0, len(info.class_names)), np.float32),
+        layer=name,
+        activation_shape=act_shape,
+    )
+
+
+def gradcam(
+    model: Any,
+    crops_uint8: np.ndarray | torch.Tensor,
+    class_index: int | Sequence[int] | None = None,
+    *,
+    info: ModelInfo | None = None,
+    layer: str | None = None,
+) -> np.ndarray:
+    """Grad-CAM heatmaps float32 (N, 48, 48) in [0, 1] for uint8 crops (N, H, W); see gradcam_details."""
+    return gradcam_details(model, crops_uint8, class_index, info=info, layer=layer).heatmaps
+
+
+def overlay(crop: np.ndarray, heatmap: np.ndarray, scale: int = 4, alpha: float = 0.45) -> np.ndarray:
+    """BGR uint8 image: the crop and the crop with the JET-coloured heatmap blended in, side by side."""
+    import cv2
+
+    h, w = heatmap.shape
+    face = cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA) if crop.shape != heatmap.shape else crop
+    size = (w * scale, h * scale)
+    face_bgr = cv2.cvtColor(cv2.resize(face, size, interpolation=cv2.INTER_NEAREST), cv2.COLOR_GRAY2BGR)
+    heat = cv2.resize((heatmap * 255).astype(np.uint8), size, interpolation=cv2.INTER_LINEAR)
+    colour = cv2.applyColorMap(heat, cv2.COLORMAP_JET)
+    blended = cv2.addWeighted(face_bgr, 1 - alpha, colour, alpha, 0)
+    return np.concatenate([face_bgr, blended], axis=1)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m training gradcam",
+        description="Grad-CAM heatmaps over face images for a model file (overlay PNGs + gradcam.npz/json).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", default=None, help="model file (.pt2); None = classifier/models/emotion.pt2")
+    p.add_argument("--images", nargs="+", required=True, help="face images (grayscale or colour, any size)")
+    p.add_argument(
+        "--class", dest="class_name", default=None, help="class to explain (name, any case); None = the predicted class"
+    )
+    p.add_argument("--layer", default=None, help="graph node to explain; None = the last 4-D activation")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--scale", type=int, default=4, help="upscaling of the overlay PNGs")
+    return p
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    module, info, model_path = load(args.model)
+    target = None
+    if args.class_name is not None:
+        names = [c.lower() for c in info.class_names]
+        key = args.class_name.strip().lower()
+        alias = class_index_of(key)  # FER+ spellings such as "happiness" too
+        if key in names:
+            target = names.index(key)
+        elif alias is not None and EMOTIONS[alias] in names:
+            target = names.index(EMOTIONS[alias])
+        else:
+            raise ValueError(f"unknown class {args.class_name!r}; the model has {list(info.class_names)}")
+    side = info.input_size[0]
+    crops = []
+    for name in args.images:
+        image, _ = read_image(Path(name), side)
+        if image is None:
+            raise ValueError(f"cannot read image {name}")
+        crops.append(image)
+    result = gradcam_details((module, info), np.stack(crops), target, info=info, layer=args.layer)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    import cv2
+
+    items = []
+    for i, name in enumerate(args.images):
+        cls = int(result.class_index[i])
+        png = out / f"{Path(name).stem}.gradcam_{info.class_names[cls]}.png"
+        if not cv2.imwrite(str(png), overlay(crops[i], result.heatmaps[i], args.scale)):
+            raise OSError(f"cannot write {png}")
+        peak = np.unravel_index(int(result.heatmaps[i].argmax()), result.heatmaps[i].shape)
+        items.append(
+            {
+                "image": str(name),
+                "overlay": png.name,
+                "class": info.class_names[cls],
+                "predicted": info.class_names[int(result.probabilities[i].argmax())],
+                "probabilities": dict(zip(info.class_names, result.probabilities[i].tolist(), strict=True)),
+                "peak_row_col": [int(peak[0]), int(peak[1])],
+            }
+        )
+    np.savez_compressed(
+        out / "gradcam.npz",
+        heatmaps=result.heatmaps,
+        class_index=result.class_index,
+        images=np.asarray([str(n) for n in args.images]),
+    )
+    summary = {
+        "model": str(model_path),
+        "layer": result.layer,
+        "activation_shape": list(result.activation_shape),
+        "images": items,
+        "files": [item["overlay"] for item in items] + ["gradcam.npz", "gradcam.json"],
+    }
+    emit(summary, out / "gradcam.json")
+    log(f"Grad-CAM on node {result.layer} {result.activation_shape}: wrote {len(items)} overlay(s) in {out}")
+    return summary
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        run(args)
+    except (ModelFileError, ValueError, OSError) as exc:
+        log(f"error: {exc}")
+        return 1
+    return 0
