@@ -68,7 +68,7 @@ class DetectorConfig(Section):
     #: Detect on one frame in N per camera; the N-1 after reuse its boxes (DeepStream's `interval`).
     interval: Annotated[int, Field(ge=1, le=100)] = 1
     #: Frames in flight per camera towards each worker (credit window, see capture/dispatch.py).
-    window: Annotated[int, Field(ge=1, le=64)] = 2
+    window: Annotated[int, Field(ge=1, le=64)] = 1
 
     @model_validator(mode="after")
     def _model_for_yunet(self) -> DetectorConfig:
