@@ -1339,6 +1339,7 @@ def write_json(results: dict[str, Any], path: str | Path) -> Path:
 def write_plot(results: dict[str, Any], path: str | Path) -> Path:
     """Aggregate throughput and p50/p99 latency against camera count, baseline as a horizontal line."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -1371,10 +1372,17 @@ def write_plot(results: dict[str, Any], path: str | Path) -> Path:
     ax2.set_xticks(cams or [1])
     # Log scale: an idle pipeline's tens of ms and an overloaded one's seconds on one readable axis.
     ax2.set_yscale("log")
+    ax2.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+    ax2.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax2.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax2.legend(fontsize=8)
     ax2.set_title("latency")
     m = results["machine"]
-    fig.suptitle(f"emostream bench: {m['cpu_count']} CPUs, YuNet 0.5x, {results['settings']['workers']} workers")
+    st = results["settings"]
+    fig.suptitle(
+        f"emostream bench: {m['cpu_count']} CPUs, YuNet {st['downscale']:g}x at interval {st.get('interval', 1)}, "
+        f"{st['workers']} detector workers"
+    )
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
