@@ -39,7 +39,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     stages = plan_stages(config)
     sup = config.supervisor
-    supervisor = Supervisor(stages, sup.restart_backoff_s, sup.restart_backoff_max_s, sup.stop_timeout_s)
+    supervisor = Supervisor(
+        stages,
+        sup.restart_backoff_s,
+        sup.restart_backoff_max_s,
+        sup.stop_timeout_s,
+        hang_timeout_s=sup.hang_timeout_s if config.metrics.enabled else 0.0,
+    )
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:

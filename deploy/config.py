@@ -116,6 +116,8 @@ class SupervisorConfig(Section):
     restart_backoff_max_s: PositiveFloat = 10.0
     stop_timeout_s: PositiveFloat = 5.0
     status_interval_s: Annotated[float, Field(ge=0)] = 5.0
+    #: Kill and restart a stage whose /healthz has not answered 200 for this long; 0: never.
+    hang_timeout_s: Annotated[float, Field(ge=0)] = 15.0
 
 
 class PipelineConfig(Section):

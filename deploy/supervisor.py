@@ -4,6 +4,12 @@ Children run in their own session so that a Ctrl-C in the terminal reaches the l
 the launcher decides the stop order (sources first, so frames in flight drain into the sink). Each
 child also gets SIGTERM from the kernel if the launcher itself dies (PR_SET_PDEATHSIG), so no stage
 outlives it.
+
+A stage that hangs without dying (a deadlock, a stuck read, SIGSTOP) is found by its heartbeat: every
+stage's main loop beats :data:`emostream.health.HEALTH`, and its ``/healthz`` answers 503 once the
+beats stop (or not at all when the whole process is frozen). The supervisor's watchdog asks each
+stage's ``/healthz`` every second; a stage that has not answered 200 for ``hang_timeout_s`` is killed
+and restarted like one that died, counted in ``emostream_stage_hangs_total``.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from deploy.plan import Restart, StageSpec
@@ -24,6 +33,17 @@ from emostream.runtime import EXIT_FATAL
 log = logging.getLogger("deploy")
 STABLE_AFTER_S = 30.0  # a stage that ran this long is healthy again: its backoff resets
 PR_SET_PDEATHSIG = 1
+WATCH_INTERVAL_S = 1.0
+PROBE_TIMEOUT_S = 1.0
+
+
+def probe_healthz(port: int) -> bool:
+    """True when the stage on ``port`` answers 200 on /healthz in time."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=PROBE_TIMEOUT_S) as resp:
+            return resp.status == 200
+    except (OSError, urllib.error.URLError):  # refused, timed out, 503
+        return False
 
 
 def _die_with_parent() -> None:
@@ -36,6 +56,8 @@ class StageState:
     spec: StageSpec
     process: subprocess.Popen | None = None
     started_at: float = 0.0
+    #: Last time /healthz answered 200 (or the start): the watchdog's clock.
+    live_at: float = 0.0
     restarts: int = 0
     failures_in_row: int = 0
     next_start_at: float | None = None
@@ -54,27 +76,74 @@ class Supervisor:
         backoff_s: float = 0.5,
         backoff_max_s: float = 10.0,
         stop_timeout_s: float = 5.0,
+        hang_timeout_s: float = 15.0,
+        probe: Callable[[int], bool] = probe_healthz,
     ) -> None:
         self.states = {spec.name: StageState(spec) for spec in stages}
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self.stop_timeout_s = stop_timeout_s
+        self.hang_timeout_s = hang_timeout_s
+        self._probe = probe
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def _spawn(self, state: StageState) -> None:
         state.process = subprocess.Popen(state.spec.argv, start_new_session=True, preexec_fn=_die_with_parent)
-        state.started_at = time.monotonic()
+        state.started_at = state.live_at = time.monotonic()
         state.next_start_at = None
         metrics.STAGE_UP.labels(state.spec.name).set(1)
         # Exported at 0 from the start: increase() and alerts then see the first restart too.
         metrics.STAGE_RESTARTS.labels(state.spec.name)
+        metrics.STAGE_HANGS.labels(state.spec.name)
         log.info("started %s (pid %d)", state.spec.name, state.process.pid)
 
-    def start(self) -> None:
+    def start(self, watch: bool = True) -> None:
+        """Spawn every stage; ``watch``: probe them for hangs from a thread (tests call check_liveness)."""
         for state in self.states.values():
             self._spawn(state)
+        if watch and self.hang_timeout_s > 0:
+            threading.Thread(target=self._watch, name="watchdog", daemon=True).start()
+
+    # -- hung stages -----------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(WATCH_INTERVAL_S):
+            self.check_liveness()
+
+    def check_liveness(self) -> list[str]:
+        """Probe every running stage's /healthz once; kill those silent for ``hang_timeout_s``.
+
+        Returns the stages killed. Stages without a metrics port cannot be probed and are skipped.
+        The probes run outside the lock (each may take PROBE_TIMEOUT_S); the kill re-checks under it
+        that the process is still the one probed.
+        """
+        with self._lock:
+            targets = [
+                (state, state.process)
+                for state in self.states.values()
+                if state.process is not None and state.spec.metrics_port is not None
+            ]
+        killed = []
+        for state, proc in targets:
+            ok = self._probe(state.spec.metrics_port)
+            now = time.monotonic()
+            with self._lock:
+                if state.process is not proc or proc.poll() is not None or self._stopping.is_set():
+                    continue
+                if ok:
+                    state.live_at = now
+                    continue
+                silent = now - state.live_at
+                if silent < self.hang_timeout_s:
+                    continue
+                log.warning("%s hung: /healthz silent for %.1fs; killing it for a restart", state.spec.name, silent)
+                metrics.STAGE_HANGS.labels(state.spec.name).inc()
+                proc.kill()  # SIGKILL works on a stopped (SIGSTOP) process too; poll() reaps and restarts it
+                killed.append(state.spec.name)
+        return killed
 
     def poll(self) -> None:
         """Reap exited stages and (re)start due ones. Raises FatalStageError for an essential stage."""
@@ -123,6 +192,7 @@ class Supervisor:
 
     def stop(self) -> None:
         """SIGTERM sources first, then downstream stages in order; SIGKILL what outlives the timeout."""
+        self._stopping.set()
         with self._lock:
             for state in self.states.values():
                 state.next_start_at = None

@@ -54,6 +54,11 @@ BATCH_SIZE = Histogram(
 QUEUE_DEPTH = Gauge("emostream_classifier_queue_depth", "Faces received and waiting for a batch.", registry=None)
 CAMERA_UP = Gauge("emostream_camera_up", "1 while a camera delivers frames, else 0.", ["camera"])
 STAGE_RESTARTS = Counter("emostream_stage_restarts", "Stage processes restarted by the launcher.", ["stage"])
+STAGE_HANGS = Counter(
+    "emostream_stage_hangs",
+    "Stage processes the launcher killed because their /healthz stopped answering (then restarted).",
+    ["stage"],
+)
 STAGE_UP = Gauge("emostream_stage_up", "1 while the launcher sees the stage process running.", ["stage"])
 MODEL_INFO = Info("emostream_model", "The emotion model the classifier serves.", registry=None)
 
