@@ -151,3 +151,43 @@ def test_the_launcher_itself_killed_takes_no_stage_with_it_left_running(tmp_path
     finally:
         pipe.stop()
     assert sys.platform != "linux" or not any(pid_alive(p) for p in pids)
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.timeout(240)
+def test_a_stalled_classifier_makes_live_cameras_drop_counted_frames_and_no_queue_grows(tmp_path):
+    # The classifier stops taking faces for 8 s (SIGSTOP, then SIGCONT): a slow classifier at its worst.
+    # Upstream, the detector's bounded queues fill, it stops asking the camera for frames, and the live
+    # camera drops its oldest frames, counted; nothing buffers the stall. When the classifier resumes,
+    # what piled up in the bounded queues is too old: dropped and counted as stale, not classified late.
+    pipe = demo_pipeline(tmp_path, classifier={"max_age_ms": 1000})
+    try:
+        assert pipe.collect(90, lambda ev: sum(bool(e["faces"]) for e in ev) >= 10), pipe.log_text()
+        classifier, detector, capture = (pipe.pid_of(s) for s in ("classifier", "detector-0", "capture-demo"))
+        rss_before = {pid: rss_mb(pid) for pid in (detector, capture)}
+        os.kill(classifier, signal.SIGSTOP)
+        time.sleep(8)  # the fault's length, not a measurement
+        rss_stalled = {pid: rss_mb(pid) for pid in (detector, capture)}
+        os.kill(classifier, signal.SIGCONT)
+        resumed_at = time.time()
+        fresh = events_after(pipe, resumed_at)
+        assert fresh, "events did not resume after the stall"
+        base = pipe.metrics_base
+        dropped_at_capture = metric_value(scrape(base + 100), "emostream_frames_dropped_total", reason="overload")
+        assert dropped_at_capture > 0, "the stalled pipeline must drop, counted, at the live camera"
+        stale = wait_for(
+            lambda: metric_value(scrape(base + 2), "emostream_frames_dropped_total", reason="stale") or None,
+            what="stale faces counted by the classifier",
+        )
+        assert stale > 0
+        # Bounded queues: the stall did not make the upstream processes hold seconds of 640x480 frames.
+        for pid, before in rss_before.items():
+            assert rss_stalled[pid] < before + 50, f"pid {pid}: RSS {before:.0f} -> {rss_stalled[pid]:.0f} MB"
+        assert pipe.pid_of("classifier") == classifier, "a stall is not a crash: no restart"
+    finally:
+        code = pipe.stop()
+    assert code == 0, pipe.log_text()
