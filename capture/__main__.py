@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     context = zmq.Context()
     try:
         encoding = Encoding(args.encoding)
-        sender = FrameSender(context, args.frames, args.camera, policy, stop, encoding, args.jpeg_quality)
+        sender = FrameSender(
+            context, args.frames, args.camera, policy, stop, encoding, args.jpeg_quality, keys=args.curve_keys
+        )
     except zmq.ZMQError as exc:
         log.error("camera %s: cannot bind %s: %s", args.camera, args.frames, exc)
         context.term()

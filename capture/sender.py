@@ -17,6 +17,7 @@ from capture.dispatch import Dispatcher
 from capture.sources import SourceKind
 from emostream.health import HEALTH
 from emostream.metrics import FRAMES, FRAMES_DROPPED, declare_drops
+from emostream.security import CurveKeys, secure_server
 from emostream.wire import REJECT_REASONS, Encoding, Frame, WireError, decode_credit, encode_frame
 
 log = logging.getLogger("capture")
@@ -120,6 +121,7 @@ class FrameSender:
         encoding: Encoding = Encoding.RAW,
         jpeg_quality: int = 80,
         dispatcher: Dispatcher | None = None,
+        keys: CurveKeys | None = None,
     ) -> None:
         self.camera = camera
         self.policy = policy
@@ -128,6 +130,7 @@ class FrameSender:
         self.jpeg_quality = jpeg_quality
         self.dispatcher = dispatcher or Dispatcher()
         self.socket = context.socket(zmq.ROUTER)
+        secure_server(self.socket, keys, "capture")  # plain without keys
         # Sending to a worker that is gone must fail (EHOSTUNREACH), not vanish silently.
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.SNDHWM, SNDHWM)

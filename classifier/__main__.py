@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         args.max_wait_ms,
         adaptive_wait=not args.fixed_wait,
         max_age_ms=args.max_age_ms,
+        keys=args.curve_keys,
     )
     service.run(stop)
     return 0

@@ -13,6 +13,7 @@ from classifier.batching import Batch, FaceBatcher
 from classifier.model import EmotionModel
 from emostream import metrics
 from emostream.health import HEALTH
+from emostream.security import CurveKeys, secure_client, secure_server
 from emostream.wire import REJECT_REASONS, EmotionEvent, FaceEmotion, Faces, WireError, decode_faces, encode_event
 
 log = logging.getLogger("classifier")
@@ -61,6 +62,7 @@ class ClassifierService:
         context: zmq.Context | None = None,
         adaptive_wait: bool = True,
         max_age_ms: float = 1000.0,
+        keys: CurveKeys | None = None,
     ) -> None:
         self.model = model
         self.max_age_s = max_age_ms / 1000.0
@@ -69,10 +71,12 @@ class ClassifierService:
         self.batcher = FaceBatcher(max_batch, max_wait_ms, adaptive=adaptive_wait)
         ctx = context or zmq.Context.instance()
         self.pull = ctx.socket(zmq.PULL)
+        secure_server(self.pull, keys, STAGE)  # plain without keys
         self.pull.setsockopt(zmq.RCVHWM, RCVHWM)
         self.pull.setsockopt(zmq.RCVBUF, RCVBUF)
         self.pull.bind(pull_endpoint)
         self.push = ctx.socket(zmq.PUSH)
+        secure_client(self.push, keys)
         self.push.setsockopt(zmq.SNDHWM, 1000)
         self.push.setsockopt(zmq.LINGER, 2000)
         self.push.connect(push_endpoint)

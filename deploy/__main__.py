@@ -3,6 +3,7 @@
 python -m deploy run [--config FILE] [--duration SECONDS]   # no --config: the embedded demo
 python -m deploy check --config FILE                         # validate and print the plan
 python -m deploy bench [--quick] [--json FILE] [--plot FILE]  # baseline vs pipeline, side by side
+python -m deploy keys --out DIR [--client NAME ...] [--force]  # CurveZMQ key pairs (security.curve_keys)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from deploy.status import StatusPrinter
 from deploy.supervisor import FatalStageError, Supervisor
 from emostream.health import HEALTH
 from emostream.metrics import serve_metrics
+from emostream.security import SecurityError, create_keys, load_client_keys
 
 log = logging.getLogger("deploy")
 EXIT_CONFIG = 2
@@ -59,8 +61,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         serve_metrics(ports["launcher"], config.metrics.host)
         log.info("metrics: %s", ", ".join(f"{n}=:{p}" for n, p in ports.items()))
     events = endpoints(config).events
-    log.info("events are published on %s (python -m sink.subscribe --endpoint %s)", events, events)
-    status = StatusPrinter(events, 0 if args.quiet else sup.status_interval_s)
+    curve = f" --curve-keys {config.security.curve_keys}" if config.security.curve_keys else ""
+    log.info("events are published on %s (python -m sink.subscribe --endpoint %s%s)", events, events, curve)
+    keys = load_client_keys(config.security.curve_keys) if config.security.curve_keys else None
+    status = StatusPrinter(events, 0 if args.quiet else sup.status_interval_s, keys)
     status.start()
     supervisor.start()
     HEALTH.set_ready(reason="stages started")
@@ -90,6 +94,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    try:
+        written = create_keys(args.out, args.client, force=args.force, clients_only=args.clients_only)
+    except SecurityError as exc:
+        print(f"keys: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(path)
+    if not args.clients_only:
+        print(f"use it with `security: {{curve_keys: {args.out}}}` in the config or --curve-keys {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m deploy", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -106,6 +123,22 @@ def main(argv: list[str] | None = None) -> int:
     bench = sub.add_parser("bench", help="measure throughput and latency against the study's one-process baseline")
     add_bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
+    keys = sub.add_parser(
+        "keys",
+        help="create CurveZMQ key pairs: the server pair, the pipeline's client pair, users' client pairs",
+        description="Layout: see emostream/security.py. Secret key files are created with mode 0600.",
+    )
+    keys.add_argument("--out", required=True, metavar="DIR", help="folder to write the keys into")
+    keys.add_argument(
+        "--client",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also a client pair for a user or subscriber, authorized at once (repeatable)",
+    )
+    keys.add_argument("--clients-only", action="store_true", help="add --client pairs to an existing folder")
+    keys.add_argument("--force", action="store_true", help="overwrite existing key files")
+    keys.set_defaults(func=cmd_keys)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from capture.sources import SourceKind, classify_source
+from emostream.security import SecurityError, load_keys
 from emostream.wire import camera_id_error
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "demo.yaml"
@@ -120,6 +121,13 @@ class SupervisorConfig(Section):
     hang_timeout_s: Annotated[float, Field(ge=0)] = 15.0
 
 
+class SecurityConfig(Section):
+    """CurveZMQ on every ZeroMQ socket of every stage (see emostream/security.py for the key layout)."""
+
+    #: Folder written by ``python -m deploy keys --out DIR``; none: plain sockets (bound to 127.0.0.1 by default).
+    curve_keys: str | None = None
+
+
 class PipelineConfig(Section):
     cameras: list[CameraConfig] = Field(min_length=1)
     detector: DetectorConfig = DetectorConfig()
@@ -128,6 +136,7 @@ class PipelineConfig(Section):
     network: NetworkConfig = NetworkConfig()
     metrics: MetricsConfig = MetricsConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
+    security: SecurityConfig = SecurityConfig()
 
     @field_validator("cameras")
     @classmethod
@@ -182,6 +191,16 @@ def parse_config(data: Any, origin: str = "config") -> PipelineConfig:
         config.detector.model = resolve("detector.model", config.detector.model)
     if config.classifier.model:
         config.classifier.model = resolve("classifier.model", config.classifier.model)
+    if config.security.curve_keys:
+        keys = config.security.curve_keys
+        folder = next((p for p in (Path(keys), base / keys) if p.is_dir()), None)
+        if folder is None:
+            raise ConfigError(f"{origin}: security.curve_keys: folder {keys!r} does not exist")
+        try:
+            load_keys(folder)  # every stage loads the same files: a missing one is a config error here
+        except SecurityError as exc:
+            raise ConfigError(f"{origin}: security.curve_keys: {exc}") from None
+        config.security.curve_keys = str(folder.resolve())
     return config
 
 

@@ -73,7 +73,10 @@ def plan_stages(config: PipelineConfig) -> list[StageSpec]:
 
     def common(name: str) -> list[str]:
         port = ports.get(name)
-        return ["--metrics-port", str(port), "--metrics-host", config.metrics.host] if port else []
+        args = ["--metrics-port", str(port), "--metrics-host", config.metrics.host] if port else []
+        if config.security.curve_keys:
+            args += ["--curve-keys", config.security.curve_keys]  # every stage secures every socket
+        return args
 
     sink_args = ["--pull", ends.events_in, "--publish", ends.events]
     if config.sink.jsonl:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
+from emostream.security import CurveKeys, secure_client
 from emostream.wire import WireError, decode_event
 
 log = logging.getLogger("deploy")
@@ -59,15 +60,17 @@ class StatusPrinter(threading.Thread):
     the events; the sink's histogram adds the last hop.
     """
 
-    def __init__(self, endpoint: str, interval: float) -> None:
+    def __init__(self, endpoint: str, interval: float, keys: CurveKeys | None = None) -> None:
         super().__init__(name="status", daemon=True)
         self.endpoint = endpoint
         self.interval = interval
+        self.keys = keys  # the pipeline's client keys when the publish endpoint uses CurveZMQ
         self.stop_event = threading.Event()
         self.total: dict[str, CameraStats] = {}
 
     def run(self) -> None:
         sub = zmq.Context.instance().socket(zmq.SUB)
+        secure_client(sub, self.keys)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.setsockopt(zmq.LINGER, 0)
         sub.connect(self.endpoint)

@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             worker_id=args.worker,
             window=args.window,
             interval=args.interval,
+            keys=args.curve_keys,
         )
     except zmq.ZMQError as exc:
         log.error("worker %d: bad endpoint in --frames/--push: %s", args.worker, exc)

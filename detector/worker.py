@@ -26,6 +26,7 @@ import zmq
 from detector.pipeline import FaceExtractor
 from emostream.health import HEALTH
 from emostream.metrics import FACES, FRAMES, FRAMES_DROPPED, FRAMES_RECEIVED, STAGE_SECONDS, declare_drops
+from emostream.security import CurveKeys, secure_client
 from emostream.wire import REJECT_REASONS, Credit, WireError, decode_frame, encode_credit, encode_faces
 
 log = logging.getLogger("detector")
@@ -70,6 +71,7 @@ class DetectorWorker:
         worker_id: int = 0,
         window: int = DEFAULT_WINDOW,
         interval: int = 1,
+        keys: CurveKeys | None = None,
     ) -> None:
         if window < 1 or interval < 1:
             raise ValueError("window and interval must be at least 1")
@@ -85,6 +87,7 @@ class DetectorWorker:
         for endpoint in camera_endpoints:
             # Connect, not bind: cameras come and go, each binds its own endpoint.
             sock = context.socket(zmq.DEALER)
+            secure_client(sock, keys)  # plain without keys
             sock.setsockopt(zmq.RCVBUF, RCVBUF)
             sock.setsockopt(zmq.SNDHWM, 4)  # credits only; newer ones supersede older ones
             sock.setsockopt(zmq.LINGER, 0)
@@ -93,6 +96,7 @@ class DetectorWorker:
             self.poller.register(sock, zmq.POLLIN)
         self._by_socket = {link.socket: link for link in self.links}
         self.push = context.socket(zmq.PUSH)
+        secure_client(self.push, keys)
         self.push.setsockopt(zmq.SNDHWM, SNDHWM)
         self.push.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
         self.push.connect(push_endpoint)

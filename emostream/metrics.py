@@ -60,6 +60,12 @@ STAGE_HANGS = Counter(
     ["stage"],
 )
 STAGE_UP = Gauge("emostream_stage_up", "1 while the launcher sees the stage process running.", ["stage"])
+AUTH_FAILURES = Counter(
+    "emostream_auth_failures",
+    "Failed CurveZMQ handshakes on a stage's binding sockets: peers without keys, with a key not in "
+    "authorized/, or expecting another server key. Such a peer receives nothing.",
+    ["stage"],
+)
 MODEL_INFO = Info("emostream_model", "The emotion model the classifier serves.", registry=None)
 
 

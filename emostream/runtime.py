@@ -8,6 +8,7 @@ import signal
 import threading
 
 from emostream.metrics import serve_metrics
+from emostream.security import keys_argument
 
 #: A stage exits with this code for a problem no restart can fix (a missing file, a bad model, bad
 #: arguments); the launcher then does not restart it. Any other non-zero exit is a crash.
@@ -15,10 +16,19 @@ EXIT_FATAL = 2
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Flags of every stage; ``args.curve_keys``: loaded ``emostream.security.CurveKeys`` or None (plain)."""
     group = parser.add_argument_group("process")
     group.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics here (0: off)")
     group.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics server binds")
     group.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    # Loaded while parsing: a missing key file is a usage error (exit 2), which the launcher does not restart.
+    group.add_argument(
+        "--curve-keys",
+        type=keys_argument,
+        default=None,
+        metavar="DIR",
+        help="secure every ZeroMQ socket with CurveZMQ using the keys in DIR (python -m deploy keys); default: plain",
+    )
 
 
 def start_process(name: str, args: argparse.Namespace) -> threading.Event:

@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     stop = start_process("sink", args)
-    SinkService(args.pull, args.publish, args.jsonl).run(stop)
+    SinkService(args.pull, args.publish, args.jsonl, keys=args.curve_keys).run(stop)
     return 0
 
 

@@ -13,6 +13,7 @@ import zmq
 
 from emostream import metrics
 from emostream.health import HEALTH
+from emostream.security import CurveKeys, secure_server
 from emostream.wire import REJECT_REASONS, WireError, decode_event
 
 log = logging.getLogger("sink")
@@ -42,12 +43,16 @@ class SinkService:
         publish_endpoint: str,
         jsonl: str | Path | None = None,
         context: zmq.Context | None = None,
+        keys: CurveKeys | None = None,
     ) -> None:
         metrics.declare_drops(STAGE, "unknown", REJECT_REASONS)
         ctx = context or zmq.Context.instance()
         self.pull = ctx.socket(zmq.PULL)
+        secure_server(self.pull, keys, STAGE)  # plain without keys
         self.pull.bind(pull_endpoint)
         self.pub = ctx.socket(zmq.PUB)
+        # The public endpoint: with keys only authorized subscribers complete the handshake.
+        secure_server(self.pub, keys, STAGE)
         # A slow subscriber loses events beyond this many (PUB semantics) instead of growing memory.
         self.pub.setsockopt(zmq.SNDHWM, 10_000)
         self.pub.bind(publish_endpoint)

@@ -1,6 +1,7 @@
 """``python -m sink.subscribe``: print emotion events as JSON Lines, for a user's own scripts.
 
     python -m sink.subscribe --camera cam0 --count 10 --timeout 30 | jq .faces
+    python -m sink.subscribe --curve-keys keys --curve-client alice   # a CurveZMQ-secured sink
 
 Exit status: 0 when ``--count`` events arrived (or, without ``--count``, when at least one did),
 1 when ``--timeout`` ran out first. From Python, iterate :func:`events` instead.
@@ -17,17 +18,27 @@ from typing import Any
 
 import zmq
 
+from emostream.security import CurveKeys, SecurityError, load_client_keys, secure_client
 from emostream.wire import WireError, decode_event
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5560"
 
 
 def events(
-    endpoint: str = DEFAULT_ENDPOINT, camera: str | None = None, timeout: float | None = None
+    endpoint: str = DEFAULT_ENDPOINT,
+    camera: str | None = None,
+    timeout: float | None = None,
+    keys: CurveKeys | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Yield validated events from the sink's PUB socket until ``timeout`` seconds have passed."""
+    """Yield validated events from the sink's PUB socket until ``timeout`` seconds have passed.
+
+    ``keys``: for a sink secured with CurveZMQ, an authorized client key pair, e.g.
+    ``emostream.security.load_client_keys("keys", client="alice")``. Without authorized keys a secured
+    sink sends nothing: the generator then just times out.
+    """
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
+    secure_client(sub, keys)  # plain without keys
     sub.setsockopt(zmq.LINGER, 0)
     # The topic is the camera id; ZeroMQ matches prefixes, so "cam1" also lets "cam10" through and
     # the exact comparison below drops it.
@@ -61,10 +72,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--camera", default=None, help="only this camera's events")
     parser.add_argument("--count", type=int, default=None, help="exit after this many events")
     parser.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    parser.add_argument(
+        "--curve-keys",
+        metavar="DIR",
+        default=None,
+        help="the sink uses CurveZMQ: DIR holds server.key and the client key pair (see --curve-client)",
+    )
+    parser.add_argument(
+        "--curve-client",
+        metavar="NAME",
+        default=None,
+        help="use DIR/clients/NAME.key_secret (python -m deploy keys --client NAME); default DIR/pipeline.key_secret",
+    )
     args = parser.parse_args(argv)
+    keys = None
+    if args.curve_keys:
+        try:
+            keys = load_client_keys(args.curve_keys, args.curve_client)
+        except SecurityError as exc:
+            parser.error(f"--curve-keys: {exc}")
+    elif args.curve_client:
+        parser.error("--curve-client needs --curve-keys")
     received = 0
     try:
-        for event in events(args.endpoint, args.camera, args.timeout):
+        for event in events(args.endpoint, args.camera, args.timeout, keys=keys):
             sys.stdout.write(json.dumps(event) + "\n")
             sys.stdout.flush()
             received += 1
