@@ -15,6 +15,7 @@ import zmq
 
 from capture.sender import DropPolicy, FrameSender, default_drop_policy
 from capture.sources import SourceError, classify_source
+from capture.status_events import CameraStatusEvents
 from capture.stream import CaptureConfig, FrameStream, Pacing, parse_size
 from emostream.health import HEALTH
 from emostream.metrics import FRAMES_RECEIVED
@@ -61,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="ZeroMQ endpoint this process binds for the detector workers, e.g. tcp://127.0.0.1:5600",
     )
+    parser.add_argument(
+        "--events",
+        help="the sink's input endpoint: camera up/down events go there (default: none are sent)",
+    )
     parser.add_argument("--loop", action="store_true", help="restart a video file when it ends")
     parser.add_argument(
         "--pacing",
@@ -101,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         max_fps=args.fps,
         resize=args.resize,
     )
-    stream = FrameStream(config, stop)
     context = zmq.Context()
+    status_events = CameraStatusEvents(context, args.events, args.camera, args.curve_keys) if args.events else None
+    stream = FrameStream(config, stop, on_status=status_events)
     try:
         encoding = Encoding(args.encoding)
         sender = FrameSender(
@@ -110,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     except zmq.ZMQError as exc:
         log.error("camera %s: cannot bind %s: %s", args.camera, args.frames, exc)
+        if status_events:
+            status_events.close()
         context.term()
         return 1
     log.info(
@@ -136,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stream.close()
         sender.finish()
+        if status_events:
+            status_events.close()
         # term() is what waits for the socket's linger: without it queued frames die with the process.
         context.term()
     log.info("camera %s: stopped; %d frames sent, %d dropped", args.camera, sender.sent, sender.dropped)

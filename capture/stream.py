@@ -173,8 +173,12 @@ class FrameStream:
         stop: threading.Event | None = None,
         source: FrameSource | None = None,
         backoff: Backoff | None = None,
+        on_status: Callable[[str, str], None] | None = None,
     ) -> None:
         self.config = config
+        #: Told ("up", why) when frames start flowing and ("down", why) when a live source fails.
+        self.on_status = on_status
+        self._up: bool | None = None
         self.kind = config.kind
         self.stop = stop or threading.Event()
         self.pacing = config.pacing
@@ -258,13 +262,23 @@ class FrameStream:
             if self.config.resize:
                 image = resize_frame(image, self.config.resize)
             self._camera_up.set(1)
+            self._set_status(True, "delivering frames")
             self.backoff.reset()
             yield Frame(camera=self.config.camera, seq=self.seq, ts_capture=ts_capture, image=image)
             self.seq += 1
         return delivered
 
+    def _set_status(self, up: bool, why: str) -> None:
+        """Report a change of state (not every frame) to ``on_status``."""
+        if self._up is up:
+            return
+        self._up = up
+        if self.on_status is not None:
+            self.on_status("up" if up else "down", why)
+
     def _live_failure(self, what: str) -> None:
         self._camera_up.set(0)
+        self._set_status(False, what)
         self._read_errors.inc()
         delay = self.backoff.next_delay()
         log.error(

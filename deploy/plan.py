@@ -149,6 +149,8 @@ def plan_stages(config: PipelineConfig) -> list[StageSpec]:
             str(camera.source),
             "--frames",
             ends.frames[camera.id],
+            "--events",
+            ends.events_in,
             "--pacing",
             camera.pacing,
             "--encoding",

@@ -436,6 +436,24 @@ def decode_faces(parts: Sequence[Part]) -> Faces:
 # ---------------------------------------------------------------------------------------------
 
 
+CAMERA_STATUSES = ("up", "down")
+
+
+def camera_event(camera: str, status: str, reason: str, ts_event: float) -> dict[str, Any]:
+    """A ``type: camera`` event: the camera started delivering frames ("up") or its live source failed
+    ("down"; capture retries it with backoff and sends "up" once frames flow again)."""
+    if status not in CAMERA_STATUSES:
+        raise ValueError(f"camera status {status!r} is not one of {CAMERA_STATUSES}")
+    return {
+        "schema": EVENT_SCHEMA,
+        "type": "camera",
+        "camera": camera,
+        "ts_event": ts_event,
+        "status": status,
+        "reason": reason,
+    }
+
+
 def encode_event(event: EmotionEvent | dict[str, Any]) -> list[bytes]:
     body = event.to_dict() if isinstance(event, EmotionEvent) else event
     return [str(body["camera"]).encode("utf-8"), _dumps(body)]
@@ -463,4 +481,6 @@ def decode_event(parts: Sequence[Part]) -> dict[str, Any]:
             if not isinstance(face, dict) or face.get("emotion") not in EMOTIONS:
                 raise WireError("bad_field", f"face {face!r} lacks a known emotion")
             _int_list(face.get("box"), "box", 4, -MAX_SIDE, MAX_SIDE)
+    elif kind == "camera" and event.get("status") not in CAMERA_STATUSES:
+        raise WireError("bad_field", f"camera event status {event.get('status')!r} is not one of {CAMERA_STATUSES}")
     return event

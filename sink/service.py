@@ -66,12 +66,14 @@ class SinkService:
             log.warning("dropped malformed event: %s", err)
             return
         camera = event["camera"]
-        metrics.FRAMES_RECEIVED.labels(STAGE, camera).inc()
+        is_frame = event.get("type") == "faces"  # camera up/down events are not frames
+        if is_frame:
+            metrics.FRAMES_RECEIVED.labels(STAGE, camera).inc()
         self.pub.send_multipart([bytes(parts[0]), bytes(parts[1])])
         if self.writer:
             self.writer.write(event)
-        metrics.FRAMES.labels(STAGE, camera).inc()
-        if event.get("type") == "faces":
+        if is_frame:
+            metrics.FRAMES.labels(STAGE, camera).inc()
             metrics.EVENT_LATENCY.labels(camera).observe(max(0.0, time.time() - event["ts_capture"]))
 
     def run(self, stop: threading.Event) -> None:

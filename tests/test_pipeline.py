@@ -92,7 +92,8 @@ class Pipeline:
         pids = re.findall(rf"started {re.escape(stage)} \(pid (\d+)\)", self.log_text())
         return int(pids[-1])
 
-    def collect(self, seconds: float, predicate=None) -> list[dict]:
+    def collect(self, seconds: float, predicate=None, types: tuple[str, ...] = ("faces",)) -> list[dict]:
+        """Events of ``types`` from the sink for up to ``seconds``, or until ``predicate(events)``."""
         sub = zmq.Context.instance().socket(zmq.SUB)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.setsockopt(zmq.LINGER, 0)
@@ -102,7 +103,10 @@ class Pipeline:
         try:
             while time.monotonic() < deadline:
                 if sub.poll(200):
-                    events.append(json.loads(sub.recv_multipart()[1]))
+                    event = json.loads(sub.recv_multipart()[1])
+                    if event["type"] not in types:
+                        continue
+                    events.append(event)
                     if predicate and predicate(events):
                         break
         finally:
@@ -257,5 +261,7 @@ def test_a_finite_file_camera_in_block_mode_loses_no_frame_and_ends_the_run(tmp_
         pipe.stop()
     assert code == 0, pipe.log_text()
     assert "every camera source has ended" in pipe.log_text()
-    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    events = [e for e in logged if e["type"] == "faces"]
     assert sorted(e["frame"] for e in events) == list(range(frames)), "block mode must deliver every frame"
+    assert [e["status"] for e in logged if e["type"] == "camera"] == ["up"], "a file that ends is not a camera down"

@@ -246,3 +246,13 @@ def test_encoder_refuses_frames_that_are_not_bgr_uint8():
     with pytest.raises(ValueError):
         encode_frame(Frame("cam0", 0, 0.0, np.zeros((4, 4), dtype=np.uint8)))
     assert wire.camera_id_error("ok-id_1.2") is None and wire.camera_id_error("a b")
+
+
+def test_camera_status_events_round_trip_and_bad_status_is_rejected():
+    event = wire.camera_event("cam0", "down", "cannot open: connection refused", ts_event=12.5)
+    assert decode_event(encode_event(event)) == event
+    with pytest.raises(WireError) as info:
+        decode_event(encode_event({**event, "status": "sideways"}))
+    assert info.value.reason == "bad_field"
+    with pytest.raises(ValueError):
+        wire.camera_event("cam0", "sideways", "", ts_event=1.0)
