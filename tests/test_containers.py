@@ -117,6 +117,7 @@ def parse_stage(argv: list[str], where: str) -> StageCommand:
     # Who binds and who connects, as in deploy/plan.py and each stage's --help.
     if module == "capture":
         cmd.binds = [args.frames]
+        cmd.connects = [args.events] if args.events else []
     elif module == "detector":
         cmd.connects = [*args.frames, args.push]
     elif module == "classifier":
@@ -720,13 +721,18 @@ def test_compose_commands_run_as_local_processes_deliver_events_and_answer_healt
 
         publish = f"tcp://127.0.0.1:{ports[int(ENDPOINT.match(commands['sink'].args.publish)['port'])]}"
         received = []
+        statuses = []
         for event in events(publish, camera="cam0", timeout=90):
+            if event["type"] == "camera":  # capture's up/down events reach the sink over --events
+                statuses.append(event["status"])
+                continue
             received.append(event)
             if len(received) >= 10 and any(e["faces"] for e in received):
                 break
         assert len(received) >= 10, f"only {len(received)} events reached {publish}\n{all_logs()}"
         assert any(e["faces"] for e in received), "the demo camera's face was never found"
         assert all(e["camera"] == "cam0" and e["type"] == "faces" for e in received)
+        assert set(statuses) <= {"up"}
 
         for service, name, port, proc in procs:
             assert proc.poll() is None, f"{name} exited with {proc.returncode}\n{all_logs()}"
