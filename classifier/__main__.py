@@ -5,8 +5,30 @@ from __future__ import annotations
 import argparse
 import sys
 
+from classifier.tracking import DEFAULT_IOU, DEFAULT_MAX_AGE, DEFAULT_WINDOW
 from emostream.modelfile import ModelFileError
 from emostream.runtime import EXIT_FATAL, add_common_args, start_process
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def _iou(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} is not in (0, 1]")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +50,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000.0,
         help="drop faces of live cameras captured longer ago than this (counted, reason 'stale'); 0: never. "
         "Frames of files are never dropped",
+    )
+    parser.add_argument(
+        "--smoothing-window",
+        type=_positive_int,
+        default=DEFAULT_WINDOW,
+        help="frames each face track's emotion scores are smoothed over (an exponential moving average with "
+        "the weight of an N-frame mean, see classifier/tracking.py); 1: no smoothing (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--track-iou",
+        type=_iou,
+        default=DEFAULT_IOU,
+        help="least IoU between a face and a track's last box for the face to continue the track (default: "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--track-max-age",
+        type=_non_negative_int,
+        default=DEFAULT_MAX_AGE,
+        help="frames of its camera a track survives without a matching face before it is dropped (default: "
+        "%(default)s)",
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--no-bf16", action="store_true", help="run in float32")
@@ -67,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         adaptive_wait=not args.fixed_wait,
         max_age_ms=args.max_age_ms,
         keys=args.curve_keys,
+        smoothing_window=args.smoothing_window,
+        track_iou=args.track_iou,
+        track_max_age=args.track_max_age,
     )
     service.run(stop)
     return 0

@@ -11,6 +11,7 @@ import zmq
 
 from classifier.batching import Batch, FaceBatcher
 from classifier.model import EmotionModel
+from classifier.tracking import DEFAULT_IOU, DEFAULT_MAX_AGE, DEFAULT_WINDOW, Tracker
 from emostream import metrics
 from emostream.health import HEALTH
 from emostream.security import CurveKeys, secure_client, secure_server
@@ -28,23 +29,37 @@ RCVHWM = 128
 RCVBUF = 256 * 1024
 
 
-def events_for_batch(batch: Batch, probs: np.ndarray, class_names: list[str]) -> list[EmotionEvent]:
-    """One event per frame of the batch, faces in detector order, in the batch's frame order."""
+def events_for_batch(
+    batch: Batch, probs: np.ndarray, class_names: list[str], tracker: Tracker | None = None
+) -> list[EmotionEvent]:
+    """One event per frame of the batch, faces in detector order, in the batch's frame order.
+
+    With a ``tracker`` (what the service passes) frames go through it in that order: every face gets
+    its track id and smoothed scores, and ``emotion``/``confidence`` follow the smoothed scores;
+    without one, faces carry the raw scores only.
+    """
     now = time.time()
     events = []
     for frame, frame_probs in zip(batch.frames, batch.split(probs), strict=True):
+        if tracker is not None:
+            ids, smoothed = tracker.update(frame.camera, frame.seq, frame.boxes, frame_probs, frame.ts_capture)
         faces = []
-        for box, det_score, p in zip(frame.boxes, frame.scores, frame_probs, strict=True):
-            top = int(np.argmax(p))
-            faces.append(
-                FaceEmotion(
-                    box=tuple(int(v) for v in box),
-                    emotion=class_names[top],
-                    confidence=float(p[top]),
-                    scores={name: float(v) for name, v in zip(class_names, p, strict=True)},
-                    detector_score=float(det_score),
-                )
+        for i, (box, det_score, p) in enumerate(zip(frame.boxes, frame.scores, frame_probs, strict=True)):
+            raw_top = int(np.argmax(p))
+            face = FaceEmotion(
+                box=tuple(int(v) for v in box),
+                emotion=class_names[raw_top],
+                confidence=float(p[raw_top]),
+                scores={name: float(v) for name, v in zip(class_names, p, strict=True)},
+                detector_score=float(det_score),
             )
+            if tracker is not None:
+                top = int(np.argmax(smoothed[i]))
+                face.emotion, face.confidence = class_names[top], float(smoothed[i][top])
+                face.track = int(ids[i])
+                face.smoothed = {name: float(v) for name, v in zip(class_names, smoothed[i], strict=True)}
+                face.raw_emotion = class_names[raw_top]
+            faces.append(face)
         events.append(
             EmotionEvent(camera=frame.camera, frame=frame.seq, ts_capture=frame.ts_capture, ts_event=now, faces=faces)
         )
@@ -63,8 +78,13 @@ class ClassifierService:
         adaptive_wait: bool = True,
         max_age_ms: float = 1000.0,
         keys: CurveKeys | None = None,
+        smoothing_window: int = DEFAULT_WINDOW,
+        track_iou: float = DEFAULT_IOU,
+        track_max_age: int = DEFAULT_MAX_AGE,
     ) -> None:
         self.model = model
+        #: One tracker for every camera (tracks are per camera inside it); fed in each batch's frame order.
+        self.tracker = Tracker(smoothing_window, track_iou, track_max_age)
         self.max_age_s = max_age_ms / 1000.0
         metrics.register_classifier_metrics()
         metrics.declare_drops(STAGE, "unknown", REJECT_REASONS)
@@ -118,7 +138,7 @@ class ClassifierService:
     def _classify(self, batch: Batch) -> None:
         started = time.perf_counter()
         probs = self.model.predict(batch.crops)
-        events = events_for_batch(batch, probs, self.model.class_names)
+        events = events_for_batch(batch, probs, self.model.class_names, self.tracker)
         metrics.STAGE_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
         if batch.face_count:
             metrics.BATCH_SIZE.observe(batch.face_count)

@@ -99,6 +99,12 @@ def plan_stages(config: PipelineConfig) -> list[StageSpec]:
         cls.device,
         "--threads",
         str(cls.threads),
+        "--smoothing-window",
+        str(cls.smoothing_window),
+        "--track-iou",
+        str(cls.track_iou),
+        "--track-max-age",
+        str(cls.track_max_age),
     ]
     if cls.model:
         cls_args += ["--model", cls.model]

@@ -134,13 +134,24 @@ class Faces:
 
 @dataclass(slots=True)
 class FaceEmotion:
-    """One classified face inside an event."""
+    """One classified face inside an event.
+
+    ``scores`` are the model's calibrated probabilities for this frame alone. With tracking (the
+    classifier process always tracks, see :mod:`classifier.tracking`) a face also carries ``track``
+    (an id that stays the same across frames of one face, per camera), ``smoothed`` (the track's
+    probabilities smoothed over the last frames) and ``raw_emotion`` (the top class of ``scores``);
+    ``emotion``/``confidence`` are then the top class of ``smoothed``, the label a display should show.
+    These fields are optional: events without them are schema 1 as well.
+    """
 
     box: tuple[int, int, int, int]
     emotion: str
     confidence: float
     scores: dict[str, float]
     detector_score: float | None = None
+    track: int | None = None
+    smoothed: dict[str, float] | None = None
+    raw_emotion: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -151,6 +162,12 @@ class FaceEmotion:
         }
         if self.detector_score is not None:
             out["detector_score"] = round(float(self.detector_score), 4)
+        if self.track is not None:
+            out["track"] = int(self.track)
+        if self.smoothed is not None:
+            out["smoothed"] = {k: round(float(v), 4) for k, v in self.smoothed.items()}
+        if self.raw_emotion is not None:
+            out["raw_emotion"] = self.raw_emotion
         return out
 
 
@@ -481,6 +498,16 @@ def decode_event(parts: Sequence[Part]) -> dict[str, Any]:
             if not isinstance(face, dict) or face.get("emotion") not in EMOTIONS:
                 raise WireError("bad_field", f"face {face!r} lacks a known emotion")
             _int_list(face.get("box"), "box", 4, -MAX_SIDE, MAX_SIDE)
+            # Tracking fields are optional (events without them are schema 1 too); present, they must be sane.
+            if "track" in face:
+                _int(face, "track")
+            if "raw_emotion" in face and face["raw_emotion"] not in EMOTIONS:
+                raise WireError("bad_field", f"raw_emotion={face['raw_emotion']!r} is not a known emotion")
+            smoothed = face.get("smoothed")
+            if "smoothed" in face and (
+                not isinstance(smoothed, dict) or not all(_is_number(v) for v in smoothed.values())
+            ):
+                raise WireError("bad_field", "smoothed must map emotions to numbers")
     elif kind == "camera" and event.get("status") not in CAMERA_STATUSES:
         raise WireError("bad_field", f"camera event status {event.get('status')!r} is not one of {CAMERA_STATUSES}")
     return event

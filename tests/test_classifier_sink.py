@@ -120,6 +120,12 @@ def test_faces_from_three_cameras_become_one_event_per_frame(classifier_and_sink
         for face in event["faces"]:
             assert face["emotion"] in EMOTIONS and set(face["scores"]) == set(EMOTIONS)
             assert abs(sum(face["scores"].values()) - 1) < 0.01
+            # Tracking: a track id, the smoothed scores (the label shown) and the raw label beside them.
+            assert isinstance(face["track"], int) and face["track"] >= 1
+            assert set(face["smoothed"]) == set(EMOTIONS) and abs(sum(face["smoothed"].values()) - 1) < 0.01
+            assert face["smoothed"][face["emotion"]] == max(face["smoothed"].values())
+            assert face["scores"][face["raw_emotion"]] == max(face["scores"].values())
+        assert len({face["track"] for face in event["faces"]}) == len(event["faces"]), "one track per face"
     for cam in ("cam0", "cam1", "cam2"):
         frames = [e["frame"] for e in received.values() if e["camera"] == cam]
         assert frames == sorted(frames)
