@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emostream.modelfile import ModelInfo, load_model
+from emostream.modelfile import ModelFileError, ModelInfo, load_model
 
 log = logging.getLogger("classifier")
 
@@ -45,6 +45,10 @@ class EmotionModel:
         self.version = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
         self._scale = 1.0 / (255.0 * info.std)
         self._shift = info.mean / info.std
+        outputs = self.predict(np.zeros((1, *info.input_size), dtype=np.uint8)).shape[1]
+        if outputs != len(self.class_names):
+            names = len(self.class_names)
+            raise ModelFileError(f"{self.path}: the model has {outputs} outputs for {names} class names")
         log.info("loaded %s (%s) on %s, bf16=%s", self.path.name, info.arch, self.device, bf16)
 
     def _to_input(self, crops: np.ndarray) -> torch.Tensor:

@@ -78,7 +78,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 log.info("duration of %.0fs reached, stopping", args.duration)
                 break
             if supervisor.sources_finished():
-                log.info("every camera source has ended; draining and stopping")
+                failed = supervisor.failed_sources()
+                if len(failed) == len([s for s in stages if not s.essential]):
+                    log.error("every camera failed for good (%s); stopping", ", ".join(failed))
+                    code = 1
+                else:
+                    log.info("every camera source has ended; draining and stopping")
                 stop.wait(2.0)
                 break
     except FatalStageError as exc:

@@ -182,10 +182,14 @@ class Supervisor:
         state.next_start_at = now + delay
 
     def sources_finished(self) -> bool:
-        """True when every stage with finite input (files without loop) has ended and none loops."""
-        finite = [s for s in self.states.values() if s.spec.restart == Restart.ON_FAILURE]
+        """True when no camera will deliver another frame: each ended (a file without loop) or failed
+        for good (a fatal exit: a broken file, looping or not, or bad arguments)."""
         sources = [s for s in self.states.values() if not s.spec.essential]
-        return bool(sources) and len(finite) == len(sources) and all(s.finished or s.fatal for s in sources)
+        return bool(sources) and all(s.finished or s.fatal for s in sources)
+
+    def failed_sources(self) -> list[str]:
+        """Cameras that exited fatally (not restarted)."""
+        return [n for n, s in self.states.items() if not s.spec.essential and s.fatal]
 
     def running(self) -> dict[str, int]:
         return {n: s.process.pid for n, s in self.states.items() if s.process and s.process.poll() is None}

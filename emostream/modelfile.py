@@ -44,12 +44,25 @@ class ModelInfo:
 
     @classmethod
     def from_json(cls, text: str) -> ModelInfo:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ModelFileError(f"{INFO_FILE} is not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ModelFileError(f"{INFO_FILE} is not a JSON object")
         if data.get("format") != MODEL_FORMAT:
             raise ModelFileError(f"model format {data.get('format')!r}, expected {MODEL_FORMAT!r}")
-        data["input_size"] = tuple(data["input_size"])
+        names, size = data.get("class_names"), data.get("input_size")
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise ModelFileError(f"{INFO_FILE}: class_names={names!r} is not a list of names")
+        if not isinstance(size, list) or len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+            raise ModelFileError(f"{INFO_FILE}: input_size={size!r} is not [height, width]")
+        data["input_size"] = tuple(size)
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:  # a required field missing
+            raise ModelFileError(f"{INFO_FILE}: {exc}") from exc
 
 
 def save_model(module: Any, info: ModelInfo, path: str | Path) -> Path:
@@ -82,6 +95,9 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[Any, ModelInfo]:
         raise ModelFileError(f"{path} is not an emostream model file: {exc}") from exc
     if not extra[INFO_FILE]:
         raise ModelFileError(f"{path} has no {INFO_FILE}: not an emostream model file")
-    info = ModelInfo.from_json(extra[INFO_FILE])
+    try:
+        info = ModelInfo.from_json(extra[INFO_FILE])
+    except ModelFileError as exc:
+        raise ModelFileError(f"{path}: {exc}") from exc
     module = program.module().to(device)
     return module, info

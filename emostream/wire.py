@@ -54,6 +54,7 @@ TOPIC_CREDIT = b"credit"
 
 MAX_SIDE = 8192  # largest frame side accepted: 8K video, far beyond any camera we serve
 MAX_FACES = 1024
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # scores travel on as float32: larger ones would become inf
 CAMERA_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 Part = bytes | memoryview | Any  # Any: zmq.Frame and other buffer-protocol objects
@@ -211,7 +212,8 @@ def _buffer(part: Part) -> memoryview:
 def _header(part: Part) -> dict[str, Any]:
     try:
         header = json.loads(bytes(_buffer(part)).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    # ValueError: also what json raises for an integer of over 4300 digits (Python's int-string limit).
+    except (ValueError, RecursionError) as exc:
         raise WireError("bad_header", f"header is not UTF-8 JSON ({exc})") from exc
     if not isinstance(header, dict):
         raise WireError("bad_header", "header is not a JSON object")
@@ -250,7 +252,12 @@ def _int(header: dict[str, Any], key: str, lo: int = 0, hi: int = 2**63 - 1) -> 
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int no float can hold: JSON integers are unbounded
+        return False
 
 
 def _time(header: dict[str, Any], key: str) -> float:
@@ -340,6 +347,8 @@ def decode_frame(parts: Sequence[Part]) -> Frame:
     elif encoding == Encoding.JPEG.value:
         import cv2
 
+        if not payload.nbytes:  # cv2.imdecode raises cv2.error on an empty buffer
+            raise WireError("bad_payload", "JPEG payload is empty")
         image = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR)
         if image is None:
             raise WireError("bad_payload", "JPEG payload does not decode")
@@ -429,8 +438,12 @@ def decode_faces(parts: Sequence[Part]) -> Faces:
         raise WireError("bad_field", f"boxes must be a list of at most {MAX_FACES}")
     for box in boxes:
         _int_list(box, "box", 4, -MAX_SIDE, MAX_SIDE)
-    if not isinstance(scores, list) or len(scores) != len(boxes) or not all(_is_number(s) for s in scores):
-        raise WireError("bad_field", "scores must be one finite number per box")
+    if (
+        not isinstance(scores, list)
+        or len(scores) != len(boxes)
+        or not all(_is_number(s) and abs(s) <= FLOAT32_MAX for s in scores)
+    ):
+        raise WireError("bad_field", "scores must be one finite float32 number per box")
     n = len(boxes)
     payload = _buffer(parts[2])
     if payload.nbytes != n * crop_size * crop_size:
