@@ -325,6 +325,32 @@ def encode_frame(frame: Frame, encoding: Encoding = Encoding.RAW, jpeg_quality: 
     return [TOPIC_FRAME, _dumps(header), payload]
 
 
+#: JPEG start-of-frame markers (baseline, extended, progressive, lossless...); C4, C8 and CC are not SOFs.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's start-of-frame segment without decoding it; None if there is none."""
+    buf = bytes(data[:65536]) if len(data) > 65536 else bytes(data)  # the SOF comes before the scan data
+    if buf[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 <= len(buf):
+        if buf[i] != 0xFF:
+            return None
+        marker = buf[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = int.from_bytes(buf[i + 2 : i + 4], "big")
+        if marker in _SOF_MARKERS:
+            return int.from_bytes(buf[i + 5 : i + 7], "big"), int.from_bytes(buf[i + 7 : i + 9], "big")
+        if marker == 0xDA or length < 2:  # start of scan before any SOF, or a broken segment
+            return None
+        i += 2 + length
+    return None
+
+
 def decode_frame(parts: Sequence[Part]) -> Frame:
     """Parse and validate a FRAME message. The returned image is read-only when RAW and zero-copy."""
     _check_parts(parts, TOPIC_FRAME, 3)
@@ -349,6 +375,11 @@ def decode_frame(parts: Sequence[Part]) -> Frame:
 
         if not payload.nbytes:  # cv2.imdecode raises cv2.error on an empty buffer
             raise WireError("bad_payload", "JPEG payload is empty")
+        # Read the size the JPEG itself declares before decoding it: a few hundred bytes can declare
+        # 16000x16000 pixels, which imdecode would allocate (1.5 GB) before any check could refuse it.
+        declared = jpeg_size(payload)
+        if declared != (h, w):
+            raise WireError("bad_payload", f"JPEG declares {declared}, header says {(h, w)}")
         image = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR)
         if image is None:
             raise WireError("bad_payload", "JPEG payload does not decode")
