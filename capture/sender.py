@@ -17,6 +17,7 @@ from capture.dispatch import Dispatcher
 from capture.sources import SourceKind
 from emostream.health import HEALTH
 from emostream.metrics import FRAMES, FRAMES_DROPPED, declare_drops
+from emostream.runtime import ThrottledLog
 from emostream.security import CurveKeys, secure_server
 from emostream.wire import REJECT_REASONS, Encoding, Frame, WireError, decode_credit, encode_frame
 
@@ -140,6 +141,7 @@ class FrameSender:
         self.sent = 0
         self.dropped = 0
         self._slot = FrameSlot()
+        self._malformed_log = ThrottledLog(log)
         self._frames_sent = FRAMES.labels(stage="capture", camera=camera)
         self._frames_dropped = FRAMES_DROPPED.labels(stage="capture", camera=camera, reason="overload")
         declare_drops("capture", "unknown", REJECT_REASONS)
@@ -170,7 +172,7 @@ class FrameSender:
                 credit = decode_credit(parts)
             except WireError as exc:
                 FRAMES_DROPPED.labels(stage="capture", camera="unknown", reason=exc.reason).inc()
-                log.warning("camera %s: ignoring malformed credit message: %s", self.camera, exc)
+                self._malformed_log.warning("camera %s: ignoring malformed credit message: %s", self.camera, exc)
                 continue
             if self.dispatcher.update(peer, credit):
                 log.info("camera %s: detector worker %s connected", self.camera, credit.worker)

@@ -14,6 +14,7 @@ from classifier.model import EmotionModel
 from classifier.tracking import DEFAULT_IOU, DEFAULT_MAX_AGE, DEFAULT_WINDOW, Tracker
 from emostream import metrics
 from emostream.health import HEALTH
+from emostream.runtime import ThrottledLog
 from emostream.security import CurveKeys, secure_client, secure_server
 from emostream.wire import REJECT_REASONS, EmotionEvent, FaceEmotion, Faces, WireError, decode_faces, encode_event
 
@@ -86,6 +87,7 @@ class ClassifierService:
         #: One tracker for every camera (tracks are per camera inside it); fed in each batch's frame order.
         self.tracker = Tracker(smoothing_window, track_iou, track_max_age)
         self.max_age_s = max_age_ms / 1000.0
+        self._malformed_log = ThrottledLog(log)
         metrics.register_classifier_metrics()
         metrics.declare_drops(STAGE, "unknown", REJECT_REASONS)
         self.batcher = FaceBatcher(max_batch, max_wait_ms, adaptive=adaptive_wait)
@@ -123,7 +125,7 @@ class ClassifierService:
                 faces = decode_faces(parts)
             except WireError as err:
                 metrics.FRAMES_DROPPED.labels(STAGE, "unknown", err.reason).inc()
-                log.warning("dropped malformed faces message: %s", err)
+                self._malformed_log.warning("dropped malformed faces message: %s", err)
                 continue
             metrics.FRAMES_RECEIVED.labels(STAGE, faces.camera).inc()
             if self.is_stale(faces):

@@ -26,6 +26,7 @@ import zmq
 from detector.pipeline import FaceExtractor
 from emostream.health import HEALTH
 from emostream.metrics import FACES, FRAMES, FRAMES_DROPPED, FRAMES_RECEIVED, STAGE_SECONDS, declare_drops
+from emostream.runtime import ThrottledLog
 from emostream.security import CurveKeys, secure_client
 from emostream.wire import REJECT_REASONS, Credit, WireError, decode_frame, encode_credit, encode_faces
 
@@ -104,6 +105,7 @@ class DetectorWorker:
         self.processed = 0
         self.rejected = 0
         self._stage_seconds = STAGE_SECONDS.labels(stage="detector")
+        self._malformed_log = ThrottledLog(log)
         self._last_heartbeat = 0.0
 
     @property
@@ -158,7 +160,7 @@ class DetectorWorker:
         except WireError as exc:
             self.rejected += 1
             FRAMES_DROPPED.labels(stage="detector", camera="unknown", reason=exc.reason).inc()
-            log.warning("worker %d: dropping malformed message: %s", self.worker_id, exc)
+            self._malformed_log.warning("worker %d: dropping malformed message: %s", self.worker_id, exc)
             return
         FRAMES_RECEIVED.labels(stage="detector", camera=frame.camera).inc()
         try:

@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import threading
+import time
 
 from emostream.metrics import serve_metrics
 from emostream.security import keys_argument
@@ -47,3 +48,27 @@ def start_process(name: str, args: argparse.Namespace) -> threading.Event:
     signal.signal(signal.SIGTERM, _request_stop)
     signal.signal(signal.SIGINT, _request_stop)
     return stop
+
+
+class ThrottledLog:
+    """Log a recurring warning at most once per ``interval_s``, saying how many were held back.
+
+    A peer that sends garbage (or a fuzzer) must not turn every rejected message into a log line:
+    each one is still counted in the metrics, the log only has to say that it is happening.
+    """
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self._last = -float("inf")
+        self._held = 0
+
+    def warning(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            self._held += 1
+            return
+        if self._held:
+            msg += f" (and {self._held} more like it in the last {self.interval_s:g} s)"
+        self._last, self._held = now, 0
+        self.logger.warning(msg, *args)

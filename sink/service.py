@@ -13,6 +13,7 @@ import zmq
 
 from emostream import metrics
 from emostream.health import HEALTH
+from emostream.runtime import ThrottledLog
 from emostream.security import CurveKeys, secure_server
 from emostream.wire import REJECT_REASONS, WireError, decode_event
 
@@ -57,13 +58,14 @@ class SinkService:
         self.pub.setsockopt(zmq.SNDHWM, 10_000)
         self.pub.bind(publish_endpoint)
         self.writer = JsonlWriter(jsonl) if jsonl else None
+        self._malformed_log = ThrottledLog(log)
 
     def handle(self, parts: list) -> None:
         try:
             event = decode_event(parts)
         except WireError as err:
             metrics.FRAMES_DROPPED.labels(STAGE, "unknown", err.reason).inc()
-            log.warning("dropped malformed event: %s", err)
+            self._malformed_log.warning("dropped malformed event: %s", err)
             return
         camera = event["camera"]
         is_frame = event.get("type") == "faces"  # camera up/down events are not frames
