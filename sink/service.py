@@ -19,6 +19,8 @@ from emostream.wire import REJECT_REASONS, WireError, decode_event
 
 log = logging.getLogger("sink")
 STAGE = "sink"
+#: Events queued per subscriber: ~10 MB at most per slow subscriber, ~2 minutes of 4 cameras at 25 fps.
+PUB_HWM = 10_000
 
 
 class JsonlWriter:
@@ -54,8 +56,9 @@ class SinkService:
         self.pub = ctx.socket(zmq.PUB)
         # The public endpoint: with keys only authorized subscribers complete the handshake.
         secure_server(self.pub, keys, STAGE)
-        # A slow subscriber loses events beyond this many (PUB semantics) instead of growing memory.
-        self.pub.setsockopt(zmq.SNDHWM, 10_000)
+        # A slow subscriber loses events beyond this many (PUB semantics) instead of growing memory;
+        # it can count what it missed from the frame numbers (sink.subscribe.FrameGaps).
+        self.pub.setsockopt(zmq.SNDHWM, PUB_HWM)
         self.pub.bind(publish_endpoint)
         self.writer = JsonlWriter(jsonl) if jsonl else None
         self._malformed_log = ThrottledLog(log)

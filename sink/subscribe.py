@@ -14,6 +14,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -24,17 +25,61 @@ from emostream.wire import WireError, decode_event
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5560"
 
 
+@dataclass
+class FrameGaps:
+    """Which ``faces`` events a subscriber never saw, from the gaps in each camera's frame numbers.
+
+    The sink's PUB socket keeps at most ``sink.service.PUB_HWM`` events for a subscriber that reads too
+    slowly and drops the rest without telling anyone (ZeroMQ's PUB semantics), so only the subscriber
+    can count them. A gap also includes frames dropped upstream, which the stages count by reason in
+    ``emostream_frames_dropped_total``; the difference is what this subscriber lost by being slow.
+    Frames that arrive out of order close their gap when they come.
+    """
+
+    first: dict[str, int] = field(default_factory=dict)
+    last: dict[str, int] = field(default_factory=dict)
+    seen: dict[str, int] = field(default_factory=dict)
+    banked: dict[str, int] = field(default_factory=dict)  # missed before the camera restarted
+
+    #: A frame number this far below the highest seen means the camera restarted its count.
+    RESTART_JUMP = 1000
+
+    def add(self, event: dict[str, Any]) -> None:
+        if event.get("type") != "faces":
+            return
+        camera, frame = event["camera"], int(event["frame"])
+        if camera in self.seen and frame + self.RESTART_JUMP < self.last[camera]:
+            self.banked[camera] = self.missed(camera)
+            del self.seen[camera]
+        if camera not in self.seen:
+            self.first[camera] = self.last[camera] = frame
+            self.seen[camera] = 0
+        self.first[camera] = min(self.first[camera], frame)
+        self.last[camera] = max(self.last[camera], frame)
+        self.seen[camera] += 1
+
+    def missed(self, camera: str | None = None) -> int:
+        cameras = [camera] if camera else list(self.seen)
+        return sum(
+            self.banked.get(c, 0) + max(0, self.last[c] - self.first[c] + 1 - self.seen[c])
+            for c in cameras
+            if c in self.seen
+        )
+
+
 def events(
     endpoint: str = DEFAULT_ENDPOINT,
     camera: str | None = None,
     timeout: float | None = None,
     keys: CurveKeys | None = None,
+    gaps: FrameGaps | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield validated events from the sink's PUB socket until ``timeout`` seconds have passed.
 
     ``keys``: for a sink secured with CurveZMQ, an authorized client key pair, e.g.
     ``emostream.security.load_client_keys("keys", client="alice")``. Without authorized keys a secured
-    sink sends nothing: the generator then just times out.
+    sink sends nothing: the generator then just times out. ``gaps``: updated with every event, it counts
+    the events this subscriber missed (see :class:`FrameGaps`).
     """
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
@@ -57,6 +102,8 @@ def events(
                 print(f"subscribe: skipped malformed event: {err}", file=sys.stderr)
                 continue
             if camera is None or event["camera"] == camera:
+                if gaps is not None:
+                    gaps.add(event)
                 yield event
     finally:
         sub.close()
@@ -94,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.curve_client:
         parser.error("--curve-client needs --curve-keys")
     received = 0
+    gaps = FrameGaps()
     try:
-        for event in events(args.endpoint, args.camera, args.timeout, keys=keys):
+        for event in events(args.endpoint, args.camera, args.timeout, keys=keys, gaps=gaps):
             sys.stdout.write(json.dumps(event) + "\n")
             sys.stdout.flush()
             received += 1
@@ -103,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
     except KeyboardInterrupt:
         return 0
+    finally:
+        if gaps.missed():
+            print(f"subscribe: missed {gaps.missed()} event(s) (gaps in frame numbers)", file=sys.stderr)
     if args.count is not None or received == 0:
         print(f"subscribe: timed out after {received} event(s)", file=sys.stderr)
         return 1

@@ -256,3 +256,16 @@ def test_old_faces_of_live_cameras_are_dropped_as_stale_and_files_lose_nothing(c
     cls_text = scrape(env["cls_metrics"])
     assert metric_value(cls_text, "emostream_frames_dropped_total", camera="live", reason="stale") == 5
     assert metric_value(cls_text, "emostream_frames_dropped_total", camera="file", reason="stale") == 0
+
+
+def test_frame_gaps_count_missed_events_per_camera_across_reordering_and_restarts():
+    from sink.subscribe import FrameGaps
+
+    gaps = FrameGaps()
+    for camera, frame in [("a", 2010), ("a", 2012), ("a", 2011), ("a", 2015), ("b", 0), ("b", 1)]:
+        gaps.add({"type": "faces", "camera": camera, "frame": frame})
+    gaps.add({"type": "camera", "camera": "a", "status": "down"})  # not a frame: ignored
+    assert (gaps.missed("a"), gaps.missed("b"), gaps.missed()) == (2, 0, 2)  # 2013 and 2014; 2011 came late
+    for frame in (0, 1, 3):  # camera a restarted: its numbers begin again, the earlier loss is kept
+        gaps.add({"type": "faces", "camera": "a", "frame": frame})
+    assert gaps.missed("a") == 2 + 1

@@ -11,18 +11,21 @@ import http.server
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 
 import cv2
 import pytest
+import zmq
 from test_pipeline import Pipeline, pid_alive, pipeline_config
 
-from conftest import free_port, metric_value, scrape, shared_path, wait_for
+from conftest import REPO, free_port, free_ports, metric_value, scrape, shared_path, wait_for
 from deploy.plan import StageSpec
 from deploy.supervisor import Supervisor
 from emostream import metrics
+from emostream.wire import EMOTIONS, EmotionEvent, FaceEmotion, encode_event
 
 STAGES = ("capture-demo", "detector-0", "classifier", "sink")
 
@@ -303,3 +306,63 @@ def test_a_camera_that_goes_away_is_reported_down_then_up_on_the_event_stream_an
     assert code == 0, pipe.log_text()
     down = next(e for e in logged_events(tmp_path) if e["type"] == "camera" and e["status"] == "down")
     assert down["camera"] == "ipcam" and down["reason"]
+
+
+@pytest.mark.timeout(180)
+def test_a_subscriber_that_does_not_read_costs_the_sink_bounded_memory_and_counts_what_it_missed(tmp_path):
+    from sink.service import PUB_HWM
+    from sink.subscribe import FrameGaps
+
+    pull, publish, metrics_port = free_ports(3)
+    sink = subprocess.Popen(
+        [sys.executable, "-m", "sink", "--pull", f"tcp://127.0.0.1:{pull}", "--publish", f"tcp://127.0.0.1:{publish}"]
+        + ["--metrics-port", str(metrics_port)],
+        cwd=REPO,
+    )
+    try:
+        wait_for(lambda: scrape(metrics_port), what="the sink's metrics")
+        ctx = zmq.Context.instance()
+        slow = ctx.socket(zmq.SUB)  # subscribes, then reads nothing while the events flow
+        slow.setsockopt(zmq.SUBSCRIBE, b"")
+        slow.setsockopt(zmq.RCVHWM, 100)
+        slow.connect(f"tcp://127.0.0.1:{publish}")
+        push = ctx.socket(zmq.PUSH)
+        push.connect(f"tcp://127.0.0.1:{pull}")
+        probe = ctx.socket(zmq.SUB)
+        probe.setsockopt(zmq.SUBSCRIBE, b"")
+        probe.connect(f"tcp://127.0.0.1:{publish}")
+        wait_for(
+            lambda: (
+                push.send_multipart(encode_event(EmotionEvent("cam", 0, time.time(), time.time()))) or probe.poll(200)
+            ),
+            what="the sink publishing to subscribers",
+        )
+        probe.close()
+        time.sleep(0.5)  # the slow subscriber connected before the probe: its subscription is in place too
+        rss_start = rss_mb(sink.pid)
+        total = 4 * PUB_HWM
+        padding = [FaceEmotion((0, 0, 48, 48), "happy", 0.9, {e: 1 / 7 for e in EMOTIONS})] * 4  # ~1 KB events
+        for frame in range(1, total + 1):
+            push.send_multipart(encode_event(EmotionEvent("cam", frame, time.time(), time.time(), padding)))
+        wait_for(
+            lambda: metric_value(scrape(metrics_port), "emostream_frames_total", stage="sink") >= total + 1,
+            timeout=120,
+            what="every event through the sink",
+        )
+        grown = rss_mb(sink.pid) - rss_start
+        # Without a bound, 40,000 ~1 KB events queued for the slow subscriber would be ~40+ MB.
+        assert grown < 30, f"the sink grew {grown:.0f} MB for one subscriber that does not read"
+        gaps = FrameGaps()
+        while slow.poll(2000):
+            gaps.add(json.loads(slow.recv_multipart()[1]))
+        got = sum(gaps.seen.values())
+        assert got < total, "the slow subscriber cannot have kept everything"
+        # The next event after the subscriber caught up shows the hole in the frame numbers.
+        push.send_multipart(encode_event(EmotionEvent("cam", total + 1, time.time(), time.time())))
+        assert slow.poll(30_000), "a subscriber that caught up receives events again"
+        gaps.add(json.loads(slow.recv_multipart()[1]))
+        assert gaps.missed("cam") == total + 2 - (got + 1), (got, gaps.missed("cam"))
+        assert sink.poll() is None
+    finally:
+        sink.terminate()
+        sink.wait(timeout=30)
