@@ -366,3 +366,26 @@ def test_a_subscriber_that_does_not_read_costs_the_sink_bounded_memory_and_count
     finally:
         sink.terminate()
         sink.wait(timeout=30)
+
+
+@pytest.mark.timeout(180)
+def test_no_stage_writes_frames_to_disk_unless_configured(tmp_path):
+    # Every stage runs with its working directory and TMPDIR inside tmp_path; afterwards the only file
+    # a run may have left there besides the config and its log is the configured events file.
+    work, scratch = tmp_path / "work", tmp_path / "tmp"
+    work.mkdir()
+    scratch.mkdir()
+    config = pipeline_config([{"id": "demo", "source": "demo", "fps": 10}], work)
+    config_path = work / "pipeline.yaml"
+    config_path.write_text(json.dumps(config))
+    before = set(work.rglob("*"))
+    env = {**os.environ, "TMPDIR": str(scratch), "PYTHONPATH": str(REPO)}
+    run = subprocess.run(
+        [sys.executable, "-m", "deploy", "run", "--config", str(config_path), "--duration", "15"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=150,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    events = work / "events.jsonl"
+    assert events.exists() and any(json.loads(line).get("faces") for line in events.read_text().splitlines())
+    created = {p for p in (set(work.rglob("*")) - before) | set(scratch.rglob("*")) if p.is_file()}
+    assert created == {events}, sorted(map(str, created))
