@@ -46,6 +46,22 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def free_port_range(span: int) -> int:
+    """A base port whose next ``span`` ports are free right now (the launcher's port layouts need runs)."""
+    for _ in range(50):
+        base = free_port()
+        if base + span > 65000:
+            continue
+        try:
+            for offset in range(span):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free port range")
+
+
 def scrape(port: int, timeout: float = 2.0) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as resp:
         return resp.read().decode()

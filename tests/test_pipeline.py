@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -22,7 +21,7 @@ import yaml
 import zmq
 
 from classifier.model import SHIPPED_MODEL
-from conftest import PYTHON, REPO, free_port, metric_value, scrape, shared_path, wait_for
+from conftest import PYTHON, REPO, free_port, free_port_range, metric_value, scrape, shared_path, wait_for
 
 STAGE_METRICS = {
     "capture": [
@@ -51,22 +50,6 @@ STAGE_METRICS = {
     "sink": ["emostream_frames_total", "emostream_frames_dropped_total", "emostream_event_latency_seconds_bucket"],
     "launcher": ["emostream_stage_up"],
 }
-
-
-def base_port(span: int) -> int:
-    """A base port whose next ``span`` ports are free right now."""
-    for _ in range(50):
-        base = free_port()
-        if base + span > 65000:
-            continue
-        try:
-            for offset in range(span):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", base + offset))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free port range")
 
 
 class Pipeline:
@@ -123,7 +106,7 @@ class Pipeline:
 
 
 def pipeline_config(cameras: list[dict], tmp_path: Path, **sections) -> dict:
-    net_base = base_port(50 + len(cameras) + 1)
+    net_base = free_port_range(50 + len(cameras) + 1)
     assert SHIPPED_MODEL.exists(), f"the shipped model {SHIPPED_MODEL} is part of the repository"
     config = {
         "cameras": cameras,
@@ -131,7 +114,7 @@ def pipeline_config(cameras: list[dict], tmp_path: Path, **sections) -> dict:
         "classifier": {"model": str(SHIPPED_MODEL), "max_batch": 32, "max_wait_ms": 10, "device": "cpu"},
         "sink": {"publish": f"tcp://127.0.0.1:{free_port()}", "jsonl": str(tmp_path / "events.jsonl")},
         "network": {"base_port": net_base},
-        "metrics": {"base_port": base_port(100 + len(cameras) + 1)},
+        "metrics": {"base_port": free_port_range(100 + len(cameras) + 1)},
         "supervisor": {"restart_backoff_s": 0.2, "status_interval_s": 2},
     }
     for key, value in sections.items():

@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import json
 import signal
-import socket
 import stat
 import subprocess
 import threading
@@ -29,6 +28,7 @@ from conftest import (
     REPO,
     CreditingWorker,
     free_port,
+    free_port_range,
     free_ports,
     http_get,
     metric_samples,
@@ -204,22 +204,6 @@ def test_a_stage_with_a_missing_key_folder_exits_with_a_usage_error(tmp_path, pr
 # (b) a secured pipeline under the launcher -------------------------------------------------------
 
 
-def port_range(span: int) -> int:
-    """A base port whose next ``span`` ports are free right now."""
-    for _ in range(50):
-        base = free_port()
-        if base + span > 65000:
-            continue
-        try:
-            for offset in range(span):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", base + offset))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError("no free port range")
-
-
 def test_secured_pipeline_under_the_launcher_delivers_events_to_an_authorized_subscriber(tmp_path, keys_dir):
     publish = f"tcp://127.0.0.1:{free_port()}"
     config = {
@@ -227,8 +211,8 @@ def test_secured_pipeline_under_the_launcher_delivers_events_to_an_authorized_su
         "detector": {"workers": 1, "backend": "haar", "min_face": 40},
         "classifier": {"model": str(SHIPPED_MODEL), "max_batch": 32, "device": "cpu"},
         "sink": {"publish": publish},
-        "network": {"base_port": port_range(52)},
-        "metrics": {"base_port": port_range(102)},
+        "network": {"base_port": free_port_range(52)},
+        "metrics": {"base_port": free_port_range(102)},
         "supervisor": {"restart_backoff_s": 0.2, "status_interval_s": 2},
         "security": {"curve_keys": "keys"},  # relative to the config file
     }

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from test_training import FAST_FLAGS, synthetic_image
 from torch import nn
 
 from conftest import REPO, shared_path
@@ -28,47 +29,12 @@ from emostream.wire import EMOTIONS
 
 PER_CLASS = {"Training": 40, "PublicTest": 14, "PrivateTest": 14}
 FOLDER_SPLIT_NAMES = {"Training": "train", "PublicTest": "Val", "PrivateTest": "TEST"}  # aliases, any case
-TINY_TRAIN_FLAGS = [
-    "--arch",
-    "resnet_fer_tiny",
-    "--batch-size",
-    "32",
-    "--lr",
-    "0.01",
-    "--lr-scheduler",
-    "none",
-    "--hflip",
-    "0",
-    "--shift",
-    "0",
-    "--scale",
-    "0",
-    "--rotate",
-    "0",
-    "--brightness",
-    "0",
-    "--contrast",
-    "0",
-    "--erase",
-    "0",
-    "--label-smoothing",
-    "0",
-    "--no-progress",
-    "--workers",
-    "1",
-]
+TINY_TRAIN_FLAGS = FAST_FLAGS  # the same tiny, augmentation-free recipe as tests/test_training.py
 
 
 # ---------------------------------------------------------------------------------------------
 # Synthetic data and helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def synthetic_image(label: int, rng: np.random.Generator) -> np.ndarray:
-    img = rng.integers(0, 40, size=(48, 48)) + 25 * label
-    r, c = divmod(label, 3)
-    img[r * 16 : r * 16 + 16, c * 16 : c * 16 + 16] = 255
-    return img.clip(0, 255).astype(np.uint8)
 
 
 def synthetic_splits(seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
