@@ -14,6 +14,7 @@ import sys
 
 import zmq
 
+from capture.preview import PreviewPublisher
 from capture.sender import DropPolicy, FrameSender, default_drop_policy
 from capture.sources import SourceError, classify_source
 from capture.status_events import CameraStatusEvents
@@ -66,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--events",
         help="the sink's input endpoint: camera up/down events go there (default: none are sent)",
+    )
+    parser.add_argument(
+        "--preview",
+        metavar="ENDPOINT",
+        help="also bind a PUB socket here and publish every frame downscaled (<= 640 px wide) as JPEG, "
+        "for the recorder and viewers (default: off)",
     )
     parser.add_argument("--loop", action="store_true", help="restart a video file when it ends")
     parser.add_argument(
@@ -121,6 +128,17 @@ def main(argv: list[str] | None = None) -> int:
             status_events.close()
         context.term()
         return 1
+    preview = None
+    if args.preview:
+        try:
+            preview = PreviewPublisher(context, args.preview, args.camera, args.curve_keys)
+        except zmq.ZMQError as exc:
+            log.error("camera %s: cannot bind the preview endpoint %s: %s", args.camera, args.preview, exc)
+            sender.finish()
+            if status_events:
+                status_events.close()
+            context.term()
+            return 1
     log.info(
         "camera %s: %s source %r -> %s (drop policy %s, encoding %s)",
         args.camera,
@@ -139,12 +157,16 @@ def main(argv: list[str] | None = None) -> int:
             received.inc()
             if not sender.submit(frame):
                 break
+            if preview:
+                preview.publish(frame)
     except SourceError as exc:
         log.error("camera %s: %s", args.camera, exc)
         code = EXIT_FATAL
     finally:
         stream.close()
         sender.finish()
+        if preview:
+            preview.close()
         if status_events:
             status_events.close()
         # term() is what waits for the socket's linger: without it queued frames die with the process.

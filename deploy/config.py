@@ -107,14 +107,16 @@ class SinkConfig(Section):
 
 
 class NetworkConfig(Section):
-    """Internal endpoints: classifier at base_port, sink at base_port+1, camera i at base_port+50+i."""
+    """Internal endpoints: classifier at base_port, sink at base_port+1, camera i at base_port+50+i; with a
+    recorder, camera i's preview at base_port+2+i (so at most 48 cameras then)."""
 
     host: str = "127.0.0.1"
     base_port: Port = 5550
 
 
 class MetricsConfig(Section):
-    """Ports: launcher base, sink base+1, classifier base+2, detector i base+10+i, camera i base+100+i."""
+    """Ports: launcher base, sink base+1, classifier base+2, recorder base+3, detector i base+10+i,
+    camera i base+100+i."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -137,6 +139,23 @@ class SecurityConfig(Section):
     curve_keys: str | None = None
 
 
+class RecorderConfig(Section):
+    """Annotated video per camera (``python -m sink.record``, see README "Recording annotated video").
+
+    Absent: captures publish no previews and nothing is recorded.
+    """
+
+    #: Folder for ``<camera>-<start time>.avi`` files (created; relative to the launcher's cwd).
+    out: str
+    #: Pixelate every detected face before writing (faces the detector missed stay visible).
+    blur_faces: bool = False
+    #: Video frame rate; none: each camera's measured preview rate.
+    fps: PositiveFloat | None = None
+    format: Literal["avi", "mp4"] = "avi"
+    #: How long a frame waits for its event before it is dropped (counted, reason no_event).
+    max_wait_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+
+
 class PipelineConfig(Section):
     cameras: list[CameraConfig] = Field(min_length=1)
     detector: DetectorConfig = DetectorConfig()
@@ -146,6 +165,7 @@ class PipelineConfig(Section):
     metrics: MetricsConfig = MetricsConfig()
     supervisor: SupervisorConfig = SupervisorConfig()
     security: SecurityConfig = SecurityConfig()
+    recorder: RecorderConfig | None = None
 
     @field_validator("cameras")
     @classmethod

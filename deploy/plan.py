@@ -38,6 +38,13 @@ class Endpoints:
     events_in: str
     frames: dict[str, str]
     events: str
+    #: Each camera's preview PUB endpoint (base_port+2+i); empty without a recorder.
+    previews: dict[str, str] = field(default_factory=dict)
+
+
+#: Preview ports sit between the sink's input (base+1) and the frames (base+50+i).
+PREVIEW_OFFSET = 2
+MAX_PREVIEW_CAMERAS = 50 - PREVIEW_OFFSET
 
 
 def endpoints(config: PipelineConfig) -> Endpoints:
@@ -48,7 +55,16 @@ def endpoints(config: PipelineConfig) -> Endpoints:
         frames={c.id: f"tcp://{net.host}:{net.base_port + 50 + i}" for i, c in enumerate(config.cameras)},
         events=config.sink.publish,
     )
-    internal = [ends.faces, ends.events_in, *ends.frames.values()]
+    if config.recorder is not None:
+        if len(config.cameras) > MAX_PREVIEW_CAMERAS:
+            raise ConfigError(
+                f"recorder: records at most {MAX_PREVIEW_CAMERAS} cameras (their previews take ports "
+                f"network.base_port+{PREVIEW_OFFSET}..+49), the config has {len(config.cameras)}"
+            )
+        ends.previews.update(
+            {c.id: f"tcp://{net.host}:{net.base_port + PREVIEW_OFFSET + i}" for i, c in enumerate(config.cameras)}
+        )
+    internal = [ends.faces, ends.events_in, *ends.frames.values(), *ends.previews.values()]
     if ends.events in internal:
         raise ConfigError(
             f"sink.publish: {ends.events} is also an internal endpoint "
@@ -61,6 +77,8 @@ def metrics_ports(config: PipelineConfig) -> dict[str, int]:
     """Prometheus port of every process, keyed by stage name ("launcher" for the supervisor itself)."""
     base = config.metrics.base_port
     ports = {"launcher": base, "sink": base + 1, "classifier": base + 2}
+    if config.recorder is not None:
+        ports["recorder"] = base + 3
     ports.update({f"detector-{i}": base + 10 + i for i in range(config.detector.workers)})
     ports.update({f"capture-{c.id}": base + 100 + i for i, c in enumerate(config.cameras)})
     return ports
@@ -78,10 +96,36 @@ def plan_stages(config: PipelineConfig) -> list[StageSpec]:
             args += ["--curve-keys", config.security.curve_keys]  # every stage secures every socket
         return args
 
+    stages: list[StageSpec] = []
+    rec = config.recorder
+    if rec is not None:
+        # First in the plan, so last to stop (supervisor.stop goes sources first, in reverse plan order):
+        # the sink's final events are drawn before the files close. Its SUB sockets connect, and ZeroMQ
+        # connects before the other side binds. Essential: only cameras are non-essential sources, and a
+        # recorder that cannot write its folder (a fatal exit) is a config error the run should not hide.
+        rec_args = [arg for endpoint in ends.previews.values() for arg in ("--preview", endpoint)]
+        rec_args += [
+            "--events",
+            ends.events,
+            "--out",
+            rec.out,
+            "--format",
+            rec.format,
+            "--max-wait",
+            str(rec.max_wait_s),
+        ]
+        if rec.blur_faces:
+            rec_args.append("--blur-faces")
+        if rec.fps:
+            rec_args += ["--fps", str(rec.fps)]
+        stages.append(
+            StageSpec("recorder", "sink.record", rec_args + common("recorder"), metrics_port=ports.get("recorder"))
+        )
+
     sink_args = ["--pull", ends.events_in, "--publish", ends.events]
     if config.sink.jsonl:
         sink_args += ["--jsonl", config.sink.jsonl]
-    stages = [StageSpec("sink", "sink", sink_args + common("sink"), metrics_port=ports.get("sink"))]
+    stages.append(StageSpec("sink", "sink", sink_args + common("sink"), metrics_port=ports.get("sink")))
 
     cls = config.classifier
     cls_args = [
@@ -172,6 +216,8 @@ def plan_stages(config: PipelineConfig) -> list[StageSpec]:
             args += ["--resize", f"{camera.resize[0]}x{camera.resize[1]}"]
         if camera.drop_policy:
             args += ["--drop-policy", camera.drop_policy]
+        if camera.id in ends.previews:
+            args += ["--preview", ends.previews[camera.id]]
         finite = camera.is_file and not camera.loop
         stages.append(
             StageSpec(

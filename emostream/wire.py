@@ -24,6 +24,9 @@ Version 1. Every message is a ZeroMQ multipart message ``[topic, header, *payloa
            one payload part: N crops of ``crop_size`` x ``crop_size`` uint8 grayscale, row-major,
            concatenated.
 ``EVENT``  classifier -> sink -> users: topic = camera id, header = the event JSON, no payload.
+``PREVIEW`` capture -> recorder (opt-in PUB, best effort): topic = camera id, header ``{v, camera, seq,
+           ts_capture, shape: [h, w, 3], scale}`` (shape: the preview's; scale: preview width / frame
+           width, so an event's boxes times ``scale`` land on the preview), one payload part: a JPEG.
 
 Decoders accept anything exposing the buffer protocol (``bytes``, ``memoryview``, ``zmq.Frame``) so
 receivers can use ``copy=False``. They raise :class:`WireError` -- never anything else -- for input
@@ -555,3 +558,79 @@ def decode_event(parts: Sequence[Part]) -> dict[str, Any]:
     elif kind == "camera" and event.get("status") not in CAMERA_STATUSES:
         raise WireError("bad_field", f"camera event status {event.get('status')!r} is not one of {CAMERA_STATUSES}")
     return event
+
+
+# ---------------------------------------------------------------------------------------------
+# PREVIEW: capture -> recorder (opt-in, best effort)
+# ---------------------------------------------------------------------------------------------
+
+#: Largest preview width capture publishes; larger frames are downscaled, aspect kept.
+PREVIEW_MAX_WIDTH = 640
+
+
+@dataclass(slots=True)
+class Preview:
+    """A downscaled copy of a frame capture sent, for viewers and the recorder.
+
+    ``scale`` is preview width / frame width (<= 1): an event box ``[x, y, w, h]`` in frame pixels is at
+    ``[x, y, w, h] * scale`` in the preview.
+    """
+
+    camera: str
+    seq: int
+    ts_capture: float
+    image: np.ndarray
+    scale: float = 1.0
+
+
+def encode_preview(preview: Preview, jpeg_quality: int = 75) -> list[bytes]:
+    """Serialize a preview (the image is sent as a JPEG; resizing is the caller's business)."""
+    import cv2
+
+    image = preview.image
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"previews are HxWx3 uint8 BGR, got {image.dtype} {image.shape}")
+    if not (_is_number(preview.scale) and 0 < preview.scale <= 1):
+        raise ValueError(f"scale {preview.scale!r} is not in (0, 1]")
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    header = {
+        "v": WIRE_VERSION,
+        "camera": preview.camera,
+        "seq": int(preview.seq),
+        "ts_capture": float(preview.ts_capture),
+        "shape": list(image.shape),
+        "scale": float(preview.scale),
+    }
+    return [preview.camera.encode("utf-8"), _dumps(header), buf.tobytes()]
+
+
+def decode_preview(parts: Sequence[Part]) -> Preview:
+    """Parse, validate and decode a PREVIEW message (the JPEG's declared size is checked before decoding)."""
+    import cv2
+
+    _check_parts(parts, None, 3)
+    header = _header(parts[1])
+    _check_version(header, "v", WIRE_VERSION)
+    camera = _camera(header)
+    if bytes(_buffer(parts[0])) != camera.encode("utf-8"):
+        raise WireError("wrong_topic", "preview topic is not its camera id")
+    seq = _int(header, "seq")
+    ts_capture = _time(header, "ts_capture")
+    h, w, c = _int_list(header.get("shape"), "shape", 3, 1, MAX_SIDE)
+    if c != 3:
+        raise WireError("bad_field", f"previews have 3 channels, header says {c}")
+    scale = header.get("scale")
+    if not _is_number(scale) or not 0 < scale <= 1:
+        raise WireError("bad_field", f"scale={scale!r} is not a number in (0, 1]")
+    payload = _buffer(parts[2])
+    if not payload.nbytes:
+        raise WireError("bad_payload", "JPEG payload is empty")
+    declared = jpeg_size(payload)
+    if declared != (h, w):
+        raise WireError("bad_payload", f"JPEG declares {declared}, header says {(h, w)}")
+    image = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None or image.shape != (h, w, 3):
+        raise WireError("bad_payload", "JPEG payload does not decode to the header's shape")
+    return Preview(camera=camera, seq=seq, ts_capture=ts_capture, image=image, scale=float(scale))
