@@ -6,6 +6,7 @@ One file describes the whole pipeline; see ``deploy/demo.yaml`` (the embedded de
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -115,8 +116,8 @@ class NetworkConfig(Section):
 
 
 class MetricsConfig(Section):
-    """Ports: launcher base, sink base+1, classifier base+2, recorder base+3, detector i base+10+i,
-    camera i base+100+i."""
+    """Ports: launcher base, sink base+1, classifier base+2, recorder base+3, viewer base+4,
+    detector i base+10+i, camera i base+100+i."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -156,6 +157,36 @@ class RecorderConfig(Section):
     max_wait_s: Annotated[float, Field(gt=0, le=60)] = 2.0
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ViewerConfig(Section):
+    """The browser viewer (``python -m sink.viewer``, see README "Watching in a browser").
+
+    Absent: no viewer. Present (even empty, ``viewer: {}``): every capture publishes previews.
+    """
+
+    #: Address the page binds; anything but a loopback address needs ``token``.
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    #: Access token: every request then needs ``?token=`` (or ``Authorization: Bearer``), else 401.
+    token: str | None = None
+    #: Pixelate every detected face in the video (faces the detector missed stay visible).
+    blur_faces: bool = False
+    #: How long a frame waits for its event before it is skipped.
+    max_wait_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> ViewerConfig:
+        if not _is_loopback(self.host) and not self.token:
+            raise ValueError(f"host {self.host!r} is not a loopback address: set viewer.token")
+        return self
+
+
 class PipelineConfig(Section):
     cameras: list[CameraConfig] = Field(min_length=1)
     detector: DetectorConfig = DetectorConfig()
@@ -166,6 +197,7 @@ class PipelineConfig(Section):
     supervisor: SupervisorConfig = SupervisorConfig()
     security: SecurityConfig = SecurityConfig()
     recorder: RecorderConfig | None = None
+    viewer: ViewerConfig | None = None
 
     @field_validator("cameras")
     @classmethod

@@ -38,7 +38,7 @@ class Endpoints:
     events_in: str
     frames: dict[str, str]
     events: str
-    #: Each camera's preview PUB endpoint (base_port+2+i); empty without a recorder.
+    #: Each camera's preview PUB endpoint (base_port+2+i); empty without a recorder or a viewer.
     previews: dict[str, str] = field(default_factory=dict)
 
 
@@ -55,10 +55,11 @@ def endpoints(config: PipelineConfig) -> Endpoints:
         frames={c.id: f"tcp://{net.host}:{net.base_port + 50 + i}" for i, c in enumerate(config.cameras)},
         events=config.sink.publish,
     )
-    if config.recorder is not None:
+    if config.recorder is not None or config.viewer is not None:
         if len(config.cameras) > MAX_PREVIEW_CAMERAS:
+            section = "recorder" if config.recorder is not None else "viewer"
             raise ConfigError(
-                f"recorder: records at most {MAX_PREVIEW_CAMERAS} cameras (their previews take ports "
+                f"{section}: handles at most {MAX_PREVIEW_CAMERAS} cameras (their previews take ports "
                 f"network.base_port+{PREVIEW_OFFSET}..+49), the config has {len(config.cameras)}"
             )
         ends.previews.update(
@@ -79,6 +80,8 @@ def metrics_ports(config: PipelineConfig) -> dict[str, int]:
     ports = {"launcher": base, "sink": base + 1, "classifier": base + 2}
     if config.recorder is not None:
         ports["recorder"] = base + 3
+    if config.viewer is not None:
+        ports["viewer"] = base + 4
     ports.update({f"detector-{i}": base + 10 + i for i in range(config.detector.workers)})
     ports.update({f"capture-{c.id}": base + 100 + i for i, c in enumerate(config.cameras)})
     return ports
@@ -120,6 +123,21 @@ def plan_stages(config: PipelineConfig) -> list[StageSpec]:
             rec_args += ["--fps", str(rec.fps)]
         stages.append(
             StageSpec("recorder", "sink.record", rec_args + common("recorder"), metrics_port=ports.get("recorder"))
+        )
+
+    view = config.viewer
+    if view is not None:
+        # Like the recorder: SUB sockets only, so it may start first and stops last; essential, because a
+        # viewer that cannot bind its port (a fatal exit) is a config error the run should not hide.
+        view_args = [arg for endpoint in ends.previews.values() for arg in ("--preview", endpoint)]
+        view_args += ["--events", ends.events, "--host", view.host, "--port", str(view.port)]
+        view_args += ["--max-wait", str(view.max_wait_s)]
+        if view.token:
+            view_args += ["--token", view.token]
+        if view.blur_faces:
+            view_args.append("--blur-faces")
+        stages.append(
+            StageSpec("viewer", "sink.viewer", view_args + common("viewer"), metrics_port=ports.get("viewer"))
         )
 
     sink_args = ["--pull", ends.events_in, "--publish", ends.events]

@@ -83,26 +83,17 @@ class _Camera:
     dropped: int = 0
 
 
-class Recorder:
-    """The join-and-write logic, without sockets: feed it previews and events, call :meth:`flush`."""
+class FrameJoiner:
+    """Join previews with the ``faces`` event of the same frame, without sockets.
 
-    def __init__(
-        self,
-        out_dir: str | Path,
-        blur: bool = False,
-        fps: float | None = None,
-        fmt: str = "avi",
-        max_wait_s: float = 2.0,
-        max_pending: int = MAX_PENDING,
-    ) -> None:
-        self.out_dir = Path(out_dir)
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RecorderError(f"cannot create {self.out_dir}: {exc.strerror}") from None
-        self.blur = blur
-        self.fps = fps
-        self.fmt = fmt
+    Feed it previews and events, call :meth:`flush`; each joined frame goes to :meth:`_joined` in frame
+    order per camera (subclasses: the recorder writes it, ``sink.viewer`` shows it). A preview whose
+    event does not come within ``max_wait_s`` is dropped (counted, reason ``no_event``).
+    """
+
+    stage = STAGE
+
+    def __init__(self, max_wait_s: float = 2.0, max_pending: int = MAX_PENDING) -> None:
         self.max_wait_s = max_wait_s
         self.max_pending = max_pending
         self.cameras: dict[str, _Camera] = {}
@@ -111,13 +102,13 @@ class Recorder:
         cam = self.cameras.get(name)
         if cam is None:
             cam = self.cameras[name] = _Camera(name)
-            metrics.FRAMES.labels(STAGE, name)
-            metrics.FRAMES_DROPPED.labels(STAGE, name, "no_event")
+            metrics.FRAMES.labels(self.stage, name)
+            metrics.FRAMES_DROPPED.labels(self.stage, name, "no_event")
         return cam
 
     def add_preview(self, preview: Preview, now: float) -> None:
         cam = self._camera(preview.camera)
-        metrics.FRAMES_RECEIVED.labels(STAGE, cam.name).inc()
+        metrics.FRAMES_RECEIVED.labels(self.stage, cam.name).inc()
         if cam.last_seq is not None and preview.seq <= cam.last_seq:
             # One publisher's previews arrive in order: a repeated or lower seq means capture restarted.
             log.info("camera %s restarted (frame %d after %d)", cam.name, preview.seq, cam.last_seq)
@@ -143,41 +134,83 @@ class Recorder:
         # else: its frame was dropped already (counted then) or never previewed.
 
     def flush(self, now: float, final: bool = False) -> None:
-        """Write every frame that is ready; ``final``: drop those still waiting and close nothing."""
+        """Emit every frame that is ready; ``final``: drop those still waiting for their event."""
         for cam in self.cameras.values():
             self._flush_camera(cam, now, final)
+
+    def _hold(self, cam: _Camera, head: _Pending, now: float, final: bool) -> bool:
+        """Whether ``head`` (joined or given up) should wait a little longer anyway; subclasses override."""
+        return False
 
     def _flush_camera(self, cam: _Camera, now: float, final: bool) -> None:
         while cam.pending:
             head = next(iter(cam.pending.values()))
             if head.event is None and not final and now - head.arrived <= self.max_wait_s:
                 return  # its event may still come
-            measuring = cam.writer is None and self.fps is None and not final
-            if measuring and len(cam.pending) < RATE_FRAMES and now - head.arrived < RATE_WINDOW_S:
-                return  # measure the camera's rate over its first previews before the writer fixes the fps
-            if cam.writer is None and cam.fps is None:
-                cam.fps = self.fps or self._measured_fps(cam)
+            if self._hold(cam, head, now, final):
+                return
             cam.pending.popitem(last=False)
             self._emit(cam, head)
 
     def _emit(self, cam: _Camera, item: _Pending) -> None:
         if item.event is None:
             cam.dropped += 1
-            metrics.FRAMES_DROPPED.labels(STAGE, cam.name, "no_event").inc()
+            metrics.FRAMES_DROPPED.labels(self.stage, cam.name, "no_event").inc()
             return
-        image = item.preview.image
+        self._joined(cam, item.preview, item.event)
+
+    def _joined(self, cam: _Camera, preview: Preview, event: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Drop what still waits for an event."""
+        self.flush(time.monotonic(), final=True)
+
+
+class Recorder(FrameJoiner):
+    """The join-and-write logic, without sockets: feed it previews and events, call :meth:`flush`."""
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        blur: bool = False,
+        fps: float | None = None,
+        fmt: str = "avi",
+        max_wait_s: float = 2.0,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
+        super().__init__(max_wait_s, max_pending)
+        self.out_dir = Path(out_dir)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RecorderError(f"cannot create {self.out_dir}: {exc.strerror}") from None
+        self.blur = blur
+        self.fps = fps
+        self.fmt = fmt
+
+    def _hold(self, cam: _Camera, head: _Pending, now: float, final: bool) -> bool:
+        measuring = cam.writer is None and self.fps is None and not final
+        if measuring and len(cam.pending) < RATE_FRAMES and now - head.arrived < RATE_WINDOW_S:
+            return True  # measure the camera's rate over its first previews before the writer fixes the fps
+        if cam.writer is None and cam.fps is None:
+            cam.fps = self.fps or self._measured_fps(cam)
+        return False
+
+    def _joined(self, cam: _Camera, preview: Preview, event: dict[str, Any]) -> None:
+        image = preview.image
         if not image.flags.writeable:
             image = image.copy()
         if self.blur:
-            blur_faces(image, item.event, item.preview.scale)
-        draw_event(image, item.event, item.preview.scale)
+            blur_faces(image, event, preview.scale)
+        draw_event(image, event, preview.scale)
         if cam.writer is None:
             self._open(cam, (image.shape[1], image.shape[0]))
         if (image.shape[1], image.shape[0]) != cam.size:  # a restarted camera with another size
             image = cv2.resize(image, cam.size, interpolation=cv2.INTER_AREA)
         cam.writer.write(np.ascontiguousarray(image))
         cam.written += 1
-        metrics.FRAMES.labels(STAGE, cam.name).inc()
+        metrics.FRAMES.labels(self.stage, cam.name).inc()
 
     def _measured_fps(self, cam: _Camera) -> float:
         stamps = [p.preview.ts_capture for p in cam.pending.values()]
@@ -201,7 +234,7 @@ class Recorder:
 
     def close(self) -> None:
         """Drop what still waits for an event and finish every file (playable afterwards)."""
-        self.flush(time.monotonic(), final=True)
+        super().close()
         for cam in self.cameras.values():
             if cam.writer is not None:
                 cam.writer.release()
@@ -216,11 +249,12 @@ class Recorder:
 
 
 class RecorderService:
-    """The sockets around :class:`Recorder`: SUB to every preview endpoint and to the sink's events."""
+    """The sockets around a :class:`FrameJoiner` (the recorder, or the viewer's): SUB to every preview
+    endpoint and to the sink's events."""
 
     def __init__(
         self,
-        recorder: Recorder,
+        recorder: FrameJoiner,
         previews: list[str],
         events: str,
         keys: CurveKeys | None = None,
@@ -228,7 +262,8 @@ class RecorderService:
     ) -> None:
         self.recorder = recorder
         ctx = context or zmq.Context.instance()
-        metrics.declare_drops(STAGE, "unknown", REJECT_REASONS)
+        self.stage = recorder.stage
+        metrics.declare_drops(self.stage, "unknown", REJECT_REASONS)
         self.previews = ctx.socket(zmq.SUB)
         secure_client(self.previews, keys)
         self.previews.setsockopt(zmq.RCVHWM, 50)
@@ -259,7 +294,7 @@ class RecorderService:
                 try:
                     message = decode(parts)
                 except WireError as err:
-                    metrics.FRAMES_DROPPED.labels(STAGE, "unknown", err.reason).inc()
+                    metrics.FRAMES_DROPPED.labels(self.stage, "unknown", err.reason).inc()
                     self._malformed_log.warning("dropped malformed message: %s", err)
                     continue
                 if isinstance(message, Preview):
