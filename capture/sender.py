@@ -24,7 +24,7 @@ from emostream.wire import REJECT_REASONS, Encoding, Frame, WireError, decode_cr
 log = logging.getLogger("capture")
 
 #: Frames ZeroMQ may queue per connected worker. Credits keep the real number at the worker's window
-#: (2 by default); this only has to be larger than any window a worker may announce.
+#: (1 by default, plus the frames a key frame's worker tracks); this only has to exceed any window.
 SNDHWM = 64
 #: The kernel's TCP send buffer (bytes; Linux doubles it). Loopback's autotuned buffers hold ~10
 #: raw 640x480 frames: measured with a consumer at 5 fps, frames arrived 2.4 s old with default

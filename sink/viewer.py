@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fractions
-import hmac
-import ipaddress
 import json
 import logging
 import sys
@@ -36,12 +34,12 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import cv2
 import numpy as np
 
 from emostream.runtime import EXIT_FATAL, add_common_args, start_process
+from emostream.webrtc import HttpApp, HttpError, is_loopback, only_loopback_candidates, parse_offer
 from emostream.wire import Preview
 from sink.annotate import EMOTION_COLORS, blur_faces, draw_event
 from sink.record import FrameJoiner, RecorderService, _Camera
@@ -53,17 +51,7 @@ EMOTIONS = list(EMOTION_COLORS)
 RECENT_S = 10.0
 #: Without a new frame, the track repeats the last one this often (keeps the stream alive).
 REPEAT_S = 0.5
-MAX_BODY = 256 * 1024
 VIDEO_CLOCK = 90_000
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass
@@ -158,15 +146,6 @@ class ViewerJoiner(FrameJoiner):
 # ---------------------------------------------------------------------------------------------
 
 
-def _only_loopback_candidates() -> None:
-    """Let aioice gather on 127.0.0.1 only (by default it skips loopback, so a loopback-only host
-    could never connect); the browser needs loopback candidates too (Chromium:
-    ``--allow-loopback-in-peer-connection``; without it, untested)."""
-    import aioice.ice
-
-    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"] if use_ipv4 else []
-
-
 def make_track(joiner: ViewerJoiner, camera: str):
     import av
     from aiortc import VideoStreamTrack
@@ -236,74 +215,15 @@ class Peers:
 # HTTP
 # ---------------------------------------------------------------------------------------------
 
-STATUS_TEXT = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed"}
 
-
-class HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class ViewerServer:
+class ViewerServer(HttpApp):
     def __init__(self, joiner: ViewerJoiner, token: str | None = None) -> None:
+        super().__init__(token)
         self.joiner = joiner
-        self.token = token
         self.peers = Peers()
 
-    def _authorized(self, query: dict[str, list[str]], headers: dict[str, str]) -> bool:
-        if not self.token:
-            return True
-        given = (query.get("token") or [""])[0]
-        auth = headers.get("authorization", "")
-        if auth.lower().startswith("bearer "):
-            given = given or auth[7:].strip()
-        return hmac.compare_digest(given.encode(), self.token.encode())
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            status, ctype, body = await self._respond(reader)
-        except HttpError as err:
-            status, ctype, body = err.status, "application/json", json.dumps({"error": str(err)}).encode()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, ValueError):
-            writer.close()
-            return
-        except Exception as exc:  # one bad request must not stop the viewer
-            log.exception("request failed")
-            status, ctype, body = 500, "application/json", json.dumps({"error": str(exc)}).encode()
-        head = (
-            f"HTTP/1.1 {status} {STATUS_TEXT.get(status, 'Error')}\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
-        )
-        try:
-            writer.write(head.encode() + body)
-            await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    async def _respond(self, reader: asyncio.StreamReader) -> tuple[int, str, bytes]:
-        request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        lines = request.decode("latin-1").split("\r\n")
-        parts = lines[0].split()
-        if len(parts) != 3:
-            raise HttpError(400, "bad request line")
-        method, target = parts[0], parts[1]
-        headers = {}
-        for line in lines[1:]:
-            if ":" in line:
-                key, value = line.split(":", 1)
-                headers[key.strip().lower()] = value.strip()
-        length = int(headers.get("content-length") or 0)
-        if not 0 <= length <= MAX_BODY:
-            raise HttpError(400, "body too large")
-        body = await asyncio.wait_for(reader.readexactly(length), 10) if length else b""
-        url = urlsplit(target)
-        query = parse_qs(url.query)
-        if not self._authorized(query, headers):
-            raise HttpError(401, "a valid token is required (?token=... or Authorization: Bearer ...)")
-        route = (method, url.path)
+    async def route(self, method: str, path: str, query: dict[str, list[str]], body: bytes) -> tuple[int, str, bytes]:
+        route = (method, path)
         if route == ("GET", "/"):
             return 200, "text/html; charset=utf-8", PAGE.encode()
         if route == ("GET", "/cameras"):
@@ -314,19 +234,15 @@ class ViewerServer:
                 raise HttpError(404, "no such camera")
             return 200, "application/json", json.dumps(stats).encode()
         if route == ("POST", "/offer"):
-            try:
-                offer = json.loads(body)
-                if not isinstance(offer, dict) or offer.get("type") != "offer":
-                    raise ValueError("not an offer")
-                str(offer["sdp"])
-                camera = str(offer["camera"])
-            except (ValueError, KeyError, TypeError) as exc:
-                raise HttpError(400, f"bad offer: {exc}") from None
+            offer = parse_offer(body)
+            camera = offer.get("camera")
+            if not isinstance(camera, str):
+                raise HttpError(400, "bad offer: no camera")
             if self.joiner.stats(camera) is None:
                 raise HttpError(404, "no such camera")
             answer = await self.peers.answer(self.joiner, offer)
             return 200, "application/json", json.dumps(answer).encode()
-        if url.path in ("/", "/cameras", "/stats", "/offer"):
+        if path in ("/", "/cameras", "/stats", "/offer"):
             raise HttpError(405, "method not allowed")
         raise HttpError(404, "not found")
 
@@ -478,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FATAL
     stop = start_process("viewer", args)
     if is_loopback(args.host):
-        _only_loopback_candidates()
+        only_loopback_candidates()
     joiner = ViewerJoiner(args.blur_faces, args.max_wait)
     service = RecorderService(joiner, args.preview, args.events, args.curve_keys)
     thread = threading.Thread(target=service.run, args=(stop,), name="zmq", daemon=True)
