@@ -8,6 +8,7 @@ because a frame skipped by the fps limit then never pays for the BGR conversion 
 from __future__ import annotations
 
 import enum
+import json
 import math
 import os
 import re
@@ -25,6 +26,11 @@ URL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 STREAM_OPEN_TIMEOUT_MS = 10_000
 STREAM_READ_TIMEOUT_MS = 10_000
 
+#: ``webrtc`` in a config; the launcher hands the capture ``webrtc:ENDPOINT``, the ingest's bridge for it.
+WEBRTC_SOURCE = "webrtc"
+#: A webrtc camera that sends no frame for this long has gone away (browser closed, network gone).
+WEBRTC_READ_TIMEOUT_S = 2.0
+
 DEMO_SIZE = (640, 480)  # width, height of the synthetic camera
 
 
@@ -39,6 +45,7 @@ class SourceKind(str, enum.Enum):
     DEVICE = "device"  # a local camera by index: live, paced by the camera itself
     FILE = "file"  # a video file: finite (or looping), paced by the capture process
     URL = "url"  # a network stream through FFmpeg: live, reconnects when it drops
+    WEBRTC = "webrtc"  # a browser's webcam, relayed by capture.webrtc_ingest: live, self-paced
 
     @property
     def is_live(self) -> bool:
@@ -50,6 +57,8 @@ def classify_source(source: str) -> SourceKind:
     """Tell what kind of source a ``--source`` string names (no I/O)."""
     if source == "demo":
         return SourceKind.DEMO
+    if source == WEBRTC_SOURCE or source.startswith(WEBRTC_SOURCE + ":"):
+        return SourceKind.WEBRTC
     if source.isdigit():
         return SourceKind.DEVICE
     if URL_PATTERN.match(source):
@@ -87,8 +96,8 @@ class VideoCaptureSource:
     """A camera index, a file or a URL, read through ``cv2.VideoCapture``."""
 
     def __init__(self, source: str, kind: SourceKind) -> None:
-        if kind is SourceKind.DEMO:
-            raise ValueError("the demo source is DemoSource")
+        if kind in (SourceKind.DEMO, SourceKind.WEBRTC):
+            raise ValueError(f"the {kind.value} source has a class of its own")
         self.source = source
         self.kind = kind
         self.fps: float | None = None
@@ -233,9 +242,63 @@ class DemoSource:
         pass
 
 
+class WebRTCSource:
+    """A browser's webcam: ``capture.webrtc_ingest`` decodes the browser's WebRTC video and PUSHes
+    ``[header JSON, raw BGR]`` to the endpoint in ``webrtc:ENDPOINT`` (it binds, this PULLs).
+
+    No frame for :data:`WEBRTC_READ_TIMEOUT_S` (no browser in this slot, or it went away) ends a
+    ``grab`` with False: the live-failure path then reports the camera down and retries.
+    """
+
+    def __init__(self, source: str, read_timeout_s: float = WEBRTC_READ_TIMEOUT_S) -> None:
+        self.source = source
+        self.endpoint = source.partition(":")[2]
+        self.fps: float | None = None
+        self.self_paced = True
+        self.read_timeout_s = read_timeout_s
+        self._context = None
+        self._socket = None
+        self._image: np.ndarray | None = None
+
+    def open(self) -> None:
+        if not self.endpoint:
+            raise SourceError("a webrtc source needs its bridge endpoint: webrtc:tcp://HOST:PORT")
+        if self._socket is not None:
+            return  # kept across reopenings: frames of a browser that arrives meanwhile wait there
+        import zmq
+
+        self._context = zmq.Context.instance()
+        sock = self._context.socket(zmq.PULL)
+        sock.setsockopt(zmq.RCVHWM, 4)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoint)
+        self._socket = sock
+
+    def grab(self) -> bool:
+        self._image = None
+        if self._socket is None or not self._socket.poll(int(self.read_timeout_s * 1000)):
+            return False
+        header, data = self._socket.recv_multipart()[:2]
+        meta = json.loads(header)
+        width, height = int(meta["width"]), int(meta["height"])
+        if len(data) != width * height * 3:
+            return False
+        self._image = np.frombuffer(data, np.uint8).reshape(height, width, 3)
+        return True
+
+    def retrieve(self) -> np.ndarray | None:
+        return self._image
+
+    def close(self) -> None:
+        # The socket stays open (see open); it is closed with the process.
+        self._image = None
+
+
 def make_source(source: str, kind: SourceKind | None = None, demo_fps: float = 15.0) -> FrameSource:
     """The source object for a ``--source`` string; nothing is opened yet."""
     kind = kind or classify_source(source)
     if kind is SourceKind.DEMO:
         return DemoSource(fps=demo_fps)
+    if kind is SourceKind.WEBRTC:
+        return WebRTCSource(source)
     return VideoCaptureSource(source, kind)

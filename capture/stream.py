@@ -5,7 +5,7 @@
 
 * a file that cannot be opened (or yields no frame at all) raises :class:`SourceError` -- fatal;
 * a file that ends stops the stream, or reopens it with ``loop``;
-* a live source (demo, camera index, URL) that fails to open or stops delivering sets
+* a live source (demo, camera index, URL, webrtc) that fails to open or stops delivering sets
   ``emostream_camera_up`` to 0, counts a ``read_error`` and is reopened with exponential backoff,
   forever, until ``stop`` is set.
 """
@@ -184,7 +184,9 @@ class FrameStream:
         self.pacing = config.pacing
         demo_fps = config.max_fps or DEFAULT_DEMO_FPS
         self.source = source or make_source(config.source, self.kind, demo_fps=demo_fps)
-        self.backoff = backoff or Backoff()
+        # A webrtc slot is a local socket, cheap to poll: retry at least every second, so a new browser's
+        # frames bring the camera up at once rather than after a 10 s backoff.
+        self.backoff = backoff or (Backoff(cap_s=1.0) if self.kind is SourceKind.WEBRTC else Backoff())
         self.limiter: FpsLimiter | None = None  # built at the first open, once the source's fps is known
         self.grabbed = 0  # frames grabbed over all (re)openings: the paced sources' timeline
         self.seq = 0

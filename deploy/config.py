@@ -35,7 +35,8 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 
 class CameraConfig(Section):
     id: str
-    #: "demo", a camera index (0), a video file path, or an rtsp/http(s) URL.
+    #: "demo", a camera index (0), a video file path, an rtsp/http(s) URL, or "webrtc" (a browser's webcam,
+    #: through the ``webrtc_ingest`` page: each such camera is one slot for one browser).
     source: str | int
     loop: bool = False
     pacing: Literal["realtime", "fast"] = "realtime"
@@ -56,6 +57,10 @@ class CameraConfig(Section):
     @property
     def is_file(self) -> bool:
         return classify_source(str(self.source)) is SourceKind.FILE
+
+    @property
+    def is_webrtc(self) -> bool:
+        return classify_source(str(self.source)) is SourceKind.WEBRTC
 
 
 class DetectorConfig(Section):
@@ -109,14 +114,15 @@ class SinkConfig(Section):
 
 class NetworkConfig(Section):
     """Internal endpoints: classifier at base_port, sink at base_port+1, camera i at base_port+50+i; with a
-    recorder, camera i's preview at base_port+2+i (so at most 48 cameras then)."""
+    recorder, camera i's preview at base_port+2+i (so at most 48 cameras then); the j-th webrtc camera's bridge
+    (ingest to capture) at base_port+50+len(cameras)+j."""
 
     host: str = "127.0.0.1"
     base_port: Port = 5550
 
 
 class MetricsConfig(Section):
-    """Ports: launcher base, sink base+1, classifier base+2, recorder base+3, viewer base+4,
+    """Ports: launcher base, sink base+1, classifier base+2, recorder base+3, viewer base+4, webrtc_ingest base+5,
     detector i base+10+i, camera i base+100+i."""
 
     enabled: bool = True
@@ -187,6 +193,23 @@ class ViewerConfig(Section):
         return self
 
 
+class WebRTCIngestConfig(Section):
+    """The page browsers publish their webcams to (``python -m capture.webrtc_ingest``, README "Webcams
+    from a browser"). Started when a camera has ``source: webrtc``; these defaults apply when absent."""
+
+    #: Address the page binds; anything but a loopback address needs ``token``.
+    host: str = "127.0.0.1"
+    port: Port = 8090
+    #: Access token: every request then needs ``?token=`` (or ``Authorization: Bearer``), else 401.
+    token: str | None = None
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> WebRTCIngestConfig:
+        if not _is_loopback(self.host) and not self.token:
+            raise ValueError(f"host {self.host!r} is not a loopback address: set webrtc_ingest.token")
+        return self
+
+
 class PipelineConfig(Section):
     cameras: list[CameraConfig] = Field(min_length=1)
     detector: DetectorConfig = DetectorConfig()
@@ -198,6 +221,7 @@ class PipelineConfig(Section):
     security: SecurityConfig = SecurityConfig()
     recorder: RecorderConfig | None = None
     viewer: ViewerConfig | None = None
+    webrtc_ingest: WebRTCIngestConfig = WebRTCIngestConfig()
 
     @field_validator("cameras")
     @classmethod

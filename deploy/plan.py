@@ -40,6 +40,9 @@ class Endpoints:
     events: str
     #: Each camera's preview PUB endpoint (base_port+2+i); empty without a recorder or a viewer.
     previews: dict[str, str] = field(default_factory=dict)
+    #: Each webrtc camera's bridge (the ingest PUSHes there, its capture PULLs): after the frames'
+    #: ports, base_port+50+len(cameras)+j for the j-th webrtc camera.
+    bridges: dict[str, str] = field(default_factory=dict)
 
 
 #: Preview ports sit between the sink's input (base+1) and the frames (base+50+i).
@@ -65,7 +68,10 @@ def endpoints(config: PipelineConfig) -> Endpoints:
         ends.previews.update(
             {c.id: f"tcp://{net.host}:{net.base_port + PREVIEW_OFFSET + i}" for i, c in enumerate(config.cameras)}
         )
-    internal = [ends.faces, ends.events_in, *ends.frames.values(), *ends.previews.values()]
+    webrtc = [c for c in config.cameras if c.is_webrtc]
+    first_bridge = net.base_port + 50 + len(config.cameras)
+    ends.bridges.update({c.id: f"tcp://{net.host}:{first_bridge + j}" for j, c in enumerate(webrtc)})
+    internal = [ends.faces, ends.events_in, *ends.frames.values(), *ends.previews.values(), *ends.bridges.values()]
     if ends.events in internal:
         raise ConfigError(
             f"sink.publish: {ends.events} is also an internal endpoint "
@@ -82,6 +88,8 @@ def metrics_ports(config: PipelineConfig) -> dict[str, int]:
         ports["recorder"] = base + 3
     if config.viewer is not None:
         ports["viewer"] = base + 4
+    if any(c.is_webrtc for c in config.cameras):
+        ports["webrtc_ingest"] = base + 5
     ports.update({f"detector-{i}": base + 10 + i for i in range(config.detector.workers)})
     ports.update({f"capture-{c.id}": base + 100 + i for i, c in enumerate(config.cameras)})
     return ports
@@ -138,6 +146,24 @@ def plan_stages(config: PipelineConfig) -> list[StageSpec]:
             view_args.append("--blur-faces")
         stages.append(
             StageSpec("viewer", "sink.viewer", view_args + common("viewer"), metrics_port=ports.get("viewer"))
+        )
+
+    if ends.bridges:
+        # Binds every bridge (the captures connect) and the page; essential: a page that cannot bind its
+        # port is a config error. Its browsers come and go; each capture reports its own camera up or down.
+        ing = config.webrtc_ingest
+        ing_args = ["--host", ing.host, "--port", str(ing.port)]
+        for camera, bridge in ends.bridges.items():
+            ing_args += ["--camera", f"{camera}={bridge}"]
+        if ing.token:
+            ing_args += ["--token", ing.token]
+        stages.append(
+            StageSpec(
+                "webrtc_ingest",
+                "capture.webrtc_ingest",
+                ing_args + common("webrtc_ingest"),
+                metrics_port=ports.get("webrtc_ingest"),
+            )
         )
 
     sink_args = ["--pull", ends.events_in, "--publish", ends.events]
@@ -214,7 +240,7 @@ def plan_stages(config: PipelineConfig) -> list[StageSpec]:
             "--camera",
             camera.id,
             "--source",
-            str(camera.source),
+            f"webrtc:{ends.bridges[camera.id]}" if camera.id in ends.bridges else str(camera.source),
             "--frames",
             ends.frames[camera.id],
             "--events",

@@ -1,0 +1,287 @@
+"""Webcams from browsers (``source: webrtc``, ``python -m capture.webrtc_ingest``): slot assignment,
+the source kind, the plan, and a whole launcher run fed by two tabs of headless Chromium publishing a
+fake webcam (a .y4m made from faces.mp4) over WebRTC; closing one tab takes its camera down."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+import zmq
+from test_pipeline import pipeline_config
+from test_viewer import DevTools, _http_json, _wait
+
+from capture.sources import SourceKind, WebRTCSource, classify_source, make_source
+from capture.webrtc_ingest import Bridge, IngestServer, Slots, SlotsBusy, serve
+from conftest import REPO, free_port, free_port_range, shared_path
+
+STATE = "(document.getElementById('state') || {}).textContent"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+# ---------------------------------------------------------------------------------------------
+# Units
+# ---------------------------------------------------------------------------------------------
+
+
+def test_slots_are_given_to_browsers_in_order_or_by_request_and_freed_when_they_go():
+    slots = Slots({"web0": "tcp://a", "web1": "tcp://b"})
+    first, second, third = object(), object(), object()
+    assert slots.assign(first).camera == "web0"
+    assert slots.assign(second).camera == "web1"
+    with pytest.raises(SlotsBusy) as busy:
+        slots.assign(third)
+    assert busy.value.status == 503
+    assert slots.release(first) == "web0"
+    assert slots.release(first) is None  # twice: nothing more to free
+    assert slots.assign(third).camera == "web0"  # the freed slot goes to the next browser
+    with pytest.raises(SlotsBusy) as taken:
+        slots.assign(object(), "web1")
+    assert taken.value.status == 409
+    with pytest.raises(SlotsBusy) as unknown:
+        slots.assign(object(), "nope")
+    assert unknown.value.status == 404
+    slots.release(second)
+    assert slots.assign(first, "web1").camera == "web1"
+    assert [s["busy"] for s in slots.status()] == [True, True]
+
+
+def test_webrtc_source_kind_and_bridge_deliver_frames_and_time_out():
+    assert classify_source("webrtc") is SourceKind.WEBRTC
+    assert classify_source("webrtc:tcp://127.0.0.1:1") is SourceKind.WEBRTC
+    assert SourceKind.WEBRTC.is_live
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    context = zmq.Context()
+    slots = Slots({"web0": endpoint})
+    bridge = Bridge(context, slots)
+    source = make_source(f"webrtc:{endpoint}")
+    assert isinstance(source, WebRTCSource) and source.self_paced
+    source.read_timeout_s = 0.5
+    try:
+        source.open()
+        image = np.arange(360 * 640 * 3, dtype=np.uint32).astype(np.uint8).reshape(360, 640, 3)
+        deadline = time.monotonic() + 10
+        while not bridge.send("web0", image) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert source.grab()
+        assert np.array_equal(source.retrieve(), image)
+        assert not source.grab()  # nothing more within the read timeout: the browser is gone
+    finally:
+        source.close()
+        source._socket.close()
+        bridge.close()
+        context.term()
+
+
+def test_plan_starts_the_ingest_with_bridges_after_the_frames_ports():
+    from deploy.config import ConfigError, parse_config
+    from deploy.plan import endpoints, metrics_ports, plan_stages
+
+    cameras = [{"id": "cam", "source": "demo"}, {"id": "web0", "source": "webrtc"}, {"id": "web1", "source": "webrtc"}]
+    config = parse_config({"cameras": cameras, "webrtc_ingest": {"port": 8123}, "viewer": {}})
+    ends = endpoints(config)
+    assert ends.bridges == {"web0": "tcp://127.0.0.1:5603", "web1": "tcp://127.0.0.1:5604"}
+    used = [ends.faces, ends.events_in, *ends.frames.values(), *ends.previews.values(), *ends.bridges.values()]
+    assert len(set(used)) == len(used)
+    stages = {s.name: s for s in plan_stages(config)}
+    ingest = stages["webrtc_ingest"]
+    assert ingest.module == "capture.webrtc_ingest" and ingest.essential
+    assert ingest.args[ingest.args.index("--port") + 1] == "8123"
+    assert [ingest.args[i + 1] for i, a in enumerate(ingest.args) if a == "--camera"] == [
+        "web0=tcp://127.0.0.1:5603",
+        "web1=tcp://127.0.0.1:5604",
+    ]
+    capture = stages["capture-web1"].args
+    assert capture[capture.index("--source") + 1] == "webrtc:tcp://127.0.0.1:5604"
+    assert metrics_ports(config)["webrtc_ingest"] == 9105
+    assert "webrtc_ingest" not in {s.name for s in plan_stages(parse_config({"cameras": cameras[:1]}))}
+    with pytest.raises(ConfigError, match=r"webrtc_ingest: .*set webrtc_ingest.token"):
+        parse_config({"cameras": cameras, "webrtc_ingest": {"host": "0.0.0.0"}})
+
+
+def test_ingest_page_routes_and_token():
+    slots = Slots({"web0": f"tcp://127.0.0.1:{free_port()}"})
+    context = zmq.Context()
+    bridge = Bridge(context, slots)
+    port = free_port()
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=asyncio.run, args=(serve(IngestServer(slots, bridge, "tok"), "127.0.0.1", port, stop),)
+    )
+    thread.start()
+
+    def get(path: str, data: bytes | None = None) -> int:
+        try:
+            with urllib.request.urlopen(
+                urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data), timeout=10
+            ) as r:
+                return r.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    try:
+        _wait(lambda: _http_json(f"http://127.0.0.1:{port}/cameras?token=tok"), 10, "the ingest to listen", 0.05)
+        assert get("/") == 401 and get("/cameras?token=bad") == 401
+        assert get("/?token=tok") == 200 and get("/offer?token=tok") == 405 and get("/x?token=tok") == 404
+        assert get("/offer?token=tok", b'{"type": "answer"}') == 400
+    finally:
+        stop.set()
+        thread.join(10)
+        bridge.close()
+        context.term()
+
+
+# ---------------------------------------------------------------------------------------------
+# The real thing
+# ---------------------------------------------------------------------------------------------
+
+
+def _fake_webcam(path: Path, seconds: float = 3.0, fps: int = 15) -> None:
+    """A .y4m for Chromium's fake webcam: the first seconds of faces.mp4 at 640x360."""
+    import av
+
+    with av.open(str(shared_path("media", "faces.mp4"))) as src, av.open(str(path), "w", format="yuv4mpegpipe") as out:
+        stream = out.add_stream("wrapped_avframe", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
+        step = src.streams.video[0].average_rate / fps
+        written = 0
+        for index, frame in enumerate(src.decode(video=0)):
+            if index >= written * step:
+                image = frame.reformat(width=640, height=360, format="yuv420p")
+                image.pts, image.time_base = written, fractions.Fraction(1, fps)
+                for packet in stream.encode(image):
+                    out.mux(packet)
+                written += 1
+                if written >= seconds * fps:
+                    break
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+class Chromium:
+    def __init__(self, profile: Path, y4m: Path) -> None:
+        self.proc = subprocess.Popen(
+            [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+             "--autoplay-policy=no-user-gesture-required", "--allow-loopback-in-peer-connection",
+             "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+             f"--use-file-for-fake-video-capture={y4m}",
+             "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        active = profile / "DevToolsActivePort"
+        _wait(lambda: active.exists() and active.read_text().strip(), 60, "Chromium's DevTools port")
+        self.port = int(active.read_text().split()[0])
+
+    def open_tab(self, url: str) -> tuple[str, DevTools]:
+        with urllib.request.urlopen(
+            urllib.request.Request(f"http://127.0.0.1:{self.port}/json/new?{url}", method="PUT"), timeout=10
+        ) as response:
+            target = json.loads(response.read())
+        return target["id"], DevTools(target["webSocketDebuggerUrl"])
+
+    def close_tab(self, target: str) -> None:
+        urllib.request.urlopen(f"http://127.0.0.1:{self.port}/json/close/{target}", timeout=10).read()
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_two_browser_tabs_become_two_cameras_and_a_closed_one_goes_down(tmp_path):
+    y4m = tmp_path / "webcam.y4m"
+    _fake_webcam(y4m)
+    cameras = [{"id": "web0", "source": "webrtc", "fps": 8}, {"id": "web1", "source": "webrtc", "fps": 8}]
+    config = pipeline_config(cameras, tmp_path)
+    config["network"]["base_port"] = free_port_range(50 + 2 * len(cameras) + 1)
+    port = free_port()
+    config["webrtc_ingest"] = {"port": port}
+    config_path = tmp_path / "pipeline.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    log_path = tmp_path / "launcher.log"
+    with log_path.open("w") as log:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "deploy", "run", "--config", str(config_path), "--duration", "240"],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.connect(config["sink"]["publish"])
+    events: list[dict] = []
+
+    def collect_until(predicate, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(events):
+                return
+            if sub.poll(200):
+                events.append(json.loads(sub.recv_multipart()[1]))
+        raise AssertionError(f"timed out waiting for {what}; log:\n{log_path.read_text()[-3000:]}")
+
+    browser = None
+    tabs = []
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait(lambda: _http_json(base + "/cameras"), 90, "the ingest page")
+        browser = Chromium(Path(tempfile.mkdtemp(prefix="chromium-", dir=tmp_path)), y4m)
+        for camera in ("web0", "web1"):
+            tabs.append(browser.open_tab(f"{base}/?camera={camera}"))
+        for (_, devtools), camera in zip(tabs, ("web0", "web1"), strict=True):
+            _wait(lambda d=devtools: d.evaluate(STATE) == "connected",
+                  60, f"{camera}'s browser to connect")  # fmt: skip
+            assert devtools.evaluate("document.getElementById('camera').textContent") == camera
+
+        def faces_on(camera: str, after: int = 0):
+            return lambda evs: any(e["type"] == "faces" and e["camera"] == camera and e["faces"] for e in evs[after:])
+
+        collect_until(lambda evs: faces_on("web0")(evs) and faces_on("web1")(evs), 120, "faces from both browsers")
+        ups = {e["camera"] for e in events if e["type"] == "camera" and e["status"] == "up"}
+
+        # One browser goes away: its camera goes down, the other keeps delivering.
+        browser.close_tab(tabs[0][0])
+        tabs[0][1].close()
+        mark = len(events)
+        collect_until(
+            lambda evs: any(e["type"] == "camera" and e["camera"] == "web0" and e["status"] == "down"
+                            for e in evs[mark:]),
+            60, "web0 to be reported down",
+        )  # fmt: skip
+        mark = len(events)
+        collect_until(faces_on("web1", mark), 60, "more faces from web1 after web0 went down")
+        assert not any(e["type"] == "camera" and e["camera"] == "web1" and e["status"] == "down" for e in events)
+        # The slot is free again for the next browser.
+        _wait(lambda: not next(c for c in _http_json(base + "/cameras")["cameras"] if c["id"] == "web0")["busy"],
+              30, "web0's slot to be freed")  # fmt: skip
+        assert ups <= {"web0", "web1"}
+    finally:
+        sub.close()
+        for _, devtools in tabs[1:]:
+            devtools.close()
+        if browser is not None:
+            browser.close()
+        launcher.terminate()
+        try:
+            launcher.wait(60)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+            launcher.wait()
+    output = log_path.read_text()
+    assert launcher.returncode == 0, output[-3000:]
+    assert "started webrtc_ingest" in output
