@@ -273,9 +273,9 @@ def _http_json(url: str):
         return None
 
 
-def _outline_match(image: np.ndarray, face: dict) -> float:
+def _outline_match(image: np.ndarray, face: dict, scale: float = SCALE) -> float:
     """Fraction of the (scaled) box's left edge whose pixels are the face's emotion color (VP8 tolerance)."""
-    x, y, w, h = (round(v * SCALE) for v in face["box"])
+    x, y, w, h = (round(v * scale) for v in face["box"])
     if x < 1 or y < 0 or x + w > image.shape[1] or y + h > image.shape[0]:
         return 0.0
     best = 0.0
@@ -300,10 +300,10 @@ def _grab(devtools: DevTools) -> np.ndarray:
     return cv2.imdecode(np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)
 
 
-def _recent_faces(tmp_path: Path) -> list[dict]:
+def _recent_faces(tmp_path: Path, camera: str | None = None) -> list[dict]:
     lines = (tmp_path / "events.jsonl").read_text().splitlines()[-60:]
     events = [json.loads(line) for line in lines]
-    return [f for e in events if e["type"] == "faces" for f in e["faces"]]
+    return [f for e in events if e["type"] == "faces" and camera in (None, e["camera"]) for f in e["faces"]]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")

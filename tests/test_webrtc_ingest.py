@@ -22,7 +22,7 @@ import pytest
 import yaml
 import zmq
 from test_pipeline import pipeline_config
-from test_viewer import DevTools, _http_json, _wait
+from test_viewer import DevTools, _grab, _http_json, _outline_match, _recent_faces, _wait
 
 from capture.sources import SourceKind, WebRTCSource, classify_source, make_source
 from capture.webrtc_ingest import Bridge, IngestServer, Slots, SlotsBusy, serve
@@ -210,8 +210,9 @@ def test_two_browser_tabs_become_two_cameras_and_a_closed_one_goes_down(tmp_path
     cameras = [{"id": "web0", "source": "webrtc", "fps": 8}, {"id": "web1", "source": "webrtc", "fps": 8}]
     config = pipeline_config(cameras, tmp_path)
     config["network"]["base_port"] = free_port_range(50 + 2 * len(cameras) + 1)
-    port = free_port()
+    port, viewer_port = free_port(), free_port()
     config["webrtc_ingest"] = {"port": port}
+    config["viewer"] = {"port": viewer_port}  # a viewer tab watches one browser camera's annotated video
     config_path = tmp_path / "pipeline.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log_path = tmp_path / "launcher.log"
@@ -253,6 +254,25 @@ def test_two_browser_tabs_become_two_cameras_and_a_closed_one_goes_down(tmp_path
 
         collect_until(lambda evs: faces_on("web0")(evs) and faces_on("web1")(evs), 120, "faces from both browsers")
         ups = {e["camera"] for e in events if e["type"] == "camera" and e["status"] == "up"}
+
+        # The viewer, opened in another tab, plays web1's annotated video: the boxes of web1's events,
+        # drawn in their emotion colors, are in the frames the browser decodes (previews of the
+        # 640x360 webcam are full size: scale 1).
+        _, viewer = tabs_viewer = browser.open_tab(f"http://127.0.0.1:{viewer_port}/")
+        tabs.append(tabs_viewer)
+        _wait(lambda: viewer.evaluate("!!document.getElementById('cam-web1')"), 60, "web1 in the viewer's list")
+        viewer.evaluate("document.getElementById('cam-web1').click(), true")
+        _wait(
+            lambda: viewer.evaluate("(() => { const v = document.getElementById('video');"
+                                    " return v.readyState >= 2 && v.videoWidth > 0 && !v.paused; })()"),
+            60, "web1's annotated video to play in the viewer tab",
+        )  # fmt: skip
+
+        def box_seen() -> bool:
+            image = _grab(viewer)
+            return any(_outline_match(image, f, scale=1.0) > 0.7 for f in _recent_faces(tmp_path, "web1"))
+
+        _wait(box_seen, 60, "a web1 event's box in its emotion color in the viewer's video", interval=0.3)
 
         # One browser goes away: its camera goes down, the other keeps delivering.
         browser.close_tab(tabs[0][0])
