@@ -18,11 +18,10 @@ import contextlib
 import ctypes
 import logging
 import signal
+import socket
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,14 +34,26 @@ STABLE_AFTER_S = 30.0  # a stage that ran this long is healthy again: its backof
 PR_SET_PDEATHSIG = 1
 WATCH_INTERVAL_S = 1.0
 PROBE_TIMEOUT_S = 1.0
+#: No probe in a stage's first seconds: it is loading and binding, and hang_timeout_s is far longer.
+PROBE_GRACE_S = 5.0
 
 
 def probe_healthz(port: int) -> bool:
-    """True when the stage on ``port`` answers 200 on /healthz in time."""
+    """True when the stage on ``port`` answers 200 on /healthz in time.
+
+    A raw socket rather than urllib, to catch TCP self-connection: probing a port nothing listens on
+    (a stage still starting, or restarting) can make the kernel pick that very port as the source port
+    and connect the socket to itself (ports in the ephemeral range, as tests use). urllib would then
+    read its own request back, and the probe would hold the port the stage is about to bind.
+    """
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=PROBE_TIMEOUT_S) as resp:
-            return resp.status == 200
-    except (OSError, urllib.error.URLError):  # refused, timed out, 503
+        with socket.create_connection(("127.0.0.1", port), timeout=PROBE_TIMEOUT_S) as sock:
+            if sock.getsockname() == sock.getpeername():
+                return False
+            sock.sendall(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            status = sock.recv(64).split(b"\r\n", 1)[0].split()
+            return len(status) >= 2 and status[1] == b"200"
+    except OSError:  # refused, timed out, reset
         return False
 
 
@@ -78,6 +89,7 @@ class Supervisor:
         stop_timeout_s: float = 5.0,
         hang_timeout_s: float = 15.0,
         probe: Callable[[int], bool] = probe_healthz,
+        probe_grace_s: float = PROBE_GRACE_S,
     ) -> None:
         self.states = {spec.name: StageState(spec) for spec in stages}
         self.backoff_s = backoff_s
@@ -85,6 +97,7 @@ class Supervisor:
         self.stop_timeout_s = stop_timeout_s
         self.hang_timeout_s = hang_timeout_s
         self._probe = probe
+        self.probe_grace_s = probe_grace_s
         self._lock = threading.Lock()
         self._stopping = threading.Event()
 
@@ -124,7 +137,9 @@ class Supervisor:
             targets = [
                 (state, state.process)
                 for state in self.states.values()
-                if state.process is not None and state.spec.metrics_port is not None
+                if state.process is not None
+                and state.spec.metrics_port is not None
+                and time.monotonic() - state.started_at >= self.probe_grace_s
             ]
         killed = []
         for state, proc in targets:
