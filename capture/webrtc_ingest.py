@@ -27,7 +27,6 @@ import asyncio
 import json
 import logging
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +35,7 @@ import zmq
 
 from capture.sources import WEBRTC_READ_TIMEOUT_S
 from emostream.runtime import EXIT_FATAL, add_common_args, start_process
-from emostream.webrtc import HttpApp, HttpError, is_loopback, only_loopback_candidates, parse_offer
+from emostream.webrtc import HttpApp, HttpError, add_http_args, parse_offer, prepare_http, serve
 from emostream.wire import camera_id_error
 
 log = logging.getLogger("webrtc_ingest")
@@ -217,18 +216,6 @@ class IngestServer(HttpApp):
             await self.drop(pc, "shutting down")
 
 
-async def serve(server: IngestServer, host: str, port: int, stop: threading.Event) -> None:
-    listener = await asyncio.start_server(server.handle, host, port)
-    log.info("webrtc ingest on http://%s:%d/%s", host, port, " (token required)" if server.token else "")
-    try:
-        while not stop.is_set():
-            await asyncio.sleep(0.2)
-    finally:
-        listener.close()
-        await server.close()
-        await listener.wait_closed()
-
-
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>emostream webcam</title>
 <style>body{font-family:sans-serif;background:#111;color:#ddd;margin:20px}video{background:#000}</style>
@@ -295,24 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID=ENDPOINT",
         help="a webrtc camera slot and the endpoint its capture process reads (repeat)",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address the page binds (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8090, help="HTTP port (default 8090)")
-    parser.add_argument("--token", default=None, help="access token; required when --host is not a loopback address")
+    add_http_args(parser, default_port=8090)
     add_common_args(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not is_loopback(args.host) and not args.token:
-        print(
-            f"capture.webrtc_ingest: refusing to serve on {args.host} (not a loopback address) without --token",
-            file=sys.stderr,
-        )
+    if not prepare_http("capture.webrtc_ingest", args.host, args.token):
         return EXIT_FATAL
     stop = start_process(STAGE, args)
-    if is_loopback(args.host):
-        only_loopback_candidates()
     slots = Slots(dict(args.camera))
     context = zmq.Context()
     try:
@@ -322,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         context.term()
         return 1
     try:
-        asyncio.run(serve(IngestServer(slots, bridge, args.token), args.host, args.port, stop))
+        asyncio.run(serve(IngestServer(slots, bridge, args.token), args.host, args.port, stop, "webrtc ingest"))
     except OSError as exc:
         log.error("cannot serve on %s:%d: %s", args.host, args.port, exc.strerror or exc)
         return EXIT_FATAL

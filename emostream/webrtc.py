@@ -6,11 +6,14 @@ token rule for addresses other than loopback, and ICE on loopback only.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import hmac
 import ipaddress
 import json
 import logging
+import sys
+import threading
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -44,6 +47,24 @@ def only_loopback_candidates() -> None:
     import aioice.ice
 
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"] if use_ipv4 else []
+
+
+def add_http_args(parser: argparse.ArgumentParser, default_port: int) -> None:
+    """--host, --port and --token, with the same meaning in every browser-facing server."""
+    parser.add_argument("--host", default="127.0.0.1", help="address the page binds (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=default_port, help=f"HTTP port (default {default_port})")
+    parser.add_argument("--token", default=None, help="access token; required when --host is not a loopback address")
+
+
+def prepare_http(prog: str, host: str, token: str | None) -> bool:
+    """Apply the token rule (False, with the reason on stderr, when ``host`` is public and there is no
+    token) and, on loopback, make ICE gather on 127.0.0.1."""
+    if not is_loopback(host) and not token:
+        print(f"{prog}: refusing to serve on {host} (not a loopback address) without --token", file=sys.stderr)
+        return False
+    if is_loopback(host):
+        only_loopback_candidates()
+    return True
 
 
 class HttpError(Exception):
@@ -84,6 +105,9 @@ class HttpApp:
         self, method: str, path: str, query: dict[str, list[str]], body: bytes
     ) -> tuple[int, str, bytes]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release what the app holds (peer connections) when the server stops."""
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -129,3 +153,16 @@ class HttpApp:
         if not self._authorized(query, headers):
             raise HttpError(401, "a valid token is required (?token=... or Authorization: Bearer ...)")
         return await self.route(method, url.path, query, body)
+
+
+async def serve(app: HttpApp, host: str, port: int, stop: threading.Event, what: str) -> None:
+    """Serve ``app`` on ``host:port`` until ``stop`` is set, then close it."""
+    listener = await asyncio.start_server(app.handle, host, port)
+    log.info("%s on http://%s:%d/%s", what, host, port, " (token required)" if app.token else "")
+    try:
+        while not stop.is_set():
+            await asyncio.sleep(0.2)
+    finally:
+        listener.close()
+        await app.close()
+        await listener.wait_closed()

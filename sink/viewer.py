@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 
 from emostream.runtime import EXIT_FATAL, add_common_args, start_process
-from emostream.webrtc import HttpApp, HttpError, is_loopback, only_loopback_candidates, parse_offer
+from emostream.webrtc import HttpApp, HttpError, add_http_args, parse_offer, prepare_http, serve
 from emostream.wire import Preview
 from sink.annotate import EMOTION_COLORS, blur_faces, draw_event
 from sink.record import FrameJoiner, RecorderService, _Camera
@@ -222,6 +222,9 @@ class ViewerServer(HttpApp):
         self.joiner = joiner
         self.peers = Peers()
 
+    async def close(self) -> None:
+        await self.peers.close()
+
     async def route(self, method: str, path: str, query: dict[str, list[str]], body: bytes) -> tuple[int, str, bytes]:
         route = (method, path)
         if route == ("GET", "/"):
@@ -245,18 +248,6 @@ class ViewerServer(HttpApp):
         if path in ("/", "/cameras", "/stats", "/offer"):
             raise HttpError(405, "method not allowed")
         raise HttpError(404, "not found")
-
-
-async def serve(server: ViewerServer, host: str, port: int, stop: threading.Event) -> None:
-    listener = await asyncio.start_server(server.handle, host, port)
-    log.info("viewer on http://%s:%d/%s", host, port, " (token required)" if server.token else "")
-    try:
-        while not stop.is_set():
-            await asyncio.sleep(0.2)
-    finally:
-        listener.close()
-        await server.peers.close()
-        await listener.wait_closed()
 
 
 PAGE = """<!doctype html>
@@ -373,9 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--preview", action="append", required=True, metavar="ENDPOINT", help="a capture's preview endpoint (repeat)"
     )
     parser.add_argument("--events", required=True, metavar="ENDPOINT", help="the sink's publish endpoint")
-    parser.add_argument("--host", default="127.0.0.1", help="address the page binds (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
-    parser.add_argument("--token", default=None, help="access token; required when --host is not a loopback address")
+    add_http_args(parser, default_port=8080)
     parser.add_argument("--blur-faces", action="store_true", help="pixelate every detected face")
     parser.add_argument(
         "--max-wait", type=float, default=1.0, metavar="S", help="how long a frame waits for its event (default 1)"
@@ -386,21 +375,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not is_loopback(args.host) and not args.token:
-        print(
-            f"sink.viewer: refusing to serve on {args.host} (not a loopback address) without --token",
-            file=sys.stderr,
-        )
+    if not prepare_http("sink.viewer", args.host, args.token):
         return EXIT_FATAL
     stop = start_process("viewer", args)
-    if is_loopback(args.host):
-        only_loopback_candidates()
     joiner = ViewerJoiner(args.blur_faces, args.max_wait)
     service = RecorderService(joiner, args.preview, args.events, args.curve_keys)
     thread = threading.Thread(target=service.run, args=(stop,), name="zmq", daemon=True)
     thread.start()
     try:
-        asyncio.run(serve(ViewerServer(joiner, args.token), args.host, args.port, stop))
+        asyncio.run(serve(ViewerServer(joiner, args.token), args.host, args.port, stop, "viewer"))
     except OSError as exc:
         log.error("cannot serve on %s:%d: %s", args.host, args.port, exc.strerror or exc)
         stop.set()
