@@ -25,9 +25,10 @@ import pytest
 from test_pipeline import pipeline_config
 
 from conftest import REPO, free_port
+from emostream.webrtc import serve
 from emostream.wire import Preview
 from sink.annotate import EMOTION_COLORS
-from sink.viewer import ViewerJoiner, ViewerServer, serve
+from sink.viewer import ViewerJoiner, ViewerServer
 
 # ---------------------------------------------------------------------------------------------
 # Access rules
@@ -51,7 +52,9 @@ class RunningServer:
         self.port = free_port()
         self.stop = threading.Event()
         server = ViewerServer(joiner, token)
-        self.thread = threading.Thread(target=asyncio.run, args=(serve(server, "127.0.0.1", self.port, self.stop),))
+        self.thread = threading.Thread(
+            target=asyncio.run, args=(serve(server, "127.0.0.1", self.port, self.stop, "viewer"),)
+        )
         self.thread.start()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

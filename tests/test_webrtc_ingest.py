@@ -25,8 +25,9 @@ from test_pipeline import pipeline_config
 from test_viewer import DevTools, _grab, _http_json, _outline_match, _recent_faces, _wait
 
 from capture.sources import SourceKind, WebRTCSource, classify_source, make_source
-from capture.webrtc_ingest import Bridge, IngestServer, Slots, SlotsBusy, serve
+from capture.webrtc_ingest import Bridge, IngestServer, Slots, SlotsBusy
 from conftest import REPO, free_port, free_port_range, shared_path
+from emostream.webrtc import serve
 
 STATE = "(document.getElementById('state') || {}).textContent"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -118,7 +119,7 @@ def test_ingest_page_routes_and_token():
     port = free_port()
     stop = threading.Event()
     thread = threading.Thread(
-        target=asyncio.run, args=(serve(IngestServer(slots, bridge, "tok"), "127.0.0.1", port, stop),)
+        target=asyncio.run, args=(serve(IngestServer(slots, bridge, "tok"), "127.0.0.1", port, stop, "webrtc ingest"),)
     )
     thread.start()
 
