@@ -18,6 +18,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -469,12 +470,21 @@ def send_all(sock: zmq.Socket, messages: list[list[bytes]], prefix: list[bytes] 
         sock.send_multipart([*(prefix or []), *parts])
 
 
-@pytest.mark.timeout(180)
-def test_detector_survives_10000_malformed_frames_counts_each_and_answers_the_next_frame(
+@dataclass
+class PlayedDetector:
+    """A real detector process between a camera and a classifier that the test plays with its own sockets."""
+
+    proc: subprocess.Popen
+    camera: zmq.Socket  # a ROUTER, as capture binds
+    peer: bytes  # the worker's routing id, from its first credit
+    results: zmq.Socket  # a PULL, as the classifier binds
+    metrics_port: int
+    log_path: Path
+
+
+def start_played_detector(
     zmq_context: zmq.Context, processes: list[subprocess.Popen], tmp_path: Path
-) -> None:
-    messages, reasons = malformed_batch("frame", STAGE_MESSAGES, seed=1)
-    # The test plays the camera (a ROUTER, as capture binds) and the classifier (a PULL).
+) -> PlayedDetector:
     camera = zmq_context.socket(zmq.ROUTER)
     # Mandatory: a full pipe blocks the send instead of dropping the message silently, so the count
     # the worker reports can be exact. The timeout turns a dead worker into an error, not a hang.
@@ -494,6 +504,16 @@ def test_detector_survives_10000_malformed_frames_counts_each_and_answers_the_ne
     processes.append(proc)
     assert camera.poll(REPLY_MS), f"no credit from the worker\n{log_tail(log_path)}"
     peer = camera.recv_multipart()[0]
+    return PlayedDetector(proc, camera, peer, results, metrics_port, log_path)
+
+
+@pytest.mark.timeout(180)
+def test_detector_survives_10000_malformed_frames_counts_each_and_answers_the_next_frame(
+    zmq_context: zmq.Context, processes: list[subprocess.Popen], tmp_path: Path
+) -> None:
+    messages, reasons = malformed_batch("frame", STAGE_MESSAGES, seed=1)
+    det = start_played_detector(zmq_context, processes, tmp_path)
+    camera, peer, results, metrics_port, log_path = det.camera, det.peer, det.results, det.metrics_port, det.log_path
 
     # A camera that ignores credits: everything at once, which the worker must still survive.
     send_all(camera, messages, prefix=[peer])
@@ -503,7 +523,7 @@ def test_detector_survives_10000_malformed_frames_counts_each_and_answers_the_ne
     faces = decode_faces(results.recv_multipart())
     assert (faces.camera, faces.seq, len(faces)) == ("fuzz-cam", 7, 0)
     assert not results.poll(0), "only the valid frame may produce Faces"
-    assert_survived_and_counted(proc, metrics_port, "detector", reasons, log_path)
+    assert_survived_and_counted(det.proc, metrics_port, "detector", reasons, log_path)
     samples = metric_samples(metrics_port)
     assert sample(samples, "emostream_frames_total", stage="detector", camera="fuzz-cam") == 1.0
 
@@ -676,25 +696,12 @@ def test_faces_whose_score_float32_cannot_hold_are_rejected() -> None:
 def test_detector_survives_a_jpeg_frame_with_an_empty_payload(
     zmq_context: zmq.Context, processes: list[subprocess.Popen], tmp_path: Path
 ) -> None:
-    camera = zmq_context.socket(zmq.ROUTER)
-    camera_port = camera.bind_to_random_port("tcp://127.0.0.1")
-    results = zmq_context.socket(zmq.PULL)
-    results_port = results.bind_to_random_port("tcp://127.0.0.1")
-    metrics_port = free_port()
-    log_path = tmp_path / "detector.log"
-    proc = start_logged_stage(
-        "detector", log_path,
-        "--frames", f"tcp://127.0.0.1:{camera_port}",
-        "--push", f"tcp://127.0.0.1:{results_port}",
-        "--metrics-port", str(metrics_port),
-    )  # fmt: skip
-    processes.append(proc)
-    assert camera.poll(REPLY_MS), f"no credit from the worker\n{log_tail(log_path)}"
-    peer = camera.recv_multipart()[0]
+    det = start_played_detector(zmq_context, processes, tmp_path)
+    camera, peer, results = det.camera, det.peer, det.results
     camera.send_multipart([peer, *empty_jpeg_frame()])
     camera.send_multipart([peer, *encode_frame(Frame("fuzz-cam", 1, time.time(), np.zeros((8, 8, 3), np.uint8)))])
-    wait_while_alive(proc, lambda: results.poll(100), log_path, "Faces for the valid frame")
-    assert wire_drops(metrics_port, "detector") == Counter(bad_payload=1)
+    wait_while_alive(det.proc, lambda: results.poll(100), det.log_path, "Faces for the valid frame")
+    assert wire_drops(det.metrics_port, "detector") == Counter(bad_payload=1)
 
 
 @pytest.mark.filterwarnings(FLOAT32_OVERFLOW)
