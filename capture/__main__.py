@@ -91,8 +91,20 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[p.value for p in DropPolicy],
         help="when detectors lag: drop_oldest (default for live sources) or block (default for files)",
     )
-    parser.add_argument("--encoding", choices=[e.value for e in Encoding], default=Encoding.RAW.value)
+    parser.add_argument(
+        "--encoding",
+        choices=[e.value for e in Encoding if e is not Encoding.SHARED],
+        default=Encoding.RAW.value,
+        help="how frames travel to workers on other machines (bgr raw, jpeg); workers on this machine read "
+        "them from shared memory",
+    )
     parser.add_argument("--jpeg-quality", type=_jpeg_quality, default=80, metavar="Q", help="1..100, with jpeg")
+    parser.add_argument(
+        "--no-shared-memory",
+        dest="shared_memory",
+        action="store_false",
+        help="send every frame over the socket, also to workers on this machine",
+    )
     add_common_args(parser)
     return parser
 
@@ -120,7 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         encoding = Encoding(args.encoding)
         sender = FrameSender(
-            context, args.frames, args.camera, policy, stop, encoding, args.jpeg_quality, keys=args.curve_keys
+            context,
+            args.frames,
+            args.camera,
+            policy,
+            stop,
+            encoding,
+            args.jpeg_quality,
+            keys=args.curve_keys,
+            shared_memory=args.shared_memory,
         )
     except zmq.ZMQError as exc:
         log.error("camera %s: cannot bind %s: %s", args.camera, args.frames, exc)

@@ -46,6 +46,7 @@ class WorkerState:
     load: int
     interval: int
     last_heard: float
+    shm: str | None = None  # the worker's shared-memory domain (emostream.shm.domain), if it has one
     last_used: int = -1  # dispatch tick of the last frame sent here: the tie-breaker
     sent_at_report: int = 0  # ``sent`` when the last credit arrived
 
@@ -77,9 +78,16 @@ class Assignment:
 class Dispatcher:
     """Per-camera choice of worker for each frame. ``peer`` is the worker connection's routing id."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, expiry_s: float = EXPIRY_S) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        expiry_s: float = EXPIRY_S,
+        on_forget: Callable[[bytes, WorkerState], None] | None = None,
+    ) -> None:
         self._clock = clock
         self.expiry_s = expiry_s
+        #: Called with every worker forgotten (gone or silent): its frames in flight will never be reported done.
+        self.on_forget = on_forget
         self.workers: dict[bytes, WorkerState] = {}
         self._ticks = itertools.count()
         self._group_peer: bytes | None = None  # the worker tracking this camera's current key frame
@@ -100,6 +108,7 @@ class Dispatcher:
                 load=credit.load,
                 interval=credit.interval,
                 last_heard=now,
+                shm=credit.shm,
             )
             return True
         state.done = max(state.done, credit.done)
@@ -107,6 +116,7 @@ class Dispatcher:
         state.window = credit.window
         state.load = credit.load
         state.interval = credit.interval
+        state.shm = credit.shm
         state.last_heard = now
         state.sent_at_report = state.sent
         return False
@@ -115,7 +125,10 @@ class Dispatcher:
         """Drop a worker (it went away); returns what was known of it."""
         if peer == self._group_peer:
             self._group_peer = None
-        return self.workers.pop(peer, None)
+        state = self.workers.pop(peer, None)
+        if state is not None and self.on_forget is not None:
+            self.on_forget(peer, state)
+        return state
 
     def expire(self) -> list[WorkerState]:
         """Forget workers silent for longer than ``expiry_s``; returns them."""

@@ -10,16 +10,19 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+from collections import deque
 
+import numpy as np
 import zmq
 
-from capture.dispatch import Dispatcher
+from capture.dispatch import Dispatcher, WorkerState
 from capture.sources import SourceKind
+from emostream import shm
 from emostream.health import HEALTH
 from emostream.metrics import FRAMES, FRAMES_DROPPED, declare_drops
 from emostream.runtime import ThrottledLog
 from emostream.security import CurveKeys, secure_server
-from emostream.wire import REJECT_REASONS, Encoding, Frame, WireError, decode_credit, encode_frame
+from emostream.wire import REJECT_REASONS, Encoding, Frame, SharedSlot, WireError, decode_credit, encode_frame
 
 log = logging.getLogger("capture")
 
@@ -105,11 +108,84 @@ class FrameSlot:
             return self._closed and self._frame is None
 
 
+class SharedSlots:
+    """The camera's shared-memory ring and the slots each worker holds (see :mod:`emostream.shm`).
+
+    A slot taken for a frame goes back when the worker reports the frame done (frames of one
+    connection finish in the order they were sent), when the send fails, or when the worker is
+    forgotten. Used by the sender thread only.
+    """
+
+    def __init__(self, camera: str, enabled: bool = True) -> None:
+        self.camera = camera
+        self.domain = shm.domain() if enabled else None
+        self.ring: shm.FrameRing | None = None
+        self._held: dict[bytes, deque[int | None]] = {}
+        if self.domain is not None:
+            for name in shm.remove_stale_rings(camera):
+                log.info("camera %s: removed the shared-memory ring %s of an earlier run", camera, name)
+
+    def usable_by(self, worker: WorkerState | None) -> bool:
+        return self.domain is not None and worker is not None and worker.shm == self.domain
+
+    def place(self, image: np.ndarray, stamp: int) -> tuple[int, SharedSlot] | None:
+        """Copy ``image`` into a free slot; None (send the bytes instead) when no slot is free."""
+        ring = self._ring_for(image)
+        slot = ring.acquire() if ring is not None else None
+        if slot is None:
+            return None
+        offset = ring.write(slot, np.ascontiguousarray(image), stamp)
+        return slot, SharedSlot(ring.name, offset, stamp)
+
+    def _ring_for(self, image: np.ndarray) -> shm.FrameRing | None:
+        if self.ring is not None and not self.ring.fits(image):
+            if self.ring.in_use:
+                return None  # larger frames (a camera that came back at a higher resolution) go as bytes for now
+            self.ring.close()
+            self.ring = None
+        if self.ring is None:
+            try:
+                self.ring = shm.FrameRing(self.camera, image.nbytes)
+            except OSError as exc:
+                log.warning("camera %s: no shared memory for frames (%s); they go over the socket", self.camera, exc)
+                self.domain = None
+                return None
+            log.info("camera %s: frames to local workers go through /dev/shm/%s", self.camera, self.ring.name)
+        return self.ring
+
+    def sent(self, peer: bytes, slot: int | None) -> None:
+        self._held.setdefault(peer, deque()).append(slot)
+
+    def unused(self, slot: int) -> None:
+        if self.ring is not None:
+            self.ring.release(slot)
+
+    def finished(self, peer: bytes, count: int) -> None:
+        """The worker reported ``count`` more frames done: their slots are free."""
+        held = self._held.get(peer)
+        for _ in range(min(count, len(held) if held else 0)):
+            slot = held.popleft()
+            if slot is not None and self.ring is not None:
+                self.ring.release(slot)
+
+    def forget(self, peer: bytes, _state: WorkerState | None = None) -> None:
+        held = self._held.pop(peer, None)
+        for slot in held or ():
+            if slot is not None and self.ring is not None:
+                self.ring.release(slot)
+
+    def close(self) -> None:
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+
+
 class FrameSender:
     """Binds a ROUTER socket on ``endpoint`` and sends submitted frames from its own thread.
 
     Detector workers connect a DEALER socket each and send credits (see :mod:`capture.dispatch`);
-    a frame goes to the least-loaded worker with room, never to one that did not ask for it.
+    a frame goes to the least-loaded worker with room, never to one that did not ask for it. Workers
+    on this machine get it through shared memory unless ``shared_memory`` is False (:class:`SharedSlots`).
     """
 
     def __init__(
@@ -123,13 +199,16 @@ class FrameSender:
         jpeg_quality: int = 80,
         dispatcher: Dispatcher | None = None,
         keys: CurveKeys | None = None,
+        shared_memory: bool = True,
     ) -> None:
         self.camera = camera
         self.policy = policy
         self.stop = stop
         self.encoding = encoding
         self.jpeg_quality = jpeg_quality
+        self.shared = SharedSlots(camera, enabled=shared_memory)
         self.dispatcher = dispatcher or Dispatcher()
+        self.dispatcher.on_forget = self.shared.forget
         self.socket = context.socket(zmq.ROUTER)
         secure_server(self.socket, keys, "capture")  # plain without keys
         # Sending to a worker that is gone must fail (EHOSTUNREACH), not vanish silently.
@@ -174,8 +253,13 @@ class FrameSender:
                 FRAMES_DROPPED.labels(stage="capture", camera="unknown", reason=exc.reason).inc()
                 self._malformed_log.warning("camera %s: ignoring malformed credit message: %s", self.camera, exc)
                 continue
+            known = self.dispatcher.workers.get(peer)
+            done_before = known.done if known is not None else None
             if self.dispatcher.update(peer, credit):
-                log.info("camera %s: detector worker %s connected", self.camera, credit.worker)
+                how = "shared memory" if self.shared.usable_by(self.dispatcher.workers[peer]) else "socket"
+                log.info("camera %s: detector worker %s connected (frames via %s)", self.camera, credit.worker, how)
+            elif done_before is not None:
+                self.shared.finished(peer, self.dispatcher.workers[peer].done - done_before)
         for state in self.dispatcher.expire():
             log.warning("camera %s: detector worker %s silent, sending it nothing", self.camera, state.name)
 
@@ -209,11 +293,16 @@ class FrameSender:
                 continue
             held.key = assignment.key
             held.droppable = self.policy is DropPolicy.DROP_OLDEST
+            placed = None
             try:
-                parts = encode_frame(held, self.encoding, self.jpeg_quality)
+                if self.shared.usable_by(self.dispatcher.workers.get(assignment.peer)):
+                    placed = self.shared.place(held.image, held.seq + 1)
+                parts = encode_frame(held, self.encoding, self.jpeg_quality, slot=placed[1] if placed else None)
             except ValueError:
                 # Cannot happen for frames from FrameStream; if it does, lose this frame, not the thread.
                 self.dispatcher.unsend(assignment)
+                if placed is not None:
+                    self.shared.unused(placed[0])
                 log.exception("camera %s: cannot encode frame %d, skipping it", self.camera, held.seq)
                 held = None
                 continue
@@ -222,6 +311,8 @@ class FrameSender:
             except zmq.ZMQError as exc:
                 # EHOSTUNREACH: the worker disconnected after its last credit. Try another worker.
                 self.dispatcher.unsend(assignment)
+                if placed is not None:
+                    self.shared.unused(placed[0])
                 if exc.errno == zmq.EHOSTUNREACH:
                     gone = self.dispatcher.forget(assignment.peer)
                     log.warning("camera %s: detector worker %s went away", self.camera, gone.name if gone else "?")
@@ -229,6 +320,7 @@ class FrameSender:
                     log.warning("camera %s: send failed (%s), retrying", self.camera, exc)
                     self.socket.poll(POLL_MS, zmq.POLLOUT)
                 continue
+            self.shared.sent(assignment.peer, placed[0] if placed is not None else None)
             self.sent += 1
             self._frames_sent.inc()
             held = None
@@ -244,3 +336,5 @@ class FrameSender:
             self._thread.join(POLL_MS / 1000)
         linger = STOP_LINGER_MS if self.stop.is_set() else FINAL_LINGER_MS
         self.socket.close(linger=linger)
+        # After the socket: workers that received a slot's address have the ring mapped by now.
+        self.shared.close()

@@ -49,6 +49,7 @@ import zmq
 from deploy.baseline import merge_baselines, rate, run_baseline
 from deploy.config import load_config
 from deploy.plan import endpoints, metrics_ports
+from emostream.runtime import tune_malloc
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -239,28 +240,36 @@ def read_frames(video: str | Path, max_frames: int, chunk: int = 25) -> tuple[di
     """Decode up to ``max_frames`` frames as a capture process does (grab, then retrieve) and time it.
 
     Returns the decode throughput and the frames, which the detector measurements then reuse so that
-    every stage sees the same pixels.
+    every stage sees the same pixels. The timed pass lets each frame go before the next, as a capture
+    process does once it has sent it; keeping every frame would make each decode fault in fresh pages
+    (~0.3 ms per 720p frame) that capture does not pay. A second, untimed pass keeps the frames.
     """
-    cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
-    if not cap.isOpened():
-        raise RuntimeError(f"OpenCV cannot open {video}")
-    nominal_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-    frames: list[np.ndarray] = []
-    seconds: list[float] = []
-    cpu0 = time.process_time()
-    try:
-        while len(frames) < max_frames:
-            t0 = time.perf_counter()
-            if not cap.grab():
-                break
-            ok, image = cap.retrieve()
-            seconds.append(time.perf_counter() - t0)
-            if not ok or image is None:
-                break
-            frames.append(image)
-    finally:
-        cap.release()
-    cpu_s = time.process_time() - cpu0
+
+    def decode(keep: bool) -> tuple[list[float], list[np.ndarray], float, float, int]:
+        cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
+        if not cap.isOpened():
+            raise RuntimeError(f"OpenCV cannot open {video}")
+        nominal_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        kept: list[np.ndarray] = []
+        seconds: list[float] = []
+        cpu0 = time.process_time()
+        try:
+            while len(seconds) < max_frames:
+                t0 = time.perf_counter()
+                if not cap.grab():
+                    break
+                ok, image = cap.retrieve()
+                if not ok or image is None:
+                    break
+                seconds.append(time.perf_counter() - t0)
+                if keep:
+                    kept.append(image)
+        finally:
+            cap.release()
+        return seconds, kept, time.process_time() - cpu0, nominal_fps, len(seconds)
+
+    seconds, _, cpu_s, nominal_fps, count = decode(keep=False)
+    _, frames, _, _, _ = decode(keep=True)
     if not frames:
         raise RuntimeError(f"{video} yielded no frames")
     summary = rate([1] * len(seconds), seconds, chunk)
@@ -269,10 +278,10 @@ def read_frames(video: str | Path, max_frames: int, chunk: int = 25) -> tuple[di
         {
             "fps": summary["per_s"],
             "mean_fps": summary["mean_per_s"],
-            "frames": len(frames),
+            "frames": count,
             "seconds": summary["seconds"],
             "cpu_parallelism": cpu_s / summary["seconds"] if summary["seconds"] > 0 else 0.0,
-            "cpu_s_per_frame": cpu_s / len(frames),
+            "cpu_s_per_frame": cpu_s / count,
             "resolution": [width, height],
             "video_fps": nominal_fps,
         },
@@ -288,13 +297,33 @@ def measure_detector(
     min_face: int,
     chunk: int = 25,
     interval: int = 1,
+    threads: int = 0,
 ) -> tuple[dict[str, Any], list[np.ndarray], list[np.ndarray]]:
     """A detector worker's per-frame work (``FaceExtractor.process``: downscale, detect, crop) on ``frames``.
 
     With ``interval`` N > 1 one frame in N is a key frame and the others reuse its boxes, as in the
-    pipeline. Returns frames/s, the 48x48 crops it produced (the classifier is then measured on real
-    faces) and the boxes of every frame.
+    pipeline. ``threads``: OpenCV threads, as the pipeline's workers run (``detector.threads``; 0
+    leaves OpenCV's default). Returns frames/s, the 48x48 crops it produced (the classifier is then
+    measured on real faces) and the boxes of every frame.
     """
+    previous_threads = cv2.getNumThreads()
+    if threads > 0:
+        cv2.setNumThreads(threads)
+    try:
+        return _measure_detector(frames, backend, model_path, downscale, min_face, chunk, interval)
+    finally:
+        cv2.setNumThreads(previous_threads)
+
+
+def _measure_detector(
+    frames: Sequence[np.ndarray],
+    backend: str,
+    model_path: str | Path | None,
+    downscale: float,
+    min_face: int,
+    chunk: int,
+    interval: int,
+) -> tuple[dict[str, Any], list[np.ndarray], list[np.ndarray]]:
     from detector.pipeline import build_extractor
     from emostream.wire import Frame
 
@@ -1464,11 +1493,25 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
     progress.step(f"detectors: YuNet and Haar at {settings.downscale:g}x on {len(frames)} frames")
     with CpuWatch() as watch:
         yunet, crops, yunet_boxes = measure_detector(
-            frames, "yunet", settings.yunet, settings.downscale, settings.min_face, settings.chunk
+            frames,
+            "yunet",
+            settings.yunet,
+            settings.downscale,
+            settings.min_face,
+            settings.chunk,
+            threads=settings.detector_threads,
         )
     yunet["cpu_watch"] = watch.result
     with CpuWatch() as watch:
-        haar, _, _ = measure_detector(frames, "haar", None, settings.downscale, settings.min_face, settings.chunk)
+        haar, _, _ = measure_detector(
+            frames,
+            "haar",
+            None,
+            settings.downscale,
+            settings.min_face,
+            settings.chunk,
+            threads=settings.detector_threads,
+        )
     haar["cpu_watch"] = watch.result
     results["stages"]["detector_yunet"] = yunet
     results["stages"]["detector_haar"] = haar
@@ -1482,6 +1525,7 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
                 settings.min_face,
                 settings.chunk,
                 interval=settings.interval,
+                threads=settings.detector_threads,
             )
         tracked["cpu_watch"] = watch.result
         results["stages"]["detector_yunet_tracked"] = tracked
@@ -1610,6 +1654,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """``python -m deploy bench``: measure, print the table, write the JSON and the plot."""
+    # The standalone measurements run in this process: with the allocator the stages run with.
+    tune_malloc()
     for flag, path in (("--video", args.video), ("--yunet", args.yunet)):
         if not Path(path).is_file():
             print(f"bench: {flag} file not found: {Path(path).resolve()} (pass {flag} PATH)", file=sys.stderr)

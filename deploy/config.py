@@ -119,6 +119,9 @@ class NetworkConfig(Section):
 
     host: str = "127.0.0.1"
     base_port: Port = 5550
+    #: Frames to detector workers on the same machine go through /dev/shm (emostream/shm.py); false:
+    #: every frame over its socket.
+    shared_memory: bool = True
 
 
 class MetricsConfig(Section):

@@ -262,6 +262,8 @@ def plan_stages(config: PipelineConfig) -> list[StageSpec]:
             args += ["--drop-policy", camera.drop_policy]
         if camera.id in ends.previews:
             args += ["--preview", ends.previews[camera.id]]
+        if not config.network.shared_memory:
+            args.append("--no-shared-memory")
         finite = camera.is_file and not camera.loop
         stages.append(
             StageSpec(

@@ -6,9 +6,14 @@ reports its load, so each camera sends its next frame to the least-loaded worker
 the sockets wait in one FIFO, bounded by the credits to at most ``window`` x cameras, and are processed
 in arrival order.
 
+Cameras on the same machine put their frames in shared memory (the worker announces its
+shared-memory domain in its credits, see :mod:`emostream.shm`); the worker reads them in place.
+
 A worker never dies of its input: a message that is not a valid frame is counted in
 ``emostream_frames_dropped{stage="detector",camera="unknown",reason=<WireError.reason>}``, logged
-and skipped; a frame the detector fails on is counted with reason ``detect_error``.
+and skipped; a frame the detector fails on is counted with reason ``detect_error``; a shared-memory
+frame whose slot was reused while this worker held it (the camera presumed the worker dead) with
+reason ``overwritten``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 import zmq
 
 from detector.pipeline import FaceExtractor
+from emostream import shm
 from emostream.health import HEALTH
 from emostream.metrics import FACES, FRAMES, FRAMES_DROPPED, FRAMES_RECEIVED, STAGE_SECONDS, declare_drops
 from emostream.runtime import ThrottledLog
@@ -83,6 +89,8 @@ class DetectorWorker:
         declare_drops("detector", "unknown", REJECT_REASONS)
         self.worker_id = worker_id
         self.name = f"detector-{worker_id}-{os.getpid()}"
+        self.shared = shm.SharedFrames()
+        self.shm_domain = shm.domain()
         self.links: list[CameraLink] = []
         self.poller = zmq.Poller()
         for endpoint in camera_endpoints:
@@ -114,7 +122,7 @@ class DetectorWorker:
         return len(self.queue)
 
     def _credit(self, link: CameraLink) -> None:
-        credit = Credit(self.name, link.done, self.window, self.load, self.interval)
+        credit = Credit(self.name, link.done, self.window, self.load, self.interval, self.shm_domain)
         # Again: not connected yet and the queue is full; the next credit (absolute values) supersedes it.
         with contextlib.suppress(zmq.Again):
             link.socket.send_multipart(encode_credit(credit), flags=zmq.NOBLOCK)
@@ -156,7 +164,7 @@ class DetectorWorker:
         """Process one received message; never raises for bad input."""
         started = time.perf_counter()
         try:
-            frame = decode_frame(parts)
+            frame = decode_frame(parts, self.shared)
         except WireError as exc:
             self.rejected += 1
             FRAMES_DROPPED.labels(stage="detector", camera="unknown", reason=exc.reason).inc()
@@ -170,6 +178,13 @@ class DetectorWorker:
             # An OpenCV failure on one odd frame must not take the worker (and all cameras) down.
             FRAMES_DROPPED.labels(stage="detector", camera=frame.camera, reason="detect_error").inc()
             log.exception("worker %d: detection failed on %s frame %d", self.worker_id, frame.camera, frame.seq)
+            return
+        slot = frame.shared
+        if slot is not None and not self.shared.current(slot.name, slot.offset, slot.stamp):
+            FRAMES_DROPPED.labels(stage="detector", camera=frame.camera, reason="overwritten").inc()
+            self._malformed_log.warning(
+                "worker %d: %s frame %d was overwritten in shared memory", self.worker_id, frame.camera, frame.seq
+            )
             return
         self._stage_seconds.observe(time.perf_counter() - started)
         if not self._send(message):

@@ -9,16 +9,21 @@ Version 1. Every message is a ZeroMQ multipart message ``[topic, header, *payloa
 * ``payload`` -- zero or more binary parts (image bytes, face crops).
 
 ``FRAME``  capture -> detector: header ``{v, camera, seq, ts_capture, shape: [h, w, 3], encoding, key,
-           droppable}``, one payload part: raw BGR bytes (h*w*3) or a JPEG. ``key`` (optional, default
+           droppable}``, one payload part: raw BGR bytes (h*w*3) or a JPEG; or, with ``encoding: "shm"``,
+           an empty payload and ``shm: {name, offset, stamp}``: the raw pixels lie in the camera's
+           shared-memory ring ``name`` at ``offset``, and the slot still holds them while its stamp
+           (8 bytes just before ``offset``) equals ``stamp`` (see :mod:`emostream.shm`). ``key`` (optional, default
            true): run the face detector on this frame; false means "track the faces of this camera's last
            key frame", which the camera only sends to the worker that had that key frame. ``droppable``
            (optional, default false): the frame comes from a source whose drop policy lets later stages
            drop it when it is too old to matter (a live camera); false frames are never dropped for age.
 ``CREDIT`` detector -> capture (the reverse direction of the same connection), no payload: header
-           ``{v, worker, done, window, load, interval}``. The worker has finished ``done`` frames of
+           ``{v, worker, done, window, load, interval, shm}``. The worker has finished ``done`` frames of
            this connection and accepts up to ``window`` frames unfinished on it; ``load`` is how many
            frames (all cameras) it holds unfinished; ``interval`` is its detection interval. Values are
            absolute, not increments, so a lost, repeated or late credit message never skews the count.
+           ``shm`` (optional): the worker's shared-memory domain (:func:`emostream.shm.domain`); a camera
+           of the same domain may send it ``shm`` frames, any other sends bytes.
 ``FACES``  detector -> classifier: header ``{v, camera, seq, ts_capture, ts_detect, frame_shape,
            boxes: [[x, y, w, h]...], scores: [...], crop_size, droppable}`` (droppable: the frame's),
            one payload part: N crops of ``crop_size`` x ``crop_size`` uint8 grayscale, row-major,
@@ -45,6 +50,8 @@ from typing import Any
 
 import numpy as np
 
+from emostream.shm import SharedFrameError, SharedFrames
+
 WIRE_VERSION = 1
 EVENT_SCHEMA = 1
 
@@ -68,6 +75,8 @@ class Encoding(str, Enum):
 
     RAW = "bgr"
     JPEG = "jpeg"
+    #: Raw pixels in a shared-memory slot on the same machine; the message carries the slot's address.
+    SHARED = "shm"
 
 
 #: Every ``WireError.reason``: stages pre-declare their drop counters with these labels.
@@ -88,6 +97,15 @@ class WireError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass(slots=True, frozen=True)
+class SharedSlot:
+    """Where a frame's pixels lie in shared memory (see ``FRAME`` above and :mod:`emostream.shm`)."""
+
+    name: str
+    offset: int
+    stamp: int
+
+
 @dataclass(slots=True)
 class Frame:
     """One captured video frame (BGR, uint8, HxWx3) and where and when it came from."""
@@ -100,6 +118,8 @@ class Frame:
     key: bool = True
     #: Later stages may drop this frame once it is too old (live sources); never for files.
     droppable: bool = False
+    #: Set on a received ``shm`` frame: ``image`` is a view of this slot, valid while its stamp holds.
+    shared: SharedSlot | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -111,6 +131,7 @@ class Credit:
     window: int
     load: int
     interval: int = 1
+    shm: str | None = None
 
 
 @dataclass(slots=True)
@@ -299,8 +320,11 @@ def camera_id_error(camera: str) -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def encode_frame(frame: Frame, encoding: Encoding = Encoding.RAW, jpeg_quality: int = 80) -> list[Any]:
-    """Serialize a frame. RAW sends the array's own buffer (no copy when it is contiguous)."""
+def encode_frame(
+    frame: Frame, encoding: Encoding = Encoding.RAW, jpeg_quality: int = 80, slot: SharedSlot | None = None
+) -> list[Any]:
+    """Serialize a frame. RAW sends the array's own buffer (no copy when it is contiguous); with ``slot``
+    (the pixels already written there) only the slot's address travels, whatever ``encoding`` says."""
     image = frame.image
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"frames are HxWx3 uint8 BGR, got {image.dtype} {image.shape}")
@@ -316,6 +340,12 @@ def encode_frame(frame: Frame, encoding: Encoding = Encoding.RAW, jpeg_quality: 
         header["key"] = False
     if frame.droppable:
         header["droppable"] = True
+    if slot is not None:
+        header["encoding"] = Encoding.SHARED.value
+        header["shm"] = {"name": slot.name, "offset": int(slot.offset), "stamp": int(slot.stamp)}
+        return [TOPIC_FRAME, _dumps(header), b""]
+    if encoding == Encoding.SHARED:
+        raise ValueError("shared-memory frames need the slot they were written to")
     if encoding == Encoding.JPEG:
         import cv2
 
@@ -354,8 +384,10 @@ def jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
     return None
 
 
-def decode_frame(parts: Sequence[Part]) -> Frame:
-    """Parse and validate a FRAME message. The returned image is read-only when RAW and zero-copy."""
+def decode_frame(parts: Sequence[Part], shared: SharedFrames | None = None) -> Frame:
+    """Parse and validate a FRAME message. The returned image is read-only when RAW and zero-copy, and
+    when ``shm``: a view of the slot (``shared`` maps the rings; without it such frames are refused).
+    Check ``shared.current`` after using a shared frame's pixels: see :mod:`emostream.shm`."""
     _check_parts(parts, TOPIC_FRAME, 3)
     header = _header(parts[1])
     _check_version(header, "v", WIRE_VERSION)
@@ -369,7 +401,18 @@ def decode_frame(parts: Sequence[Part]) -> Frame:
     key = _bool(header, "key", True)
     droppable = _bool(header, "droppable", False)
     payload = _buffer(parts[2])
-    if encoding == Encoding.RAW.value:
+    slot = None
+    if encoding == Encoding.SHARED.value:
+        slot = _shared_slot(header.get("shm"))
+        if shared is None:
+            raise WireError("bad_field", "a shared-memory frame, but this receiver does not read shared memory")
+        if payload.nbytes:
+            raise WireError("bad_payload", f"a shared-memory frame carries {payload.nbytes} payload bytes")
+        try:
+            image = shared.view(slot.name, slot.offset, (h, w, 3))
+        except SharedFrameError as exc:
+            raise WireError("bad_payload", str(exc)) from None
+    elif encoding == Encoding.RAW.value:
         if payload.nbytes != h * w * 3:
             raise WireError("bad_payload", f"raw payload is {payload.nbytes} bytes, shape needs {h * w * 3}")
         image = np.frombuffer(payload, dtype=np.uint8).reshape(h, w, 3)
@@ -389,8 +432,17 @@ def decode_frame(parts: Sequence[Part]) -> Frame:
         if image.shape != (h, w, 3):
             raise WireError("bad_payload", f"JPEG decodes to {image.shape}, header says {(h, w, 3)}")
     else:
-        raise WireError("bad_field", f"encoding={encoding!r} is not one of bgr, jpeg")
-    return Frame(camera=camera, seq=seq, ts_capture=ts_capture, image=image, key=key, droppable=droppable)
+        raise WireError("bad_field", f"encoding={encoding!r} is not one of bgr, jpeg, shm")
+    return Frame(camera=camera, seq=seq, ts_capture=ts_capture, image=image, key=key, droppable=droppable, shared=slot)
+
+
+def _shared_slot(value: Any) -> SharedSlot:
+    if not isinstance(value, dict):
+        raise WireError("bad_field", "shm must be an object {name, offset, stamp}")
+    name = value.get("name")
+    if not isinstance(name, str) or not 0 < len(name) <= 128:
+        raise WireError("bad_field", f"shm.name={name!r} is not a ring name")
+    return SharedSlot(name=name, offset=_int(value, "offset", 0, 2**40), stamp=_int(value, "stamp", 1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,6 +462,8 @@ def encode_credit(credit: Credit) -> list[bytes]:
         "load": int(credit.load),
         "interval": int(credit.interval),
     }
+    if credit.shm is not None:
+        header["shm"] = credit.shm
     return [TOPIC_CREDIT, _dumps(header)]
 
 
@@ -420,12 +474,16 @@ def decode_credit(parts: Sequence[Part]) -> Credit:
     worker = header.get("worker")
     if not isinstance(worker, str) or not 0 < len(worker) <= 64:
         raise WireError("bad_field", f"worker={worker!r} is not a worker name")
+    shm = header.get("shm")
+    if shm is not None and (not isinstance(shm, str) or not 0 < len(shm) <= 128):
+        raise WireError("bad_field", f"shm={shm!r} is not a shared-memory domain")
     return Credit(
         worker=worker,
         done=_int(header, "done"),
         window=_int(header, "window", 0, MAX_WINDOW),
         load=_int(header, "load", 0, 1_000_000),
         interval=_int(header, "interval", 1, MAX_INTERVAL),
+        shm=shm,
     )
 
 

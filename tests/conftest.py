@@ -185,10 +185,22 @@ class CreditingWorker:
     worker.
     """
 
-    def __init__(self, context: zmq.Context, endpoint: str, window: int = 1, load: int = 0, name: str = "test") -> None:
+    def __init__(
+        self,
+        context: zmq.Context,
+        endpoint: str,
+        window: int = 1,
+        load: int = 0,
+        name: str = "test",
+        shared_memory: bool = False,
+    ) -> None:
+        from emostream import shm
         from emostream.wire import Credit, encode_credit
 
         self._credit, self._encode = Credit, encode_credit
+        # With shared_memory the worker announces this machine's domain, as detector workers do.
+        self.shm_domain = shm.domain() if shared_memory else None
+        self.shared = shm.SharedFrames()
         self.socket = context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(endpoint)
@@ -197,16 +209,19 @@ class CreditingWorker:
         self.announce()
 
     def announce(self) -> None:
-        credit = self._credit(self.name, self.done, self.window, self.load)
+        credit = self._credit(self.name, self.done, self.window, self.load, shm=self.shm_domain)
         self.socket.send_multipart(self._encode(credit))
 
     def receive(self, timeout_ms: int = 30_000, finish: bool = False):
-        """The next frame (a wire Frame), or None after ``timeout_ms``."""
+        """The next frame (a wire Frame), or None after ``timeout_ms``. A shared-memory frame's pixels
+        are copied out of the slot (still ``frame.shared``), so they outlive ``finish``."""
         from emostream.wire import decode_frame
 
         if not self.socket.poll(timeout_ms):
             return None
-        frame = decode_frame(self.socket.recv_multipart())
+        frame = decode_frame(self.socket.recv_multipart(), self.shared)
+        if frame.shared is not None:
+            frame.image = frame.image.copy()
         if finish:
             self.finish()
         return frame

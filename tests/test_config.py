@@ -18,6 +18,19 @@ def test_embedded_demo_config_is_valid_and_plans_every_stage():
     assert names == ["sink", "classifier", "detector-0", "capture-demo"]
 
 
+@pytest.mark.parametrize(("shared_memory", "flag_given"), [(True, False), (False, True)])
+def test_network_shared_memory_false_makes_every_camera_send_frames_over_the_socket(shared_memory, flag_given):
+    config = parse_config(
+        {
+            "cameras": [{"id": "a", "source": "demo"}, {"id": "b", "source": "demo"}],
+            "network": {"shared_memory": shared_memory},
+        }
+    )
+    captures = [s for s in plan_stages(config) if s.module == "capture"]
+    assert len(captures) == 2
+    assert all(("--no-shared-memory" in s.args) is flag_given for s in captures)
+
+
 @pytest.mark.parametrize(
     ("data", "key"),
     [
