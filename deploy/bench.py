@@ -93,6 +93,10 @@ DEFINITIONS = {
         "faces_kept = share of the detector's faces on the in-between frames covered by a held box with "
         "IoU >= 0.5; held_unmatched = share of held boxes covering no detected face"
     ),
+    "shared_memory_over_socket": (
+        "max_throughput_fps / socket_fps: the max-throughput run with frames through /dev/shm (the default) over "
+        "the same run with network.shared_memory false (every frame over its TCP socket)"
+    ),
     "pipeline_over_slowest_stage_unscaled": "max_throughput_fps / min(standalone fps, without process scaling)",
     "cpu_budget_fps": (
         "cpu_count / sum of standalone CPU seconds per frame (decode + detector + classifier x faces/frame): "
@@ -206,10 +210,12 @@ class PipelineSpec:
     detector_threads: int = 1
     max_batch: int = 64
     max_wait_ms: float = 10.0
+    #: network.shared_memory: frames to the detectors through /dev/shm (True) or over their sockets.
+    shared_memory: bool = True
 
     @property
     def label(self) -> str:
-        return f"{self.cameras}cam-{self.pacing}-{self.drop_policy}"
+        return f"{self.cameras}cam-{self.pacing}-{self.drop_policy}" + ("" if self.shared_memory else "-socket")
 
 
 # -- progress ----------------------------------------------------------------------------------------
@@ -613,7 +619,7 @@ def pipeline_config(video: str | Path, yunet: str | Path, spec: PipelineSpec) ->
         },
         "classifier": {"max_batch": spec.max_batch, "max_wait_ms": spec.max_wait_ms, "device": "cpu"},
         "sink": {"publish": f"tcp://127.0.0.1:{publish}"},
-        "network": {"base_port": net},
+        "network": {"base_port": net, "shared_memory": spec.shared_memory},
         "metrics": {"base_port": metrics},
     }
 
@@ -973,6 +979,7 @@ def run_end_to_end(
             "drop_policy": spec.drop_policy,
             "workers": spec.workers,
             "interval": spec.interval,
+            "shared_memory": spec.shared_memory,
             "offered_fps": 25.0 * spec.cameras if spec.pacing == "realtime" else None,
             "warmup_s": warmup_s,
             "startup_s": (first_at - launched) if first_at else None,
@@ -1034,6 +1041,11 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
     max_fps = fast["events_per_s"] if fast and not fast.get("error") and fast.get("events") else None
     out["max_throughput_fps"] = max_fps
     out["max_throughput_over_baseline"] = max_fps / baseline_fps if max_fps and baseline_fps else None
+
+    socket = results.get("max_throughput_socket") or {}
+    socket_fps = socket["events_per_s"] if socket and not socket.get("error") and socket.get("events") else None
+    out["socket_fps"] = socket_fps
+    out["shared_memory_over_socket"] = max_fps / socket_fps if max_fps and socket_fps else None
 
     what_if = results.get("what_if") or {}
     wi_fps = what_if["events_per_s"] if what_if and not what_if.get("error") and what_if.get("events") else None
@@ -1142,8 +1154,7 @@ def noisy_steps(results: dict[str, Any]) -> list[str]:
     ]
     entries += [(name, entry) for name, entry in results.get("stages", {}).items()]
     entries += [("classifier", results.get("classifier", {})), ("matmul peak", results.get("peak", {}))]
-    runs = [*results.get("runs", []), results.get("max_throughput"), results.get("what_if")]
-    entries += [(_run_name(r), r) for r in runs if r and not r.get("error")]
+    entries += [(_run_name(r), r) for r in all_runs(results) if not r.get("error")]
     out = []
     for name, entry in entries:
         watch = entry.get("cpu_watch") or {}
@@ -1153,8 +1164,16 @@ def noisy_steps(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def all_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every end-to-end run of the bench in the order they ran (those that did run)."""
+    extra = [results.get(key) for key in ("max_throughput", "max_throughput_socket", "what_if")]
+    return [r for r in [*results.get("runs", []), *extra] if r]
+
+
 def _run_name(run: dict[str, Any]) -> str:
     name = f"{run['cameras']} cam {run['pacing']}" + (" block" if run["drop_policy"] == "block" else "")
+    if run.get("shared_memory") is False:
+        name += " socket"
     return name + "".join(f" {k}={v}" for k, v in (run.get("env") or {}).items())
 
 
@@ -1255,7 +1274,7 @@ def format_report(results: dict[str, Any]) -> str:
         f"{s['workers']} detector workers, max_batch {s['max_batch']}; {s['warmup_s']:g} s warm-up, "
         f"then {s['measure_s']:g} s measured",
     ]
-    runs = [r for r in [*results.get("runs", []), results.get("max_throughput"), results.get("what_if")] if r]
+    runs = all_runs(results)
     rows = []
     for run in runs:
         if run.get("error"):
@@ -1319,6 +1338,8 @@ def format_report(results: dict[str, Any]) -> str:
                 ["p50 / p99 latency ms (that run)", f"{_fmt(h['p50_latency_ms'], 0)} / {_fmt(h['p99_latency_ms'], 0)}"],
                 ["max_throughput_fps (fast, block)", _fmt(h["max_throughput_fps"])],
                 ["max_throughput_over_baseline", _ratio(h["max_throughput_over_baseline"])],
+                ["socket_fps (the same, frames over sockets)", _fmt(h.get("socket_fps"))],
+                ["shared_memory_over_socket", _ratio(h.get("shared_memory_over_socket"))],
                 [f"classifier_faces_per_s (batch {s['max_batch']})", _fmt(h["classifier_faces_per_s"], 0)],
                 ["classifier_batched_over_batch1", _ratio(h["classifier_batched_over_batch1"])],
                 [
@@ -1455,7 +1476,7 @@ def machine_info(model_path: str | Path | None = None) -> dict[str, Any]:
 def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict[str, Any]:
     """Every measurement in order; returns the results dict (``headline`` holds the derived numbers)."""
     runs_planned = [*settings.cameras]
-    progress = progress or Progress(6 + len(runs_planned) + 1 + (1 if settings.what_if_env else 0))
+    progress = progress or Progress(6 + len(runs_planned) + 2 + (1 if settings.what_if_env else 0))
     started = time.time()
     results: dict[str, Any] = {
         "command": shlex.join([sys.executable, "-m", "deploy", *sys.argv[1:]]),
@@ -1596,6 +1617,16 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
         )
         results["max_throughput"] = fast
         progress.note(_run_note(fast))
+        progress.step("end to end, max throughput again with frames over the sockets (network.shared_memory: false)")
+        socket = run_end_to_end(
+            settings.video,
+            settings.yunet,
+            replace(settings.spec(settings.fast_cameras, "fast", "block"), shared_memory=False),
+            workdir=workdir,
+            **common,
+        )
+        results["max_throughput_socket"] = socket
+        progress.note(_run_note(socket))
         if settings.what_if_env:
             env_text = " ".join(f"{k}={v}" for k, v in settings.what_if_env.items())
             progress.step(f"what-if: the max-throughput run again with {env_text} (environment only)")
@@ -1691,8 +1722,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"\njson: {write_json(results, args.json)}")
     if args.plot:
         print(f"plot: {write_plot(results, args.plot)}")
-    runs = [*results["runs"], results["max_throughput"], results.get("what_if")]
-    failed = [r["label"] for r in runs if r and r.get("error")]
+    failed = [r["label"] for r in all_runs(results) if r.get("error")]
     if failed:
         print(f"bench: pipeline runs failed: {', '.join(failed)} (see log_tail in the JSON)", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ import argparse
 import ctypes
 import ctypes.util
 import logging
+import os
 import signal
 import threading
 import time
@@ -35,8 +36,12 @@ def tune_malloc() -> bool:
     adapts, trimming the heap hands the pages back, so the next frame faults them in again (~680 page
     faults for a 1280x720 frame, each zeroing a page). Measured in a 2-camera max-throughput pipeline
     (frames over TCP): the detector workers took 43,000 faults/s, and frames/s rose from 126-131 to
-    138-145 with these settings. Returns False where there is no glibc mallopt (defaults then stay).
+    138-145 with these settings. ``EMOSTREAM_TUNE_MALLOC=0`` keeps glibc's defaults, so that
+    ``python -m deploy bench --what-if EMOSTREAM_TUNE_MALLOC=0`` measures both side by side. Returns
+    False where it did not tune (opted out, or no glibc mallopt).
     """
+    if os.environ.get("EMOSTREAM_TUNE_MALLOC", "1") == "0":
+        return False
     path = ctypes.util.find_library("c")
     try:
         mallopt = ctypes.CDLL(path).mallopt if path else None

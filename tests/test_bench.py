@@ -196,6 +196,7 @@ FIXED = {
         _run(8, 99.0, 1.0, 1.0, error="the launcher exited early with code 1"),
     ],
     "max_throughput": _run(2, 60.0, 500.0, 800.0, pacing="fast"),
+    "max_throughput_socket": {**_run(2, 48.0, 600.0, 900.0, pacing="fast"), "shared_memory": False},
     "what_if": {**_run(2, 75.0, 300.0, 400.0, pacing="fast"), "env": {"OMP_NUM_THREADS": "1"}},
 }
 
@@ -224,6 +225,7 @@ def test_derived_ratios_table_json_and_plot_on_fixed_results(tmp_path):
     assert h["cpu_budget_fps"] == pytest.approx(2 / 0.0265)
     assert h["pipeline_over_cpu_budget"] == pytest.approx(60 / (2 / 0.0265))
     assert h["what_if_fps"] == 75.0 and h["what_if_over_max_throughput"] == pytest.approx(1.25)
+    assert h["socket_fps"] == 48.0 and h["shared_memory_over_socket"] == pytest.approx(1.25)
 
     table = format_report(results)
     for text in (
@@ -235,6 +237,7 @@ def test_derived_ratios_table_json_and_plot_on_fixed_results(tmp_path):
         "capture/overload 12",
         "FAILED",
         "OMP_NUM_THREADS=1",
+        "2 cam fast block socket",
         "during: baseline slice 2 (0.9)",
     ):
         assert text in table, f"{text!r} missing from\n{table}"

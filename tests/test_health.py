@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from conftest import free_port
+import os
+import subprocess
+
+from conftest import PYTHON, REPO, free_port
 from conftest import http_get as get
 from emostream.health import Health, serve_http
 
@@ -28,3 +31,18 @@ def test_readiness_follows_the_stage_and_liveness_follows_its_heartbeat():
         assert get(port, "/healthz")[0] == 200
     finally:
         server.shutdown()
+
+
+def test_stages_tune_malloc_unless_opted_out() -> None:
+    # Each run in a fresh interpreter: mallopt settings are per process and cannot be read back.
+    code = "from emostream.runtime import tune_malloc; print(tune_malloc())"
+    tuned = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    opted_out = subprocess.run(
+        [PYTHON, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+        env={**os.environ, "EMOSTREAM_TUNE_MALLOC": "0"},
+    )
+    assert (tuned.stdout.strip(), opted_out.stdout.strip()) == ("True", "False")
