@@ -16,7 +16,7 @@ import zmq
 
 from capture.preview import PreviewPublisher
 from capture.sender import DropPolicy, FrameSender, default_drop_policy
-from capture.sources import SourceError, classify_source
+from capture.sources import DEFAULT_DECODE_THREADS, SourceError, classify_source
 from capture.status_events import CameraStatusEvents
 from capture.stream import CaptureConfig, FrameStream, Pacing, parse_size
 from emostream.health import HEALTH
@@ -100,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--jpeg-quality", type=_jpeg_quality, default=80, metavar="Q", help="1..100, with jpeg")
     parser.add_argument(
+        "--decode-threads",
+        type=int,
+        default=DEFAULT_DECODE_THREADS,
+        metavar="N",
+        help="FFmpeg decoder threads for files and streams (default %(default)s; 0: FFmpeg's choice)",
+    )
+    parser.add_argument(
         "--no-shared-memory",
         dest="shared_memory",
         action="store_false",
@@ -115,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     problem = camera_id_error(args.camera)
     if problem:
         parser.error(f"--camera {args.camera!r}: {problem}")
+    if args.decode_threads < 0:
+        parser.error(f"--decode-threads {args.decode_threads}: must be 0 (FFmpeg's choice) or more")
     kind = classify_source(args.source)
     policy = DropPolicy(args.drop_policy) if args.drop_policy else default_drop_policy(kind)
     stop = start_process(f"capture[{args.camera}]", args)
@@ -125,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         pacing=Pacing(args.pacing),
         max_fps=args.fps,
         resize=args.resize,
+        decode_threads=args.decode_threads,
     )
     context = zmq.Context()
     status_events = CameraStatusEvents(context, args.events, args.camera, args.curve_keys) if args.events else None

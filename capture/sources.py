@@ -93,14 +93,24 @@ def _nominal_fps(cap: cv2.VideoCapture) -> float | None:
     return float(fps)
 
 
+#: FFmpeg decoder threads per file or stream camera. One: a 1280x720 H.264 file then decodes at ~345
+#: frames/s on one core with 10% less CPU per frame than FFmpeg's default of one thread per core
+#: (2.9 against 3.2 ms here), and a pipeline runs more cameras than cores, where decoder threads
+#: only compete with the other stages. 0: FFmpeg's choice.
+DEFAULT_DECODE_THREADS = 1
+
+
 class VideoCaptureSource:
     """A camera index, a file or a URL, read through ``cv2.VideoCapture``."""
 
-    def __init__(self, source: str, kind: SourceKind) -> None:
+    def __init__(self, source: str, kind: SourceKind, decode_threads: int = DEFAULT_DECODE_THREADS) -> None:
         if kind in (SourceKind.DEMO, SourceKind.WEBRTC):
             raise ValueError(f"the {kind.value} source has a class of its own")
+        if decode_threads < 0:
+            raise ValueError("decode_threads must be 0 (FFmpeg's choice) or more")
         self.source = source
         self.kind = kind
+        self.decode_threads = decode_threads
         self.fps: float | None = None
         self.frame_count: int | None = None
         self.self_paced = kind is SourceKind.DEVICE
@@ -121,10 +131,11 @@ class VideoCaptureSource:
                     STREAM_OPEN_TIMEOUT_MS,
                     cv2.CAP_PROP_READ_TIMEOUT_MSEC,
                     STREAM_READ_TIMEOUT_MS,
+                    *self._thread_params(),
                 ],
             )
         else:
-            cap = cv2.VideoCapture(self.source, cv2.CAP_FFMPEG)
+            cap = cv2.VideoCapture(self.source, cv2.CAP_FFMPEG, self._thread_params())
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"OpenCV cannot open {self.kind.value} source {self.source!r}")
@@ -140,6 +151,9 @@ class VideoCaptureSource:
             # length) arrives at the camera's pace; sleeping on top would only build up latency.
             self.self_paced = self.frame_count is None
         self._cap = cap
+
+    def _thread_params(self) -> list[int]:
+        return [cv2.CAP_PROP_N_THREADS, self.decode_threads] if self.decode_threads else []
 
     def grab(self) -> bool:
         if self._cap is None:
@@ -295,11 +309,13 @@ class WebRTCSource:
         self._image = None
 
 
-def make_source(source: str, kind: SourceKind | None = None, demo_fps: float = 15.0) -> FrameSource:
+def make_source(
+    source: str, kind: SourceKind | None = None, demo_fps: float = 15.0, decode_threads: int = DEFAULT_DECODE_THREADS
+) -> FrameSource:
     """The source object for a ``--source`` string; nothing is opened yet."""
     kind = kind or classify_source(source)
     if kind is SourceKind.DEMO:
         return DemoSource(fps=demo_fps)
     if kind is SourceKind.WEBRTC:
         return WebRTCSource(source)
-    return VideoCaptureSource(source, kind)
+    return VideoCaptureSource(source, kind, decode_threads=decode_threads)

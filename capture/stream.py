@@ -22,7 +22,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from capture.sources import FrameSource, SourceError, SourceKind, classify_source, make_source
+from capture.sources import (
+    DEFAULT_DECODE_THREADS,
+    FrameSource,
+    SourceError,
+    SourceKind,
+    classify_source,
+    make_source,
+)
 from emostream.metrics import CAMERA_UP, FRAMES_DROPPED
 from emostream.wire import Frame
 
@@ -153,6 +160,8 @@ class CaptureConfig:
     pacing: Pacing = Pacing.REALTIME
     max_fps: float | None = None
     resize: tuple[int, int] | None = None
+    #: FFmpeg decoder threads for files and streams (see capture.sources.DEFAULT_DECODE_THREADS).
+    decode_threads: int = DEFAULT_DECODE_THREADS
 
     @property
     def kind(self) -> SourceKind:
@@ -183,7 +192,9 @@ class FrameStream:
         self.stop = stop or threading.Event()
         self.pacing = config.pacing
         demo_fps = config.max_fps or DEFAULT_DEMO_FPS
-        self.source = source or make_source(config.source, self.kind, demo_fps=demo_fps)
+        self.source = source or make_source(
+            config.source, self.kind, demo_fps=demo_fps, decode_threads=config.decode_threads
+        )
         # A webrtc slot is a local socket, cheap to poll: retry at least every second, so a new browser's
         # frames bring the camera up at once rather than after a 10 s backoff.
         self.backoff = backoff or (Backoff(cap_s=1.0) if self.kind is SourceKind.WEBRTC else Backoff())

@@ -46,6 +46,7 @@ import numpy as np
 import yaml
 import zmq
 
+from capture.sources import DEFAULT_DECODE_THREADS
 from deploy.baseline import merge_baselines, rate, run_baseline
 from deploy.config import load_config
 from deploy.plan import endpoints, metrics_ports
@@ -242,8 +243,11 @@ class Progress:
 # -- standalone stages ---------------------------------------------------------------------------------
 
 
-def read_frames(video: str | Path, max_frames: int, chunk: int = 25) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """Decode up to ``max_frames`` frames as a capture process does (grab, then retrieve) and time it.
+def read_frames(
+    video: str | Path, max_frames: int, chunk: int = 25, decode_threads: int = DEFAULT_DECODE_THREADS
+) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Decode up to ``max_frames`` frames as a capture process does (grab, then retrieve, with its
+    ``decode_threads``) and time it.
 
     Returns the decode throughput and the frames, which the detector measurements then reuse so that
     every stage sees the same pixels. The timed pass lets each frame go before the next, as a capture
@@ -252,7 +256,8 @@ def read_frames(video: str | Path, max_frames: int, chunk: int = 25) -> tuple[di
     """
 
     def decode(keep: bool) -> tuple[list[float], list[np.ndarray], float, float, int]:
-        cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
+        params = [cv2.CAP_PROP_N_THREADS, decode_threads] if decode_threads else []
+        cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
             raise RuntimeError(f"OpenCV cannot open {video}")
         nominal_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
@@ -290,6 +295,7 @@ def read_frames(video: str | Path, max_frames: int, chunk: int = 25) -> tuple[di
             "cpu_s_per_frame": cpu_s / count,
             "resolution": [width, height],
             "video_fps": nominal_fps,
+            "decode_threads": decode_threads,
         },
         frames,
     )

@@ -45,6 +45,8 @@ class CameraConfig(Section):
     drop_policy: Literal["drop_oldest", "block"] | None = None
     encoding: Literal["bgr", "jpeg"] = "bgr"
     jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 80
+    #: FFmpeg decoder threads for files and streams; 0: FFmpeg's choice (one per core).
+    decode_threads: Annotated[int, Field(ge=0, le=64)] = 1
 
     @field_validator("id")
     @classmethod

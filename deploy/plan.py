@@ -251,6 +251,8 @@ def plan_stages(config: PipelineConfig) -> list[StageSpec]:
             camera.encoding,
             "--jpeg-quality",
             str(camera.jpeg_quality),
+            "--decode-threads",
+            str(camera.decode_threads),
         ]
         if camera.loop:
             args.append("--loop")

@@ -196,6 +196,17 @@ def test_capture_refuses_a_zero_or_absurd_resize_with_a_usage_error(size: str) -
     assert "Traceback" not in result.stderr
 
 
+def test_capture_refuses_negative_decode_threads_with_a_usage_error() -> None:
+    result = subprocess.run(
+        [PYTHON, "-m", "capture", "--camera", "c", "--source", "demo", "--frames", "tcp://127.0.0.1:1",
+         "--decode-threads", "-1"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "--decode-threads -1: must be 0" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def raw_frame_with_shape(shape: list[int]) -> list[bytes]:
     """A raw frame message whose header says ``shape`` and whose payload has exactly that many bytes,
     so only the shape check can refuse it (empty when the shape has a zero or a negative side)."""

@@ -326,8 +326,10 @@ def test_capture_process_sends_each_frame_to_the_least_loaded_worker_that_has_ro
 ) -> None:
     # Three workers ask this camera for frames. "idle" finishes each frame at once; "stuck" takes
     # frames and never finishes them; "busy" reports 1,000 frames of other cameras' work. ZeroMQ's
-    # PUSH would deal a third to each. Least-loaded dispatch with credits must give "stuck" exactly
-    # its window, "busy" nothing while "idle" has room, and lose nothing (a file blocks).
+    # PUSH would deal a third to each. Least-loaded dispatch with credits must give "stuck" at least
+    # one frame (it joins idle and wins the tie against "idle") and never more than its window, "busy"
+    # nothing while "idle" has room, and lose nothing (a file blocks). Whether "stuck" gets its second
+    # frame depends on whether "idle" happens to hold an unreported frame at that moment: timing.
     port = free_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     idle = CreditingWorker(zmq_context, endpoint, window=64, name="idle")
@@ -358,7 +360,7 @@ def test_capture_process_sends_each_frame_to_the_least_loaded_worker_that_has_ro
             assert any(w.socket.poll(30_000) for w in workers.values()), f"stalled after {got}"
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
-    assert len(got["stuck"]) == 2, got["stuck"]
+    assert 1 <= len(got["stuck"]) <= 2, got["stuck"]
     assert got["busy"] == []
     assert sorted(got["idle"] + got["stuck"]) == list(range(FACES_MP4_FRAMES))
 

@@ -31,6 +31,14 @@ def test_network_shared_memory_false_makes_every_camera_send_frames_over_the_soc
     assert all(("--no-shared-memory" in s.args) is flag_given for s in captures)
 
 
+def test_decode_threads_reach_each_capture_command_line():
+    config = parse_config(
+        {"cameras": [{"id": "a", "source": "demo"}, {"id": "b", "source": "demo", "decode_threads": 0}]}
+    )
+    args = {s.name: s.args for s in plan_stages(config) if s.module == "capture"}
+    assert [a[a.index("--decode-threads") + 1] for a in (args["capture-a"], args["capture-b"])] == ["1", "0"]
+
+
 @pytest.mark.parametrize(
     ("data", "key"),
     [
@@ -46,6 +54,7 @@ def test_network_shared_memory_false_makes_every_camera_send_frames_over_the_soc
         ({"cameras": [{"id": "a", "source": "demo"}], "detector": {"window": 100}}, "detector.window"),
         ({"cameras": [{"id": "a", "source": "demo"}], "classifier": {"max_age_ms": -1}}, "classifier.max_age_ms"),
         ({"cameras": [{"id": "a", "source": "demo"}], "sinks": {}}, "sinks: unknown key"),
+        ({"cameras": [{"id": "a", "source": "demo", "decode_threads": -1}]}, "cameras[0].decode_threads"),
         ({"cameras": [{"id": "a", "source": "/no/such/video.mp4"}]}, "cameras[0].source: file"),
         (
             {"cameras": [{"id": "a", "source": "demo"}], "classifier": {"model": "/no/model.pt2"}},
