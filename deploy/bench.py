@@ -36,7 +36,7 @@ import threading
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -301,6 +301,18 @@ def read_frames(
     )
 
 
+@contextlib.contextmanager
+def opencv_threads(threads: int) -> Iterator[None]:
+    """OpenCV's thread count set to ``threads`` (0: left as it is) inside the block, restored after."""
+    previous = cv2.getNumThreads()
+    if threads > 0:
+        cv2.setNumThreads(threads)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(previous)
+
+
 def measure_detector(
     frames: Sequence[np.ndarray],
     backend: str,
@@ -318,62 +330,45 @@ def measure_detector(
     leaves OpenCV's default). Returns frames/s, the 48x48 crops it produced (the classifier is then
     measured on real faces) and the boxes of every frame.
     """
-    previous_threads = cv2.getNumThreads()
-    if threads > 0:
-        cv2.setNumThreads(threads)
-    try:
-        return _measure_detector(frames, backend, model_path, downscale, min_face, chunk, interval)
-    finally:
-        cv2.setNumThreads(previous_threads)
-
-
-def _measure_detector(
-    frames: Sequence[np.ndarray],
-    backend: str,
-    model_path: str | Path | None,
-    downscale: float,
-    min_face: int,
-    chunk: int,
-    interval: int,
-) -> tuple[dict[str, Any], list[np.ndarray], list[np.ndarray]]:
     from detector.pipeline import build_extractor
     from emostream.wire import Frame
 
-    extractor = build_extractor(backend, str(model_path) if model_path else None, 0.7, min_face, downscale)
-    # One untimed frame: YuNet sets its input size and allocates its network on the first call.
-    extractor.process(Frame(camera="bench", seq=0, ts_capture=0.0, image=frames[0]))
-    seconds: list[float] = []
-    crops: list[np.ndarray] = []
-    boxes: list[np.ndarray] = []
-    cpu0 = time.process_time()
-    for seq, image in enumerate(frames):
-        frame = Frame(camera="bench", seq=seq, ts_capture=0.0, image=image, key=seq % interval == 0)
-        t0 = time.perf_counter()
-        faces = extractor.process(frame)
-        seconds.append(time.perf_counter() - t0)
-        crops.append(faces.crops)
-        boxes.append(faces.boxes)
-    cpu_s = time.process_time() - cpu0
-    summary = rate([1] * len(seconds), seconds, chunk)
-    n_faces = sum(len(c) for c in crops)
-    return (
-        {
-            "backend": backend,
-            "downscale": downscale,
-            "min_face": min_face,
-            "interval": interval,
-            "fps": summary["per_s"],
-            "mean_fps": summary["mean_per_s"],
-            "frames": len(frames),
-            "faces_per_frame": n_faces / len(frames),
-            "seconds": summary["seconds"],
-            "cpu_parallelism": cpu_s / summary["seconds"] if summary["seconds"] > 0 else 0.0,
-            "cpu_s_per_frame": cpu_s / len(frames),
-            "opencv_threads": cv2.getNumThreads(),
-        },
-        crops,
-        boxes,
-    )
+    with opencv_threads(threads):
+        extractor = build_extractor(backend, str(model_path) if model_path else None, 0.7, min_face, downscale)
+        # One untimed frame: YuNet sets its input size and allocates its network on the first call.
+        extractor.process(Frame(camera="bench", seq=0, ts_capture=0.0, image=frames[0]))
+        seconds: list[float] = []
+        crops: list[np.ndarray] = []
+        boxes: list[np.ndarray] = []
+        cpu0 = time.process_time()
+        for seq, image in enumerate(frames):
+            frame = Frame(camera="bench", seq=seq, ts_capture=0.0, image=image, key=seq % interval == 0)
+            t0 = time.perf_counter()
+            faces = extractor.process(frame)
+            seconds.append(time.perf_counter() - t0)
+            crops.append(faces.crops)
+            boxes.append(faces.boxes)
+        cpu_s = time.process_time() - cpu0
+        summary = rate([1] * len(seconds), seconds, chunk)
+        n_faces = sum(len(c) for c in crops)
+        return (
+            {
+                "backend": backend,
+                "downscale": downscale,
+                "min_face": min_face,
+                "interval": interval,
+                "fps": summary["per_s"],
+                "mean_fps": summary["mean_per_s"],
+                "frames": len(frames),
+                "faces_per_frame": n_faces / len(frames),
+                "seconds": summary["seconds"],
+                "cpu_parallelism": cpu_s / summary["seconds"] if summary["seconds"] > 0 else 0.0,
+                "cpu_s_per_frame": cpu_s / len(frames),
+                "opencv_threads": cv2.getNumThreads(),
+            },
+            crops,
+            boxes,
+        )
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -40,7 +40,7 @@ log = logging.getLogger("detector")
 
 #: Frames in flight per camera connection. One: with several cameras a worker still always has a frame
 #: from another camera ready behind the one it works on, and every frame it holds is a frame of
-#: latency. Four 25 fps cameras on two workers (interval 3), 45 s each: p99 128-153 ms with 1,
+#: latency. Four 25 fps cameras on two workers (interval 3), 45 s each, frames still over TCP: p99 128-153 ms with 1,
 #: 154-198 ms with 2. A single fast file on one worker gains from 2 (no idle gap per frame).
 DEFAULT_WINDOW = 1
 #: A credit goes to every camera at least this often, even when idle: a camera that restarted learns
