@@ -19,7 +19,8 @@ reader checks after it has used the pixels (:meth:`SharedFrames.current`); a fra
 changed under it is dropped, never processed as another frame's pixels.
 
 Files are ``/dev/shm/emostream-<camera>-<pid>``, mode 0600 (same user only). The camera removes its
-own at exit and, at start, those of its earlier processes that died without doing so (SIGKILL).
+own at exit and, at start, those of its earlier processes that died without doing so (SIGKILL),
+including one that had the same pid.
 """
 
 from __future__ import annotations
@@ -106,6 +107,10 @@ class FrameRing:
         self.stride = _slot_stride(frame_bytes)
         self.size = self.stride * slots
         path = SHM_DIR / self.name
+        # A file with this very name is a ring of an earlier process that had this pid (in a container
+        # every capture is pid 1) and died without removing it: no live process can own it.
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             # Reserve the pages now: tmpfs allocates on write, and a write past a full /dev/shm

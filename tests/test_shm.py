@@ -124,6 +124,20 @@ def test_rings_of_dead_camera_processes_are_removed_and_live_ones_kept() -> None
             path.unlink(missing_ok=True)
 
 
+def test_a_leftover_ring_with_this_processs_own_name_is_replaced() -> None:
+    # In a container every capture process is pid 1: its predecessor's ring has the same name.
+    camera = f"pidone{os.getpid()}"
+    leftover = shm.SHM_DIR / shm.ring_name(camera)
+    leftover.write_bytes(b"old")
+    ring = shm.FrameRing(camera, 64, slots=1)
+    try:
+        assert ring.name == leftover.name
+        assert leftover.stat().st_size == ring.size
+    finally:
+        ring.close()
+    assert not leftover.exists()
+
+
 def worker_state(name: str, domain: str | None) -> WorkerState:
     return WorkerState(name=name, sent=0, done=0, window=1, load=0, interval=1, last_heard=0.0, shm=domain)
 
