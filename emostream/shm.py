@@ -171,7 +171,7 @@ class SharedFrameError(Exception):
 class SharedFrames:
     """The worker's side: read-only views of the rings the cameras name in their frames."""
 
-    #: Rings mapped at once; the least recently used goes first (a camera that restarted has a new one).
+    #: Rings mapped at once (one per camera); beyond, the least recently used goes first.
     MAX_RINGS = 256
 
     def __init__(self) -> None:
@@ -195,10 +195,20 @@ class SharedFrames:
                 raise SharedFrameError(f"cannot map ring {name}: {exc.strerror}") from None
             finally:
                 os.close(fd)
+            # A camera's new ring replaces its old one (the camera restarted): unmap the old one now,
+            # or every restart would pin another ring's memory in every worker.
+            camera = name.rsplit("-", 1)[0]
+            for old in [n for n in self._maps if n.rsplit("-", 1)[0] == camera]:
+                del self._maps[old]
             if len(self._maps) >= self.MAX_RINGS:
                 self._maps.pop(next(iter(self._maps)))
         self._maps[name] = ring  # most recently used last
         return ring
+
+    @property
+    def mapped(self) -> list[str]:
+        """Names of the rings mapped now."""
+        return list(self._maps)
 
     def view(self, name: str, offset: int, shape: tuple[int, int, int]) -> np.ndarray:
         """The frame at ``offset`` of ring ``name`` (read-only, no copy)."""

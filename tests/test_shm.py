@@ -73,6 +73,24 @@ def test_a_reused_slot_is_no_longer_current_for_the_frame_that_was_there(ring: s
     assert reader.current(ring.name, offset, 2)
 
 
+def test_a_cameras_new_ring_replaces_its_old_mapping_in_the_reader() -> None:
+    # A restarted camera has a new pid, so a new ring: readers must not keep every old one mapped.
+    camera = f"restart{os.getpid()}"
+    reader = shm.SharedFrames()
+    first = shm.FrameRing(camera, 64, slots=1)
+    other = shm.FrameRing(f"other{os.getpid()}", 64, slots=1)
+    try:
+        reader.view(first.name, first.write(first.acquire(), image(1, (4, 4, 3)), 1), (4, 4, 3))
+        reader.view(other.name, other.write(other.acquire(), image(2, (4, 4, 3)), 1), (4, 4, 3))
+        first.close()
+        (shm.SHM_DIR / shm.ring_name(camera, 1)).write_bytes(bytes(128))  # the camera's next process
+        reader.view(shm.ring_name(camera, 1), 8, (4, 4, 3))
+        assert sorted(reader.mapped) == sorted([other.name, shm.ring_name(camera, 1)])
+    finally:
+        other.close()
+        (shm.SHM_DIR / shm.ring_name(camera, 1)).unlink(missing_ok=True)
+
+
 def test_a_full_ring_gives_no_slot_and_a_released_one_comes_back(ring: shm.FrameRing) -> None:
     taken = [ring.acquire(), ring.acquire()]
     assert sorted(taken) == [0, 1]
