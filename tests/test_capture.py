@@ -18,7 +18,7 @@ import pytest
 import zmq
 
 from capture.sender import DropPolicy, FrameSender, default_drop_policy
-from capture.sources import DemoSource, SourceError, SourceKind, classify_source
+from capture.sources import DemoSource, SourceError, SourceKind, VideoCaptureSource, classify_source
 from capture.stream import CaptureConfig, FpsLimiter, FrameStream, Pacer, Pacing, parse_size
 from conftest import CreditingWorker, free_port, metric_samples, sample, start_stage, wait_for
 from detector.backends import HaarDetector
@@ -247,6 +247,17 @@ def http_media_server() -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_file_source_decodes_with_the_configured_number_of_ffmpeg_threads(faces_mp4: str, threads: int) -> None:
+    source = VideoCaptureSource(faces_mp4, SourceKind.FILE, decode_threads=threads)
+    source.open()
+    try:
+        assert source._cap.get(cv2.CAP_PROP_N_THREADS) == threads
+        assert source.grab() and source.retrieve().shape == (720, 1280, 3)
+    finally:
+        source.close()
 
 
 def test_url_source_reads_frames_over_http(http_media_server: str) -> None:
