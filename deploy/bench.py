@@ -1513,43 +1513,30 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
     progress.note(f"{decode['fps']:.0f} frames/s")
 
     progress.step(f"detectors: YuNet and Haar at {settings.downscale:g}x on {len(frames)} frames")
-    with CpuWatch() as watch:
-        yunet, crops, yunet_boxes = measure_detector(
-            frames,
-            "yunet",
-            settings.yunet,
-            settings.downscale,
-            settings.min_face,
-            settings.chunk,
-            threads=settings.detector_threads,
-        )
-    yunet["cpu_watch"] = watch.result
-    with CpuWatch() as watch:
-        haar, _, _ = measure_detector(
-            frames,
-            "haar",
-            None,
-            settings.downscale,
-            settings.min_face,
-            settings.chunk,
-            threads=settings.detector_threads,
-        )
-    haar["cpu_watch"] = watch.result
-    results["stages"]["detector_yunet"] = yunet
-    results["stages"]["detector_haar"] = haar
-    if settings.interval > 1:
+
+    def detector_stage(
+        frames: list[np.ndarray], backend: str, model: Path | None, interval: int = 1
+    ) -> tuple[dict[str, Any], list, list]:
         with CpuWatch() as watch:
-            tracked, _, _ = measure_detector(
+            stage, stage_crops, stage_boxes = measure_detector(
                 frames,
-                "yunet",
-                settings.yunet,
+                backend,
+                model,
                 settings.downscale,
                 settings.min_face,
                 settings.chunk,
-                interval=settings.interval,
+                interval=interval,
                 threads=settings.detector_threads,
             )
-        tracked["cpu_watch"] = watch.result
+        stage["cpu_watch"] = watch.result
+        return stage, stage_crops, stage_boxes
+
+    yunet, crops, yunet_boxes = detector_stage(frames, "yunet", settings.yunet)
+    haar, _, _ = detector_stage(frames, "haar", None)
+    results["stages"]["detector_yunet"] = yunet
+    results["stages"]["detector_haar"] = haar
+    if settings.interval > 1:
+        tracked, _, _ = detector_stage(frames, "yunet", settings.yunet, settings.interval)
         results["stages"]["detector_yunet_tracked"] = tracked
     results["interval_study"] = interval_study(yunet_boxes, settings.intervals)
     kept = {row["interval"]: row["faces_kept"] for row in results["interval_study"]}
