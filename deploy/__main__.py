@@ -24,6 +24,7 @@ from deploy.supervisor import FatalStageError, Supervisor
 from emostream.health import HEALTH
 from emostream.metrics import serve_metrics
 from emostream.security import SecurityError, create_keys, load_client_keys
+from emostream.shm import remove_stale_rings
 
 log = logging.getLogger("deploy")
 EXIT_CONFIG = 2
@@ -91,6 +92,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         code = 1
     finally:
         supervisor.stop()
+        # A capture killed because it outlived the stop timeout could not remove its frame ring.
+        for camera in config.cameras:
+            remove_stale_rings(camera.id)
         status.stop_event.set()
         status.join(timeout=2)
     for line in status.summary():
