@@ -268,6 +268,12 @@ def _camera(header: dict[str, Any]) -> str:
     return camera
 
 
+def _check_camera_topic(parts: Sequence[Part], camera: str, what: str) -> None:
+    """Events and previews are published with their camera id as the topic (SUB prefix filtering)."""
+    if bytes(_buffer(parts[0])) != camera.encode("utf-8"):
+        raise WireError("wrong_topic", f"{what} topic is not its camera id")
+
+
 def _int(header: dict[str, Any], key: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
     value = header.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
@@ -587,8 +593,7 @@ def decode_event(parts: Sequence[Part]) -> dict[str, Any]:
     event = _header(parts[1])
     _check_version(event, "schema", EVENT_SCHEMA)
     camera = _camera(event)
-    if bytes(_buffer(parts[0])) != camera.encode("utf-8"):
-        raise WireError("wrong_topic", "event topic is not its camera id")
+    _check_camera_topic(parts, camera, "event")
     kind = event.get("type")
     if not isinstance(kind, str) or not kind:
         raise WireError("bad_field", "event type missing")
@@ -672,8 +677,7 @@ def decode_preview(parts: Sequence[Part]) -> Preview:
     header = _header(parts[1])
     _check_version(header, "v", WIRE_VERSION)
     camera = _camera(header)
-    if bytes(_buffer(parts[0])) != camera.encode("utf-8"):
-        raise WireError("wrong_topic", "preview topic is not its camera id")
+    _check_camera_topic(parts, camera, "preview")
     seq = _int(header, "seq")
     ts_capture = _time(header, "ts_capture")
     h, w, c = _int_list(header.get("shape"), "shape", 3, 1, MAX_SIDE)

@@ -8,6 +8,7 @@ Both functions change ``image_bgr`` in place and return it.
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 import cv2
@@ -100,3 +101,11 @@ def blur_faces(image_bgr: np.ndarray, event: dict[str, Any] | None, scale: float
         # Bilinear back up: smooth, so no block edges either; what is left is a few colors' gradient.
         image_bgr[y0:y1, x0:x1] = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
     return image_bgr
+
+
+def add_input_args(parser: argparse.ArgumentParser) -> None:
+    """What the recorder and the viewer join: the cameras' previews and the sink's events."""
+    parser.add_argument(
+        "--preview", action="append", required=True, metavar="ENDPOINT", help="a capture's preview endpoint (repeat)"
+    )
+    parser.add_argument("--events", required=True, metavar="ENDPOINT", help="the sink's publish endpoint")

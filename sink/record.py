@@ -41,7 +41,7 @@ from emostream.health import HEALTH
 from emostream.runtime import EXIT_FATAL, ThrottledLog, add_common_args, start_process
 from emostream.security import CurveKeys, secure_client
 from emostream.wire import REJECT_REASONS, Preview, WireError, decode_event, decode_preview
-from sink.annotate import blur_faces, draw_event
+from sink.annotate import add_input_args, blur_faces, draw_event
 
 log = logging.getLogger("record")
 STAGE = "recorder"
@@ -335,10 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--preview", action="append", required=True, metavar="ENDPOINT", help="a capture's preview endpoint (repeat)"
-    )
-    parser.add_argument("--events", required=True, metavar="ENDPOINT", help="the sink's publish endpoint")
+    add_input_args(parser)
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the videos (created)")
     parser.add_argument("--blur-faces", action="store_true", help="pixelate every detected face before writing")
     parser.add_argument("--fps", type=_positive_float, default=None, help="video frame rate (default: measured)")

@@ -41,7 +41,7 @@ import numpy as np
 from emostream.runtime import EXIT_FATAL, add_common_args, start_process
 from emostream.webrtc import HttpApp, HttpError, add_http_args, parse_offer, prepare_http, serve
 from emostream.wire import Preview
-from sink.annotate import EMOTION_COLORS, blur_faces, draw_event
+from sink.annotate import EMOTION_COLORS, add_input_args, blur_faces, draw_event
 from sink.record import FrameJoiner, RecorderService, _Camera
 
 log = logging.getLogger("viewer")
@@ -360,10 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--preview", action="append", required=True, metavar="ENDPOINT", help="a capture's preview endpoint (repeat)"
-    )
-    parser.add_argument("--events", required=True, metavar="ENDPOINT", help="the sink's publish endpoint")
+    add_input_args(parser)
     add_http_args(parser, default_port=8080)
     parser.add_argument("--blur-faces", action="store_true", help="pixelate every detected face")
     parser.add_argument(

@@ -232,3 +232,21 @@ class CreditingWorker:
 
     def close(self) -> None:
         self.socket.close()
+
+
+def assert_previews_planned(config, name: str, module: str) -> list[str]:
+    """The launcher plan of two demo cameras "a" and "b" with a preview consumer (recorder or viewer):
+    the consumer stage comes first and is essential, each capture publishes previews on its endpoint,
+    and the consumer subscribes to them all. Returns the consumer's arguments."""
+    from deploy.plan import endpoints, plan_stages
+
+    stages = plan_stages(config)
+    assert stages[0].name == name and stages[0].module == module and stages[0].essential
+    previews = {"a": "tcp://127.0.0.1:5552", "b": "tcp://127.0.0.1:5553"}
+    assert endpoints(config).previews == previews
+    for camera, endpoint in previews.items():
+        capture = next(s for s in stages if s.name == f"capture-{camera}")
+        assert capture.args[capture.args.index("--preview") + 1] == endpoint
+    args = stages[0].args
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--preview"] == list(previews.values())
+    return args

@@ -13,7 +13,7 @@ import pytest
 from test_pipeline import pipeline_config
 
 from capture.preview import make_preview
-from conftest import REPO, shared_path
+from conftest import REPO, assert_previews_planned, shared_path
 from emostream.wire import Frame, Preview, WireError, decode_preview, encode_preview
 from sink.annotate import EMOTION_COLORS, blur_faces, draw_event, face_label
 from sink.record import Recorder
@@ -271,22 +271,14 @@ def test_launcher_records_an_annotated_video_of_the_demo_camera(tmp_path, blur):
 
 def test_recorder_section_plans_previews_and_a_recorder_that_stops_last():
     from deploy.config import ConfigError, parse_config
-    from deploy.plan import endpoints, metrics_ports, plan_stages
+    from deploy.plan import metrics_ports, plan_stages
 
     cameras = [{"id": "a", "source": "demo"}, {"id": "b", "source": "demo"}]
     plain = parse_config({"cameras": cameras})
     assert not any("--preview" in s.args for s in plan_stages(plain)) and "recorder" not in metrics_ports(plain)
 
     config = parse_config({"cameras": cameras, "recorder": {"out": "video", "blur_faces": True}})
-    stages = plan_stages(config)
-    assert stages[0].name == "recorder" and stages[0].module == "sink.record" and stages[0].essential
-    previews = {"a": "tcp://127.0.0.1:5552", "b": "tcp://127.0.0.1:5553"}
-    assert endpoints(config).previews == previews
-    for camera, endpoint in previews.items():
-        capture = next(s for s in stages if s.name == f"capture-{camera}")
-        assert capture.args[capture.args.index("--preview") + 1] == endpoint
-    args = stages[0].args
-    assert [args[i + 1] for i, a in enumerate(args) if a == "--preview"] == list(previews.values())
+    args = assert_previews_planned(config, "recorder", "sink.record")
     assert "--blur-faces" in args and args[args.index("--out") + 1] == "video"
     assert metrics_ports(config)["recorder"] == 9103 and len(set(metrics_ports(config).values())) == 7
 

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from test_pipeline import pipeline_config
 
-from conftest import REPO, free_port
+from conftest import REPO, assert_previews_planned, free_port
 from emostream.webrtc import serve
 from emostream.wire import Preview
 from sink.annotate import EMOTION_COLORS
@@ -149,19 +149,11 @@ def test_with_a_token_every_request_needs_it():
 
 def test_viewer_section_plans_previews_and_an_essential_viewer():
     from deploy.config import ConfigError, parse_config
-    from deploy.plan import endpoints, metrics_ports, plan_stages
+    from deploy.plan import metrics_ports, plan_stages
 
     cameras = [{"id": "a", "source": "demo"}, {"id": "b", "source": "demo"}]
     config = parse_config({"cameras": cameras, "viewer": {"port": 8123, "blur_faces": True}})
-    stages = plan_stages(config)
-    assert stages[0].name == "viewer" and stages[0].module == "sink.viewer" and stages[0].essential
-    previews = {"a": "tcp://127.0.0.1:5552", "b": "tcp://127.0.0.1:5553"}
-    assert endpoints(config).previews == previews
-    for camera, endpoint in previews.items():
-        capture = next(s for s in stages if s.name == f"capture-{camera}")
-        assert capture.args[capture.args.index("--preview") + 1] == endpoint
-    args = stages[0].args
-    assert [args[i + 1] for i, a in enumerate(args) if a == "--preview"] == list(previews.values())
+    args = assert_previews_planned(config, "viewer", "sink.viewer")
     assert args[args.index("--host") + 1] == "127.0.0.1" and args[args.index("--port") + 1] == "8123"
     assert "--blur-faces" in args and "--token" not in args
     assert metrics_ports(config)["viewer"] == 9104 and len(set(metrics_ports(config).values())) == 7
