@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emostream.modelfile import ModelFileError, ModelInfo, load_model
+from emostream.modelfile import TTA_MODES, ModelFileError, ModelInfo, forward_with_tta, load_model
 
 log = logging.getLogger("classifier")
 
@@ -31,9 +31,15 @@ class EmotionModel:
     CPU: channels-last with bfloat16 autocast (AMX makes convolutions 3-5x faster than float32).
     CUDA: pinned host memory, non-blocking copy, bfloat16 autocast. Preprocessing (scale,
     normalise, resize if the crop size differs) is one vectorised op over the whole batch.
+    ``tta="flip"`` averages each face's logits with its mirror image's (see emostream.modelfile).
     """
 
-    def __init__(self, path: str | Path | None = None, device: str = "auto", bf16: bool = True) -> None:
+    def __init__(
+        self, path: str | Path | None = None, device: str = "auto", bf16: bool = True, tta: str = "none"
+    ) -> None:
+        if tta not in TTA_MODES:
+            raise ValueError(f"unknown test-time augmentation {tta!r}; one of {', '.join(TTA_MODES)}")
+        self.tta = tta
         self.path = Path(path) if path else SHIPPED_MODEL
         self.device = pick_device(device)
         module, info = load_model(self.path, device=str(self.device))
@@ -49,7 +55,7 @@ class EmotionModel:
         if outputs != len(self.class_names):
             names = len(self.class_names)
             raise ModelFileError(f"{self.path}: the model has {outputs} outputs for {names} class names")
-        log.info("loaded %s (%s) on %s, bf16=%s", self.path.name, info.arch, self.device, bf16)
+        log.info("loaded %s (%s) on %s, bf16=%s, tta=%s", self.path.name, info.arch, self.device, bf16, tta)
 
     def _to_input(self, crops: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(crops)).unsqueeze(1)
@@ -67,7 +73,7 @@ class EmotionModel:
             return np.empty((0, len(self.class_names)), dtype=np.float32)
         x = self._to_input(crops)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            logits = self.module(x)
+            logits = forward_with_tta(self.module, x, self.tta)
         probs = torch.softmax(logits.float() / self.info.temperature, dim=1)
         return probs.cpu().numpy()
 

@@ -107,6 +107,7 @@ class ClassifierService:
                 "path": str(model.path),
                 "arch": model.info.arch,
                 "device": str(model.device),
+                "tta": model.tta,
                 "version": model.version,
                 "data_sha256": model.info.data_sha256[:16],
                 "privatetest_accuracy": str(model.info.metrics.get("PrivateTest", {}).get("accuracy", "")),

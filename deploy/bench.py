@@ -69,6 +69,8 @@ DEFINITIONS = {
     "warm-up": "events are counted from warmup_s after the first event of a run, for measure_s seconds",
     "classifier_faces_per_s": "EmotionModel.predict on real 48x48 crops, batches of max_batch (bf16, channels-last)",
     "classifier_batched_over_batch1": "classifier_faces_per_s / faces/s of the same model called one face at a time",
+    "classifier_tta_flip_faces_per_s": "classifier_faces_per_s served with flip test-time augmentation "
+    "(classifier.tta: flip; each face and its mirror image in one batch): what flip TTA's accuracy costs",
     "classifier_share_of_peak": "model FLOPs/face (FlopCounterMode) x batched faces/s / measured bf16 matmul peak",
     "standalone rates": (
         "decode and detectors: median over chunks of 25 consecutive frames; classifier: every batch size "
@@ -487,7 +489,8 @@ def measure_classifier(
     rounds: int = 8,
     max_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """The serving model (``EmotionModel``: bf16 autocast, channels-last) at batch 1, ``max_batch`` and ``sweep``.
+    """The serving model (``EmotionModel``: bf16 autocast, channels-last) at batch 1, ``max_batch`` and ``sweep``,
+    and at ``max_batch`` served with flip test-time augmentation (``classifier.tta: flip``).
 
     ``crops`` are real uint8 48x48 faces from the detector; batches cycle through them. The sizes are
     interleaved: each of ``rounds`` rounds times every size in turn (batch 1 on ``batch1_faces /
@@ -504,11 +507,14 @@ def measure_classifier(
     if len(crops) == 0:
         raise ValueError("no face crops to classify (the detector found no face in the frames)")
     model = EmotionModel(model_path, device="cpu", bf16=True)
+    flip_model = EmotionModel(model_path, device="cpu", bf16=True, tta="flip")
     sizes = sorted({1, max_batch, *sweep})
     n = len(crops)
     for size in sizes:  # untimed: oneDNN builds its kernels for each new input shape
         model.predict(crops[np.arange(size) % n])
+    flip_model.predict(crops[np.arange(max_batch) % n])
     per_round: dict[int, list[float]] = {size: [] for size in sizes}
+    flip_rates: list[float] = []
     batched_cpu = batched_wall = 0.0
     batched_faces = 0
     offset = 0
@@ -535,6 +541,15 @@ def measure_classifier(
                 batched_cpu += cpu
                 batched_wall += wall
                 batched_faces += calls * size
+        calls = max(1, round(batched_batches / rounds))
+        wall = 0.0
+        for _ in range(calls):
+            x = np.ascontiguousarray(crops[(offset + np.arange(max_batch)) % n])
+            offset += max_batch
+            t0 = time.perf_counter()
+            flip_model.predict(x)
+            wall += time.perf_counter() - t0
+        flip_rates.append(calls * max_batch / wall)
     by_batch = {size: statistics.median(rates) for size, rates in per_round.items()}
     flops = count_flops_per_face(model.module, tuple(model.info.input_size))
     batch1, batched = by_batch[1], by_batch[max_batch]
@@ -552,6 +567,7 @@ def measure_classifier(
         "batched_faces_per_s": batched,
         "batched_over_batch1": batched / batch1 if batch1 > 0 else 0.0,
         "faces_per_s_by_batch": by_batch,
+        "tta_flip_faces_per_s": statistics.median(flip_rates),
         "flops_per_face": flops,
         "batched_gflops": batched * flops / 1e9,
         "batch1_gflops": batch1 * flops / 1e9,
@@ -1062,6 +1078,7 @@ def derive(results: dict[str, Any]) -> dict[str, Any]:
         cls["batched_faces_per_s"] / cls["batch1_faces_per_s"] if cls["batch1_faces_per_s"] else None
     )
     peak = results["peak"]["gflops"]
+    out["classifier_tta_flip_faces_per_s"] = cls.get("tta_flip_faces_per_s")
     out["classifier_gflops"] = cls["batched_faces_per_s"] * cls["flops_per_face"] / 1e9
     out["bf16_peak_gflops"] = peak
     out["classifier_share_of_peak"] = out["classifier_gflops"] / peak if peak else None
@@ -1246,6 +1263,9 @@ def format_report(results: dict[str, Any]) -> str:
                 _others(cls) if last else "",
             ]
         )
+    if cls.get("tta_flip_faces_per_s"):
+        label = f"classifier bf16 batch {cls['max_batch']}, tta flip"
+        rows.append([label, _fmt(cls["tta_flip_faces_per_s"]), "faces/s", "", "", ""])
     lines += align(["stage", "rate", "unit", "cores used", "faces/frame", "others"], rows)
     study = results.get("interval_study") or []
     if study:
@@ -1343,6 +1363,10 @@ def format_report(results: dict[str, Any]) -> str:
                 ["shared_memory_over_socket", _ratio(h.get("shared_memory_over_socket"))],
                 [f"classifier_faces_per_s (batch {s['max_batch']})", _fmt(h["classifier_faces_per_s"], 0)],
                 ["classifier_batched_over_batch1", _ratio(h["classifier_batched_over_batch1"])],
+                [
+                    "classifier_tta_flip_faces_per_s (the same, tta flip)",
+                    _fmt(h.get("classifier_tta_flip_faces_per_s"), 0),
+                ],
                 [
                     "stage capacity fps: decode / detector / classifier",
                     " / ".join(_fmt(cap[k]) for k in ("decode", "detector", "classifier")),

@@ -185,6 +185,8 @@ def plan_stages(config: PipelineConfig) -> list[StageSpec]:
         str(cls.max_age_ms),
         "--device",
         cls.device,
+        "--tta",
+        cls.tta,
         "--threads",
         str(cls.threads),
         "--smoothing-window",

@@ -116,6 +116,7 @@ def test_standalone_stages_on_a_few_frames(video, yunet):
     assert set(cls["faces_per_s_by_batch"]) == {1, 4, 8}
     assert cls["batched_over_batch1"] == pytest.approx(cls["batched_faces_per_s"] / cls["batch1_faces_per_s"])
     assert cls["flops_per_face"] > 1e6  # a real CNN on 48x48, not a counter that saw nothing
+    assert cls["tta_flip_faces_per_s"] > 0
 
     peak = measure_matmul_peak(size=256, reps=2, threads=2)
     assert peak["gflops"] >= peak["median_gflops"] > 0

@@ -53,6 +53,7 @@ def test_decode_threads_reach_each_capture_command_line():
         ({"cameras": [{"id": "a", "source": "demo"}], "detector": {"interval": 0}}, "detector.interval"),
         ({"cameras": [{"id": "a", "source": "demo"}], "detector": {"window": 100}}, "detector.window"),
         ({"cameras": [{"id": "a", "source": "demo"}], "classifier": {"max_age_ms": -1}}, "classifier.max_age_ms"),
+        ({"cameras": [{"id": "a", "source": "demo"}], "classifier": {"tta": "ten_crop"}}, "classifier.tta"),
         ({"cameras": [{"id": "a", "source": "demo"}], "sinks": {}}, "sinks: unknown key"),
         ({"cameras": [{"id": "a", "source": "demo", "decode_threads": -1}]}, "cameras[0].decode_threads"),
         ({"cameras": [{"id": "a", "source": "/no/such/video.mp4"}]}, "cameras[0].source: file"),
@@ -132,7 +133,7 @@ def test_stage_settings_reach_the_stage_command_lines_and_the_stage_parsers_acce
         {
             "cameras": [{"id": "a", "source": "demo"}],
             "detector": {"threads": 1, "interval": 3, "window": 1},
-            "classifier": {"max_age_ms": 250},
+            "classifier": {"max_age_ms": 250, "tta": "flip"},
         }
     )
     stages = {s.name: s for s in plan_stages(config)}
@@ -140,11 +141,13 @@ def test_stage_settings_reach_the_stage_command_lines_and_the_stage_parsers_acce
     det_args = detector_parser().parse_args(stages["detector-0"].args)
     assert cls_args.threads == 1, "the classifier defaults to one torch thread"
     assert cls_args.max_age_ms == 250
+    assert cls_args.tta == "flip"
     assert (det_args.threads, det_args.interval, det_args.window) == (1, 3, 1)
     assert not cls_args.fixed_wait, "the adaptive wait is the default"
     fixed = parse_config({"cameras": [{"id": "a", "source": "demo"}], "classifier": {"adaptive_wait": False}})
     fixed_cls = next(s for s in plan_stages(fixed) if s.name == "classifier")
     assert classifier_parser().parse_args(fixed_cls.args).fixed_wait
+    assert classifier_parser().parse_args(fixed_cls.args).tta == "none", "no test-time augmentation by default"
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "deploy" / "examples").glob("*.yaml")), ids=lambda p: p.name)

@@ -259,3 +259,43 @@ def test_shipped_model_loads() -> None:
     assert info.class_names == list(EMOTIONS)
     assert tuple(info.input_size) == (48, 48)
     assert module(torch.zeros(2, 1, 48, 48)).shape == (2, len(EMOTIONS))
+
+
+class _LeftColumn(torch.nn.Module):
+    """Logits that see only the leftmost pixel column, so mirroring a face changes them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left = x[:, 0, :, 0].mean(dim=1, keepdim=True)
+        return torch.cat([left, -left], dim=1)
+
+
+def test_flip_tta_averages_the_logits_of_the_face_and_its_mirror(monkeypatch: pytest.MonkeyPatch) -> None:
+    import emostream.modelfile as modelfile
+
+    module = _LeftColumn()
+    x = torch.rand(5, 1, 8, 8)
+    expected = (module(x) + module(x.flip(-1))) / 2
+    assert not torch.allclose(module(x), expected), "the test input must tell the two apart"
+    torch.testing.assert_close(modelfile.forward_with_tta(module, x, "flip"), expected)
+    torch.testing.assert_close(modelfile.forward_with_tta(module, x, "none"), module(x))
+    # Over MAX_BATCH the face and its mirror go in two passes, with the same result.
+    monkeypatch.setattr(modelfile, "MAX_BATCH", 8)
+    torch.testing.assert_close(modelfile.forward_with_tta(module, x, "flip"), expected)
+    with pytest.raises(ValueError, match="unknown test-time augmentation 'ten_crop'"):
+        modelfile.forward_with_tta(module, x, "ten_crop")
+
+
+def test_served_flip_tta_gives_a_face_and_its_mirror_image_the_same_scores() -> None:
+    from classifier.model import EmotionModel
+
+    if not SHIPPED_MODEL.is_file():
+        pytest.skip(f"{SHIPPED_MODEL.relative_to(REPO)} not shipped yet (train it with python -m training)")
+    crops = np.random.default_rng(0).integers(0, 256, (6, 48, 48), dtype=np.uint8)
+    mirrored = np.ascontiguousarray(crops[:, :, ::-1])
+    plain = EmotionModel(device="cpu")
+    flip = EmotionModel(device="cpu", tta="flip")
+    assert np.abs(plain.predict(crops) - plain.predict(mirrored)).max() > 1e-3, "the model alone is not symmetric"
+    np.testing.assert_allclose(flip.predict(crops), flip.predict(mirrored), atol=1e-3)
+    np.testing.assert_allclose(flip.predict(crops).sum(axis=1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="test-time augmentation"):
+        EmotionModel(device="cpu", tta="rotate")

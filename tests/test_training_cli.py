@@ -238,6 +238,31 @@ def test_evaluate_image_folders_match_csv(
         assert other["ece"]["raw"] == pytest.approx(from_csv["ece"]["raw"], abs=1e-6)
 
 
+def test_evaluate_with_flip_tta_scores_the_mean_of_face_and_mirror_logits(
+    trained: dict[str, object], data_csv: Path, synthetic, capsys
+) -> None:
+    model = str(trained["model"])
+    status, metrics, err = run_in_process(
+        capsys, "evaluate", "--model", model, "--data", str(data_csv), "--tta", "flip"
+    )
+    assert status == 0 and metrics["model"]["tta"] == "flip" and "tta flip" in err
+    module, info = load_model(model)
+    images, labels = synthetic["PrivateTest"]
+    x = (torch.from_numpy(images).float().unsqueeze(1) / 255 - info.mean) / info.std
+    with torch.no_grad():
+        logits = (module(x) + module(x.flip(-1))) / 2
+        plain_nll = nn.functional.cross_entropy(module(x), torch.from_numpy(labels)).item()
+    nll = nn.functional.cross_entropy(logits, torch.from_numpy(labels)).item()
+    # The synthetic classes are partly position patterns, so mirroring changes the scores.
+    assert abs(nll - plain_nll) > 1e-3
+    assert metrics["nll"]["raw"] == pytest.approx(nll, rel=1e-4)
+    predicted = logits.argmax(1).numpy()
+    assert metrics["accuracy"] == pytest.approx(np.mean(predicted == labels), abs=1 / len(labels) + 1e-12)
+    with pytest.raises(SystemExit) as info:
+        run_in_process(capsys, "evaluate", "--model", model, "--data", str(data_csv), "--tta", "rotate")
+    assert info.value.code == 2 and "invalid choice: 'rotate'" in capsys.readouterr().err
+
+
 def ferplus_votes_for(labels: np.ndarray) -> tuple[list[list[int]], np.ndarray]:
     """FER+ vote rows agreeing with ``labels``, except every 5th (a 5-5 tie) and every 7th (not a face).
 

@@ -4,6 +4,7 @@ Loads the model file with torch alone (:func:`emostream.modelfile.load_model`; d
 ``classifier/models/emotion.pt2``), runs one split in float32 and prints ONE JSON object on stdout:
 accuracy, per-class precision/recall/F1/ROC-AUC, macro and weighted averages, confusion matrix,
 one-vs-rest ROC-AUC, ECE and NLL raw and with the model's temperature. Logs go to stderr.
+``--tta flip`` evaluates the model as the classifier serves it with ``classifier.tta: flip``.
 With ``--out``: the same JSON as ``evaluation.json`` plus ``confusion_<split>.png``,
 ``reliability_<split>.png`` and, when the model file carries its training history,
 ``training_curves.png``.
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-from emostream.modelfile import ModelFileError
+from emostream.modelfile import TTA_MODES, ModelFileError
 from training.cli_support import add_data_arguments, canonical_split, emit, load_data, log
 from training.data import DataError, Fer2013
 from training.inference import file_digest, load, predict_logits
@@ -50,6 +51,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         f"a flat image folder); None = {DEFAULT_SPLIT}, or the only split of a flat folder",
     )
     p.add_argument("--out", default=None, help="also write evaluation.json and figures here")
+    p.add_argument(
+        "--tta",
+        default="none",
+        choices=TTA_MODES,
+        help="test-time augmentation, as the classifier's --tta: flip = mean of the face's and its mirror's logits",
+    )
     p.add_argument("--bins", type=int, default=15, help="equal-width confidence bins for ECE")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
@@ -81,7 +88,7 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     module, info, model_path = load(args.model)
-    log(f"model: {model_path} ({info.arch}, temperature {info.temperature:g})")
+    log(f"model: {model_path} ({info.arch}, temperature {info.temperature:g}, tta {args.tta})")
     # A CSV parses only the rows of the requested split; a folder is read whole (split names vary).
     wanted = (canonical_split(args.split or DEFAULT_SPLIT),) if Path(args.data).is_file() else None
     t0 = time.perf_counter()
@@ -93,7 +100,7 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
         f"({time.perf_counter() - t0:.1f}s), skipped {data.skipped_rows}, dropped {sum(data.dropped.values())}"
     )
     t0 = time.perf_counter()
-    logits = predict_logits(module, info, split.images, args.batch_size)
+    logits = predict_logits(module, info, split.images, args.batch_size, args.tta)
     log(f"inference: {len(split)} images in {time.perf_counter() - t0:.1f}s")
     labels = split.labels.numpy()
     metrics = evaluation_report(labels, logits, info.class_names, info.temperature, args.bins)
@@ -103,6 +110,7 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
             "sha256": file_digest(model_path),
             "arch": info.arch,
             "temperature": info.temperature,
+            "tta": args.tta,
         },
         "data": {**data.summary(), "split": split_name},
         "split": split_name,
@@ -111,7 +119,7 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        files = write_figures(out, split_name, metrics, logits, labels, info, args.bins)
+        files = write_figures(out, split_name, metrics, logits, labels, info, args.bins, args.tta)
         result["files"] = files
         emit(result, out / "evaluation.json")
     else:
@@ -124,22 +132,30 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def write_figures(
-    out: Path, split_name: str, metrics: dict[str, Any], logits: Any, labels: Any, info: Any, n_bins: int
+    out: Path,
+    split_name: str,
+    metrics: dict[str, Any],
+    logits: Any,
+    labels: Any,
+    info: Any,
+    n_bins: int,
+    tta: str = "none",
 ) -> list[str]:
     tag = split_name.lower()
+    model = info.arch if tta == "none" else f"{info.arch}, {tta} TTA"
     confusion = out / f"confusion_{tag}.png"
     plot_confusion(
         metrics["confusion_matrix"],
         info.class_names,
         confusion,
-        f"{split_name} ({info.arch}): acc {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}",
+        f"{split_name} ({model}): acc {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}",
     )
     curves = {f"raw (ECE {metrics['ece']['raw']:.3f})": reliability_bins(softmax(logits), labels, n_bins)}
     if info.temperature != 1.0:
         label = f"T={info.temperature:.2f} (ECE {metrics['ece']['calibrated']:.3f})"
         curves[label] = reliability_bins(softmax(logits, info.temperature), labels, n_bins)
     reliability = out / f"reliability_{tag}.png"
-    plot_reliability(curves, reliability, f"{split_name} ({info.arch})")
+    plot_reliability(curves, reliability, f"{split_name} ({model})")
     files = [confusion.name, reliability.name]
     history = history_from(info.extra, info.metrics)
     if history is not None:

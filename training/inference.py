@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emostream.modelfile import INFO_FILE, ModelInfo, load_model
+from emostream.modelfile import INFO_FILE, ModelInfo, forward_with_tta, load_model
 
 
 def shipped_model_path() -> Path:
@@ -48,11 +48,19 @@ def preprocess(images: torch.Tensor | np.ndarray, info: ModelInfo) -> torch.Tens
 
 @torch.inference_mode()
 def predict_logits(
-    module: torch.nn.Module, info: ModelInfo, images: torch.Tensor | np.ndarray, batch_size: int = 256
+    module: torch.nn.Module,
+    info: ModelInfo,
+    images: torch.Tensor | np.ndarray,
+    batch_size: int = 256,
+    tta: str = "none",
 ) -> np.ndarray:
-    """Raw float32 logits (N, classes) in float32 (no autocast: the reference numbers)."""
+    """Raw logits (N, classes) in float32 (no autocast: the reference numbers), under test-time
+    augmentation ``tta`` as the classifier serves it (:func:`emostream.modelfile.forward_with_tta`)."""
     n = len(images)
-    out = [module(preprocess(images[i : i + batch_size], info)).float() for i in range(0, n, batch_size)]
+    out = [
+        forward_with_tta(module, preprocess(images[i : i + batch_size], info), tta).float()
+        for i in range(0, n, batch_size)
+    ]
     return torch.cat(out).numpy() if out else np.zeros((0, len(info.class_names)), np.float32)
 
 
