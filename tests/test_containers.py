@@ -437,6 +437,22 @@ def test_compose_mounts_exist_in_the_repository_and_named_volumes_are_declared()
         pytest.skip(f"not written yet by their owners, so not checked: {missing_others}")
 
 
+def test_compose_captures_and_detectors_share_one_tmpfs_as_dev_shm():
+    """Frames go through /dev/shm only between processes that see the same /dev/shm (emostream.shm.domain)."""
+    doc, _ = compose()
+    by_stage: dict[str, set[str]] = {"capture": set(), "detector": set()}
+    for name, command in compose_commands(doc).items():
+        if command.module in by_stage:
+            mounts = dict(v.split(":")[1::-1] for v in doc["services"][name].get("volumes", []))
+            assert "/dev/shm" in mounts, f"compose {name}: no shared /dev/shm, so its frames would go over TCP"
+            by_stage[command.module].add(mounts["/dev/shm"])
+    assert by_stage["capture"] == by_stage["detector"] and len(by_stage["capture"]) == 1
+    volume = doc["volumes"][by_stage["capture"].pop()]
+    options = dict(o.partition("=")[::2] for o in volume["driver_opts"]["o"].split(","))
+    assert volume["driver_opts"]["type"] == "tmpfs"
+    assert int(options["uid"]) == dockerfile_uid(), "the stages run as the Dockerfile's USER and create files there"
+
+
 def test_prometheus_scrapes_the_metrics_ports_compose_serves():
     config_path = REPO / "deploy" / "prometheus" / "prometheus.yml"
     if not config_path.exists():
