@@ -156,6 +156,41 @@ def test_resume_continues_from_checkpoint_epoch(runs: dict[str, object]) -> None
         assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-3, abs=1e-3)
 
 
+def test_weight_average_is_what_gets_selected_resumed_and_shipped(data_csv: Path, tmp_path: Path) -> None:
+    flags = ["--data", str(data_csv), "--out", str(tmp_path), *FAST_FLAGS, "--model-ema-decay", "0.9"]
+    first = run_cli("train", *flags, "--epochs", "1")
+    assert first.returncode == 0, first.stderr
+    second = run_cli("train", *flags, "--epochs", "2", "--resume")
+    assert second.returncode == 0, second.stderr
+    ckpt = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=False)
+    average = {k.removeprefix("module."): v for k, v in ckpt["model_ema"].items() if k.startswith("module.")}
+    assert average.keys() == ckpt["model"].keys()
+    assert any(not torch.equal(average[k], ckpt["model"][k]) for k in average), "the average lags the weights"
+    # The model file holds the best epoch's average, not the raw weights.
+    best = ckpt["best"]["state"]
+    shipped = torch.export.load(tmp_path / "model.pt2").state_dict
+    assert best.keys() == average.keys() and len(shipped) > 10
+    for key, value in shipped.items():
+        torch.testing.assert_close(value, best[key])
+    # Resuming with the averaging switched on needs a checkpoint that has an average.
+    plain = tmp_path / "plain"
+    assert run_cli("train", "--data", str(data_csv), "--out", str(plain), *FAST_FLAGS, "--epochs", "1").returncode == 0
+    refused = run_cli(
+        "train",
+        "--data",
+        str(data_csv),
+        "--out",
+        str(plain),
+        *FAST_FLAGS,
+        "--epochs",
+        "2",
+        "--resume",
+        "--model-ema-decay",
+        "0.9",
+    )
+    assert refused.returncode != 0 and "no weight average" in refused.stderr
+
+
 def test_config_unknown_key_is_an_error(data_csv: Path, tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("epochs: 1\nlearning_rat: 0.1\n")

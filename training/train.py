@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from emostream.modelfile import ModelInfo, save_model
@@ -116,6 +117,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         default="none",
         choices=["none", "sqrt_inverse", "inverse"],
         help="sample Training rows with replacement by inverse (sqrt) class frequency",
+    )
+    g.add_argument(
+        "--model-ema-decay",
+        type=float,
+        default=0.0,
+        help="keep an exponential moving average of the weights (and BatchNorm statistics), updated every step "
+        "with this decay, e.g. 0.999; it is what PublicTest selects, PrivateTest scores and the model file holds "
+        "(0 = off)",
     )
     g.add_argument("--patience", type=int, default=0, help="early stop after N epochs without improvement (0 = off)")
     g.add_argument("--select-metric", default="accuracy", choices=SELECT_METRICS, help="PublicTest model selection")
@@ -294,8 +303,11 @@ def train_one_epoch(
     amp_dtype: torch.dtype | None,
     lr_scheduler: Any = None,
     scaler: torch.amp.GradScaler | None = None,
+    model_ema: AveragedModel | None = None,
 ) -> dict[str, float]:
-    """One pass over ``order`` (drop_last: a batch of 1 would break BatchNorm). Returns loss/acc/lr."""
+    """One pass over ``order`` (drop_last: a batch of 1 would break BatchNorm). Returns loss/acc/lr.
+
+    ``model_ema``: averaged after every optimizer step."""
     model.train()
     g = torch.Generator().manual_seed(args.seed * 100_003 + epoch + 7_919)  # augmentation randomness
     bs = args.batch_size
@@ -328,6 +340,8 @@ def train_one_epoch(
         else:
             loss.backward()
             optimizer.step()
+        if model_ema is not None:
+            model_ema.update_parameters(model)
         # Per-step schedules only; ReduceLROnPlateau (an LRScheduler subclass too) steps once per epoch.
         if lr_scheduler is not None and not isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             lr_scheduler.step()
@@ -471,6 +485,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     steps_per_epoch = len(train_split) // args.batch_size
     lr_scheduler = make_lr_scheduler(args, optimizer, steps_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    model_ema = None
+    if args.model_ema_decay > 0:
+        model_ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.model_ema_decay), use_buffers=True)
+    # The weights PublicTest selects and the model file holds: the average when there is one.
+    scored = model if model_ema is None else model_ema.module
     train_tf = presets.TrainPreset(
         args.mean, args.std, args.hflip, args.shift, args.scale, args.rotate, args.brightness, args.contrast, args.erase
     )
@@ -492,6 +511,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
         if scaler is not None and ckpt.get("scaler") is not None:
             scaler.load_state_dict(ckpt["scaler"])
+        if model_ema is not None:
+            if ckpt.get("model_ema") is None:
+                raise SystemExit(f"checkpoint {path} has no weight average: resume without --model-ema-decay")
+            model_ema.load_state_dict(ckpt["model_ema"])
         start_epoch = ckpt["epoch"] + 1
         history = ckpt["history"]
         best = ckpt["best"]
@@ -524,14 +547,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             amp_dtype,
             lr_scheduler,
             scaler,
+            model_ema,
         )
-        val = evaluate(model, val_split, eval_tf, device, amp_dtype, args.eval_batch_size)
+        val = evaluate(scored, val_split, eval_tf, device, amp_dtype, args.eval_batch_size)
         score = val["accuracy"] if args.select_metric == "accuracy" else val["macro_f1"]
         if isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             lr_scheduler.step(score)
         improved = score > best["score"]
         if improved:
-            best = {"score": score, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+            best = {"score": score, "epoch": epoch, "state": copy.deepcopy(scored.state_dict())}
             stale = 0
         else:
             stale += 1
@@ -560,6 +584,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "optimizer": optimizer.state_dict(),
             "lr_scheduler": None if lr_scheduler is None else lr_scheduler.state_dict(),
             "scaler": None if scaler is None else scaler.state_dict(),
+            "model_ema": None if model_ema is None else model_ema.state_dict(),
             "epoch": epoch,
             "args": config,
             "history": history,
