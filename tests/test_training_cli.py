@@ -701,15 +701,19 @@ def test_real_fer2013_privatetest_parses_only_that_split() -> None:
     assert data.splits["PrivateTest"].class_counts() == [491, 55, 528, 879, 594, 416, 626]
 
 
-def test_shipped_model_reproduces_its_report(capsys) -> None:
+@pytest.mark.parametrize(("name", "labels", "n"), [("emotion", "fer2013", 3589), ("emotion_ferplus", "ferplus", 3137)])
+def test_shipped_model_reproduces_its_report(capsys, name: str, labels: str, n: int) -> None:
     from training.inference import shipped_model_path
 
     data = shared_path("data", "fer2013", "fer2013.csv.gz")
-    if not shipped_model_path().is_file():
-        pytest.skip("classifier/models/emotion.pt2 is not shipped")
-    report = json.loads(shipped_model_path().with_name("emotion.report.json").read_text())
-    status, metrics, _ = run_in_process(capsys, "evaluate", "--data", str(data), "--split", "PrivateTest")
+    model = shipped_model_path().with_name(f"{name}.pt2")
+    if not model.is_file():
+        pytest.skip(f"classifier/models/{model.name} is not shipped")
+    report = json.loads(model.with_name(f"{name}.report.json").read_text())
+    assert report["config"]["labels"] == labels
+    args = ["evaluate", "--data", str(data), "--split", "PrivateTest", "--model", str(model), "--labels", labels]
+    status, metrics, _ = run_in_process(capsys, *args)
     assert status == 0
-    assert metrics["n"] == report["PrivateTest"]["n"] == 3589
+    assert metrics["n"] == report["PrivateTest"]["n"] == n
     assert metrics["accuracy"] == pytest.approx(report["PrivateTest"]["accuracy"], abs=1 / 3589)
     assert metrics["macro_f1"] == pytest.approx(report["PrivateTest"]["macro_f1"], abs=2e-3)
