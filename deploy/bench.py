@@ -518,6 +518,19 @@ def measure_classifier(
     batched_cpu = batched_wall = 0.0
     batched_faces = 0
     offset = 0
+
+    def timed_calls(serving: EmotionModel, size: int, calls: int) -> float:
+        """Wall seconds inside ``calls`` predictions of ``size`` crops each (the next crops in turn)."""
+        nonlocal offset
+        wall = 0.0
+        for _ in range(calls):
+            x = np.ascontiguousarray(crops[(offset + np.arange(size)) % n])
+            offset += size
+            t0 = time.perf_counter()
+            serving.predict(x)
+            wall += time.perf_counter() - t0
+        return wall
+
     started = time.perf_counter()
     done = 0
     for _ in range(max(1, rounds)):
@@ -527,14 +540,8 @@ def measure_classifier(
         for size in sizes:
             faces = batch1_faces if size == 1 else batched_batches * max_batch
             calls = max(1, round(faces / rounds / size))
-            wall = 0.0
             cpu0 = time.process_time()
-            for _ in range(calls):
-                x = np.ascontiguousarray(crops[(offset + np.arange(size)) % n])
-                offset += size
-                t0 = time.perf_counter()
-                model.predict(x)
-                wall += time.perf_counter() - t0
+            wall = timed_calls(model, size, calls)
             cpu = time.process_time() - cpu0
             per_round[size].append(calls * size / wall)
             if size == max_batch:
@@ -542,14 +549,7 @@ def measure_classifier(
                 batched_wall += wall
                 batched_faces += calls * size
         calls = max(1, round(batched_batches / rounds))
-        wall = 0.0
-        for _ in range(calls):
-            x = np.ascontiguousarray(crops[(offset + np.arange(max_batch)) % n])
-            offset += max_batch
-            t0 = time.perf_counter()
-            flip_model.predict(x)
-            wall += time.perf_counter() - t0
-        flip_rates.append(calls * max_batch / wall)
+        flip_rates.append(calls * max_batch / timed_calls(flip_model, max_batch, calls))
     by_batch = {size: statistics.median(rates) for size, rates in per_round.items()}
     flops = count_flops_per_face(model.module, tuple(model.info.input_size))
     batch1, batched = by_batch[1], by_batch[max_batch]
