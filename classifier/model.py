@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from emostream.modelfile import TTA_MODES, ModelFileError, ModelInfo, forward_with_tta, load_model
+from emostream.modelfile import ModelFileError, ModelInfo, check_tta, forward_with_tta, load_model
 
 log = logging.getLogger("classifier")
 
@@ -37,9 +37,7 @@ class EmotionModel:
     def __init__(
         self, path: str | Path | None = None, device: str = "auto", bf16: bool = True, tta: str = "none"
     ) -> None:
-        if tta not in TTA_MODES:
-            raise ValueError(f"unknown test-time augmentation {tta!r}; one of {', '.join(TTA_MODES)}")
-        self.tta = tta
+        self.tta = check_tta(tta)  # before the model loads: a bad name fails at once
         self.path = Path(path) if path else SHIPPED_MODEL
         self.device = pick_device(device)
         module, info = load_model(self.path, device=str(self.device))

@@ -109,16 +109,21 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[Any, ModelInfo]:
     return module, info
 
 
+def check_tta(tta: str) -> str:
+    """``tta`` if it names one of :data:`TTA_MODES`; ValueError otherwise."""
+    if tta not in TTA_MODES:
+        raise ValueError(f"unknown test-time augmentation {tta!r}; one of {', '.join(TTA_MODES)}")
+    return tta
+
+
 def forward_with_tta(module: Any, x: Any, tta: str = "none") -> Any:
     """Logits of ``module`` for the input batch ``x`` (N, 1, H, W) under test-time augmentation ``tta``.
 
     "flip" runs the faces and their left-right mirror images in one batch of 2N (two passes if that
     exceeds :data:`MAX_BATCH`) and averages the float32 logits; the caller's autocast applies.
     """
-    if tta == "none":
+    if check_tta(tta) == "none":
         return module(x)
-    if tta != "flip":
-        raise ValueError(f"unknown test-time augmentation {tta!r}; one of {', '.join(TTA_MODES)}")
     import torch
 
     n = x.shape[0]
