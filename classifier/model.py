@@ -45,6 +45,8 @@ class EmotionModel:
         self.module = module.to(memory_format=torch.channels_last)
         self.bf16 = bf16
         self.class_names = list(info.class_names)
+        #: Fitted for the served recipe: flip's averaged logits have their own temperature.
+        self.temperature = info.temperature_for(self.tta)
         #: First 12 hex digits of the file's sha256: tells apart two models of the same arch.
         self.version = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
         self._scale = 1.0 / (255.0 * info.std)
@@ -53,7 +55,15 @@ class EmotionModel:
         if outputs != len(self.class_names):
             names = len(self.class_names)
             raise ModelFileError(f"{self.path}: the model has {outputs} outputs for {names} class names")
-        log.info("loaded %s (%s) on %s, bf16=%s, tta=%s", self.path.name, info.arch, self.device, bf16, tta)
+        log.info(
+            "loaded %s (%s) on %s, bf16=%s, tta=%s, temperature %.3f",
+            self.path.name,
+            info.arch,
+            self.device,
+            bf16,
+            tta,
+            self.temperature,
+        )
 
     def _to_input(self, crops: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(crops)).unsqueeze(1)
@@ -72,7 +82,7 @@ class EmotionModel:
         x = self._to_input(crops)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             logits = forward_with_tta(self.module, x, self.tta)
-        probs = torch.softmax(logits.float() / self.info.temperature, dim=1)
+        probs = torch.softmax(logits.float() / self.temperature, dim=1)
         return probs.cpu().numpy()
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8, 32)) -> None:

@@ -3,11 +3,11 @@
 Training writes it (:func:`save_model`), the classifier reads it (:func:`load_model`) with torch
 alone -- no model class, no torchvision. Besides the graph and weights it carries, as the extra file
 ``emostream.json``, a :class:`ModelInfo`: class names, input size, normalisation, calibration
-temperature, training-data hash and metrics.
+temperature (one per test-time augmentation), training-data hash and metrics.
 
 Input contract: float32 tensor (N, 1, H, W) holding ``(pixel / 255 - mean) / std`` of grayscale
 face crops; output: logits (N, len(class_names)). Calibrated probabilities are
-``softmax(logits / temperature)``. The batch dimension is dynamic.
+``softmax(logits / info.temperature_for(tta))``. The batch dimension is dynamic.
 
 Test-time augmentation (:data:`TTA_MODES`, :func:`forward_with_tta`) is a way of serving a file, not
 part of it: the classifier (``classifier.tta``) and ``python -m training evaluate --tta`` share it.
@@ -40,10 +40,23 @@ class ModelInfo:
     mean: float = 0.5
     std: float = 0.25
     temperature: float = 1.0
+    #: Temperature fitted on the logits a TTA mode other than "none" produces (averaged logits are
+    #: less extreme than single-pass ones, so they need their own); see :meth:`temperature_for`.
+    tta_temperatures: dict[str, float] = field(default_factory=dict)
     data_sha256: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     format: str = MODEL_FORMAT
+
+    def temperature_for(self, tta: str = "none") -> float:
+        """The calibration temperature for logits served under ``tta``.
+
+        Files written before per-TTA temperatures existed (or never calibrated under ``tta``) fall
+        back to the single-pass temperature.
+        """
+        if check_tta(tta) == "none":
+            return self.temperature
+        return float(self.tta_temperatures.get(tta, self.temperature))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -64,6 +77,11 @@ class ModelInfo:
         if not isinstance(size, list) or len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
             raise ModelFileError(f"{INFO_FILE}: input_size={size!r} is not [height, width]")
         data["input_size"] = tuple(size)
+        temps = data.get("tta_temperatures", {})
+        if not isinstance(temps, dict) or not all(
+            k in TTA_MODES and isinstance(v, (int, float)) and v > 0 for k, v in temps.items()
+        ):
+            raise ModelFileError(f"{INFO_FILE}: tta_temperatures={temps!r} is not {{mode: positive number}}")
         known = set(cls.__dataclass_fields__)
         try:
             return cls(**{k: v for k, v in data.items() if k in known})

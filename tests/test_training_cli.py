@@ -183,6 +183,13 @@ def test_train_resumes_and_stores_calibration(trained: dict[str, object]) -> Non
     assert calibration["PublicTest"]["nll_calibrated"] <= calibration["PublicTest"]["nll_raw"] + 1e-9
     assert [h["epoch"] for h in info.extra["history"]] == [1, 2]
     assert (out / "reliability_privatetest.png").stat().st_size > 0
+    # The flip-TTA recipe is scored too and gets its own temperature, fitted on its own logits.
+    assert "flip TTA: PublicTest acc" in str(trained["second"])
+    flip = report["calibration_flip"]
+    assert info.tta_temperatures == {"flip": pytest.approx(flip["temperature"])}
+    assert info.temperature_for("flip") == pytest.approx(flip["temperature"])
+    assert flip["PublicTest"]["nll_calibrated"] <= flip["PublicTest"]["nll_raw"] + 1e-9
+    assert info.metrics["tta_flip"]["PrivateTest"]["accuracy"] == report["tta_flip"]["PrivateTest"]["accuracy"]
 
 
 def test_evaluate_prints_one_json_object(trained: dict[str, object], data_csv: Path, tmp_path: Path) -> None:
@@ -256,6 +263,12 @@ def test_evaluate_with_flip_tta_scores_the_mean_of_face_and_mirror_logits(
     # The synthetic classes are partly position patterns, so mirroring changes the scores.
     assert abs(nll - plain_nll) > 1e-3
     assert metrics["nll"]["raw"] == pytest.approx(nll, rel=1e-4)
+    # Calibrated with the temperature fitted for flip, not the single-pass one.
+    t_flip = info.tta_temperatures["flip"]
+    assert abs(t_flip - info.temperature) > 1e-3, "the test must tell the two temperatures apart"
+    assert metrics["model"]["temperature"] == pytest.approx(t_flip)
+    flip_nll = nn.functional.cross_entropy(logits / t_flip, torch.from_numpy(labels)).item()
+    assert metrics["nll"]["calibrated"] == pytest.approx(flip_nll, rel=1e-4)
     predicted = logits.argmax(1).numpy()
     assert metrics["accuracy"] == pytest.approx(np.mean(predicted == labels), abs=1 / len(labels) + 1e-12)
     with pytest.raises(SystemExit) as info:
@@ -351,6 +364,62 @@ def test_calibrate_writes_temperature_and_keeps_weights(
     assert (tmp_path / "emotion.reliability_privatetest.png").stat().st_size > 0
     # The same fit as at the end of training (same PublicTest logits, same optimiser).
     assert temperature == pytest.approx(original_info.temperature, rel=1e-3)
+
+
+def test_calibrate_with_flip_tta_stores_a_second_temperature(
+    trained: dict[str, object], data_csv: Path, tmp_path: Path, capsys
+) -> None:
+    report = tmp_path / "emotion.report.json"
+    report.write_text(json.dumps({"arch": "resnet_fer_tiny"}))
+    calibrated = tmp_path / "calibrated.pt2"
+    args = ["--model", str(trained["model"]), "--data", str(data_csv), "--output", str(calibrated)]
+    status, result, err = run_in_process(capsys, "calibrate", *args, "--report", str(report), "--tta", "flip")
+    assert status == 0 and "for tta flip" in err
+    fitted = result["calibration"]
+    assert fitted["tta"] == "flip"
+    _, info = load_model(calibrated)
+    _, original_info = load_model(trained["model"])
+    # The single-pass temperature is kept; flip's is the one fitted here, as training fitted it.
+    assert info.temperature == original_info.temperature
+    assert info.tta_temperatures["flip"] == pytest.approx(fitted["temperature"])
+    assert fitted["temperature"] == pytest.approx(original_info.tta_temperatures["flip"], rel=1e-3)
+    assert fitted["previous_temperature"] == pytest.approx(original_info.tta_temperatures["flip"])
+    assert info.metrics["calibration_flip"]["temperature"] == pytest.approx(fitted["temperature"])
+    assert info.metrics["calibration"] == original_info.metrics["calibration"]
+    merged = json.loads(report.read_text())
+    assert merged["calibration_flip"]["tta"] == "flip" and "calibration" not in merged
+    assert (tmp_path / "emotion.reliability_privatetest_flip.png").stat().st_size > 0
+
+
+def test_classifier_serves_flip_with_the_flip_temperature(trained: dict[str, object], synthetic) -> None:
+    from classifier.model import EmotionModel
+
+    module, info = load_model(trained["model"])
+    images = synthetic["PrivateTest"][0][:10]
+    x = (torch.from_numpy(images).float().unsqueeze(1) / 255 - info.mean) / info.std
+    with torch.no_grad():
+        logits = (module(x) + module(x.flip(-1))) / 2
+    served = EmotionModel(trained["model"], device="cpu", bf16=False, tta="flip")
+    assert served.temperature == pytest.approx(info.tta_temperatures["flip"])
+    expected = torch.softmax(logits / info.tta_temperatures["flip"], dim=1).numpy()
+    np.testing.assert_allclose(served.predict(images), expected, atol=1e-4)
+    assert EmotionModel(trained["model"], device="cpu", bf16=False).temperature == pytest.approx(info.temperature)
+
+
+def test_model_info_falls_back_to_the_single_pass_temperature_and_rejects_bad_ones() -> None:
+    from emostream.modelfile import ModelFileError
+
+    old = json.loads(ModelInfo(arch="a", class_names=list(EMOTIONS), temperature=1.3).to_json())
+    del old["tta_temperatures"]  # a file written before per-TTA temperatures existed
+    info = ModelInfo.from_json(json.dumps(old))
+    assert info.temperature_for("none") == info.temperature_for("flip") == 1.3
+    info = ModelInfo.from_json(json.dumps({**old, "tta_temperatures": {"flip": 0.9}}))
+    assert (info.temperature_for("none"), info.temperature_for("flip")) == (1.3, 0.9)
+    with pytest.raises(ValueError, match="unknown test-time augmentation"):
+        info.temperature_for("rotate")
+    for bad in ({"flip": -1.0}, {"rotate": 1.0}, {"flip": "hot"}, [0.9]):
+        with pytest.raises(ModelFileError, match="tta_temperatures"):
+            ModelInfo.from_json(json.dumps({**old, "tta_temperatures": bad}))
 
 
 def test_gradcam_cli_writes_overlays(trained: dict[str, object], synthetic, tmp_path: Path) -> None:

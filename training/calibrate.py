@@ -7,6 +7,10 @@ model file with the new ``ModelInfo.temperature`` (and ``metrics["calibration"]`
 program and its weights are copied unchanged (checked). With ``--report R.report.json`` the
 calibration is merged into that training report and ``R.reliability_privatetest.png`` is drawn next
 to it -- how the shipped ``classifier/models/emotion.*`` files are kept in step.
+
+``--tta flip`` fits the temperature of the logits the classifier serves with ``classifier.tta: flip``
+and stores it in ``ModelInfo.tta_temperatures["flip"]`` (``metrics["calibration_flip"]``, report key
+``calibration_flip``, figure ``*_flip.png``); the single-pass temperature is left as it was.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from emostream.modelfile import ModelFileError
+from emostream.modelfile import TTA_MODES, ModelFileError
 from training.cli_support import add_data_arguments, canonical_split, emit, json_ready, load_data, log
 from training.data import DataError
 from training.inference import file_digest, load, predict_logits, rewrite_model_info
@@ -43,6 +47,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-split", default="PublicTest", help="split the temperature is fitted on")
     p.add_argument("--eval-split", default="PrivateTest", help="held-out split the fitted temperature is checked on")
     p.add_argument("--bins", type=int, default=15, help="equal-width confidence bins for ECE")
+    p.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        default="none",
+        help="fit the temperature of the logits served under this test-time augmentation (as the classifier's --tta)",
+    )
     p.add_argument("--batch-size", type=int, default=256)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--output", default=None, help="write the calibrated model file here")
@@ -78,13 +88,16 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
     for name in (fit_split, eval_split):
         if name not in data.splits or not len(data.splits[name]):
             raise DataError(f"{data.path} has no {name} images")
-        logits[name] = predict_logits(module, info, data.splits[name].images, args.batch_size).astype("float64")
+        images = data.splits[name].images
+        logits[name] = predict_logits(module, info, images, args.batch_size, args.tta).astype("float64")
         labels[name] = data.splits[name].labels.numpy()
     temperature = fit_temperature(logits[fit_split], labels[fit_split])
     summary = calibration_summary(logits, labels, temperature, args.bins)
+    previous = info.temperature_for(args.tta)
     calibration = {
         "temperature": temperature,
-        "previous_temperature": info.temperature,
+        "previous_temperature": previous,
+        "tta": args.tta,
         "fit_split": fit_split,
         "n_bins": args.bins,
         "labels": data.labels,
@@ -92,16 +105,21 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
         **summary,
     }
     log(
-        f"temperature {temperature:.4f} (was {info.temperature:g}), fit on {fit_split}; ECE "
+        f"temperature {temperature:.4f} (was {previous:g}) for tta {args.tta}, fit on {fit_split}; ECE "
         + ", ".join(f"{n} {s['ece_raw']:.4f} -> {s['ece_calibrated']:.4f}" for n, s in summary.items())
     )
     result: dict[str, Any] = {"model": str(model_path), "calibration": calibration, "written": []}
 
+    # Single-pass calibration keeps its historical key; each TTA mode gets its own.
+    key = "calibration" if args.tta == "none" else f"calibration_{args.tta}"
     target = model_path if args.in_place else (Path(args.output) if args.output else None)
     if target is not None:
-        new_info = dataclasses.replace(
-            info, temperature=temperature, metrics={**info.metrics, "calibration": json_ready(calibration)}
-        )
+        metrics = {**info.metrics, key: json_ready(calibration)}
+        if args.tta == "none":
+            new_info = dataclasses.replace(info, temperature=temperature, metrics=metrics)
+        else:
+            temps = {**info.tta_temperatures, args.tta: temperature}
+            new_info = dataclasses.replace(info, tta_temperatures=temps, metrics=metrics)
         rewrite_model_info(model_path, new_info, target)
         result["written"].append(str(target))
         result["model_sha256"] = file_digest(target)
@@ -115,21 +133,24 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
             softmax(logits[eval_split], temperature), labels[eval_split], args.bins
         ),
     }
-    title = f"{eval_split} ({info.arch}), temperature fit on {fit_split}"
+    served = info.arch if args.tta == "none" else f"{info.arch}, {args.tta} TTA"
+    title = f"{eval_split} ({served}), temperature fit on {fit_split}"
+    suffix = "" if args.tta == "none" else f"_{args.tta}"
     if args.report:
         report_path = Path(args.report)
         report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-        report["calibration"] = calibration
+        report[key] = calibration
         report_path.write_text(json.dumps(json_ready(report), indent=1))
         stem = report_path.name.removesuffix(".json").removesuffix(".report")
-        figure = report_path.with_name(f"{stem}.reliability_{eval_split.lower()}.png")
+        figure = report_path.with_name(f"{stem}.reliability_{eval_split.lower()}{suffix}.png")
         plot_reliability(curves, figure, title)
         result["written"] += [str(report_path), str(figure)]
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        plot_reliability(curves, out / f"reliability_{eval_split.lower()}.png", title)
-        result["written"] += [str(out / f"reliability_{eval_split.lower()}.png"), str(out / "calibration.json")]
+        figure = out / f"reliability_{eval_split.lower()}{suffix}.png"
+        plot_reliability(curves, figure, title)
+        result["written"] += [str(figure), str(out / "calibration.json")]
         emit(result, out / "calibration.json")
     else:
         emit(result)

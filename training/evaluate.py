@@ -3,7 +3,7 @@
 Loads the model file with torch alone (:func:`emostream.modelfile.load_model`; default: the shipped
 ``classifier/models/emotion.pt2``), runs one split in float32 and prints ONE JSON object on stdout:
 accuracy, per-class precision/recall/F1/ROC-AUC, macro and weighted averages, confusion matrix,
-one-vs-rest ROC-AUC, ECE and NLL raw and with the model's temperature. Logs go to stderr.
+one-vs-rest ROC-AUC, ECE and NLL raw and with the model's temperature for the TTA mode. Logs go to stderr.
 ``--tta flip`` evaluates the model as the classifier serves it with ``classifier.tta: flip``.
 With ``--out``: the same JSON as ``evaluation.json`` plus ``confusion_<split>.png``,
 ``reliability_<split>.png`` and, when the model file carries its training history,
@@ -88,7 +88,8 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     module, info, model_path = load(args.model)
-    log(f"model: {model_path} ({info.arch}, temperature {info.temperature:g}, tta {args.tta})")
+    temperature = info.temperature_for(args.tta)  # the one the classifier serves with this recipe
+    log(f"model: {model_path} ({info.arch}, tta {args.tta}, temperature {temperature:g})")
     # A CSV parses only the rows of the requested split; a folder is read whole (split names vary).
     wanted = (canonical_split(args.split or DEFAULT_SPLIT),) if Path(args.data).is_file() else None
     t0 = time.perf_counter()
@@ -103,13 +104,13 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
     logits = predict_logits(module, info, split.images, args.batch_size, args.tta)
     log(f"inference: {len(split)} images in {time.perf_counter() - t0:.1f}s")
     labels = split.labels.numpy()
-    metrics = evaluation_report(labels, logits, info.class_names, info.temperature, args.bins)
+    metrics = evaluation_report(labels, logits, info.class_names, temperature, args.bins)
     result: dict[str, Any] = {
         "model": {
             "path": str(model_path),
             "sha256": file_digest(model_path),
             "arch": info.arch,
-            "temperature": info.temperature,
+            "temperature": temperature,
             "tta": args.tta,
         },
         "data": {**data.summary(), "split": split_name},
@@ -151,9 +152,10 @@ def write_figures(
         f"{split_name} ({model}): acc {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}",
     )
     curves = {f"raw (ECE {metrics['ece']['raw']:.3f})": reliability_bins(softmax(logits), labels, n_bins)}
-    if info.temperature != 1.0:
-        label = f"T={info.temperature:.2f} (ECE {metrics['ece']['calibrated']:.3f})"
-        curves[label] = reliability_bins(softmax(logits, info.temperature), labels, n_bins)
+    temperature = info.temperature_for(tta)
+    if temperature != 1.0:
+        label = f"T={temperature:.2f} (ECE {metrics['ece']['calibrated']:.3f})"
+        curves[label] = reliability_bins(softmax(logits, temperature), labels, n_bins)
     reliability = out / f"reliability_{tag}.png"
     plot_reliability(curves, reliability, f"{split_name} ({model})")
     files = [confusion.name, reliability.name]

@@ -35,7 +35,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from emostream.modelfile import ModelInfo, save_model
+from emostream.modelfile import ModelInfo, forward_with_tta, save_model
 from emostream.wire import EMOTIONS
 from training import presets
 from training.data import LABEL_SOURCES, DataError, Split, load_dataset
@@ -366,15 +366,16 @@ def predict(
     device: torch.device,
     amp_dtype: torch.dtype | None,
     batch_size: int = 256,
+    tta: str = "none",
 ) -> torch.Tensor:
-    """Float32 logits (N, C) on CPU."""
+    """Float32 logits (N, C) on CPU, under test-time augmentation ``tta`` as the classifier serves it."""
     model.eval()
     out = []
     for start in range(0, len(split), batch_size):
         images = transform(split.images[start : start + batch_size]).to(device)
         images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
-            out.append(model(images).float().cpu())
+            out.append(forward_with_tta(model, images, tta).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, len(EMOTIONS))
 
 
@@ -614,12 +615,30 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     temperature, calibration, reliability = calibrate(
         final, {"PublicTest": val_split, "PrivateTest": test_split}, args.ece_bins
     )
+    # The flip-TTA recipe (classifier.tta: flip): its accuracy, and its own temperature fitted on its
+    # own PublicTest logits (averaged logits are less extreme than single-pass ones).
+    final_flip = {}
+    for name, split in (("PublicTest", val_split), ("PrivateTest", test_split)):
+        logits = predict(model, split, eval_tf, device, None, args.eval_batch_size, tta="flip")
+        final_flip[name] = {
+            **classification_metrics(split.labels.numpy(), logits.argmax(1).numpy(), EMOTIONS),
+            "logits": logits,
+        }
+    temperature_flip, calibration_flip, _ = calibrate(
+        final_flip, {"PublicTest": val_split, "PrivateTest": test_split}, args.ece_bins
+    )
     eval_s = time.perf_counter() - t_eval
     for name, m in final.items():
         print(f"final {name}: acc {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f} loss {m['loss']:.4f}", flush=True)
     print(
         f"calibration: temperature {temperature:.3f} (fit on PublicTest); ECE "
         + ", ".join(f"{n} {calibration[n]['ece_raw']:.4f} -> {calibration[n]['ece_calibrated']:.4f}" for n in final),
+        flush=True,
+    )
+    print(
+        "flip TTA: "
+        + ", ".join(f"{n} acc {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f}" for n, m in final_flip.items())
+        + f"; temperature {temperature_flip:.3f}",
         flush=True,
     )
 
@@ -638,6 +657,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     metrics["best_epoch"] = best["epoch"] + 1
     metrics["select_metric"] = args.select_metric
     metrics["calibration"] = calibration
+    metrics["tta_flip"] = {n: {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]} for n, m in final_flip.items()}
+    metrics["calibration_flip"] = calibration_flip
     info = ModelInfo(
         arch=args.arch,
         class_names=list(EMOTIONS),
@@ -645,6 +666,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         mean=args.mean,
         std=args.std,
         temperature=temperature,
+        tta_temperatures={"flip": temperature_flip},
         data_sha256=data.sha256,
         metrics=metrics,
         # history: lets `python -m training evaluate --out` draw the training curves from the file alone.
@@ -671,6 +693,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "PrivateTest": _summary(final["PrivateTest"]),
         "bf16_argmax_agreement": bf16_agreement,
         "calibration": calibration,
+        "tta_flip": {name: _summary(m) for name, m in final_flip.items()},
+        "calibration_flip": calibration_flip,
         "history": history,
         "config": config,
         "data": data_info,
