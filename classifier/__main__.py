@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         choices=TTA_MODES,
         help="test-time augmentation: flip = mean of each face's and its mirror image's logits (twice the "
-        "compute, +1.1 points accuracy for the shipped model) (default: %(default)s)",
+        "compute, +0.5 points accuracy for the shipped model) (default: %(default)s)",
     )
     parser.add_argument(
         "--threads",

@@ -99,13 +99,13 @@ class ClassifierConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = True
     #: Test-time augmentation: "flip" averages each face's logits with its mirror image's: twice the
-    #: classifier's compute for +1.1 points PrivateTest accuracy with the shipped model (training/README.md).
+    #: classifier's compute for +0.5 points PrivateTest accuracy with the shipped model (training/README.md).
     tta: Literal[TTA_MODES] = "none"
     #: torch CPU threads; 1 by default because the classifier shares the cores with the other stages.
     threads: Annotated[int, Field(ge=0, le=256)] = 1
     #: Frames each face track's scores are smoothed over (EMA with the weight of an N-frame mean, see
     #: classifier/tracking.py); 1: no smoothing. 8 frames = 0.32 s at 25 fps (centre of mass 3.5 frames, 0.14 s):
-    #: on faces.mp4 it cuts label flips ~6x and longer windows cut no more, while real expressions last longer.
+    #: on faces.mp4 it cuts the shipped model's label flips 2.6x (90 -> 34), and real expressions last longer.
     smoothing_window: Annotated[int, Field(ge=1, le=1000)] = DEFAULT_WINDOW
     #: Least IoU between a face and a track's last box for the face to continue that track.
     track_iou: Annotated[float, Field(gt=0, le=1)] = DEFAULT_IOU

@@ -24,7 +24,7 @@ MODEL_FORMAT = "emostream-model/1"
 INFO_FILE = "emostream.json"
 MAX_BATCH = 4096
 #: "none": one forward pass per face; "flip": the mean of the logits of the face and of its mirror image
-#: (twice the compute; +1.1 points PrivateTest accuracy for the shipped model, see training/README.md).
+#: (twice the compute; +0.5 points PrivateTest accuracy for the shipped model, see training/README.md).
 TTA_MODES = ("none", "flip")
 
 
