@@ -332,24 +332,23 @@ def test_evaluate_with_ferplus_labels(trained: dict[str, object], data_csv: Path
     assert dropped["ferplus: majority not a face (NF)"] == int(sum(1 for i in range(len(expected)) if i % 7 == 6))
 
 
-def test_calibrate_writes_temperature_and_keeps_weights(
-    trained: dict[str, object], data_csv: Path, tmp_path: Path, capsys
-) -> None:
+def calibrate_into(
+    capsys, trained: dict[str, object], data_csv: Path, tmp_path: Path, *extra: str
+) -> tuple[int, dict, str, Path, Path]:
+    """``calibrate`` of the trained model into tmp_path/calibrated.pt2, merged into a stub training report
+    tmp_path/emotion.report.json: (status, stdout JSON, stderr, report, calibrated model)."""
     report = tmp_path / "emotion.report.json"
     report.write_text(json.dumps({"arch": "resnet_fer_tiny"}))
     calibrated = tmp_path / "calibrated.pt2"
-    status, result, _ = run_in_process(
-        capsys,
-        "calibrate",
-        "--model",
-        str(trained["model"]),
-        "--data",
-        str(data_csv),
-        "--output",
-        str(calibrated),
-        "--report",
-        str(report),
-    )
+    args = ["--model", str(trained["model"]), "--data", str(data_csv), "--output", str(calibrated)]
+    status, result, err = run_in_process(capsys, "calibrate", *args, "--report", str(report), *extra)
+    return status, result, err, report, calibrated
+
+
+def test_calibrate_writes_temperature_and_keeps_weights(
+    trained: dict[str, object], data_csv: Path, tmp_path: Path, capsys
+) -> None:
+    status, result, _, report, calibrated = calibrate_into(capsys, trained, data_csv, tmp_path)
     assert status == 0
     temperature = result["calibration"]["temperature"]
     module, info = load_model(calibrated)
@@ -369,11 +368,7 @@ def test_calibrate_writes_temperature_and_keeps_weights(
 def test_calibrate_with_flip_tta_stores_a_second_temperature(
     trained: dict[str, object], data_csv: Path, tmp_path: Path, capsys
 ) -> None:
-    report = tmp_path / "emotion.report.json"
-    report.write_text(json.dumps({"arch": "resnet_fer_tiny"}))
-    calibrated = tmp_path / "calibrated.pt2"
-    args = ["--model", str(trained["model"]), "--data", str(data_csv), "--output", str(calibrated)]
-    status, result, err = run_in_process(capsys, "calibrate", *args, "--report", str(report), "--tta", "flip")
+    status, result, err, report, calibrated = calibrate_into(capsys, trained, data_csv, tmp_path, "--tta", "flip")
     assert status == 0 and "for tta flip" in err
     fitted = result["calibration"]
     assert fitted["tta"] == "flip"

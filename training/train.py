@@ -386,9 +386,10 @@ def evaluate(
     device: torch.device,
     amp_dtype: torch.dtype | None,
     batch_size: int = 256,
+    tta: str = "none",
 ) -> dict[str, Any]:
     """Loss (plain cross-entropy) plus ``classification_metrics``; ``preds`` the argmax, ``logits`` the logits."""
-    logits = predict(model, split, transform, device, amp_dtype, batch_size)
+    logits = predict(model, split, transform, device, amp_dtype, batch_size, tta)
     preds = logits.argmax(1)
     result = classification_metrics(split.labels.numpy(), preds.numpy(), EMOTIONS)
     result["loss"] = float(F.cross_entropy(logits, split.labels)) if len(split) else float("nan")
@@ -602,31 +603,24 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     model = model.to(memory_format=torch.contiguous_format)
     # The selected weights, fp32: the numbers the model file reproduces. PrivateTest is touched here only.
     t_eval = time.perf_counter()
+    eval_splits = {"PublicTest": val_split, "PrivateTest": test_split}
     final = {
-        "PublicTest": evaluate(model, val_split, eval_tf, device, None, args.eval_batch_size),
-        "PrivateTest": evaluate(model, test_split, eval_tf, device, None, args.eval_batch_size),
+        name: evaluate(model, split, eval_tf, device, None, args.eval_batch_size) for name, split in eval_splits.items()
     }
     # Serving runs bf16 autocast: how often its argmax matches fp32 on the same images.
     bf16_agreement = {}
-    for name, split in (("PublicTest", val_split), ("PrivateTest", test_split)):
+    for name, split in eval_splits.items():
         low = predict(model, split, eval_tf, device, torch.bfloat16, args.eval_batch_size).argmax(1)
         bf16_agreement[name] = float((low == final[name]["preds"]).float().mean())
     # Temperature scaling on PublicTest (the selection split; PrivateTest stays untouched until here).
-    temperature, calibration, reliability = calibrate(
-        final, {"PublicTest": val_split, "PrivateTest": test_split}, args.ece_bins
-    )
-    # The flip-TTA recipe (classifier.tta: flip): its accuracy, and its own temperature fitted on its
+    temperature, calibration, reliability = calibrate(final, eval_splits, args.ece_bins)
+    # The flip-TTA recipe (classifier.tta: flip): its scores, and its own temperature fitted on its
     # own PublicTest logits (averaged logits are less extreme than single-pass ones).
-    final_flip = {}
-    for name, split in (("PublicTest", val_split), ("PrivateTest", test_split)):
-        logits = predict(model, split, eval_tf, device, None, args.eval_batch_size, tta="flip")
-        final_flip[name] = {
-            **classification_metrics(split.labels.numpy(), logits.argmax(1).numpy(), EMOTIONS),
-            "logits": logits,
-        }
-    temperature_flip, calibration_flip, _ = calibrate(
-        final_flip, {"PublicTest": val_split, "PrivateTest": test_split}, args.ece_bins
-    )
+    final_flip = {
+        name: evaluate(model, split, eval_tf, device, None, args.eval_batch_size, tta="flip")
+        for name, split in eval_splits.items()
+    }
+    temperature_flip, calibration_flip, _ = calibrate(final_flip, eval_splits, args.ece_bins)
     eval_s = time.perf_counter() - t_eval
     for name, m in final.items():
         print(f"final {name}: acc {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f} loss {m['loss']:.4f}", flush=True)
