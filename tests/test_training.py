@@ -334,3 +334,87 @@ def test_served_flip_tta_gives_a_face_and_its_mirror_image_the_same_scores() -> 
     np.testing.assert_allclose(flip.predict(crops).sum(axis=1), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="test-time augmentation"):
         EmotionModel(device="cpu", tta="rotate")
+
+
+def test_multicrop_tta_averages_ten_shifted_and_mirrored_views() -> None:
+    from emostream.modelfile import MULTICROP_SHIFT, forward_with_tta, tta_views
+
+    module = _LeftColumn()
+    x = torch.rand(3, 1, 16, 16)
+    views = tta_views(x, "multicrop")
+    assert len(views) == 10 and all(v.shape == x.shape for v in views)
+    d = round(16 * MULTICROP_SHIFT)
+    # The view shifted right and down by d: row r, column c shows input pixel (r - d, c - d), edges repeated.
+    padded = torch.nn.functional.pad(x, (d, d, d, d), mode="replicate")
+    torch.testing.assert_close(views[1], padded[..., :16, :16])
+    torch.testing.assert_close(views[1][..., d:, d:], x[..., : 16 - d, : 16 - d])
+    torch.testing.assert_close(views[5], x.flip(-1))  # the second half mirrors the first
+    expected = torch.stack([module(v) for v in views]).mean(0)
+    torch.testing.assert_close(forward_with_tta(module, x, "multicrop"), expected)
+
+
+def test_mixup_and_cutmix_targets_are_the_pixel_shares() -> None:
+    from training.presets import MixupCutmix
+
+    labels = torch.tensor([0, 3, 5, 6])
+    images = torch.stack([torch.full((1, 8, 8), float(i)) for i in range(4)])  # image i is all i
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        mixed, target = MixupCutmix(7, mixup_alpha=0.4)(images, labels, generator=g)
+        # Mixup: image i = lam * i + (1 - lam) * (i - 1), so its value tells lam; targets follow it.
+        lam = float(mixed[1, 0, 0, 0] - 0.0)  # image 1 mixed with image 0: lam * 1
+        assert 0.0 <= lam <= 1.0
+        torch.testing.assert_close(target[1], lam * torch.eye(7)[3] + (1 - lam) * torch.eye(7)[0])
+        torch.testing.assert_close(target.sum(1), torch.ones(4))
+    for _ in range(20):
+        mixed, target = MixupCutmix(7, cutmix_alpha=1.0)(images, labels, generator=g)
+        # CutMix: the share of image 2's pixels that came from image 1 is its target's weight on label 3.
+        from_partner = float((mixed[2] == 1.0).float().mean())
+        assert set(mixed[2].unique().tolist()) <= {1.0, 2.0}
+        torch.testing.assert_close(target[2], (1 - from_partner) * torch.eye(7)[5] + from_partner * torch.eye(7)[3])
+    unmixed, onehot = MixupCutmix(7, mixup_alpha=0.4, prob=0.0)(images, labels, generator=g)
+    assert torch.equal(unmixed, images) and torch.equal(onehot, torch.eye(7)[labels])
+    with pytest.raises(ValueError, match="mix probability"):
+        MixupCutmix(7, mixup_alpha=0.2, prob=1.5)
+
+
+def test_distillation_loss_matches_a_hand_computation() -> None:
+    from training.train import distillation_loss
+
+    student = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    teacher = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    t = 2.0
+    expected = 0.0
+    for s_row, t_row in zip(student.tolist(), teacher.tolist(), strict=True):
+        p = np.exp(np.array(t_row) / t) / np.exp(np.array(t_row) / t).sum()
+        q = np.exp(np.array(s_row) / t) / np.exp(np.array(s_row) / t).sum()
+        expected += float((p * np.log(p / q)).sum())
+    expected = expected / 2 * t**2
+    assert float(distillation_loss(student, teacher, t)) == pytest.approx(expected, rel=1e-5)
+    assert float(distillation_loss(teacher, teacher, t)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_training_with_mixing_and_a_teacher_writes_a_model(data_csv: Path, tmp_path: Path) -> None:
+    teacher_run = tmp_path / "teacher"
+    common = ["--data", str(data_csv), "--arch", "resnet_fer_tiny", "--epochs", "1", "-b", "16", "--no-progress"]
+    assert run_cli(*common, "--out", str(teacher_run)).returncode == 0
+    student = tmp_path / "student"
+    proc = run_cli(
+        *common,
+        "--out",
+        str(student),
+        "--mixup-alpha",
+        "0.2",
+        "--cutmix-alpha",
+        "1.0",
+        "--teacher",
+        str(teacher_run / "model.pt2"),
+        "--teacher-tta",
+        "multicrop",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "teacher:" in proc.stdout
+    report = json.loads((student / "report.json").read_text())
+    assert report["config"]["teacher"].endswith("model.pt2") and report["config"]["cutmix_alpha"] == 1.0
+    bad = run_cli(*common, "--out", str(tmp_path / "bad"), "--teacher", str(data_csv))
+    assert bad.returncode != 0 and "--teacher" in bad.stderr

@@ -103,3 +103,60 @@ class TrainPreset(EvalPreset):
             noise = torch.randn(x.shape, generator=g)
             x = torch.where((inside & chosen).unsqueeze(1), noise, x)
         return x
+
+
+class MixupCutmix:
+    """Batch-level mixup (Zhang et al.) or CutMix (Yun et al.), as torchvision's v2.MixUp/CutMix.
+
+    Each call picks one of the enabled methods at random (like the reference recipe's
+    ``RandomChoice``), draws one ``lam ~ Beta(alpha, alpha)`` for the batch and pairs every image with
+    the batch rolled by one. Returns the mixed images and soft targets ``lam * onehot(y) + (1 - lam) *
+    onehot(y_rolled)``; for CutMix ``lam`` is the exact pixel share left after clipping the box.
+    ``prob`` is the chance that a batch is mixed at all; an unmixed batch gets one-hot targets.
+    """
+
+    def __init__(
+        self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, prob: float = 1.0
+    ) -> None:
+        if mixup_alpha < 0 or cutmix_alpha < 0:
+            raise ValueError("mixup and cutmix alphas must be >= 0")
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"mix probability {prob} is not in [0, 1]")
+        self.num_classes = num_classes
+        self.mixup_alpha, self.cutmix_alpha, self.prob = mixup_alpha, cutmix_alpha, prob
+
+    @property
+    def enabled(self) -> bool:
+        return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
+
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        target = F.one_hot(labels, self.num_classes).to(images.dtype)
+        g = generator
+        if not self.enabled or float(torch.rand((), generator=g)) >= self.prob:
+            return images, target
+        methods = [(name, a) for name, a in (("mixup", self.mixup_alpha), ("cutmix", self.cutmix_alpha)) if a > 0]
+        name, alpha = methods[int(torch.randint(len(methods), (), generator=g))]
+        lam = _beta_sample(alpha, g)
+        partner_images, partner_target = images.roll(1, 0), target.roll(1, 0)
+        if name == "mixup":
+            mixed = images * lam + partner_images * (1.0 - lam)
+        else:
+            h, w = images.shape[-2:]
+            cut_h, cut_w = int(h * math.sqrt(1.0 - lam)), int(w * math.sqrt(1.0 - lam))
+            cy, cx = int(torch.randint(h, (), generator=g)), int(torch.randint(w, (), generator=g))
+            y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+            x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+            mixed = images.clone()
+            mixed[..., y0:y1, x0:x1] = partner_images[..., y0:y1, x0:x1]
+            lam = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
+        return mixed, target * lam + partner_target * (1.0 - lam)
+
+
+def _beta_sample(alpha: float, generator: torch.Generator | None) -> float:
+    """Beta(alpha, alpha) by inverse CDF of a uniform drawn from ``generator``: reproducible on resume
+    (torch's Beta/Gamma samplers take no generator)."""
+    from scipy.special import betaincinv
+
+    return float(betaincinv(alpha, alpha, float(torch.rand((), generator=generator, dtype=torch.float64))))

@@ -35,7 +35,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from emostream.modelfile import ModelInfo, forward_with_tta, save_model
+from emostream.cpu import cpu_info
+from emostream.modelfile import TTA_MODES, ModelFileError, ModelInfo, forward_with_tta, load_model, save_model
 from emostream.wire import EMOTIONS
 from training import presets
 from training.data import LABEL_SOURCES, DataError, Split, load_dataset
@@ -137,8 +138,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--brightness", type=float, default=0.2)
     g.add_argument("--contrast", type=float, default=0.2)
     g.add_argument("--erase", type=float, default=0.25, help="random-erasing probability")
+    g.add_argument("--mixup-alpha", type=float, default=0.0, help="mixup Beta(a, a) on the batch (0 = off)")
+    g.add_argument("--cutmix-alpha", type=float, default=0.0, help="CutMix Beta(a, a) on the batch (0 = off)")
+    g.add_argument(
+        "--mix-prob", type=float, default=1.0, help="chance that a batch is mixed (mixup or CutMix, one at random)"
+    )
     g.add_argument("--mean", type=float, default=presets.DEFAULT_MEAN, help="normalisation mean (pixel/255)")
     g.add_argument("--std", type=float, default=presets.DEFAULT_STD, help="normalisation std (pixel/255)")
+
+    g = p.add_argument_group("distillation")
+    g.add_argument(
+        "--teacher",
+        default=None,
+        help="model file (one network or an ensemble) whose softened outputs the student also learns from",
+    )
+    g.add_argument("--distill-weight", type=float, default=0.5, help="share of the loss given to the teacher")
+    g.add_argument("--distill-temperature", type=float, default=4.0, help="softening temperature (Hinton et al.)")
+    g.add_argument(
+        "--teacher-tta",
+        default="none",
+        choices=TTA_MODES,
+        help="test-time augmentation of the teacher's logits (multicrop: ten shifted and mirrored views)",
+    )
 
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0)
@@ -226,14 +247,29 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """bf16 on CPU (AMX) and on CUDA where supported; fp16 only when asked; None = fp32."""
+    """auto: bf16 on CUDA where supported and on CPUs with native bf16, else fp32 (None); fp16 only when asked."""
     if amp == "off":
         return None
     if amp == "fp16":
         return torch.float16
-    if amp == "bf16" or device.type == "cpu":
+    if amp == "bf16":
         return torch.bfloat16
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_info().native_bf16 else None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def memory_format(amp_dtype: torch.dtype | None) -> torch.memory_format:
+    """channels-last where the convolutions run in 16 bits (AMX, tensor cores); plain float32 CPU
+    convolutions (oneDNN on AVX2) run faster on contiguous tensors."""
+    return torch.channels_last if amp_dtype is not None else torch.contiguous_format
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s soft-target term: T^2 * KL(softmax(teacher / T) || softmax(student / T)), batch mean."""
+    log_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_teacher = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    return F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True) * temperature**2
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[Any]:
@@ -304,10 +340,14 @@ def train_one_epoch(
     lr_scheduler: Any = None,
     scaler: torch.amp.GradScaler | None = None,
     model_ema: AveragedModel | None = None,
+    mixer: presets.MixupCutmix | None = None,
+    teacher: nn.Module | None = None,
 ) -> dict[str, float]:
     """One pass over ``order`` (drop_last: a batch of 1 would break BatchNorm). Returns loss/acc/lr.
 
-    ``model_ema``: averaged after every optimizer step."""
+    ``model_ema``: averaged after every optimizer step. ``mixer``: mixup/CutMix on each batch, the
+    loss then takes soft targets. ``teacher``: its logits (under ``args.teacher_tta``) on the same,
+    augmented and mixed, images add ``args.distill_weight`` of :func:`distillation_loss`."""
     model.train()
     g = torch.Generator().manual_seed(args.seed * 100_003 + epoch + 7_919)  # augmentation randomness
     bs = args.batch_size
@@ -327,11 +367,21 @@ def train_one_epoch(
     for step in bar:
         idx = order[step * bs : (step + 1) * bs]
         images = transform(split.images[idx], generator=g)
-        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format(amp_dtype))
         target = split.labels[idx].to(device, non_blocking=True)
+        soft_target = None
+        if mixer is not None and mixer.enabled:
+            images, soft_target = mixer(images, target, generator=g)
+        teacher_logits = None
+        if teacher is not None:
+            with torch.no_grad(), autocast(device, amp_dtype):
+                teacher_logits = forward_with_tta(teacher, images, args.teacher_tta).float()
         with autocast(device, amp_dtype):
             output = model(images)
-            loss = criterion(output.float(), target)
+            loss = criterion(output.float(), target if soft_target is None else soft_target)
+            if teacher_logits is not None:
+                soft = distillation_loss(output, teacher_logits, args.distill_temperature)
+                loss = (1.0 - args.distill_weight) * loss + args.distill_weight * soft
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -346,7 +396,9 @@ def train_one_epoch(
         if lr_scheduler is not None and not isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             lr_scheduler.step()
         total_loss += loss.detach().double().cpu() * len(idx)
-        correct += (output.argmax(1) == target).sum().cpu()
+        # A mixed image counts as right when the argmax is the label with the larger share.
+        hard = target if soft_target is None else soft_target.argmax(1)
+        correct += (output.argmax(1) == hard).sum().cpu()
         seen += len(idx)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{total_loss.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
@@ -373,7 +425,7 @@ def predict(
     out = []
     for start in range(0, len(split), batch_size):
         images = transform(split.images[start : start + batch_size]).to(device)
-        images = images.contiguous(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=memory_format(amp_dtype))
         with autocast(device, amp_dtype):
             out.append(forward_with_tta(model, images, tta).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, len(EMOTIONS))
@@ -438,6 +490,23 @@ def _json_safe(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+def load_teacher(args: argparse.Namespace, device: torch.device) -> nn.Module:
+    """The ``--teacher`` model file's network; it must see the student's inputs and name its classes."""
+    try:
+        teacher, info = load_model(args.teacher, device=str(device))
+    except ModelFileError as exc:
+        raise SystemExit(f"error: --teacher: {exc}") from exc
+    if list(info.class_names) != list(EMOTIONS):
+        raise SystemExit(f"error: --teacher {args.teacher} has classes {info.class_names}, not {list(EMOTIONS)}")
+    if tuple(info.input_size) != (48, 48) or (info.mean, info.std) != (args.mean, args.std):
+        raise SystemExit(
+            f"error: --teacher {args.teacher} takes {list(info.input_size)} inputs normalised with mean "
+            f"{info.mean} std {info.std}; the student uses [48, 48], mean {args.mean} std {args.std}"
+        )
+    print(f"teacher: {args.teacher} ({info.arch}), tta {args.teacher_tta}", flush=True)
+    return teacher
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Train, select on PublicTest, evaluate PrivateTest once, write the model file and report."""
     t_start = time.perf_counter()
@@ -470,7 +539,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         flush=True,
     )
 
-    model = build_model(args.arch, len(EMOTIONS), args.dropout).to(device, memory_format=torch.channels_last)
+    model = build_model(args.arch, len(EMOTIONS), args.dropout).to(device, memory_format=memory_format(amp_dtype))
     n_params = sum(p.numel() for p in model.parameters())
     weights = class_weights(train_split.class_counts(), args.class_weights)
     criterion = nn.CrossEntropyLoss(
@@ -496,6 +565,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         args.mean, args.std, args.hflip, args.shift, args.scale, args.rotate, args.brightness, args.contrast, args.erase
     )
     eval_tf = presets.EvalPreset(args.mean, args.std)
+    mixer = presets.MixupCutmix(len(EMOTIONS), args.mixup_alpha, args.cutmix_alpha, args.mix_prob)
+    teacher = load_teacher(args, device) if args.teacher else None
 
     start_epoch = 0
     history: list[dict[str, Any]] = []
@@ -550,6 +621,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             lr_scheduler,
             scaler,
             model_ema,
+            mixer,
+            teacher,
         )
         val = evaluate(scored, val_split, eval_tf, device, amp_dtype, args.eval_batch_size)
         score = val["accuracy"] if args.select_metric == "accuracy" else val["macro_f1"]
