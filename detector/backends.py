@@ -1,6 +1,7 @@
-"""Face detectors behind one small protocol: ``detect(image_bgr) -> (boxes, scores)``.
+"""Face detectors behind one small protocol: ``detect(image_bgr) -> Detections``.
 
-Boxes are int32 (N, 4) as x, y, w, h in the pixels of the image passed in; scores float32 (N,).
+Boxes are int32 (N, 4) as x, y, w, h in the pixels of the image passed in, scores float32 (N,),
+and YuNet's five landmarks (N, 5, 2) where the detector gives them (see :mod:`detector.detections`).
 Measured on lena/messi5/grace_hopper and faces.mp4: a YuNet box is about as tall as the Haar box
 of the same face but ~20% narrower (it spans brow to chin, not ear to ear), so the square of side
 max(w, h) around either box covers nearly the same region (see :mod:`detector.crops`).
@@ -14,7 +15,11 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from detector.detections import Detections
+
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
+#: The YuNet model shipped with the package (OpenCV Zoo, MIT licence: see detector/models/README.md).
+YUNET_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "face_detection_yunet_2026may.onnx")
 
 
 class DetectorConfigError(ValueError):
@@ -28,11 +33,7 @@ class FaceDetector(Protocol):
     #: Ignore faces smaller than this many pixels (larger box side), in the detected image's pixels.
     min_size: int
 
-    def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
-
-
-def _empty() -> tuple[np.ndarray, np.ndarray]:
-    return np.zeros((0, 4), dtype=np.int32), np.zeros((0,), dtype=np.float32)
+    def detect(self, image_bgr: np.ndarray) -> Detections: ...
 
 
 class HaarDetector:
@@ -60,16 +61,15 @@ class HaarDetector:
         self.min_neighbors = min_neighbors
         self.min_size = min_size
 
-    def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        gray = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
+    def detect(self, image_bgr: np.ndarray) -> Detections:
+        gray = image_bgr if image_bgr.ndim == 2 else cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
         side = max(int(self.min_size), 1)
         boxes = self.cascade.detectMultiScale(
             gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(side, side)
         )
         if len(boxes) == 0:
-            return _empty()
-        boxes = np.asarray(boxes, dtype=np.int32).reshape(-1, 4)
-        return boxes, np.ones(len(boxes), dtype=np.float32)
+            return Detections.empty()
+        return Detections(boxes, np.ones(len(boxes), dtype=np.float32))
 
 
 class YuNetDetector:
@@ -98,23 +98,21 @@ class YuNetDetector:
         self.min_size = min_size
         self._input_size: tuple[int, int] | None = None
 
-    def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def detect(self, image_bgr: np.ndarray) -> Detections:
         height, width = image_bgr.shape[:2]
         if self._input_size != (width, height):
             # YuNet's anchors depend on the input size; setting it per new frame size keeps every
             # camera's resolution valid through one detector instance.
             self.net.setInputSize((width, height))
             self._input_size = (width, height)
+        if image_bgr.ndim == 2:
+            image_bgr = cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR)
         _, faces = self.net.detect(image_bgr)
         if faces is None or len(faces) == 0:
-            return _empty()
+            return Detections.empty(with_landmarks=True)
         # Rows: x, y, w, h, 5 landmarks (x, y), score.
-        boxes = np.round(faces[:, :4]).astype(np.int32)
-        scores = faces[:, -1].astype(np.float32)
-        if self.min_size > 0:
-            keep = np.maximum(boxes[:, 2], boxes[:, 3]) >= self.min_size
-            boxes, scores = boxes[keep], scores[keep]
-        return boxes.reshape(-1, 4), scores.reshape(-1)
+        found = Detections(np.round(faces[:, :4]), faces[:, -1], faces[:, 4:14])
+        return found.at_least(self.min_size)
 
 
 def build_detector(
@@ -127,7 +125,5 @@ def build_detector(
     if backend == "haar":
         return HaarDetector(min_size=min_size)
     if backend == "yunet":
-        if not model_path:
-            raise DetectorConfigError("the yunet backend needs --model, the path of a YuNet .onnx file")
-        return YuNetDetector(model_path, score_threshold=score_threshold, min_size=min_size)
+        return YuNetDetector(model_path or YUNET_MODEL, score_threshold=score_threshold, min_size=min_size)
     raise DetectorConfigError(f"unknown detector backend {backend!r} (haar, yunet)")

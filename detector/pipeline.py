@@ -9,8 +9,11 @@ import time
 import cv2
 import numpy as np
 
+from detector.align import aligned_crops, refine_landmarks
 from detector.backends import FaceDetector, build_detector
-from detector.crops import clip_boxes, face_crops
+from detector.crops import face_crops
+from detector.detections import Detections
+from emostream.boxes import clip_boxes
 from emostream.metrics import DETECTIONS
 from emostream.wire import Faces, Frame
 
@@ -26,25 +29,17 @@ def downscale_image(image: np.ndarray, factor: float) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def scale_boxes(boxes: np.ndarray, from_shape: tuple[int, ...], to_shape: tuple[int, ...]) -> np.ndarray:
-    """Map xywh boxes from an image of ``from_shape`` to one of ``to_shape`` (h, w, ...), rounded."""
-    sy = to_shape[0] / from_shape[0]
-    sx = to_shape[1] / from_shape[1]
-    scaled = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * np.array([sx, sy, sx, sy])
-    return np.round(scaled).astype(np.int32)
-
-
-def detect_downscaled(detector: FaceDetector, image_bgr: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+def detect_downscaled(detector: FaceDetector, image_bgr: np.ndarray, factor: float) -> Detections:
     """Detect on ``image_bgr`` shrunk by ``factor`` and return boxes in full-resolution pixels.
 
     Detection cost grows with the pixel count, the classifier needs only 48x48 crops, and faces
     from a camera across a room are still 40+ px at half resolution: 0.5 is a good trade.
     """
     small = downscale_image(image_bgr, factor)
-    boxes, scores = detector.detect(small)
-    if small is not image_bgr and len(boxes):
-        boxes = scale_boxes(boxes, small.shape, image_bgr.shape)
-    return boxes, scores
+    found = detector.detect(small)
+    if small is not image_bgr and len(found):
+        found = found.scaled(small.shape, image_bgr.shape)
+    return found
 
 
 class FaceExtractor:
@@ -58,33 +53,48 @@ class FaceExtractor:
     key frame of (e.g. after a restart) is detected anyway.
     """
 
-    def __init__(self, detector: FaceDetector, downscale: float = 1.0, crop_size: int = 48) -> None:
+    def __init__(
+        self, detector: FaceDetector, downscale: float = 1.0, crop_size: int = 48, align: bool = False
+    ) -> None:
         if not 0 < downscale <= 1:
             raise ValueError(f"downscale {downscale} is not in (0, 1]")
         self.detector = detector
         self.downscale = downscale
         self.crop_size = crop_size
-        self._key_boxes: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # camera -> last key frame's result
+        #: Upright crops framed like FER2013 from the detector's landmarks (detector.align); faces
+        #: without landmarks (Haar) get the box's square crop.
+        self.align = align
+        self._key_faces: dict[str, Detections] = {}  # camera -> last key frame's detections
+
+    def extract(self, image: np.ndarray, camera: str = "", key: bool = True) -> tuple[Detections, np.ndarray]:
+        """The faces of one full-resolution frame and their classifier crops (N, size, size) uint8."""
+        held = None if key else self._key_faces.get(camera)
+        if held is None:
+            found = detect_downscaled(self.detector, image, self.downscale)
+            if self.align:
+                found = refine_landmarks(image, found, self.detector)
+            self._key_faces[camera] = found
+            DETECTIONS.labels(camera=camera).inc()
+        else:
+            found = held
+        # Crops come from the full-resolution frame: downscaling is only for finding faces.
+        if self.align and found.landmarks is not None:
+            crops = aligned_crops(image, found.landmarks, self.crop_size)
+        else:
+            crops = face_crops(image, found.boxes, self.crop_size)
+        return found, crops
 
     def process(self, frame: Frame) -> Faces:
         image = frame.image
-        held = None if frame.key else self._key_boxes.get(frame.camera)
-        if held is None:
-            boxes, scores = detect_downscaled(self.detector, image, self.downscale)
-            self._key_boxes[frame.camera] = (boxes, scores)
-            DETECTIONS.labels(camera=frame.camera).inc()
-        else:
-            boxes, scores = held
-        # Crops come from the full-resolution frame: downscaling is only for finding faces.
-        crops = face_crops(image, boxes, self.crop_size)
+        found, crops = self.extract(image, frame.camera, frame.key)
         return Faces(
             camera=frame.camera,
             seq=frame.seq,
             ts_capture=frame.ts_capture,
             ts_detect=time.time(),
             frame_shape=(int(image.shape[0]), int(image.shape[1])),
-            boxes=clip_boxes(boxes, image.shape),
-            scores=np.asarray(scores, dtype=np.float32).reshape(-1),
+            boxes=clip_boxes(found.boxes, image.shape),
+            scores=found.scores,
             crops=crops,
             droppable=frame.droppable,
         )
@@ -97,6 +107,7 @@ def build_extractor(
     min_face: int = 40,
     downscale: float = 1.0,
     crop_size: int = 48,
+    align: bool = False,
 ) -> FaceExtractor:
     """A :class:`FaceExtractor` from CLI-level settings; ``min_face`` is in full-resolution pixels."""
     if not 0 < downscale <= 1:
@@ -104,4 +115,4 @@ def build_extractor(
     # The detector sees the downscaled image, so its minimum face size is scaled along.
     min_size = max(1, math.floor(min_face * downscale))
     detector = build_detector(backend, model_path, score_threshold, min_size)
-    return FaceExtractor(detector, downscale=downscale, crop_size=crop_size)
+    return FaceExtractor(detector, downscale=downscale, crop_size=crop_size, align=align)

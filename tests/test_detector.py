@@ -16,6 +16,7 @@ import zmq
 from conftest import free_port, metric_samples, sample, start_stage, wait_for
 from detector.backends import DetectorConfigError, HaarDetector, YuNetDetector
 from detector.crops import crop_squares, face_crops
+from detector.detections import Detections
 from detector.pipeline import FaceExtractor, build_extractor, detect_downscaled
 from emostream.wire import Frame, decode_credit, decode_faces, encode_frame
 
@@ -78,39 +79,42 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.mark.parametrize("name", PORTRAITS)
 def test_haar_finds_exactly_one_face_in_each_portrait(name: str) -> None:
     # min_size 24 (Haar's own window): messi5's face is only ~40 px wide.
-    boxes, scores = HaarDetector(scale_factor=1.2, min_neighbors=5, min_size=24).detect(read_image(name))
-    assert boxes.shape == (1, 4) and boxes.dtype == np.int32
-    assert scores.shape == (1,) and scores.dtype == np.float32
+    found = HaarDetector(scale_factor=1.2, min_neighbors=5, min_size=24).detect(read_image(name))
+    assert found.boxes.shape == (1, 4) and found.boxes.dtype == np.int32
+    assert found.scores.shape == (1,) and found.scores.dtype == np.float32
+    assert found.landmarks is None  # Haar gives none
 
 
 @pytest.mark.parametrize("name", PORTRAITS)
 def test_yunet_finds_exactly_one_confident_face_in_each_portrait(name: str, yunet_model: str) -> None:
-    boxes, scores = YuNetDetector(yunet_model, score_threshold=0.7).detect(read_image(name))
-    assert boxes.shape == (1, 4) and boxes.dtype == np.int32
-    assert scores.dtype == np.float32 and 0.7 <= float(scores[0]) <= 1.0
+    found = YuNetDetector(yunet_model, score_threshold=0.7).detect(read_image(name))
+    assert found.boxes.shape == (1, 4) and found.boxes.dtype == np.int32
+    assert found.scores.dtype == np.float32 and 0.7 <= float(found.scores[0]) <= 1.0
+    # Five landmarks inside the box: the eyes above the mouth corners, the right eye left on screen.
+    (lm,) = found.landmarks
+    x, y, w, h = found.boxes[0]
+    assert ((lm[:, 0] >= x) & (lm[:, 0] <= x + w) & (lm[:, 1] >= y) & (lm[:, 1] <= y + h)).all()
+    assert lm[0, 0] < lm[1, 0] and max(lm[0, 1], lm[1, 1]) < min(lm[3, 1], lm[4, 1])
 
 
 def test_haar_and_yunet_agree_on_where_the_face_is(yunet_model: str) -> None:
     image = read_image("grace_hopper.jpg")
-    (haar,), _ = HaarDetector().detect(image)
-    (yunet,), _ = YuNetDetector(yunet_model).detect(image)
+    (haar,) = HaarDetector().detect(image).boxes
+    (yunet,) = YuNetDetector(yunet_model).detect(image).boxes
     # Same face: the crop squares built from either box overlap almost entirely (crops.py relies on it).
     assert iou(crop_squares(haar[None])[0], crop_squares(yunet[None])[0]) > 0.7
 
 
 def test_both_backends_find_several_people_in_the_meeting_video(yunet_model: str) -> None:
     frame = video_frame(0)
-    haar_boxes, _ = HaarDetector().detect(frame)
-    yunet_boxes, _ = YuNetDetector(yunet_model).detect(frame)
-    assert len(haar_boxes) >= 2
-    assert len(yunet_boxes) >= 2
+    assert len(HaarDetector().detect(frame)) >= 2
+    assert len(YuNetDetector(yunet_model).detect(frame)) >= 2
 
 
 def test_yunet_adapts_to_each_new_frame_size(yunet_model: str) -> None:
     detector = YuNetDetector(yunet_model)
     for name in PORTRAITS:  # three different sizes through one instance
-        boxes, _ = detector.detect(read_image(name))
-        assert len(boxes) == 1
+        assert len(detector.detect(read_image(name))) == 1
 
 
 def test_yunet_with_a_missing_model_file_is_a_config_error(tmp_path: Path) -> None:
@@ -125,9 +129,9 @@ def test_yunet_with_a_missing_model_file_is_a_config_error(tmp_path: Path) -> No
 def test_an_image_without_faces_gives_empty_typed_arrays(yunet_model: str) -> None:
     blank = np.full((240, 320, 3), 90, dtype=np.uint8)
     for detector in (HaarDetector(), YuNetDetector(yunet_model)):
-        boxes, scores = detector.detect(blank)
-        assert boxes.shape == (0, 4) and boxes.dtype == np.int32
-        assert scores.shape == (0,) and scores.dtype == np.float32
+        found = detector.detect(blank)
+        assert found.boxes.shape == (0, 4) and found.boxes.dtype == np.int32
+        assert found.scores.shape == (0,) and found.scores.dtype == np.float32
 
 
 # ------------------------------------------------------------------------------------------------
@@ -140,10 +144,12 @@ def test_an_image_without_faces_gives_empty_typed_arrays(yunet_model: str) -> No
 def test_downscaled_detection_maps_boxes_back_to_full_resolution(backend: str, name: str, yunet_model: str) -> None:
     image = read_image(name)
     detector = HaarDetector(min_size=24) if backend == "haar" else YuNetDetector(yunet_model)
-    (full,), _ = detect_downscaled(detector, image, 1.0)
-    (half,), _ = detect_downscaled(detector, image, 0.5)
+    full_found, half_found = detect_downscaled(detector, image, 1.0), detect_downscaled(detector, image, 0.5)
+    (full,), (half,) = full_found.boxes, half_found.boxes
     assert iou(full, half) > 0.75, (full, half)
     assert abs(int(half[2]) - int(full[2])) < 0.15 * full[2]
+    if full_found.landmarks is not None:  # landmarks are mapped back to full resolution too
+        assert np.abs(full_found.landmarks - half_found.landmarks).max() < 0.05 * full[2]
 
 
 @pytest.mark.parametrize("downscale", [1.0, 0.5])
@@ -164,7 +170,7 @@ def test_min_face_is_in_full_resolution_pixels_whatever_the_downscale(downscale:
 
 def test_crops_are_square_48px_grayscale_uint8_per_face() -> None:
     image = read_image("lena.jpg")
-    boxes, _ = HaarDetector().detect(image)
+    boxes = HaarDetector().detect(image).boxes
     crops = face_crops(image, boxes, size=48)
     assert crops.shape == (len(boxes), 48, 48) and crops.dtype == np.uint8
     assert crops.std() > 10  # a real face, not a flat patch
@@ -210,7 +216,7 @@ class CountingDetector:
     def __init__(self, inner: HaarDetector) -> None:
         self.inner, self.min_size, self.calls = inner, inner.min_size, 0
 
-    def detect(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def detect(self, image_bgr: np.ndarray) -> Detections:
         self.calls += 1
         return self.inner.detect(image_bgr)
 

@@ -1,0 +1,155 @@
+"""Upright, FER2013-framed face crops from YuNet's five landmarks.
+
+FER2013's faces are roughly upright and centred, so a face that leans in the frame loses accuracy
+when it is cropped as it leans. Each face's landmarks (eyes, nose tip, mouth corners) are mapped by
+the similarity transform (rotation, uniform scale, shift) that best fits them, in least squares, to
+:data:`FER2013_TEMPLATE`: where those landmarks sit, on average, in FER2013's own 48x48 images.
+The template was measured, not chosen by eye: ``python -m training framing`` runs YuNet on FER2013
+Training images and writes the mean positions (mirror-symmetrised, since training flips faces).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from detector.detections import Detections
+
+if TYPE_CHECKING:
+    from detector.backends import FaceDetector
+
+#: YuNet's landmark order (the subject's right eye is on the image's left).
+LANDMARKS = ("right_eye", "left_eye", "nose_tip", "right_mouth", "left_mouth")
+
+#: Landmark positions in a FER2013 image, as fractions of its side (x, y), from
+#: ``python -m training framing --data ../shared/data/fer2013/fer2013.csv.gz`` (see training/framing.py).
+FER2013_TEMPLATE = np.array(
+    [
+        [0.3193, 0.3771],
+        [0.6807, 0.3771],
+        [0.5000, 0.5900],
+        [0.3536, 0.7591],
+        [0.6464, 0.7591],
+    ],
+    dtype=np.float64,
+)
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The 2x3 matrix of the rotation + uniform scale + shift that maps points ``src`` (K, 2) closest to
+    ``dst`` (K, 2) in least squares (Umeyama's method, reflections excluded)."""
+    src = np.asarray(src, dtype=np.float64).reshape(-1, 2)
+    dst = np.asarray(dst, dtype=np.float64).reshape(-1, 2)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    var_s = (s**2).sum() / len(src)
+    cov = d.T @ s / len(src)
+    u, sigma, vt = np.linalg.svd(cov)
+    sign = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[1, 1] = -1.0
+    rotation = u @ sign @ vt
+    scale = float((sigma * np.diag(sign)).sum() / var_s) if var_s > 0 else 1.0
+    shift = mu_d - scale * rotation @ mu_s
+    return np.hstack([scale * rotation, shift[:, None]])
+
+
+def roll_degrees(landmarks: np.ndarray) -> np.ndarray:
+    """In-plane head roll of each face (N, 5, 2) in degrees, positive clockwise on screen (y down):
+    the rotation of the least-squares fit of :data:`FER2013_TEMPLATE` onto all five landmarks, which
+    is steadier than the eye line alone."""
+    lm = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
+    angles = [np.arctan2(m[1, 0], m[0, 0]) for m in (similarity_transform(FER2013_TEMPLATE, face) for face in lm)]
+    return np.degrees(np.array(angles, dtype=np.float64))
+
+
+def alignment_matrices(landmarks: np.ndarray, size: int, template: np.ndarray = FER2013_TEMPLATE) -> np.ndarray:
+    """(N, 2, 3) matrices taking frame pixels to ``size`` x ``size`` crop pixels for faces (N, 5, 2)."""
+    lm = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
+    # Pixel centres: a crop pixel (i, j) covers [i, i+1), so a template fraction f sits at f * size - 0.5.
+    dst = template * size - 0.5
+    return np.stack([similarity_transform(face, dst) for face in lm]) if len(lm) else np.zeros((0, 2, 3))
+
+
+def aligned_crops(image: np.ndarray, landmarks: np.ndarray, size: int = 48) -> np.ndarray:
+    """Grayscale upright crops, uint8 (N, size, size), of the faces whose landmarks are ``landmarks``
+    (N, 5, 2) in ``image`` (BGR or gray) pixels. Past the frame's edge, edge pixels are repeated."""
+    matrices = alignment_matrices(landmarks, size)
+    out = np.empty((len(matrices), size, size), dtype=np.uint8)
+    if not len(matrices):
+        return out
+    gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    for i, matrix in enumerate(matrices):
+        out[i] = _warp(gray, matrix, size)
+    return out
+
+
+def _warp(gray: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    scale = float(np.hypot(matrix[0, 0], matrix[0, 1]))
+    if scale >= 0.5:
+        return cv2.warpAffine(gray, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    # Shrinking by more than 2x with bilinear sampling aliases (FER2013's faces were area-averaged):
+    # area-resize just the face's region first, so that the warp itself shrinks by 2x at most.
+    inverse = cv2.invertAffineTransform(matrix)
+    corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], dtype=np.float64) @ inverse.T
+    x0, y0 = np.floor(corners.min(0)).astype(int) - 1
+    x1, y1 = np.ceil(corners.max(0)).astype(int) + 1
+    height, width = gray.shape
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if cx0 >= cx1 or cy0 >= cy1:
+        return np.full((size, size), 128, dtype=np.uint8)
+    region = cv2.copyMakeBorder(gray[cy0:cy1, cx0:cx1], cy0 - y0, y1 - cy1, cx0 - x0, x1 - cx1, cv2.BORDER_REPLICATE)
+    factor = 2.0 * scale
+    rh, rw = region.shape
+    dsize = (max(1, round(rw * factor)), max(1, round(rh * factor)))
+    small = cv2.resize(region, dsize, interpolation=cv2.INTER_AREA)
+    f = np.array([dsize[0] / rw, dsize[1] / rh])
+    # Frame pixel p lies at q = (p - origin + 0.5) * f - 0.5 in ``small`` (pixel centres), so the crop
+    # pixel A p + t is (A / f) q + A (origin - 0.5 + 0.5 / f) + t.
+    m = matrix.copy()
+    m[:, :2] = matrix[:, :2] / f
+    m[:, 2] += matrix[:, :2] @ (np.array([x0, y0], dtype=np.float64) - 0.5 + 0.5 / f)
+    return cv2.warpAffine(small, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+#: Faces whose measured roll is under this many degrees are aligned from their first landmarks.
+REFINE_MIN_ROLL = 5.0
+#: Largest side, in pixels, of the upright patch a tilted face is detected again in.
+REFINE_PATCH = 256
+
+
+def refine_landmarks(
+    image: np.ndarray, found: Detections, detector: FaceDetector, min_roll: float = REFINE_MIN_ROLL
+) -> Detections:
+    """``found`` with the landmarks of each tilted face measured again on an upright patch.
+
+    A landmark regressor trained mostly on upright faces reads a tilted face as less tilted than it
+    is, so one alignment leaves part of the roll. Each face whose roll is at least ``min_roll``
+    degrees is rotated upright by that roll in a patch twice its box's size, detected again there,
+    and the landmarks of the detection nearest the patch centre are mapped back to ``image`` pixels.
+    Boxes and scores stay as found; a face not found again keeps its first landmarks.
+    """
+    if found.landmarks is None or not len(found):
+        return found
+    rolls = roll_degrees(found.landmarks)
+    landmarks = found.landmarks.copy()
+    for i in np.flatnonzero(np.abs(rolls) >= min_roll):
+        x, y, w, h = (float(v) for v in found.boxes[i])
+        side = 2.0 * max(w, h, 1.0)
+        size = int(min(round(side), REFINE_PATCH))
+        # Patch pixels from frame pixels: rotate by -roll about the box centre, scale, centre the face.
+        to_patch = cv2.getRotationMatrix2D((x + w / 2, y + h / 2), float(rolls[i]), size / side)
+        to_patch[:, 2] += size / 2 - np.array([x + w / 2, y + h / 2])
+        patch = cv2.warpAffine(image, to_patch, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        again = detector.detect(patch)
+        if again.landmarks is None or not len(again):
+            continue
+        centres = again.boxes[:, :2] + again.boxes[:, 2:] / 2
+        nearest = int(np.argmin(np.linalg.norm(centres - size / 2, axis=1)))
+        if np.linalg.norm(centres[nearest] - size / 2) > size / 4:
+            continue  # another face in the patch, not this one
+        to_frame = cv2.invertAffineTransform(to_patch)
+        landmarks[i] = again.landmarks[nearest] @ to_frame[:, :2].T + to_frame[:, 2]
+    return Detections(found.boxes, found.scores, landmarks)
