@@ -120,10 +120,94 @@ def build_detector(
     model_path: str | None = None,
     score_threshold: float = 0.7,
     min_size: int = 24,
+    roll_passes: tuple[float, ...] = (),
 ) -> FaceDetector:
-    """A detector by name ("haar" or "yunet"); ``min_size`` in the pixels of the images it will see."""
+    """A detector by name ("haar" or "yunet"); ``min_size`` in the pixels of the images it will see;
+    ``roll_passes``: also detect on the image turned by these angles (:class:`RolledPasses`)."""
+    detector: FaceDetector
     if backend == "haar":
-        return HaarDetector(min_size=min_size)
-    if backend == "yunet":
-        return YuNetDetector(model_path or YUNET_MODEL, score_threshold=score_threshold, min_size=min_size)
-    raise DetectorConfigError(f"unknown detector backend {backend!r} (haar, yunet)")
+        detector = HaarDetector(min_size=min_size)
+    elif backend == "yunet":
+        detector = YuNetDetector(model_path or YUNET_MODEL, score_threshold=score_threshold, min_size=min_size)
+    else:
+        raise DetectorConfigError(f"unknown detector backend {backend!r} (haar, yunet)")
+    return RolledPasses(detector, roll_passes) if roll_passes else detector
+
+
+class RolledPasses:
+    """A detector that also looks at the image turned by each of ``angles`` degrees, for heads
+    rolled further than the inner detector finds (YuNet loses faces past about 20 degrees).
+
+    Each turned pass runs on the image shrunk by ``downscale`` (the faces that matter are large
+    enough to be found at half resolution), its boxes and landmarks are mapped back to the image's
+    pixels, and overlapping faces from all passes are merged keeping the most confident one (a
+    face found upright in a turned pass also gets landmarks read from an upright face).
+    """
+
+    def __init__(
+        self, inner: FaceDetector, angles: tuple[float, ...] = (30.0, -30.0), downscale: float = 0.5, iou: float = 0.3
+    ) -> None:
+        if not 0 < downscale <= 1:
+            raise DetectorConfigError(f"rolled-pass downscale {downscale} is not in (0, 1]")
+        self.inner = inner
+        self.angles = tuple(float(a) for a in angles)
+        self.downscale = downscale
+        self.iou = iou
+        self.min_size = inner.min_size
+
+    def detect(self, image_bgr: np.ndarray) -> Detections:
+        found = [self.inner.detect(image_bgr)]
+        height, width = image_bgr.shape[:2]
+        for angle in self.angles:
+            # Frame pixels -> turned, shrunk pixels; the whole frame stays in view on a larger canvas.
+            cos, sin = abs(np.cos(np.radians(angle))), abs(np.sin(np.radians(angle)))
+            out_w = int(np.ceil((width * cos + height * sin) * self.downscale))
+            out_h = int(np.ceil((width * sin + height * cos) * self.downscale))
+            to_turned = cv2.getRotationMatrix2D((width / 2, height / 2), -angle, self.downscale)
+            to_turned[:, 2] += np.array([out_w / 2 - width / 2, out_h / 2 - height / 2])
+            turned = cv2.warpAffine(image_bgr, to_turned, (out_w, out_h), borderMode=cv2.BORDER_REPLICATE)
+            saved = self.inner.min_size
+            self.inner.min_size = max(1, int(saved * self.downscale))
+            try:
+                faces = self.inner.detect(turned)
+            finally:
+                self.inner.min_size = saved
+            if len(faces):
+                found.append(_map_back(faces, cv2.invertAffineTransform(to_turned)))
+        return _merge(found, self.iou)
+
+
+def _map_back(faces: Detections, matrix: np.ndarray) -> Detections:
+    """Detections in the pixels ``matrix`` (2x3) maps to: box centres and landmarks move exactly, box
+    sides scale by the matrix's scale (an upright box of a turned face stays about as large)."""
+    scale = float(np.hypot(matrix[0, 0], matrix[0, 1]))
+    centres = faces.boxes[:, :2] + faces.boxes[:, 2:] / 2
+    centres = centres @ matrix[:, :2].T + matrix[:, 2]
+    sides = faces.boxes[:, 2:] * scale
+    boxes = np.round(np.hstack([centres - sides / 2, sides]))
+    landmarks = None
+    if faces.landmarks is not None:
+        landmarks = faces.landmarks @ matrix[:, :2].T.astype(np.float32) + matrix[:, 2].astype(np.float32)
+    return Detections(boxes, faces.scores, landmarks)
+
+
+def _merge(parts: list[Detections], iou: float) -> Detections:
+    """All detections of ``parts``, overlapping ones (IoU >= ``iou``) merged into the most confident."""
+    from emostream.boxes import iou_matrix
+
+    if len(parts) == 1:
+        return parts[0]
+    with_landmarks = all(p.landmarks is not None for p in parts)
+    boxes = np.concatenate([p.boxes for p in parts])
+    scores = np.concatenate([p.scores for p in parts])
+    landmarks = np.concatenate([p.landmarks for p in parts]) if with_landmarks else None  # type: ignore[misc]
+    if not len(boxes):
+        return Detections.empty(with_landmarks)
+    order = np.argsort(-scores, kind="stable")
+    overlaps = iou_matrix(boxes, boxes)
+    keep: list[int] = []
+    for i in order:
+        if all(overlaps[i, k] < iou for k in keep):
+            keep.append(int(i))
+    index = np.array(sorted(keep))
+    return Detections(boxes[index], scores[index], None if landmarks is None else landmarks[index])

@@ -108,11 +108,12 @@ def build_extractor(
     downscale: float = 1.0,
     crop_size: int = 48,
     align: bool = False,
+    roll_passes: tuple[float, ...] = (),
 ) -> FaceExtractor:
     """A :class:`FaceExtractor` from CLI-level settings; ``min_face`` is in full-resolution pixels."""
     if not 0 < downscale <= 1:
         raise ValueError(f"downscale {downscale} is not in (0, 1]")
     # The detector sees the downscaled image, so its minimum face size is scaled along.
     min_size = max(1, math.floor(min_face * downscale))
-    detector = build_detector(backend, model_path, score_threshold, min_size)
+    detector = build_detector(backend, model_path, score_threshold, min_size, roll_passes)
     return FaceExtractor(detector, downscale=downscale, crop_size=crop_size, align=align)

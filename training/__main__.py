@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "calibrate": "training.calibrate",
     "gradcam": "training.gradcam",
     "export": "training.export",
+    "pipeline-eval": "training.pipeline_eval",
 }
 
 
