@@ -191,6 +191,44 @@ def test_weight_average_is_what_gets_selected_resumed_and_shipped(data_csv: Path
     assert refused.returncode != 0 and "no weight average" in refused.stderr
 
 
+# The keys of the checkpoints that runs already under way were started with; resuming needs no other.
+ORIGINAL_CHECKPOINT_KEYS = (
+    "model",
+    "optimizer",
+    "lr_scheduler",
+    "scaler",
+    "model_ema",
+    "epoch",
+    "args",
+    "history",
+    "best",
+)
+
+
+def test_a_checkpoint_with_only_the_original_keys_resumes(data_csv: Path, tmp_path: Path) -> None:
+    # Weight average and cosine schedule on, so that every original key holds state to restore.
+    flags = ["--data", str(data_csv), *FAST_FLAGS, "--model-ema-decay", "0.9", "--lr-scheduler", "cosine"]
+    first = run_cli("train", *flags, "--out", str(tmp_path / "first"), "--epochs", "1")
+    assert first.returncode == 0, first.stderr
+    written = torch.load(tmp_path / "first" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert set(ORIGINAL_CHECKPOINT_KEYS) <= set(written)
+    assert all(written[k] is not None for k in ("lr_scheduler", "model_ema"))
+    original = tmp_path / "original.pt"
+    torch.save({key: written[key] for key in ORIGINAL_CHECKPOINT_KEYS}, original)
+
+    out = tmp_path / "resumed"
+    second = run_cli("train", *flags, "--out", str(out), "--epochs", "2", "--resume", str(original))
+    assert second.returncode == 0, second.stderr
+    assert "after epoch 1" in second.stdout and "epoch   1/2" not in second.stdout
+    history = json.loads((out / "report.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[0] == written["history"][0]  # the first epoch's record came from the checkpoint
+    resumed = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert resumed["epoch"] == 1
+    # The restored average went on averaging: it is not the freshly initialised copy of the weights.
+    assert int(resumed["model_ema"]["n_averaged"]) > int(written["model_ema"]["n_averaged"])
+
+
 def test_config_unknown_key_is_an_error(data_csv: Path, tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("epochs: 1\nlearning_rat: 0.1\n")

@@ -22,8 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from emostream.modelfile import TTA_MODES, ModelFileError
-from training.cli_support import add_data_arguments, canonical_split, emit, json_ready, load_data, log
+from emostream.jsonutil import json_ready
+from emostream.modelfile import TTA_MODES
+from training.cli_support import canonical_split, emit, load_data, log, run_subcommand, subcommand_parser
 from training.data import DataError
 from training.inference import file_digest, load, predict_logits, rewrite_model_info
 from training.metrics import (
@@ -35,15 +36,11 @@ from training.metrics import (
     softmax,
 )
 
+DESCRIPTION = "Fit a model file's softmax temperature on PublicTest; report ECE; optionally store it."
+
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m training calibrate",
-        description="Fit a model file's softmax temperature on PublicTest; report ECE; optionally store it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_data_arguments(p)
-    p.add_argument("--model", default=None, help="model file (.pt2); None = classifier/models/emotion.pt2")
+    p = subcommand_parser("calibrate", DESCRIPTION, data=True, model=True)
     p.add_argument("--fit-split", default="PublicTest", help="split the temperature is fitted on")
     p.add_argument("--eval-split", default="PrivateTest", help="held-out split the fitted temperature is checked on")
     p.add_argument("--bins", type=int, default=15, help="equal-width confidence bins for ECE")
@@ -158,10 +155,4 @@ def calibrate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        calibrate(args)
-    except (DataError, ModelFileError) as exc:
-        log(f"error: {exc}")
-        return 1
-    return 0
+    return run_subcommand(get_args_parser().parse_args, calibrate, argv)

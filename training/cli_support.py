@@ -8,27 +8,45 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from emostream.jsonutil import json_ready
+from emostream.modelfile import ModelFileError
+from training.data import FLAT_SPLIT, LABEL_SOURCES, SPLITS, DataError, Fer2013, load_dataset, split_name
 
-from training.data import FLAT_SPLIT, LABEL_SOURCES, SPLITS, Fer2013, load_dataset, split_name
+DATA_HELP = "fer2013.csv(.gz), or an image folder <root>/<split>/<class>/*.png or <root>/<class>/*.png"
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    g = parser.add_argument_group("data")
-    g.add_argument(
-        "--data",
-        required=required,
-        help="fer2013.csv(.gz), or an image folder <root>/<split>/<class>/*.png or <root>/<class>/*.png",
+def subcommand_parser(
+    name: str, description: str, *, data: bool | None = None, model: bool = False
+) -> argparse.ArgumentParser:
+    """The parser of ``python -m training NAME``; ``data``: add the data options (True: --data required,
+    False: optional, None: none); ``model``: add --model."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m training {name}",
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    if data is not None:
+        add_data_arguments(parser, required=data)
+    if model:
+        parser.add_argument("--model", default=None, help="model file (.pt2); None = classifier/models/emotion.pt2")
+    return parser
+
+
+def add_data_arguments(
+    parser: argparse.ArgumentParser, required: bool = True, data_help: str = DATA_HELP
+) -> argparse._ArgumentGroup:
+    """The ``data`` option group (--data, --labels, --ferplus-csv, --strict); returned for more options."""
+    g = parser.add_argument_group("data")
+    g.add_argument("--data", required=required, help=data_help)
     g.add_argument(
         "--labels",
         default="fer2013",
@@ -41,6 +59,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -
         action="store_true",
         help="make a bad row/image an error naming it, instead of a counted and warned skip",
     )
+    return g
 
 
 def load_data(args: argparse.Namespace, splits: tuple[str, ...] | None = None) -> Fer2013:
@@ -57,23 +76,6 @@ def canonical_split(name: str) -> str:
     return split_name(name) or name
 
 
-def json_ready(obj: Any) -> Any:
-    """Plain JSON values: numpy scalars/arrays to Python, NaN/inf to null (strict JSON has no NaN)."""
-    if isinstance(obj, dict):
-        return {str(k): json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_ready(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return json_ready(obj.tolist())
-    if isinstance(obj, np.generic):
-        return json_ready(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def dumps(obj: Any) -> str:
     return json.dumps(json_ready(obj), indent=1, allow_nan=False)
 
@@ -86,3 +88,21 @@ def emit(result: dict[str, Any], out_file: Path | None = None) -> None:
         out_file.write_text(text + "\n")
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+def run_subcommand(
+    parse: Callable[[Sequence[str] | None], argparse.Namespace],
+    action: Callable[[argparse.Namespace], Any],
+    argv: Sequence[str] | None,
+    errors: tuple[type[Exception], ...] = (DataError, ModelFileError),
+    ok: Callable[[Any], bool] = lambda result: True,
+) -> int:
+    """A subcommand's ``cli``: parse ``argv``, run ``action``; an expected error is one stderr line and status 1
+    (no traceback), as is a result that ``ok`` refuses."""
+    args = parse(argv)
+    try:
+        result = action(args)
+    except errors as exc:
+        log(f"error: {exc}")
+        return 1
+    return 0 if ok(result) else 1

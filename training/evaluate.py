@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from emostream.modelfile import TTA_MODES, ModelFileError
-from training.cli_support import add_data_arguments, canonical_split, emit, load_data, log
+from emostream.modelfile import TTA_MODES
+from training.cli_support import canonical_split, emit, load_data, log, run_subcommand, subcommand_parser
 from training.data import DataError, Fer2013
 from training.inference import file_digest, load, predict_logits
 from training.metrics import (
@@ -35,15 +35,11 @@ from training.metrics import (
 
 DEFAULT_SPLIT = "PrivateTest"
 
+DESCRIPTION = "Evaluate an emostream model file on a data split; prints one JSON object on stdout."
+
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m training evaluate",
-        description="Evaluate an emostream model file on a data split; prints one JSON object on stdout.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    add_data_arguments(p)
-    p.add_argument("--model", default=None, help="model file (.pt2); None = classifier/models/emotion.pt2")
+    p = subcommand_parser("evaluate", DESCRIPTION, data=True, model=True)
     p.add_argument(
         "--split",
         default=None,
@@ -169,10 +165,4 @@ def write_figures(
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        evaluate_model(args)
-    except (DataError, ModelFileError) as exc:
-        log(f"error: {exc}")
-        return 1
-    return 0
+    return run_subcommand(get_args_parser().parse_args, evaluate_model, argv)

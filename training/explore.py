@@ -17,18 +17,15 @@ from typing import Any
 import numpy as np
 
 from emostream.wire import EMOTIONS
-from training.cli_support import add_data_arguments, emit, load_data, log
+from training.cli_support import emit, load_data, log, run_subcommand, subcommand_parser
 from training.data import DataError, Fer2013
 from training.metrics import pyplot
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m training explore",
-        description="Class counts, pixel histograms and sample grids of a data set (PNGs + one JSON).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = subcommand_parser(
+        "explore", "Class counts, pixel histograms and sample grids of a data set (PNGs + one JSON).", data=True
     )
-    add_data_arguments(p)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--samples-per-class", type=int, default=10, help="columns of the sample grid")
     p.add_argument("--seed", type=int, default=0, help="which samples the grid shows")
@@ -184,10 +181,4 @@ def explore(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        explore(args)
-    except DataError as exc:
-        log(f"error: {exc}")
-        return 1
-    return 0
+    return run_subcommand(get_args_parser().parse_args, explore, argv, errors=(DataError,))

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from emostream.modelfile import INFO_FILE, ModelFileError, ModelInfo
-from training.cli_support import add_data_arguments, canonical_split, emit, load_data, log
+from emostream.modelfile import INFO_FILE, ModelInfo
+from training.cli_support import canonical_split, emit, load_data, log, run_subcommand, subcommand_parser
 from training.data import DataError
 from training.inference import load, preprocess
 
@@ -97,19 +97,15 @@ def parity_check(
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m training export",
-        description="Export a model file to ONNX and check onnxruntime against torch.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = subcommand_parser(
+        "export", "Export a model file to ONNX and check onnxruntime against torch.", data=False, model=True
     )
-    p.add_argument("--model", default=None, help="model file (.pt2); None = classifier/models/emotion.pt2")
     p.add_argument("--onnx", default=None, help="output .onnx; None = the model path with .onnx")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset")
     p.add_argument("--atol", type=float, default=1e-4, help="parity: absolute tolerance on logits")
     p.add_argument("--rtol", type=float, default=1e-3, help="parity: relative tolerance on logits")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 7, 64], help="parity: batch sizes run")
     p.add_argument("--seed", type=int, default=0, help="parity: random crops' seed (without --data)")
-    add_data_arguments(p, required=False)
     p.add_argument("--split", default="PrivateTest", help="parity with --data: split whose first images are used")
     return p
 
@@ -171,10 +167,4 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        result = run(args)
-    except (DataError, ModelFileError) as exc:
-        log(f"error: {exc}")
-        return 1
-    return 0 if result["parity"]["ok"] else 1
+    return run_subcommand(get_args_parser().parse_args, run, argv, ok=lambda result: result["parity"]["ok"])

@@ -33,13 +33,15 @@ from torch import nn
 
 from emostream.modelfile import ModelFileError, ModelInfo, load_model
 from emostream.wire import EMOTIONS
-from training.cli_support import emit, log
+from training.cli_support import emit, log, run_subcommand, subcommand_parser
 from training.data import class_index as class_index_of
 from training.data import read_image
 from training.inference import load, preprocess
 from training.presets import DEFAULT_MEAN, DEFAULT_STD
 
 BATCH = 64
+Crops = np.ndarray | torch.Tensor  # uint8 face crops (N, H, W), or one (H, W)
+ClassIndex = int | Sequence[int] | None  # one class for all crops, one per crop, or None = the predicted one
 
 
 @dataclass
@@ -94,8 +96,8 @@ def _unpack_model(model: Any, info: ModelInfo | None) -> tuple[nn.Module, ModelI
 
 def gradcam_details(
     model: Any,
-    crops: np.ndarray | torch.Tensor,
-    class_index: int | Sequence[int] | None = None,
+    crops: Crops,
+    class_index: ClassIndex = None,
     *,
     info: ModelInfo | None = None,
     layer: str | None = None,
@@ -157,16 +159,10 @@ def gradcam_details(
     )
 
 
-def gradcam(
-    model: Any,
-    crops_uint8: np.ndarray | torch.Tensor,
-    class_index: int | Sequence[int] | None = None,
-    *,
-    info: ModelInfo | None = None,
-    layer: str | None = None,
-) -> np.ndarray:
-    """Grad-CAM heatmaps float32 (N, 48, 48) in [0, 1] for uint8 crops (N, H, W); see gradcam_details."""
-    return gradcam_details(model, crops_uint8, class_index, info=info, layer=layer).heatmaps
+def gradcam(model: Any, crops_uint8: Crops, class_index: ClassIndex = None, **options: Any) -> np.ndarray:
+    """Grad-CAM heatmaps float32 (N, 48, 48) in [0, 1] for uint8 crops (N, H, W); ``options`` are
+    :func:`gradcam_details`'s keywords (``info``, ``layer``)."""
+    return gradcam_details(model, crops_uint8, class_index, **options).heatmaps
 
 
 def overlay(crop: np.ndarray, heatmap: np.ndarray, scale: int = 4, alpha: float = 0.45) -> np.ndarray:
@@ -184,12 +180,11 @@ def overlay(crop: np.ndarray, heatmap: np.ndarray, scale: int = 4, alpha: float 
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m training gradcam",
-        description="Grad-CAM heatmaps over face images for a model file (overlay PNGs + gradcam.npz/json).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = subcommand_parser(
+        "gradcam",
+        "Grad-CAM heatmaps over face images for a model file (overlay PNGs + gradcam.npz/json).",
+        model=True,
     )
-    p.add_argument("--model", default=None, help="model file (.pt2); None = classifier/models/emotion.pt2")
     p.add_argument("--images", nargs="+", required=True, help="face images (grayscale or colour, any size)")
     p.add_argument(
         "--class", dest="class_name", default=None, help="class to explain (name, any case); None = the predicted class"
@@ -261,10 +256,4 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cli(argv: Sequence[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        run(args)
-    except (ModelFileError, ValueError, OSError) as exc:
-        log(f"error: {exc}")
-        return 1
-    return 0
+    return run_subcommand(get_args_parser().parse_args, run, argv, errors=(ModelFileError, ValueError, OSError))

@@ -1,8 +1,9 @@
 """Train the emotion classifier on FER2013 (``python -m training [train] --data ... --out DIR``).
 
-Laid out like torchvision's references/classification/train.py: flat ``train_one_epoch``,
-``evaluate`` and ``main(args)``, one checkpoint dict per epoch (``--resume``). Defaults live in the
-argparse groups; a YAML ``--config`` overrides them and explicit flags override the YAML.
+Laid out like torchvision's references/classification/train.py, as flat steps: ``main(args)`` loads
+the data, builds the :class:`Trainer`, resumes, then ``fit`` (the epoch loop of ``train_one_epoch`` and
+``evaluate``, selection, one checkpoint dict per epoch for ``--resume``), ``finalize`` (final scores,
+calibrations, the model file) and ``write_report``. The options are in :mod:`training.train_args`.
 
 Protocol: fit on Training, pick the epoch with the best PublicTest score, fit the softmax temperature
 on PublicTest logits of the picked weights (stored in the model file), evaluate PrivateTest once, at
@@ -16,15 +17,16 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
 import platform
 import random
-import sys
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +38,12 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from emostream.cpu import cpu_info
-from emostream.modelfile import TTA_MODES, ModelFileError, ModelInfo, forward_with_tta, load_model, save_model
+from emostream.jsonutil import json_ready
+from emostream.modelfile import ModelFileError, ModelInfo, forward_with_tta, load_model, save_model
 from emostream.wire import EMOTIONS
 from training import presets
-from training.data import LABEL_SOURCES, DataError, Split, load_dataset
+from training.cli_support import run_subcommand
+from training.data import SPLITS, DataError, Fer2013, Split, load_dataset
 from training.metrics import (
     classification_metrics,
     expected_calibration_error,
@@ -51,182 +55,11 @@ from training.metrics import (
     reliability_bins,
     softmax,
 )
-from training.models import ARCHS, build_model
+from training.models import build_model
+from training.train_args import parse_args
 
 CHECKPOINT = "checkpoint.pt"
-SELECT_METRICS = ("accuracy", "macro_f1")
-
-
-# ---------------------------------------------------------------------------------------------
-# Arguments
-# ---------------------------------------------------------------------------------------------
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m training [train]",
-        description="Train the FER2013 emotion classifier and write an emostream model file.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("-c", "--config", default=None, help="YAML file of defaults (keys = option names)")
-
-    g = p.add_argument_group("data")
-    g.add_argument(
-        "--data",
-        default=None,
-        help="fer2013.csv(.gz) or an image folder <root>/<split>/<class>/*.png with Training/PublicTest/"
-        "PrivateTest (or train/val/test) splits (required)",
-    )
-    g.add_argument(
-        "--labels",
-        default="fer2013",
-        choices=LABEL_SOURCES,
-        help="fer2013: the CSV's emotion column; ferplus: FER+ majority vote from --ferplus-csv (CSV only)",
-    )
-    g.add_argument("--ferplus-csv", default=None, help="fer2013new.csv; None = the one next to --data")
-    g.add_argument(
-        "--strict", action="store_true", help="make a bad row/image an error, instead of a counted and warned skip"
-    )
-    g.add_argument("--out", default=None, help="output directory (required)")
-    g.add_argument("--train-limit", type=int, default=0, help="use only the first N Training rows (0 = all)")
-
-    g = p.add_argument_group("model")
-    g.add_argument("--arch", default="resnet_fer", choices=sorted(ARCHS))
-    g.add_argument("--dropout", type=float, default=0.3, help="dropout before the classifier layer")
-
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=30)
-    g.add_argument("-b", "--batch-size", type=int, default=64)
-    g.add_argument("--opt", default="adamw", choices=["adamw", "sgd"])
-    g.add_argument("--lr", type=float, default=2e-3)
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD only")
-    g.add_argument("--weight-decay", "--wd", type=float, default=0.05)
-    g.add_argument("--lr-scheduler", default="cosine", choices=["cosine", "plateau", "none"])
-    g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up (cosine only)")
-    g.add_argument("--min-lr-factor", type=float, default=0.01, help="cosine floor as a fraction of --lr")
-    g.add_argument("--plateau-factor", type=float, default=0.3)
-    g.add_argument("--plateau-patience", type=int, default=3)
-    g.add_argument("--label-smoothing", type=float, default=0.1)
-    g.add_argument(
-        "--class-weights",
-        default="none",
-        choices=["none", "sqrt_inverse", "inverse"],
-        help="weight the loss by inverse (sqrt) class frequency; helps the rare Disgust class",
-    )
-    g.add_argument(
-        "--oversample",
-        default="none",
-        choices=["none", "sqrt_inverse", "inverse"],
-        help="sample Training rows with replacement by inverse (sqrt) class frequency",
-    )
-    g.add_argument(
-        "--model-ema-decay",
-        type=float,
-        default=0.0,
-        help="keep an exponential moving average of the weights (and BatchNorm statistics), updated every step "
-        "with this decay, e.g. 0.999; it is what PublicTest selects, PrivateTest scores and the model file holds "
-        "(0 = off)",
-    )
-    g.add_argument("--patience", type=int, default=0, help="early stop after N epochs without improvement (0 = off)")
-    g.add_argument("--select-metric", default="accuracy", choices=SELECT_METRICS, help="PublicTest model selection")
-
-    g = p.add_argument_group("augmentation")
-    g.add_argument("--hflip", type=float, default=0.5, help="probability")
-    g.add_argument("--shift", type=float, default=0.1, help="max translation, fraction of the side")
-    g.add_argument("--scale", type=float, default=0.1, help="max zoom in/out")
-    g.add_argument("--rotate", type=float, default=10.0, help="max rotation, degrees")
-    g.add_argument("--brightness", type=float, default=0.2)
-    g.add_argument("--contrast", type=float, default=0.2)
-    g.add_argument("--erase", type=float, default=0.25, help="random-erasing probability")
-    g.add_argument("--mixup-alpha", type=float, default=0.0, help="mixup Beta(a, a) on the batch (0 = off)")
-    g.add_argument("--cutmix-alpha", type=float, default=0.0, help="CutMix Beta(a, a) on the batch (0 = off)")
-    g.add_argument(
-        "--mix-prob", type=float, default=1.0, help="chance that a batch is mixed (mixup or CutMix, one at random)"
-    )
-    g.add_argument("--mean", type=float, default=presets.DEFAULT_MEAN, help="normalisation mean (pixel/255)")
-    g.add_argument("--std", type=float, default=presets.DEFAULT_STD, help="normalisation std (pixel/255)")
-
-    g = p.add_argument_group("distillation")
-    g.add_argument(
-        "--teacher",
-        default=None,
-        help="model file (one network or an ensemble) whose softened outputs the student also learns from",
-    )
-    g.add_argument("--distill-weight", type=float, default=0.5, help="share of the loss given to the teacher")
-    g.add_argument("--distill-temperature", type=float, default=4.0, help="softening temperature (Hinton et al.)")
-    g.add_argument(
-        "--teacher-tta",
-        default="none",
-        choices=TTA_MODES,
-        help="test-time augmentation of the teacher's logits (multicrop: ten shifted and mirrored views)",
-    )
-
-    g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="autocast dtype")
-    g.add_argument(
-        "-j",
-        "--workers",
-        type=int,
-        default=0,
-        help="CPU threads for torch (0 = torch default); batches are built in-process, no DataLoader",
-    )
-    g.add_argument("--eval-batch-size", type=int, default=256)
-    g.add_argument("--ece-bins", type=int, default=15, help="equal-width confidence bins for ECE")
-    g.add_argument(
-        "--resume",
-        nargs="?",
-        const="auto",
-        default=None,
-        help="checkpoint to resume from; without a value, OUT/checkpoint.pt",
-    )
-    g.add_argument("--no-progress", action="store_true", help="no tqdm bar (summary lines only)")
-    return p
-
-
-def _option_dests(parser: argparse.ArgumentParser) -> set[str]:
-    return {a.dest for a in parser._actions if a.dest not in ("help", "config")}
-
-
-def _config_value(parser: argparse.ArgumentParser, dest: str, value: Any) -> Any:
-    """Check a YAML value like argparse checks a flag (set_defaults alone checks neither type nor choices)."""
-    action = next(a for a in parser._actions if a.dest == dest)
-    if action.type is not None and value is not None:
-        try:
-            # Through str so that int("2.5") fails instead of int(2.5) silently truncating.
-            value = action.type(str(value))
-        except (TypeError, ValueError):
-            parser.error(f"config key {dest}: {value!r} is not a valid {getattr(action.type, '__name__', 'value')}")
-    if action.choices is not None and value not in action.choices:
-        parser.error(f"config key {dest}: {value!r} is not one of {list(action.choices)}")
-    return value
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse flags; a YAML ``--config`` replaces defaults, explicit flags still win (timm style)."""
-    parser = get_args_parser()
-    pre, _ = parser.parse_known_args(argv)
-    if pre.config:
-        import yaml
-
-        try:
-            with open(pre.config) as fh:
-                cfg = yaml.safe_load(fh) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            parser.error(f"cannot read config {pre.config}: {exc}")
-        if not isinstance(cfg, dict):
-            parser.error(f"config {pre.config} must be a mapping of option names to values")
-        cfg = {str(k).replace("-", "_"): v for k, v in cfg.items()}
-        unknown = sorted(k for k in cfg if k not in _option_dests(parser))
-        if unknown:
-            parser.error(f"unknown key(s) in config {pre.config}: {', '.join(unknown)}")
-        parser.set_defaults(**{k: _config_value(parser, k, v) for k, v in cfg.items()})
-    args = parser.parse_args(argv)
-    for required in ("data", "out"):
-        if not getattr(args, required):
-            parser.error(f"--{required} is required (on the command line or in --config)")
-    return args
+EVAL_SPLITS = ("PublicTest", "PrivateTest")  # selection, then the held-out split scored once
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,33 +155,244 @@ def make_lr_scheduler(
 
 
 # ---------------------------------------------------------------------------------------------
+# What the steps share
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Loaded:
+    """The data set, its three splits (``--train-limit`` applied) and how long loading took."""
+
+    data: Fer2013
+    splits: dict[str, Split]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """How a split is scored: the eval transform, the device, the autocast dtype (None = float32), the batch."""
+
+    transform: presets.EvalPreset
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    batch_size: int = 256
+
+    def with_amp(self, amp_dtype: torch.dtype | None) -> Evaluator:
+        return dataclasses.replace(self, amp_dtype=amp_dtype)
+
+
+@dataclass
+class Trainer:
+    """What the epoch loop updates and the checkpoint holds, and how its batches are made."""
+
+    model: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any  # LambdaLR, ReduceLROnPlateau or None (--lr-scheduler)
+    scaler: torch.amp.GradScaler | None
+    model_ema: AveragedModel | None
+    transform: presets.TrainPreset
+    mixer: presets.MixupCutmix
+    teacher: nn.Module | None
+    steps_per_epoch: int
+
+    @property
+    def scored(self) -> nn.Module:
+        """The weights PublicTest selects and the model file holds: the average when there is one."""
+        return self.model if self.model_ema is None else self.model_ema.module
+
+
+@dataclass
+class Progress:
+    """Where the epoch loop stands; all of it but ``train_s`` is in the checkpoint."""
+
+    epoch: int = -1  # the last finished epoch, 0-based
+    history: list[dict[str, Any]] = field(default_factory=list)
+    # {"score", "epoch", "state"}: a dict, as the checkpoints of earlier versions hold it.
+    best: dict[str, Any] = field(default_factory=lambda: {"score": -1.0, "epoch": -1, "state": None})
+    train_s: float = 0.0  # this run's epochs only
+
+
+@dataclass
+class Final:
+    """The selected weights' scores (fp32, single pass and flip TTA) and their two calibrations."""
+
+    scores: dict[str, dict[str, Any]]
+    flip: dict[str, dict[str, Any]]
+    bf16_agreement: dict[str, float]
+    temperature: float
+    calibration: dict[str, Any]
+    reliability: dict[str, dict[str, dict[str, list[float]]]]
+    temperature_flip: float
+    calibration_flip: dict[str, Any]
+    params: int
+    seconds: float
+    model_path: Path | None = None
+
+
+def load_splits(args: argparse.Namespace) -> Loaded:
+    t0 = time.perf_counter()
+    data = load_dataset(args.data, labels=args.labels, ferplus_csv=args.ferplus_csv, strict=args.strict)
+    missing = [s for s in SPLITS if s not in data.splits]
+    if missing:
+        raise DataError(f"{data.path} ({data.layout}) has no {missing} split(s): training needs all three")
+    splits = {name: data.splits[name] for name in SPLITS}
+    if args.train_limit:
+        train = splits["Training"]
+        splits["Training"] = Split(train.images[: args.train_limit], train.labels[: args.train_limit])
+    if len(splits["Training"]) < args.batch_size:
+        raise DataError(f"{len(splits['Training'])} Training rows are fewer than one batch of {args.batch_size}")
+    if not len(splits["PublicTest"]) or not len(splits["PrivateTest"]):
+        raise DataError("the data needs PublicTest and PrivateTest rows (Usage column, or val/test folders)")
+    loaded = Loaded(data, splits, time.perf_counter() - t0)
+    print(
+        f"data: {data.path} sha256 {data.sha256[:12]}... "
+        + " ".join(f"{name} {len(split)}" for name, split in splits.items())
+        + f" skipped {data.skipped_rows} dropped by label rule {sum(data.dropped.values())} "
+        f"(labels {data.labels}, {loaded.seconds:.1f}s)",
+        flush=True,
+    )
+    return loaded
+
+
+def build_trainer(
+    args: argparse.Namespace, train_split: Split, device: torch.device, amp_dtype: torch.dtype | None
+) -> Trainer:
+    model = build_model(args.arch, len(EMOTIONS), args.dropout).to(device, memory_format=memory_format(amp_dtype))
+    weights = class_weights(train_split.class_counts(), args.class_weights)
+    criterion = nn.CrossEntropyLoss(
+        weight=None if weights is None else weights.to(device), label_smoothing=args.label_smoothing
+    )
+    # No weight decay on BatchNorm and biases (standard practice; decaying BN gains hurts small nets).
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if args.opt == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=True)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=args.lr)
+    steps_per_epoch = len(train_split) // args.batch_size
+    model_ema = None
+    if args.model_ema_decay > 0:
+        model_ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.model_ema_decay), use_buffers=True)
+    return Trainer(
+        model=model,
+        criterion=criterion,
+        optimizer=optimizer,
+        lr_scheduler=make_lr_scheduler(args, optimizer, steps_per_epoch),
+        scaler=torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None,
+        model_ema=model_ema,
+        transform=presets.TrainPreset(
+            args.mean,
+            args.std,
+            args.hflip,
+            args.shift,
+            args.scale,
+            args.rotate,
+            args.brightness,
+            args.contrast,
+            args.erase,
+        ),
+        mixer=presets.MixupCutmix(len(EMOTIONS), args.mixup_alpha, args.cutmix_alpha, args.mix_prob),
+        teacher=load_teacher(args, device) if args.teacher else None,
+        steps_per_epoch=steps_per_epoch,
+    )
+
+
+def load_teacher(args: argparse.Namespace, device: torch.device) -> nn.Module:
+    """The ``--teacher`` model file's network; it must see the student's inputs and name its classes."""
+    try:
+        teacher, info = load_model(args.teacher, device=str(device))
+    except ModelFileError as exc:
+        raise SystemExit(f"error: --teacher: {exc}") from exc
+    if list(info.class_names) != list(EMOTIONS):
+        raise SystemExit(f"error: --teacher {args.teacher} has classes {info.class_names}, not {list(EMOTIONS)}")
+    if tuple(info.input_size) != (48, 48) or (info.mean, info.std) != (args.mean, args.std):
+        raise SystemExit(
+            f"error: --teacher {args.teacher} takes {list(info.input_size)} inputs normalised with mean "
+            f"{info.mean} std {info.std}; the student uses [48, 48], mean {args.mean} std {args.std}"
+        )
+    print(f"teacher: {args.teacher} ({info.arch}), tta {args.teacher_tta}", flush=True)
+    return teacher
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint: one dict, written by checkpoint_state and read by restore_checkpoint
+# ---------------------------------------------------------------------------------------------
+
+
+def checkpoint_state(trainer: Trainer, progress: Progress, args: argparse.Namespace) -> dict[str, Any]:
+    """The checkpoint after epoch ``progress.epoch``. Its keys are those of every earlier version (a run
+    started by one resumes with the next); a key added later must be read with ``.get``."""
+    return {
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "lr_scheduler": None if trainer.lr_scheduler is None else trainer.lr_scheduler.state_dict(),
+        "scaler": None if trainer.scaler is None else trainer.scaler.state_dict(),
+        "model_ema": None if trainer.model_ema is None else trainer.model_ema.state_dict(),
+        "epoch": progress.epoch,
+        "args": json_ready(vars(args)),
+        "history": progress.history,
+        "best": progress.best,
+    }
+
+
+def save_checkpoint(checkpoint: dict[str, Any], out: Path) -> None:
+    # Write then rename: an interrupted save never leaves a truncated checkpoint behind.
+    tmp = out / (CHECKPOINT + ".tmp")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, out / CHECKPOINT)
+
+
+def resume_path(args: argparse.Namespace) -> Path:
+    """``--resume`` as a path (without a value: OUT/checkpoint.pt); it must exist."""
+    path = Path(args.out) / CHECKPOINT if args.resume == "auto" else Path(args.resume)
+    if not path.is_file():
+        raise SystemExit(f"error: cannot resume: checkpoint {path} does not exist")
+    return path
+
+
+def restore_checkpoint(path: Path, trainer: Trainer, args: argparse.Namespace) -> Progress:
+    """Load ``path`` into ``trainer``; the progress it records."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt["args"]["arch"] != args.arch:
+        raise SystemExit(f"checkpoint {path} is a {ckpt['args']['arch']}, not {args.arch}")
+    trainer.model.load_state_dict(ckpt["model"])
+    trainer.optimizer.load_state_dict(ckpt["optimizer"])
+    if trainer.lr_scheduler is not None and ckpt.get("lr_scheduler") is not None:
+        trainer.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+    if trainer.scaler is not None and ckpt.get("scaler") is not None:
+        trainer.scaler.load_state_dict(ckpt["scaler"])
+    if trainer.model_ema is not None:
+        if ckpt.get("model_ema") is None:
+            raise SystemExit(f"checkpoint {path} has no weight average: resume without --model-ema-decay")
+        trainer.model_ema.load_state_dict(ckpt["model_ema"])
+    progress = Progress(epoch=ckpt["epoch"], history=ckpt["history"], best=ckpt["best"])
+    print(f"resumed from {path} after epoch {progress.epoch + 1} (best epoch {progress.best['epoch'] + 1})", flush=True)
+    return progress
+
+
+# ---------------------------------------------------------------------------------------------
 # Train / evaluate
 # ---------------------------------------------------------------------------------------------
 
 
 def train_one_epoch(
-    model: nn.Module,
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    trainer: Trainer,
     split: Split,
     order: torch.Tensor,
-    transform: presets.TrainPreset,
     device: torch.device,
     epoch: int,
     args: argparse.Namespace,
     amp_dtype: torch.dtype | None,
-    lr_scheduler: Any = None,
-    scaler: torch.amp.GradScaler | None = None,
-    model_ema: AveragedModel | None = None,
-    mixer: presets.MixupCutmix | None = None,
-    teacher: nn.Module | None = None,
 ) -> dict[str, float]:
     """One pass over ``order`` (drop_last: a batch of 1 would break BatchNorm). Returns loss/acc/lr.
 
-    ``model_ema``: averaged after every optimizer step. ``mixer``: mixup/CutMix on each batch, the
-    loss then takes soft targets. ``teacher``: its logits (under ``args.teacher_tta``) on the same,
-    augmented and mixed, images add ``args.distill_weight`` of :func:`distillation_loss`."""
-    model.train()
+    The weight average is updated after every optimizer step. ``trainer.mixer``: mixup/CutMix on each
+    batch, the loss then takes soft targets. ``trainer.teacher``: its logits (under ``args.teacher_tta``)
+    on the same, augmented and mixed, images add ``args.distill_weight`` of :func:`distillation_loss`."""
+    t = trainer
+    t.model.train()
     g = torch.Generator().manual_seed(args.seed * 100_003 + epoch + 7_919)  # augmentation randomness
     bs = args.batch_size
     steps = len(order) // bs
@@ -366,35 +410,35 @@ def train_one_epoch(
     )
     for step in bar:
         idx = order[step * bs : (step + 1) * bs]
-        images = transform(split.images[idx], generator=g)
+        images = t.transform(split.images[idx], generator=g)
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format(amp_dtype))
         target = split.labels[idx].to(device, non_blocking=True)
         soft_target = None
-        if mixer is not None and mixer.enabled:
-            images, soft_target = mixer(images, target, generator=g)
+        if t.mixer.enabled:
+            images, soft_target = t.mixer(images, target, generator=g)
         teacher_logits = None
-        if teacher is not None:
+        if t.teacher is not None:
             with torch.no_grad(), autocast(device, amp_dtype):
-                teacher_logits = forward_with_tta(teacher, images, args.teacher_tta).float()
+                teacher_logits = forward_with_tta(t.teacher, images, args.teacher_tta).float()
         with autocast(device, amp_dtype):
-            output = model(images)
-            loss = criterion(output.float(), target if soft_target is None else soft_target)
+            output = t.model(images)
+            loss = t.criterion(output.float(), target if soft_target is None else soft_target)
             if teacher_logits is not None:
                 soft = distillation_loss(output, teacher_logits, args.distill_temperature)
                 loss = (1.0 - args.distill_weight) * loss + args.distill_weight * soft
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        t.optimizer.zero_grad(set_to_none=True)
+        if t.scaler is not None:
+            t.scaler.scale(loss).backward()
+            t.scaler.step(t.optimizer)
+            t.scaler.update()
         else:
             loss.backward()
-            optimizer.step()
-        if model_ema is not None:
-            model_ema.update_parameters(model)
+            t.optimizer.step()
+        if t.model_ema is not None:
+            t.model_ema.update_parameters(t.model)
         # Per-step schedules only; ReduceLROnPlateau (an LRScheduler subclass too) steps once per epoch.
-        if lr_scheduler is not None and not isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            lr_scheduler.step()
+        if t.lr_scheduler is not None and not isinstance(t.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            t.lr_scheduler.step()
         total_loss += loss.detach().double().cpu() * len(idx)
         # A mixed image counts as right when the argmax is the label with the larger share.
         hard = target if soft_target is None else soft_target.argmax(1)
@@ -406,42 +450,26 @@ def train_one_epoch(
     return {
         "loss": total_loss.item() / max(seen, 1),
         "acc": correct.item() / max(seen, 1),
-        "lr": optimizer.param_groups[0]["lr"],
+        "lr": t.optimizer.param_groups[0]["lr"],
     }
 
 
 @torch.no_grad()
-def predict(
-    model: nn.Module,
-    split: Split,
-    transform: presets.EvalPreset,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    batch_size: int = 256,
-    tta: str = "none",
-) -> torch.Tensor:
+def predict(model: nn.Module, split: Split, ev: Evaluator, tta: str = "none") -> torch.Tensor:
     """Float32 logits (N, C) on CPU, under test-time augmentation ``tta`` as the classifier serves it."""
     model.eval()
     out = []
-    for start in range(0, len(split), batch_size):
-        images = transform(split.images[start : start + batch_size]).to(device)
-        images = images.contiguous(memory_format=memory_format(amp_dtype))
-        with autocast(device, amp_dtype):
+    for start in range(0, len(split), ev.batch_size):
+        images = ev.transform(split.images[start : start + ev.batch_size]).to(ev.device)
+        images = images.contiguous(memory_format=memory_format(ev.amp_dtype))
+        with autocast(ev.device, ev.amp_dtype):
             out.append(forward_with_tta(model, images, tta).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, len(EMOTIONS))
 
 
-def evaluate(
-    model: nn.Module,
-    split: Split,
-    transform: presets.EvalPreset,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    batch_size: int = 256,
-    tta: str = "none",
-) -> dict[str, Any]:
+def evaluate(model: nn.Module, split: Split, ev: Evaluator, tta: str = "none") -> dict[str, Any]:
     """Loss (plain cross-entropy) plus ``classification_metrics``; ``preds`` the argmax, ``logits`` the logits."""
-    logits = predict(model, split, transform, device, amp_dtype, batch_size, tta)
+    logits = predict(model, split, ev, tta)
     preds = logits.argmax(1)
     result = classification_metrics(split.labels.numpy(), preds.numpy(), EMOTIONS)
     result["loss"] = float(F.cross_entropy(logits, split.labels)) if len(split) else float("nan")
@@ -478,165 +506,44 @@ def calibrate(
 
 
 # ---------------------------------------------------------------------------------------------
-# Main
+# Steps: fit, finalize, write_report, main
 # ---------------------------------------------------------------------------------------------
 
 
-def _summary(m: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in m.items() if k not in ("preds", "logits")}
-
-
-def _json_safe(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))
-
-
-def load_teacher(args: argparse.Namespace, device: torch.device) -> nn.Module:
-    """The ``--teacher`` model file's network; it must see the student's inputs and name its classes."""
-    try:
-        teacher, info = load_model(args.teacher, device=str(device))
-    except ModelFileError as exc:
-        raise SystemExit(f"error: --teacher: {exc}") from exc
-    if list(info.class_names) != list(EMOTIONS):
-        raise SystemExit(f"error: --teacher {args.teacher} has classes {info.class_names}, not {list(EMOTIONS)}")
-    if tuple(info.input_size) != (48, 48) or (info.mean, info.std) != (args.mean, args.std):
-        raise SystemExit(
-            f"error: --teacher {args.teacher} takes {list(info.input_size)} inputs normalised with mean "
-            f"{info.mean} std {info.std}; the student uses [48, 48], mean {args.mean} std {args.std}"
-        )
-    print(f"teacher: {args.teacher} ({info.arch}), tta {args.teacher_tta}", flush=True)
-    return teacher
-
-
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Train, select on PublicTest, evaluate PrivateTest once, write the model file and report."""
-    t_start = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.workers > 0:
-        torch.set_num_threads(args.workers)
-    seed_everything(args.seed)
-    device = resolve_device(args.device)
-    amp_dtype = resolve_amp(args.amp, device)
-    config = _json_safe(vars(args))
-
-    t0 = time.perf_counter()
-    data = load_dataset(args.data, labels=args.labels, ferplus_csv=args.ferplus_csv, strict=args.strict)
-    missing = [s for s in ("Training", "PublicTest", "PrivateTest") if s not in data.splits]
-    if missing:
-        raise DataError(f"{data.path} ({data.layout}) has no {missing} split(s): training needs all three")
-    train_split, val_split, test_split = (data.splits[s] for s in ("Training", "PublicTest", "PrivateTest"))
-    if args.train_limit:
-        train_split = Split(train_split.images[: args.train_limit], train_split.labels[: args.train_limit])
-    if len(train_split) < args.batch_size:
-        raise DataError(f"{len(train_split)} Training rows are fewer than one batch of {args.batch_size}")
-    if not len(val_split) or not len(test_split):
-        raise DataError("the data needs PublicTest and PrivateTest rows (Usage column, or val/test folders)")
-    load_s = time.perf_counter() - t0
-    print(
-        f"data: {data.path} sha256 {data.sha256[:12]}... Training {len(train_split)} PublicTest "
-        f"{len(val_split)} PrivateTest {len(test_split)} skipped {data.skipped_rows} "
-        f"dropped by label rule {sum(data.dropped.values())} (labels {data.labels}, {load_s:.1f}s)",
-        flush=True,
-    )
-
-    model = build_model(args.arch, len(EMOTIONS), args.dropout).to(device, memory_format=memory_format(amp_dtype))
-    n_params = sum(p.numel() for p in model.parameters())
-    weights = class_weights(train_split.class_counts(), args.class_weights)
-    criterion = nn.CrossEntropyLoss(
-        weight=None if weights is None else weights.to(device), label_smoothing=args.label_smoothing
-    )
-    # No weight decay on BatchNorm and biases (standard practice; decaying BN gains hurts small nets).
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if args.opt == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=True)
-    else:
-        optimizer = torch.optim.AdamW(groups, lr=args.lr)
-    steps_per_epoch = len(train_split) // args.batch_size
-    lr_scheduler = make_lr_scheduler(args, optimizer, steps_per_epoch)
-    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    model_ema = None
-    if args.model_ema_decay > 0:
-        model_ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.model_ema_decay), use_buffers=True)
-    # The weights PublicTest selects and the model file holds: the average when there is one.
-    scored = model if model_ema is None else model_ema.module
-    train_tf = presets.TrainPreset(
-        args.mean, args.std, args.hflip, args.shift, args.scale, args.rotate, args.brightness, args.contrast, args.erase
-    )
-    eval_tf = presets.EvalPreset(args.mean, args.std)
-    mixer = presets.MixupCutmix(len(EMOTIONS), args.mixup_alpha, args.cutmix_alpha, args.mix_prob)
-    teacher = load_teacher(args, device) if args.teacher else None
-
-    start_epoch = 0
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"score": -1.0, "epoch": -1, "state": None}
-    if args.resume:
-        path = out / CHECKPOINT if args.resume == "auto" else Path(args.resume)
-        if not path.is_file():
-            raise SystemExit(f"error: cannot resume: checkpoint {path} does not exist")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        if ckpt["args"]["arch"] != args.arch:
-            raise SystemExit(f"checkpoint {path} is a {ckpt['args']['arch']}, not {args.arch}")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if lr_scheduler is not None and ckpt.get("lr_scheduler") is not None:
-            lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
-        if scaler is not None and ckpt.get("scaler") is not None:
-            scaler.load_state_dict(ckpt["scaler"])
-        if model_ema is not None:
-            if ckpt.get("model_ema") is None:
-                raise SystemExit(f"checkpoint {path} has no weight average: resume without --model-ema-decay")
-            model_ema.load_state_dict(ckpt["model_ema"])
-        start_epoch = ckpt["epoch"] + 1
-        history = ckpt["history"]
-        best = ckpt["best"]
-        print(f"resumed from {path} after epoch {start_epoch} (best epoch {best['epoch'] + 1})", flush=True)
-
-    print(
-        f"model: {args.arch} {n_params / 1e6:.2f}M params, device {device}, amp {amp_dtype}, "
-        f"threads {torch.get_num_threads()}, {steps_per_epoch} steps/epoch",
-        flush=True,
-    )
-    stale = start_epoch - 1 - best["epoch"] if best["epoch"] >= 0 else 0  # epochs since the best one
-    train_s = 0.0
-    for epoch in range(start_epoch, args.epochs):
+def fit(
+    args: argparse.Namespace,
+    trainer: Trainer,
+    loaded: Loaded,
+    ev: Evaluator,
+    progress: Progress,
+    out: Path,
+) -> Progress:
+    """The epoch loop from ``progress``: train, score PublicTest, keep the best weights (selection),
+    checkpoint every epoch, stop early after ``--patience`` epochs without improvement."""
+    train_split, val_split = loaded.splits["Training"], loaded.splits["PublicTest"]
+    best = progress.best
+    stale = progress.epoch - best["epoch"] if best["epoch"] >= 0 else 0  # epochs since the best one
+    for epoch in range(progress.epoch + 1, args.epochs):
         if args.patience and stale >= args.patience:
             print(f"early stop: no PublicTest improvement for {stale} epochs", flush=True)
             break
         t_epoch = time.perf_counter()
         torch.manual_seed(args.seed * 100_003 + epoch)  # dropout randomness, reproducible on resume
         order = epoch_order(train_split, epoch, args.seed, args.oversample)
-        train_stats = train_one_epoch(
-            model,
-            criterion,
-            optimizer,
-            train_split,
-            order,
-            train_tf,
-            device,
-            epoch,
-            args,
-            amp_dtype,
-            lr_scheduler,
-            scaler,
-            model_ema,
-            mixer,
-            teacher,
-        )
-        val = evaluate(scored, val_split, eval_tf, device, amp_dtype, args.eval_batch_size)
-        score = val["accuracy"] if args.select_metric == "accuracy" else val["macro_f1"]
-        if isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            lr_scheduler.step(score)
+        train_stats = train_one_epoch(trainer, train_split, order, ev.device, epoch, args, ev.amp_dtype)
+        val = evaluate(trainer.scored, val_split, ev)
+        score = val[args.select_metric]  # the SELECT_METRICS are evaluate()'s key names
+        if isinstance(trainer.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            trainer.lr_scheduler.step(score)
         improved = score > best["score"]
         if improved:
-            best = {"score": score, "epoch": epoch, "state": copy.deepcopy(scored.state_dict())}
+            best = {"score": score, "epoch": epoch, "state": copy.deepcopy(trainer.scored.state_dict())}
             stale = 0
         else:
             stale += 1
         seconds = time.perf_counter() - t_epoch
-        train_s += seconds
-        history.append(
+        progress.epoch, progress.best, progress.train_s = epoch, best, progress.train_s + seconds
+        progress.history.append(
             {
                 "epoch": epoch + 1,
                 "train_loss": train_stats["loss"],
@@ -654,165 +561,203 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             f"lr {train_stats['lr']:.2e} {seconds:.0f}s{' *best' if improved else ''}",
             flush=True,
         )
-        checkpoint = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": None if lr_scheduler is None else lr_scheduler.state_dict(),
-            "scaler": None if scaler is None else scaler.state_dict(),
-            "model_ema": None if model_ema is None else model_ema.state_dict(),
-            "epoch": epoch,
-            "args": config,
-            "history": history,
-            "best": best,
-        }
-        # Write then rename: an interrupted save never leaves a truncated checkpoint behind.
-        tmp = out / (CHECKPOINT + ".tmp")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, out / CHECKPOINT)
+        save_checkpoint(checkpoint_state(trainer, progress, args), out)
+    return progress
 
-    if best["state"] is None:
+
+def finalize(
+    args: argparse.Namespace, model: nn.Module, progress: Progress, loaded: Loaded, ev: Evaluator, out: Path
+) -> Final:
+    """Score the selected weights in fp32 on PublicTest and (for the first time) PrivateTest, single pass
+    and flip TTA; how often bf16 serving agrees; fit both temperatures; write the model file."""
+    if progress.best["state"] is None:
         raise SystemExit("no epoch was trained (epochs <= resumed epoch?)")
-    model.load_state_dict(best["state"])
+    model.load_state_dict(progress.best["state"])
     model = model.to(memory_format=torch.contiguous_format)
-    # The selected weights, fp32: the numbers the model file reproduces. PrivateTest is touched here only.
     t_eval = time.perf_counter()
-    eval_splits = {"PublicTest": val_split, "PrivateTest": test_split}
-    final = {
-        name: evaluate(model, split, eval_tf, device, None, args.eval_batch_size) for name, split in eval_splits.items()
-    }
+    splits = {name: loaded.splits[name] for name in EVAL_SPLITS}
+    fp32 = ev.with_amp(None)  # the numbers the model file reproduces
+    scores = {name: evaluate(model, split, fp32) for name, split in splits.items()}
     # Serving runs bf16 autocast: how often its argmax matches fp32 on the same images.
-    bf16_agreement = {}
-    for name, split in eval_splits.items():
-        low = predict(model, split, eval_tf, device, torch.bfloat16, args.eval_batch_size).argmax(1)
-        bf16_agreement[name] = float((low == final[name]["preds"]).float().mean())
-    # Temperature scaling on PublicTest (the selection split; PrivateTest stays untouched until here).
-    temperature, calibration, reliability = calibrate(final, eval_splits, args.ece_bins)
-    # The flip-TTA recipe (classifier.tta: flip): its scores, and its own temperature fitted on its
-    # own PublicTest logits (averaged logits are less extreme than single-pass ones).
-    final_flip = {
-        name: evaluate(model, split, eval_tf, device, None, args.eval_batch_size, tta="flip")
-        for name, split in eval_splits.items()
+    bf16 = ev.with_amp(torch.bfloat16)
+    agreement = {
+        name: float((predict(model, split, bf16).argmax(1) == scores[name]["preds"]).float().mean())
+        for name, split in splits.items()
     }
-    temperature_flip, calibration_flip, _ = calibrate(final_flip, eval_splits, args.ece_bins)
-    eval_s = time.perf_counter() - t_eval
-    for name, m in final.items():
+    # Temperature scaling on PublicTest (the selection split; PrivateTest stays untouched until here).
+    temperature, calibration, reliability = calibrate(scores, splits, args.ece_bins)
+    # The flip-TTA recipe (classifier.tta: flip) gets its own temperature, fitted on its own PublicTest
+    # logits: averaged logits are less extreme than single-pass ones.
+    flip = {name: evaluate(model, split, fp32, tta="flip") for name, split in splits.items()}
+    temperature_flip, calibration_flip, _ = calibrate(flip, splits, args.ece_bins)
+    final = Final(
+        scores=scores,
+        flip=flip,
+        bf16_agreement=agreement,
+        temperature=temperature,
+        calibration=calibration,
+        reliability=reliability,
+        temperature_flip=temperature_flip,
+        calibration_flip=calibration_flip,
+        params=sum(p.numel() for p in model.parameters()),
+        seconds=time.perf_counter() - t_eval,
+    )
+    for name, m in scores.items():
         print(f"final {name}: acc {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f} loss {m['loss']:.4f}", flush=True)
     print(
         f"calibration: temperature {temperature:.3f} (fit on PublicTest); ECE "
-        + ", ".join(f"{n} {calibration[n]['ece_raw']:.4f} -> {calibration[n]['ece_calibrated']:.4f}" for n in final),
+        + ", ".join(f"{n} {calibration[n]['ece_raw']:.4f} -> {calibration[n]['ece_calibrated']:.4f}" for n in scores),
         flush=True,
     )
     print(
         "flip TTA: "
-        + ", ".join(f"{n} acc {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f}" for n, m in final_flip.items())
+        + ", ".join(f"{n} acc {m['accuracy']:.4f} macro-F1 {m['macro_f1']:.4f}" for n, m in flip.items())
         + f"; temperature {temperature_flip:.3f}",
         flush=True,
     )
+    final.model_path = save_model(model.cpu(), model_info(args, final, progress, loaded.data), out / "model.pt2")
+    return final
 
-    data_info = {
-        **data.summary(),
-        "skipped_rows": data.skipped_rows,
-        "counts": {"Training": len(train_split), "PublicTest": len(val_split), "PrivateTest": len(test_split)},
-    }
-    metrics = {
+
+def model_info(args: argparse.Namespace, final: Final, progress: Progress, data: Fer2013) -> ModelInfo:
+    """The model file's description: preprocessing, temperatures, the scores, and how it was trained."""
+    metrics: dict[str, Any] = {
         name: {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "loss": m["loss"], "n": m["n"]}
-        for name, m in final.items()
+        for name, m in final.scores.items()
     }
-    for name in final:
-        metrics[name]["ece_raw"] = calibration[name]["ece_raw"]
-        metrics[name]["ece_calibrated"] = calibration[name]["ece_calibrated"]
-    metrics["best_epoch"] = best["epoch"] + 1
+    for name in final.scores:
+        metrics[name]["ece_raw"] = final.calibration[name]["ece_raw"]
+        metrics[name]["ece_calibrated"] = final.calibration[name]["ece_calibrated"]
+    metrics["best_epoch"] = progress.best["epoch"] + 1
     metrics["select_metric"] = args.select_metric
-    metrics["calibration"] = calibration
-    metrics["tta_flip"] = {n: {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]} for n, m in final_flip.items()}
-    metrics["calibration_flip"] = calibration_flip
-    info = ModelInfo(
+    metrics["calibration"] = final.calibration
+    metrics["tta_flip"] = {n: {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]} for n, m in final.flip.items()}
+    metrics["calibration_flip"] = final.calibration_flip
+    return ModelInfo(
         arch=args.arch,
         class_names=list(EMOTIONS),
         input_size=(48, 48),
         mean=args.mean,
         std=args.std,
-        temperature=temperature,
-        tta_temperatures={"flip": temperature_flip},
+        temperature=final.temperature,
+        tta_temperatures={"flip": final.temperature_flip},
         data_sha256=data.sha256,
         metrics=metrics,
         # history: lets `python -m training evaluate --out` draw the training curves from the file alone.
         extra={
-            "config": config,
-            "params": n_params,
+            "config": json_ready(vars(args)),
+            "params": final.params,
             "torch": torch.__version__,
             "labels": data.labels,
             "labels_sha256": data.labels_sha256,
-            "history": history,
+            "history": progress.history,
         },
     )
-    model_path = save_model(model.cpu(), info, out / "model.pt2")
 
+
+def _summary(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in m.items() if k not in ("preds", "logits")}
+
+
+def write_report(
+    args: argparse.Namespace,
+    out: Path,
+    loaded: Loaded,
+    progress: Progress,
+    final: Final,
+    ev: Evaluator,
+    t_start: float,
+) -> dict[str, Any]:
+    """report.json, training_curves.png, confusion_privatetest.png and reliability_privatetest.png in ``out``."""
+    assert final.model_path is not None
+    history, best_epoch = progress.history, progress.best["epoch"] + 1
+    epoch_s = sum(h["seconds"] for h in history)
     report = {
-        "model_file": model_path.name,
+        "model_file": final.model_path.name,
         "arch": args.arch,
-        "params": n_params,
+        "params": final.params,
         "class_names": list(EMOTIONS),
-        "best_epoch": best["epoch"] + 1,
+        "best_epoch": best_epoch,
         "select_metric": args.select_metric,
         "epochs_run": len(history),
-        "PublicTest": _summary(final["PublicTest"]),
-        "PrivateTest": _summary(final["PrivateTest"]),
-        "bf16_argmax_agreement": bf16_agreement,
-        "calibration": calibration,
-        "tta_flip": {name: _summary(m) for name, m in final_flip.items()},
-        "calibration_flip": calibration_flip,
+        **{name: _summary(final.scores[name]) for name in EVAL_SPLITS},
+        "bf16_argmax_agreement": final.bf16_agreement,
+        "calibration": final.calibration,
+        "tta_flip": {name: _summary(m) for name, m in final.flip.items()},
+        "calibration_flip": final.calibration_flip,
         "history": history,
-        "config": config,
-        "data": data_info,
+        "config": json_ready(vars(args)),
+        "data": {
+            **loaded.data.summary(),
+            "skipped_rows": loaded.data.skipped_rows,
+            "counts": {name: len(split) for name, split in loaded.splits.items()},
+        },
         "timing": {
-            "data_load_s": load_s,
-            "train_s_this_run": train_s,
-            "train_s_all_epochs": sum(h["seconds"] for h in history),
-            "mean_epoch_s": sum(h["seconds"] for h in history) / max(1, len(history)),
-            "final_eval_s": eval_s,
+            "data_load_s": loaded.seconds,
+            "train_s_this_run": progress.train_s,
+            "train_s_all_epochs": epoch_s,
+            "mean_epoch_s": epoch_s / max(1, len(history)),
+            "final_eval_s": final.seconds,
             "total_s_this_run": time.perf_counter() - t_start,
         },
         "environment": {
             "torch": torch.__version__,
             "python": platform.python_version(),
-            "device": str(device),
-            "amp": str(amp_dtype),
+            "device": str(ev.device),
+            "amp": str(ev.amp_dtype),
             "threads": torch.get_num_threads(),
             "machine": platform.machine(),
         },
     }
-    (out / "report.json").write_text(json.dumps(_json_safe(report), indent=1))
+    (out / "report.json").write_text(json.dumps(json_ready(report), indent=1))
     plot_training_curves(history, out / "training_curves.png")
+    test, calibration = final.scores["PrivateTest"], final.calibration["PrivateTest"]
     plot_confusion(
-        final["PrivateTest"]["confusion_matrix"],
+        test["confusion_matrix"],
         EMOTIONS,
         out / "confusion_privatetest.png",
-        f"PrivateTest ({args.arch}, epoch {best['epoch'] + 1}): acc {final['PrivateTest']['accuracy']:.3f}",
+        f"PrivateTest ({args.arch}, epoch {best_epoch}): acc {test['accuracy']:.3f}",
     )
+    curves = final.reliability["PrivateTest"]
     plot_reliability(
         {
-            f"raw (ECE {calibration['PrivateTest']['ece_raw']:.3f})": reliability["PrivateTest"]["raw"],
-            f"T={temperature:.2f} (ECE {calibration['PrivateTest']['ece_calibrated']:.3f})": reliability["PrivateTest"][
-                "calibrated"
-            ],
+            f"raw (ECE {calibration['ece_raw']:.3f})": curves["raw"],
+            f"T={final.temperature:.2f} (ECE {calibration['ece_calibrated']:.3f})": curves["calibrated"],
         },
         out / "reliability_privatetest.png",
         f"PrivateTest ({args.arch}), temperature fit on PublicTest",
     )
     print(
-        f"wrote {model_path}, report.json, training_curves.png, confusion_privatetest.png, "
+        f"wrote {final.model_path}, report.json, training_curves.png, confusion_privatetest.png, "
         f"reliability_privatetest.png in {out}",
         flush=True,
     )
     return report
 
 
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Train, select on PublicTest, evaluate PrivateTest once, write the model file and report."""
+    t_start = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.workers > 0:
+        torch.set_num_threads(args.workers)
+    seed_everything(args.seed)
+    device = resolve_device(args.device)
+    amp_dtype = resolve_amp(args.amp, device)
+    loaded = load_splits(args)
+    trainer = build_trainer(args, loaded.splits["Training"], device, amp_dtype)
+    progress = restore_checkpoint(resume_path(args), trainer, args) if args.resume else Progress()
+    print(
+        f"model: {args.arch} {sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f}M params, "
+        f"device {device}, amp {amp_dtype}, threads {torch.get_num_threads()}, {trainer.steps_per_epoch} steps/epoch",
+        flush=True,
+    )
+    ev = Evaluator(presets.EvalPreset(args.mean, args.std), device, amp_dtype, args.eval_batch_size)
+    progress = fit(args, trainer, loaded, ev, progress, out)
+    final = finalize(args, trainer.model, progress, loaded, ev, out)
+    return write_report(args, out, loaded, progress, final, ev, t_start)
+
+
 def cli(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        main(args)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_subcommand(parse_args, main, argv, errors=(DataError,))
