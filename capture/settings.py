@@ -38,7 +38,7 @@ class CameraSettings(BaseModel):
     source: Annotated[
         str | int,
         Field(
-            description="'demo' (synthetic camera, 15 fps unless --fps), a camera index (0), a video file, "
+            description="'demo' (a synthetic camera), a camera index (0), a video file, "
             "a URL (rtsp://, http://...), or 'webrtc' (a browser's webcam, through the webrtc_ingest page)"
         ),
     ]

@@ -25,7 +25,7 @@ class ClassifierSettings(BaseModel):
         bool,
         Field(
             description="close a partial batch early when the measured arrival rate says no other face will come "
-            "before max_wait_ms (see classifier/batching.py); the flag --fixed-wait always waits max_wait_ms"
+            "before max_wait_ms (see classifier/batching.py)"
         ),
         Cli(flag="--fixed-wait"),
     ] = True
@@ -39,7 +39,7 @@ class ClassifierSettings(BaseModel):
         ),
     ] = 1000.0
     device: Annotated[Literal["auto", "cpu", "cuda"], Field(description="where the model runs")] = "auto"
-    bf16: Annotated[bool, Field(description="bfloat16 autocast (the flag --no-bf16 runs in float32)")] = True
+    bf16: Annotated[bool, Field(description="run the model under bfloat16 autocast (off: float32)")] = True
     tta: Annotated[
         Literal[TTA_MODES],
         Field(

@@ -63,9 +63,7 @@ class SinkConfig(SinkSettings):
 
 
 class NetworkConfig(Section):
-    """Internal endpoints: classifier at base_port, sink at base_port+1, camera i at base_port+50+i; with a
-    recorder, camera i's preview at base_port+2+i (so at most 48 cameras then); the j-th webrtc camera's bridge
-    (ingest to capture) at base_port+50+len(cameras)+j."""
+    """Internal endpoints, on ports from base_port on (the layout: deploy/plan.py, PortLayout)."""
 
     host: str = "127.0.0.1"
     base_port: Port = 5550
@@ -75,8 +73,7 @@ class NetworkConfig(Section):
 
 
 class MetricsConfig(Section):
-    """Ports: launcher base, sink base+1, classifier base+2, recorder base+3, viewer base+4, webrtc_ingest base+5,
-    detector i base+10+i, camera i base+100+i."""
+    """Every process's /metrics, on ports from base_port on (the layout: deploy/plan.py, PortLayout)."""
 
     enabled: bool = True
     host: str = "127.0.0.1"

@@ -14,6 +14,11 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from detector.settings import DetectorSettings
+
+#: Keyword defaults below come from the detector settings (detector/settings.py), their one copy.
+_DEFAULTS = DetectorSettings()
+
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 
 
@@ -79,7 +84,7 @@ class YuNetDetector:
     def __init__(
         self,
         model_path: str,
-        score_threshold: float = 0.7,
+        score_threshold: float = _DEFAULTS.score_threshold,
         nms_threshold: float = 0.3,
         top_k: int = 5000,
         min_size: int = 0,
@@ -120,7 +125,7 @@ class YuNetDetector:
 def build_detector(
     backend: str,
     model_path: str | None = None,
-    score_threshold: float = 0.7,
+    score_threshold: float = _DEFAULTS.score_threshold,
     min_size: int = 24,
 ) -> FaceDetector:
     """A detector by name ("haar" or "yunet"); ``min_size`` in the pixels of the images it will see."""

@@ -11,8 +11,12 @@ import numpy as np
 
 from detector.backends import FaceDetector, build_detector
 from detector.crops import clip_boxes, face_crops
+from detector.settings import DetectorSettings
 from emostream.metrics import DETECTIONS
 from emostream.wire import Faces, Frame
+
+#: Keyword defaults below come from the detector settings (detector/settings.py), their one copy.
+_DEFAULTS = DetectorSettings()
 
 
 def downscale_image(image: np.ndarray, factor: float) -> np.ndarray:
@@ -58,7 +62,9 @@ class FaceExtractor:
     key frame of (e.g. after a restart) is detected anyway.
     """
 
-    def __init__(self, detector: FaceDetector, downscale: float = 1.0, crop_size: int = 48) -> None:
+    def __init__(
+        self, detector: FaceDetector, downscale: float = _DEFAULTS.downscale, crop_size: int = _DEFAULTS.crop_size
+    ) -> None:
         if not 0 < downscale <= 1:
             raise ValueError(f"downscale {downscale} is not in (0, 1]")
         self.detector = detector
@@ -93,10 +99,10 @@ class FaceExtractor:
 def build_extractor(
     backend: str = "haar",
     model_path: str | None = None,
-    score_threshold: float = 0.7,
-    min_face: int = 40,
-    downscale: float = 1.0,
-    crop_size: int = 48,
+    score_threshold: float = _DEFAULTS.score_threshold,
+    min_face: int = _DEFAULTS.min_face,
+    downscale: float = _DEFAULTS.downscale,
+    crop_size: int = _DEFAULTS.crop_size,
 ) -> FaceExtractor:
     """A :class:`FaceExtractor` from CLI-level settings; ``min_face`` is in full-resolution pixels."""
     if not 0 < downscale <= 1:

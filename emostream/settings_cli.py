@@ -88,6 +88,8 @@ def _option(name: str, info: FieldInfo) -> dict[str, Any]:
 
 def _help(info: FieldInfo) -> str:
     text = (info.description or "").replace("%", "%%")
+    if _is_bool(info) and info.default is True:
+        text = f"turn off: {text}"
     if not info.is_required() and info.default is not None and not _is_bool(info):
         text += " (default: %(default)s)"
     return text
@@ -166,7 +168,8 @@ class SettingsParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, settings: type[BaseModel], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.settings_model = settings
-        add_arguments(self, settings)
+        # In a group of their own: each is also a key of the launcher config, under the same name.
+        add_arguments(self.add_argument_group("settings (deploy config keys of the same names)"), settings)
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
