@@ -6,6 +6,7 @@ import argparse
 from typing import Annotated, Literal
 
 import pytest
+import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from capture.__main__ import build_parser as capture_parser
@@ -14,7 +15,7 @@ from classifier.__main__ import build_parser as classifier_parser
 from classifier.settings import ClassifierSettings
 from classifier.tracking import DEFAULT_IOU, DEFAULT_MAX_AGE, DEFAULT_WINDOW
 from conftest import shared_path
-from deploy.config import parse_config
+from deploy.config import load_config, parse_config
 from deploy.plan import endpoints, metrics_ports, plan_stages, port_layout
 from detector.__main__ import build_parser as detector_parser
 from detector.settings import DetectorSettings
@@ -265,3 +266,13 @@ def test_the_custom_config_moves_every_setting_off_its_default(section: str, mod
     for name, info in model.model_fields.items():
         if (section, name) != ("classifier", "model") and not info.is_required():
             assert name in values and values[name] != info.default, f"{section}.{name} is not in CUSTOM"
+
+
+def test_a_pipeline_config_written_as_yaml_loads_back_to_the_same_plan(tmp_path) -> None:
+    """How a program (the bench) hands a built config to the launcher: dump, write, load."""
+    config = parse_config(custom_config())
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    loaded = load_config(path)
+    assert loaded == config
+    assert [s.argv for s in plan_stages(loaded)] == [s.argv for s in plan_stages(config)]
