@@ -79,6 +79,7 @@ class PortLayout:
 
 
 def port_layout(config: PipelineConfig) -> PortLayout:
+    """The config's ports; a recorder or viewer with more cameras than preview ports is a ConfigError."""
     net, cameras = config.network, config.cameras
     previews: dict[str, int] = {}
     if config.recorder is not None or config.viewer is not None:
