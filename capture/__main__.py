@@ -9,55 +9,30 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 
 import zmq
 
 from capture.preview import PreviewPublisher
 from capture.sender import DropPolicy, FrameSender, default_drop_policy
-from capture.sources import DEFAULT_DECODE_THREADS, SourceError, classify_source
+from capture.settings import CameraSettings
+from capture.sources import SourceError, classify_source
 from capture.status_events import CameraStatusEvents
-from capture.stream import CaptureConfig, FrameStream, Pacing, parse_size
+from capture.stream import CaptureConfig, FrameStream, Pacing
 from emostream.health import HEALTH
 from emostream.metrics import FRAMES_RECEIVED
 from emostream.runtime import EXIT_FATAL, add_common_args, start_process
-from emostream.wire import Encoding, camera_id_error
+from emostream.settings_cli import SettingsParser
+from emostream.wire import Encoding
 
 log = logging.getLogger("capture")
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
-
-
-def _jpeg_quality(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"{text} is not in 1..100")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m capture", description="Grab frames from one camera and push them to the detectors."
-    )
-    parser.add_argument("--camera", required=True, help="camera id, used in every message and metric")
-    parser.add_argument(
-        "--source",
-        required=True,
-        help="'demo' (synthetic camera, 15 fps unless --fps), a camera index (0), a video file, "
-        "or a URL (rtsp://, http://...)",
+    parser = SettingsParser(
+        prog="python -m capture",
+        description="Grab frames from one camera and push them to the detectors.",
+        settings=CameraSettings,
     )
     parser.add_argument(
         "--frames",
@@ -74,38 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="also bind a PUB socket here and publish every frame downscaled (<= 640 px wide) as JPEG, "
         "for the recorder and viewers (default: off)",
     )
-    parser.add_argument("--loop", action="store_true", help="restart a video file when it ends")
-    parser.add_argument(
-        "--pacing",
-        choices=[p.value for p in Pacing],
-        default=Pacing.REALTIME.value,
-        help="files, demo and VOD URLs: at their frame rate (realtime) or as fast as possible (fast); "
-        "cameras and live streams pace themselves",
-    )
-    parser.add_argument(
-        "--fps", type=_positive_float, help="send at most this many frames per second (others are skipped)"
-    )
-    parser.add_argument("--resize", type=_size, metavar="WxH", help="resize frames before sending")
-    parser.add_argument(
-        "--drop-policy",
-        choices=[p.value for p in DropPolicy],
-        help="when detectors lag: drop_oldest (default for live sources) or block (default for files)",
-    )
-    parser.add_argument(
-        "--encoding",
-        choices=[e.value for e in Encoding if e is not Encoding.SHARED],
-        default=Encoding.RAW.value,
-        help="how frames travel to workers on other machines (bgr raw, jpeg); workers on this machine read "
-        "them from shared memory",
-    )
-    parser.add_argument("--jpeg-quality", type=_jpeg_quality, default=80, metavar="Q", help="1..100, with jpeg")
-    parser.add_argument(
-        "--decode-threads",
-        type=int,
-        default=DEFAULT_DECODE_THREADS,
-        metavar="N",
-        help="FFmpeg decoder threads for files and streams (default %(default)s; 0: FFmpeg's choice)",
-    )
     parser.add_argument(
         "--no-shared-memory",
         dest="shared_memory",
@@ -117,43 +60,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    problem = camera_id_error(args.camera)
-    if problem:
-        parser.error(f"--camera {args.camera!r}: {problem}")
-    if args.decode_threads < 0:
-        parser.error(f"--decode-threads {args.decode_threads}: must be 0 (FFmpeg's choice) or more")
-    kind = classify_source(args.source)
-    policy = DropPolicy(args.drop_policy) if args.drop_policy else default_drop_policy(kind)
-    stop = start_process(f"capture[{args.camera}]", args)
+    args = build_parser().parse_args(argv)
+    camera: CameraSettings = args.settings
+    source = str(camera.source)
+    kind = classify_source(source)
+    policy = DropPolicy(camera.drop_policy) if camera.drop_policy else default_drop_policy(kind)
+    stop = start_process(f"capture[{camera.id}]", args)
     config = CaptureConfig(
-        camera=args.camera,
-        source=args.source,
-        loop=args.loop,
-        pacing=Pacing(args.pacing),
-        max_fps=args.fps,
-        resize=args.resize,
-        decode_threads=args.decode_threads,
+        camera=camera.id,
+        source=source,
+        loop=camera.loop,
+        pacing=Pacing(camera.pacing),
+        max_fps=camera.fps,
+        resize=camera.resize,
+        decode_threads=camera.decode_threads,
     )
     context = zmq.Context()
-    status_events = CameraStatusEvents(context, args.events, args.camera, args.curve_keys) if args.events else None
+    status_events = CameraStatusEvents(context, args.events, camera.id, args.curve_keys) if args.events else None
     stream = FrameStream(config, stop, on_status=status_events)
     try:
-        encoding = Encoding(args.encoding)
+        encoding = Encoding(camera.encoding)
         sender = FrameSender(
             context,
             args.frames,
-            args.camera,
+            camera.id,
             policy,
             stop,
             encoding,
-            args.jpeg_quality,
+            camera.jpeg_quality,
             keys=args.curve_keys,
             shared_memory=args.shared_memory,
         )
     except zmq.ZMQError as exc:
-        log.error("camera %s: cannot bind %s: %s", args.camera, args.frames, exc)
+        log.error("camera %s: cannot bind %s: %s", camera.id, args.frames, exc)
         if status_events:
             status_events.close()
         context.term()
@@ -161,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     preview = None
     if args.preview:
         try:
-            preview = PreviewPublisher(context, args.preview, args.camera, args.curve_keys)
+            preview = PreviewPublisher(context, args.preview, camera.id, args.curve_keys)
         except zmq.ZMQError as exc:
-            log.error("camera %s: cannot bind the preview endpoint %s: %s", args.camera, args.preview, exc)
+            log.error("camera %s: cannot bind the preview endpoint %s: %s", camera.id, args.preview, exc)
             sender.finish()
             if status_events:
                 status_events.close()
@@ -171,15 +110,15 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     log.info(
         "camera %s: %s source %r -> %s (drop policy %s, encoding %s)",
-        args.camera,
+        camera.id,
         kind.value,
-        args.source,
+        source,
         args.frames,
         policy.value,
-        args.encoding,
+        camera.encoding,
     )
     HEALTH.set_ready(reason=f"bound {args.frames}")
-    received = FRAMES_RECEIVED.labels(stage="capture", camera=args.camera)
+    received = FRAMES_RECEIVED.labels(stage="capture", camera=camera.id)
     code = 0
     try:
         for frame in stream:
@@ -190,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             if preview:
                 preview.publish(frame)
     except SourceError as exc:
-        log.error("camera %s: %s", args.camera, exc)
+        log.error("camera %s: %s", camera.id, exc)
         code = EXIT_FATAL
     finally:
         stream.close()
@@ -201,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             status_events.close()
         # term() is what waits for the socket's linger: without it queued frames die with the process.
         context.term()
-    log.info("camera %s: stopped; %d frames sent, %d dropped", args.camera, sender.sent, sender.dropped)
+    log.info("camera %s: stopped; %d frames sent, %d dropped", camera.id, sender.sent, sender.dropped)
     return code
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import zmq
 
 from capture.dispatch import Dispatcher, WorkerState
+from capture.settings import CameraSettings
 from capture.sources import SourceKind
 from emostream import shm
 from emostream.health import HEALTH
@@ -196,7 +197,7 @@ class FrameSender:
         policy: DropPolicy,
         stop: threading.Event,
         encoding: Encoding = Encoding.RAW,
-        jpeg_quality: int = 80,
+        jpeg_quality: int = CameraSettings.model_fields["jpeg_quality"].default,
         dispatcher: Dispatcher | None = None,
         keys: CurveKeys | None = None,
         shared_memory: bool = True,

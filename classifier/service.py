@@ -11,7 +11,8 @@ import zmq
 
 from classifier.batching import Batch, FaceBatcher
 from classifier.model import EmotionModel
-from classifier.tracking import DEFAULT_IOU, DEFAULT_MAX_AGE, DEFAULT_WINDOW, Tracker
+from classifier.settings import ClassifierSettings
+from classifier.tracking import Tracker
 from emostream import metrics
 from emostream.health import HEALTH
 from emostream.runtime import ThrottledLog
@@ -73,24 +74,20 @@ class ClassifierService:
         model: EmotionModel,
         pull_endpoint: str,
         push_endpoint: str,
-        max_batch: int = 64,
-        max_wait_ms: float = 10.0,
+        settings: ClassifierSettings | None = None,
         context: zmq.Context | None = None,
-        adaptive_wait: bool = True,
-        max_age_ms: float = 1000.0,
         keys: CurveKeys | None = None,
-        smoothing_window: int = DEFAULT_WINDOW,
-        track_iou: float = DEFAULT_IOU,
-        track_max_age: int = DEFAULT_MAX_AGE,
     ) -> None:
+        # The service uses the batching, staleness and tracking settings; the model was built from the rest.
+        settings = settings or ClassifierSettings()
         self.model = model
         #: One tracker for every camera (tracks are per camera inside it); fed in each batch's frame order.
-        self.tracker = Tracker(smoothing_window, track_iou, track_max_age)
-        self.max_age_s = max_age_ms / 1000.0
+        self.tracker = Tracker(settings.smoothing_window, settings.track_iou, settings.track_max_age)
+        self.max_age_s = settings.max_age_ms / 1000.0
         self._malformed_log = ThrottledLog(log)
         metrics.register_classifier_metrics()
         metrics.declare_drops(STAGE, "unknown", REJECT_REASONS)
-        self.batcher = FaceBatcher(max_batch, max_wait_ms, adaptive=adaptive_wait)
+        self.batcher = FaceBatcher(settings.max_batch, settings.max_wait_ms, adaptive=settings.adaptive_wait)
         ctx = context or zmq.Context.instance()
         self.pull = ctx.socket(zmq.PULL)
         secure_server(self.pull, keys, STAGE)  # plain without keys

@@ -43,10 +43,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Defaults shared by the classifier CLI and the deploy config.
-DEFAULT_WINDOW = 8
-DEFAULT_IOU = 0.3
-DEFAULT_MAX_AGE = 25
+from classifier.settings import ClassifierSettings
+
+#: The classifier settings' defaults (classifier/settings.py), for trackers built without settings.
+DEFAULT_WINDOW: int = ClassifierSettings.model_fields["smoothing_window"].default
+DEFAULT_IOU: float = ClassifierSettings.model_fields["track_iou"].default
+DEFAULT_MAX_AGE: int = ClassifierSettings.model_fields["track_max_age"].default
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

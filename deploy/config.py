@@ -13,11 +13,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from capture.sources import SourceKind, classify_source
-from classifier.tracking import DEFAULT_IOU, DEFAULT_MAX_AGE, DEFAULT_WINDOW
-from emostream.modelfile import TTA_MODES
+from capture.settings import CameraSettings
+from classifier.settings import ClassifierSettings
+from detector.settings import DetectorSettings
 from emostream.security import SecurityError, load_keys
-from emostream.wire import camera_id_error
+from sink.settings import SinkSettings
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "demo.yaml"
 
@@ -34,52 +34,18 @@ PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
-class CameraConfig(Section):
-    id: str
-    #: "demo", a camera index (0), a video file path, an rtsp/http(s) URL, or "webrtc" (a browser's webcam,
-    #: through the ``webrtc_ingest`` page: each such camera is one slot for one browser).
-    source: str | int
-    loop: bool = False
-    pacing: Literal["realtime", "fast"] = "realtime"
-    fps: PositiveFloat | None = None
-    resize: tuple[Annotated[int, Field(ge=16, le=8192)], Annotated[int, Field(ge=16, le=8192)]] | None = None
-    drop_policy: Literal["drop_oldest", "block"] | None = None
-    encoding: Literal["bgr", "jpeg"] = "bgr"
-    jpeg_quality: Annotated[int, Field(ge=1, le=100)] = 80
-    #: FFmpeg decoder threads for files and streams; 0: FFmpeg's choice (one per core).
-    decode_threads: Annotated[int, Field(ge=0, le=64)] = 1
-
-    @field_validator("id")
-    @classmethod
-    def _valid_id(cls, value: str) -> str:
-        problem = camera_id_error(value)
-        if problem:
-            raise ValueError(problem)
-        return value
-
-    @property
-    def is_file(self) -> bool:
-        return classify_source(str(self.source)) is SourceKind.FILE
-
-    @property
-    def is_webrtc(self) -> bool:
-        return classify_source(str(self.source)) is SourceKind.WEBRTC
+# The stage sections are the stages' own settings models (each field's default, limits and meaning live
+# there, once); the config adds only what is about the pipeline, such as how many detector workers run.
 
 
-class DetectorConfig(Section):
-    workers: Annotated[int, Field(ge=1, le=64)] = 1
-    backend: Literal["haar", "yunet"] = "haar"
-    model: str | None = None
-    downscale: Annotated[float, Field(gt=0, le=1)] = 1.0
-    min_face: Annotated[int, Field(ge=8)] = 40
-    score_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.7
-    crop_size: Annotated[int, Field(ge=16, le=256)] = 48
-    #: OpenCV threads per worker; 0 keeps OpenCV's default (all cores). Set 1 when workers >= cores.
-    threads: Annotated[int, Field(ge=0, le=256)] = 0
-    #: Detect on one frame in N per camera; the N-1 after reuse its boxes (DeepStream's `interval`).
-    interval: Annotated[int, Field(ge=1, le=100)] = 1
-    #: Frames in flight per camera towards each worker (credit window, see capture/dispatch.py).
-    window: Annotated[int, Field(ge=1, le=64)] = 1
+class CameraConfig(CameraSettings):
+    """One entry of ``cameras``: capture/settings.py."""
+
+
+class DetectorConfig(DetectorSettings):
+    """The ``detector`` section: detector/settings.py, plus how many workers to start."""
+
+    workers: Annotated[int, Field(ge=1, le=64, description="detector worker processes")] = 1
 
     @model_validator(mode="after")
     def _model_for_yunet(self) -> DetectorConfig:
@@ -88,40 +54,16 @@ class DetectorConfig(Section):
         return self
 
 
-class ClassifierConfig(Section):
-    model: str | None = None
-    max_batch: Annotated[int, Field(ge=1, le=4096)] = 64
-    max_wait_ms: Annotated[float, Field(ge=0, le=10_000)] = 10.0
-    #: Close a partial batch early when no other face is expected before max_wait_ms (see classifier.batching).
-    adaptive_wait: bool = True
-    #: Faces of live cameras older than this (capture to classifier) are dropped, counted as 'stale'; 0: never.
-    max_age_ms: Annotated[float, Field(ge=0, le=600_000)] = 1000.0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    bf16: bool = True
-    #: Test-time augmentation: "flip" averages each face's logits with its mirror image's: twice the
-    #: classifier's compute for +0.5 points PrivateTest accuracy with the shipped model (training/README.md).
-    tta: Literal[TTA_MODES] = "none"
-    #: torch CPU threads; 1 by default because the classifier shares the cores with the other stages.
-    threads: Annotated[int, Field(ge=0, le=256)] = 1
-    #: Frames each face track's scores are smoothed over (EMA with the weight of an N-frame mean, see
-    #: classifier/tracking.py); 1: no smoothing. 8 frames = 0.32 s at 25 fps (centre of mass 3.5 frames, 0.14 s):
-    #: on faces.mp4 it cuts the shipped model's label flips 2.6x (90 -> 34), and real expressions last longer.
-    smoothing_window: Annotated[int, Field(ge=1, le=1000)] = DEFAULT_WINDOW
-    #: Least IoU between a face and a track's last box for the face to continue that track.
-    track_iou: Annotated[float, Field(gt=0, le=1)] = DEFAULT_IOU
-    #: Frames of its camera a track survives without a matching face (a head turned away) before it is dropped.
-    track_max_age: Annotated[int, Field(ge=0, le=10_000)] = DEFAULT_MAX_AGE
+class ClassifierConfig(ClassifierSettings):
+    """The ``classifier`` section: classifier/settings.py."""
 
 
-class SinkConfig(Section):
-    publish: str = "tcp://127.0.0.1:5560"
-    jsonl: str | None = None
+class SinkConfig(SinkSettings):
+    """The ``sink`` section: sink/settings.py."""
 
 
 class NetworkConfig(Section):
-    """Internal endpoints: classifier at base_port, sink at base_port+1, camera i at base_port+50+i; with a
-    recorder, camera i's preview at base_port+2+i (so at most 48 cameras then); the j-th webrtc camera's bridge
-    (ingest to capture) at base_port+50+len(cameras)+j."""
+    """Internal endpoints, on ports from base_port on (the layout: deploy/plan.py, PortLayout)."""
 
     host: str = "127.0.0.1"
     base_port: Port = 5550
@@ -131,8 +73,7 @@ class NetworkConfig(Section):
 
 
 class MetricsConfig(Section):
-    """Ports: launcher base, sink base+1, classifier base+2, recorder base+3, viewer base+4, webrtc_ingest base+5,
-    detector i base+10+i, camera i base+100+i."""
+    """Every process's /metrics, on ports from base_port on (the layout: deploy/plan.py, PortLayout)."""
 
     enabled: bool = True
     host: str = "127.0.0.1"

@@ -1,12 +1,22 @@
-"""Turn a validated config into the stage processes to run: names, command lines, endpoints, ports."""
+"""Turn a validated config into the stage processes to run: names, command lines, endpoints, ports.
+
+Each stage's command line is its settings model written out (``emostream.settings_cli.to_argv``), so
+a setting added to a stage's model reaches the stage without a line here.
+"""
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
-from deploy.config import ConfigError, PipelineConfig
+from capture.settings import CameraSettings
+from classifier.settings import ClassifierSettings
+from deploy.config import CameraConfig, ConfigError, PipelineConfig, RecorderConfig, ViewerConfig
+from detector.settings import DetectorSettings
+from emostream import settings_cli
+from sink.settings import SinkSettings
 
 
 class Restart(str, Enum):
@@ -32,252 +42,217 @@ class StageSpec:
         return [sys.executable, "-m", self.module, *self.args]
 
 
+#: Preview ports sit between the sink's input (base+1) and the frames (base+50+i).
+PREVIEW_OFFSET = 2
+FRAMES_OFFSET = 50
+MAX_PREVIEW_CAMERAS = FRAMES_OFFSET - PREVIEW_OFFSET
+
+
+@dataclass(frozen=True)
+class PortLayout:
+    """Every port number of a pipeline: the one place the layout is written (endpoints, metrics, the bench).
+
+    From ``network.base_port`` (B): the classifier's faces input B, the sink's input B+1, camera i's preview
+    B+2+i (with a recorder or a viewer, so at most 48 cameras then), camera i's frames B+50+i, the j-th
+    webrtc camera's bridge B+50+len(cameras)+j. From ``metrics.base_port`` (M): launcher M, sink M+1,
+    classifier M+2, recorder M+3, viewer M+4, webrtc_ingest M+5, detector i M+10+i, camera i M+100+i.
+    Ports B+2.. stay free without previews (the bench publishes its events there).
+    """
+
+    host: str
+    faces: int
+    events_in: int
+    #: Camera id -> port; previews only with a recorder or a viewer, bridges only for webrtc cameras.
+    frames: dict[str, int]
+    previews: dict[str, int]
+    bridges: dict[str, int]
+    #: Process name ("launcher", "sink", "detector-0", "capture-<id>", ...) -> its /metrics port.
+    metrics: dict[str, int]
+
+    def internal_ports(self) -> list[int]:
+        """The ZeroMQ ports the stages bind on ``network.host``."""
+        return [self.faces, self.events_in, *self.frames.values(), *self.previews.values(), *self.bridges.values()]
+
+    def ports(self) -> list[int]:
+        """Every port the pipeline binds but the sink's public endpoint and the browser pages."""
+        return [*self.internal_ports(), *self.metrics.values()]
+
+
+def port_layout(config: PipelineConfig) -> PortLayout:
+    """The config's ports; a recorder or viewer with more cameras than preview ports is a ConfigError."""
+    net, cameras = config.network, config.cameras
+    previews: dict[str, int] = {}
+    if config.recorder is not None or config.viewer is not None:
+        if len(cameras) > MAX_PREVIEW_CAMERAS:
+            section = "recorder" if config.recorder is not None else "viewer"
+            raise ConfigError(
+                f"{section}: handles at most {MAX_PREVIEW_CAMERAS} cameras (their previews take ports "
+                f"network.base_port+{PREVIEW_OFFSET}..+{FRAMES_OFFSET - 1}), the config has {len(cameras)}"
+            )
+        previews = {c.id: net.base_port + PREVIEW_OFFSET + i for i, c in enumerate(cameras)}
+    first_bridge = net.base_port + FRAMES_OFFSET + len(cameras)
+    webrtc = [c for c in cameras if c.is_webrtc]
+    base = config.metrics.base_port
+    metrics = {"launcher": base, "sink": base + 1, "classifier": base + 2}
+    if config.recorder is not None:
+        metrics["recorder"] = base + 3
+    if config.viewer is not None:
+        metrics["viewer"] = base + 4
+    if webrtc:
+        metrics["webrtc_ingest"] = base + 5
+    metrics.update({f"detector-{i}": base + 10 + i for i in range(config.detector.workers)})
+    metrics.update({f"capture-{c.id}": base + 100 + i for i, c in enumerate(cameras)})
+    return PortLayout(
+        host=net.host,
+        faces=net.base_port,
+        events_in=net.base_port + 1,
+        frames={c.id: net.base_port + FRAMES_OFFSET + i for i, c in enumerate(cameras)},
+        previews=previews,
+        bridges={c.id: first_bridge + j for j, c in enumerate(webrtc)},
+        metrics=metrics,
+    )
+
+
 @dataclass(frozen=True)
 class Endpoints:
     faces: str
     events_in: str
     frames: dict[str, str]
     events: str
-    #: Each camera's preview PUB endpoint (base_port+2+i); empty without a recorder or a viewer.
+    #: Each camera's preview PUB endpoint; empty without a recorder or a viewer.
     previews: dict[str, str] = field(default_factory=dict)
-    #: Each webrtc camera's bridge (the ingest PUSHes there, its capture PULLs): after the frames'
-    #: ports, base_port+50+len(cameras)+j for the j-th webrtc camera.
+    #: Each webrtc camera's bridge (the ingest PUSHes there, its capture PULLs).
     bridges: dict[str, str] = field(default_factory=dict)
 
 
-#: Preview ports sit between the sink's input (base+1) and the frames (base+50+i).
-PREVIEW_OFFSET = 2
-MAX_PREVIEW_CAMERAS = 50 - PREVIEW_OFFSET
-
-
 def endpoints(config: PipelineConfig) -> Endpoints:
-    net = config.network
+    layout = port_layout(config)
+
+    def tcp(port: int) -> str:
+        return f"tcp://{layout.host}:{port}"
+
     ends = Endpoints(
-        faces=f"tcp://{net.host}:{net.base_port}",
-        events_in=f"tcp://{net.host}:{net.base_port + 1}",
-        frames={c.id: f"tcp://{net.host}:{net.base_port + 50 + i}" for i, c in enumerate(config.cameras)},
+        faces=tcp(layout.faces),
+        events_in=tcp(layout.events_in),
+        frames={camera: tcp(port) for camera, port in layout.frames.items()},
         events=config.sink.publish,
+        previews={camera: tcp(port) for camera, port in layout.previews.items()},
+        bridges={camera: tcp(port) for camera, port in layout.bridges.items()},
     )
-    if config.recorder is not None or config.viewer is not None:
-        if len(config.cameras) > MAX_PREVIEW_CAMERAS:
-            section = "recorder" if config.recorder is not None else "viewer"
-            raise ConfigError(
-                f"{section}: handles at most {MAX_PREVIEW_CAMERAS} cameras (their previews take ports "
-                f"network.base_port+{PREVIEW_OFFSET}..+49), the config has {len(config.cameras)}"
-            )
-        ends.previews.update(
-            {c.id: f"tcp://{net.host}:{net.base_port + PREVIEW_OFFSET + i}" for i, c in enumerate(config.cameras)}
-        )
-    webrtc = [c for c in config.cameras if c.is_webrtc]
-    first_bridge = net.base_port + 50 + len(config.cameras)
-    ends.bridges.update({c.id: f"tcp://{net.host}:{first_bridge + j}" for j, c in enumerate(webrtc)})
-    internal = [ends.faces, ends.events_in, *ends.frames.values(), *ends.previews.values(), *ends.bridges.values()]
-    if ends.events in internal:
+    if ends.events in map(tcp, layout.internal_ports()):
+        base = config.network.base_port
         raise ConfigError(
             f"sink.publish: {ends.events} is also an internal endpoint "
-            f"(network.base_port {net.base_port} takes ports from {net.base_port} on)"
+            f"(network.base_port {base} takes ports from {base} on)"
         )
     return ends
 
 
 def metrics_ports(config: PipelineConfig) -> dict[str, int]:
     """Prometheus port of every process, keyed by stage name ("launcher" for the supervisor itself)."""
-    base = config.metrics.base_port
-    ports = {"launcher": base, "sink": base + 1, "classifier": base + 2}
-    if config.recorder is not None:
-        ports["recorder"] = base + 3
-    if config.viewer is not None:
-        ports["viewer"] = base + 4
-    if any(c.is_webrtc for c in config.cameras):
-        ports["webrtc_ingest"] = base + 5
-    ports.update({f"detector-{i}": base + 10 + i for i in range(config.detector.workers)})
-    ports.update({f"capture-{c.id}": base + 100 + i for i, c in enumerate(config.cameras)})
-    return ports
+    return port_layout(config).metrics
 
 
-def plan_stages(config: PipelineConfig) -> list[StageSpec]:
-    """Stages in start order: downstream first, so every socket a stage connects to is already bound."""
-    ends = endpoints(config)
-    ports = metrics_ports(config) if config.metrics.enabled else {}
+class _Stages:
+    """Builds each stage's spec: its own arguments, then the flags every stage takes (metrics, keys)."""
 
-    def common(name: str) -> list[str]:
-        port = ports.get(name)
-        args = ["--metrics-port", str(port), "--metrics-host", config.metrics.host] if port else []
-        if config.security.curve_keys:
-            args += ["--curve-keys", config.security.curve_keys]  # every stage secures every socket
-        return args
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config = config
+        self.ends = endpoints(config)
+        self.ports = metrics_ports(config) if config.metrics.enabled else {}
 
-    stages: list[StageSpec] = []
-    rec = config.recorder
-    if rec is not None:
+    def spec(self, name: str, module: str, args: list[str], **kwargs: Any) -> StageSpec:
+        port = self.ports.get(name)
+        if port:
+            args = [*args, "--metrics-port", str(port), "--metrics-host", self.config.metrics.host]
+        if self.config.security.curve_keys:
+            args = [*args, "--curve-keys", self.config.security.curve_keys]  # every stage secures every socket
+        return StageSpec(name, module, args, metrics_port=port, **kwargs)
+
+    def recorder(self, rec: RecorderConfig) -> StageSpec:
         # First in the plan, so last to stop (supervisor.stop goes sources first, in reverse plan order):
         # the sink's final events are drawn before the files close. Its SUB sockets connect, and ZeroMQ
         # connects before the other side binds. Essential: only cameras are non-essential sources, and a
         # recorder that cannot write its folder (a fatal exit) is a config error the run should not hide.
-        rec_args = [arg for endpoint in ends.previews.values() for arg in ("--preview", endpoint)]
-        rec_args += [
-            "--events",
-            ends.events,
-            "--out",
-            rec.out,
-            "--format",
-            rec.format,
-            "--max-wait",
-            str(rec.max_wait_s),
-        ]
+        args = [arg for endpoint in self.ends.previews.values() for arg in ("--preview", endpoint)]
+        args += ["--events", self.ends.events, "--out", rec.out, "--format", rec.format]
+        args += ["--max-wait", str(rec.max_wait_s)]
         if rec.blur_faces:
-            rec_args.append("--blur-faces")
+            args.append("--blur-faces")
         if rec.fps:
-            rec_args += ["--fps", str(rec.fps)]
-        stages.append(
-            StageSpec("recorder", "sink.record", rec_args + common("recorder"), metrics_port=ports.get("recorder"))
-        )
+            args += ["--fps", str(rec.fps)]
+        return self.spec("recorder", "sink.record", args)
 
-    view = config.viewer
-    if view is not None:
+    def viewer(self, view: ViewerConfig) -> StageSpec:
         # Like the recorder: SUB sockets only, so it may start first and stops last; essential, because a
         # viewer that cannot bind its port (a fatal exit) is a config error the run should not hide.
-        view_args = [arg for endpoint in ends.previews.values() for arg in ("--preview", endpoint)]
-        view_args += ["--events", ends.events, "--host", view.host, "--port", str(view.port)]
-        view_args += ["--max-wait", str(view.max_wait_s)]
+        args = [arg for endpoint in self.ends.previews.values() for arg in ("--preview", endpoint)]
+        args += ["--events", self.ends.events, "--host", view.host, "--port", str(view.port)]
+        args += ["--max-wait", str(view.max_wait_s)]
         if view.token:
-            view_args += ["--token", view.token]
+            args += ["--token", view.token]
         if view.blur_faces:
-            view_args.append("--blur-faces")
-        stages.append(
-            StageSpec("viewer", "sink.viewer", view_args + common("viewer"), metrics_port=ports.get("viewer"))
-        )
+            args.append("--blur-faces")
+        return self.spec("viewer", "sink.viewer", args)
 
-    if ends.bridges:
+    def webrtc_ingest(self) -> StageSpec:
         # Binds every bridge (the captures connect) and the page; essential: a page that cannot bind its
         # port is a config error. Its browsers come and go; each capture reports its own camera up or down.
-        ing = config.webrtc_ingest
-        ing_args = ["--host", ing.host, "--port", str(ing.port)]
-        for camera, bridge in ends.bridges.items():
-            ing_args += ["--camera", f"{camera}={bridge}"]
+        ing = self.config.webrtc_ingest
+        args = ["--host", ing.host, "--port", str(ing.port)]
+        for camera, bridge in self.ends.bridges.items():
+            args += ["--camera", f"{camera}={bridge}"]
         if ing.token:
-            ing_args += ["--token", ing.token]
-        stages.append(
-            StageSpec(
-                "webrtc_ingest",
-                "capture.webrtc_ingest",
-                ing_args + common("webrtc_ingest"),
-                metrics_port=ports.get("webrtc_ingest"),
-            )
-        )
+            args += ["--token", ing.token]
+        return self.spec("webrtc_ingest", "capture.webrtc_ingest", args)
 
-    sink_args = ["--pull", ends.events_in, "--publish", ends.events]
-    if config.sink.jsonl:
-        sink_args += ["--jsonl", config.sink.jsonl]
-    stages.append(StageSpec("sink", "sink", sink_args + common("sink"), metrics_port=ports.get("sink")))
+    def sink(self) -> StageSpec:
+        args = ["--pull", self.ends.events_in, *settings_cli.to_argv(self.config.sink, SinkSettings)]
+        return self.spec("sink", "sink", args)
 
-    cls = config.classifier
-    cls_args = [
-        "--pull",
-        ends.faces,
-        "--push",
-        ends.events_in,
-        "--max-batch",
-        str(cls.max_batch),
-        "--max-wait-ms",
-        str(cls.max_wait_ms),
-        "--max-age-ms",
-        str(cls.max_age_ms),
-        "--device",
-        cls.device,
-        "--tta",
-        cls.tta,
-        "--threads",
-        str(cls.threads),
-        "--smoothing-window",
-        str(cls.smoothing_window),
-        "--track-iou",
-        str(cls.track_iou),
-        "--track-max-age",
-        str(cls.track_max_age),
-    ]
-    if cls.model:
-        cls_args += ["--model", cls.model]
-    if not cls.adaptive_wait:
-        cls_args.append("--fixed-wait")
-    if not cls.bf16:
-        cls_args.append("--no-bf16")
-    stages.append(
-        StageSpec("classifier", "classifier", cls_args + common("classifier"), metrics_port=ports.get("classifier"))
-    )
+    def classifier(self) -> StageSpec:
+        args = ["--pull", self.ends.faces, "--push", self.ends.events_in]
+        args += settings_cli.to_argv(self.config.classifier, ClassifierSettings)
+        return self.spec("classifier", "classifier", args)
 
-    det = config.detector
-    for i in range(det.workers):
-        name = f"detector-{i}"
-        args = ["--worker", str(i)]
-        for frames in ends.frames.values():
-            args += ["--frames", frames]
-        args += [
-            "--push",
-            ends.faces,
-            "--backend",
-            det.backend,
-            "--downscale",
-            str(det.downscale),
-            "--min-face",
-            str(det.min_face),
-            "--score-threshold",
-            str(det.score_threshold),
-            "--crop-size",
-            str(det.crop_size),
-            "--threads",
-            str(det.threads),
-            "--interval",
-            str(det.interval),
-            "--window",
-            str(det.window),
+    def detectors(self) -> list[StageSpec]:
+        frames = [arg for endpoint in self.ends.frames.values() for arg in ("--frames", endpoint)]
+        settings = settings_cli.to_argv(self.config.detector, DetectorSettings)
+        return [
+            self.spec(f"detector-{i}", "detector", ["--worker", str(i), *frames, "--push", self.ends.faces, *settings])
+            for i in range(self.config.detector.workers)
         ]
-        if det.model:
-            args += ["--model", det.model]
-        stages.append(StageSpec(name, "detector", args + common(name), metrics_port=ports.get(name)))
 
-    for camera in config.cameras:
-        name = f"capture-{camera.id}"
-        args = [
-            "--camera",
-            camera.id,
-            "--source",
-            f"webrtc:{ends.bridges[camera.id]}" if camera.id in ends.bridges else str(camera.source),
-            "--frames",
-            ends.frames[camera.id],
-            "--events",
-            ends.events_in,
-            "--pacing",
-            camera.pacing,
-            "--encoding",
-            camera.encoding,
-            "--jpeg-quality",
-            str(camera.jpeg_quality),
-            "--decode-threads",
-            str(camera.decode_threads),
-        ]
-        if camera.loop:
-            args.append("--loop")
-        if camera.fps:
-            args += ["--fps", str(camera.fps)]
-        if camera.resize:
-            args += ["--resize", f"{camera.resize[0]}x{camera.resize[1]}"]
-        if camera.drop_policy:
-            args += ["--drop-policy", camera.drop_policy]
-        if camera.id in ends.previews:
-            args += ["--preview", ends.previews[camera.id]]
-        if not config.network.shared_memory:
+    def capture(self, camera: CameraConfig) -> StageSpec:
+        if camera.id in self.ends.bridges:
+            camera = camera.model_copy(update={"source": f"webrtc:{self.ends.bridges[camera.id]}"})
+        args = settings_cli.to_argv(camera, CameraSettings)
+        args += ["--frames", self.ends.frames[camera.id], "--events", self.ends.events_in]
+        if camera.id in self.ends.previews:
+            args += ["--preview", self.ends.previews[camera.id]]
+        if not self.config.network.shared_memory:
             args.append("--no-shared-memory")
         finite = camera.is_file and not camera.loop
-        stages.append(
-            StageSpec(
-                name,
-                "capture",
-                args + common(name),
-                restart=Restart.ON_FAILURE if finite else Restart.ALWAYS,
-                metrics_port=ports.get(name),
-                essential=False,
-                labels={"camera": camera.id},
-            )
+        return self.spec(
+            f"capture-{camera.id}",
+            "capture",
+            args,
+            restart=Restart.ON_FAILURE if finite else Restart.ALWAYS,
+            essential=False,
+            labels={"camera": camera.id},
         )
+
+
+def plan_stages(config: PipelineConfig) -> list[StageSpec]:
+    """Stages in start order: downstream first, so every socket a stage connects to is already bound."""
+    build = _Stages(config)
+    stages: list[StageSpec] = []
+    if config.recorder is not None:
+        stages.append(build.recorder(config.recorder))
+    if config.viewer is not None:
+        stages.append(build.viewer(config.viewer))
+    if build.ends.bridges:
+        stages.append(build.webrtc_ingest())
+    stages += [build.sink(), build.classifier(), *build.detectors()]
+    stages += [build.capture(camera) for camera in config.cameras]
     return stages

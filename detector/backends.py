@@ -16,6 +16,10 @@ import cv2
 import numpy as np
 
 from detector.detections import Detections
+from detector.settings import DetectorSettings
+
+#: Keyword defaults below come from the detector settings (detector/settings.py), their one copy.
+_DEFAULTS = DetectorSettings()
 
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 #: The YuNet model shipped with the package (OpenCV Zoo, MIT licence: see detector/models/README.md).
@@ -79,7 +83,7 @@ class YuNetDetector:
     def __init__(
         self,
         model_path: str,
-        score_threshold: float = 0.7,
+        score_threshold: float = _DEFAULTS.score_threshold,
         nms_threshold: float = 0.3,
         top_k: int = 5000,
         min_size: int = 0,
@@ -118,7 +122,7 @@ class YuNetDetector:
 def build_detector(
     backend: str,
     model_path: str | None = None,
-    score_threshold: float = 0.7,
+    score_threshold: float = _DEFAULTS.score_threshold,
     min_size: int = 24,
     roll_passes: tuple[float, ...] = (),
 ) -> FaceDetector:

@@ -13,9 +13,13 @@ from detector.align import aligned_crops, refine_landmarks
 from detector.backends import FaceDetector, build_detector
 from detector.crops import face_crops
 from detector.detections import Detections
+from detector.settings import DetectorSettings
 from emostream.boxes import clip_boxes
 from emostream.metrics import DETECTIONS
 from emostream.wire import Faces, Frame
+
+#: Keyword defaults below come from the detector settings (detector/settings.py), their one copy.
+_DEFAULTS = DetectorSettings()
 
 
 def downscale_image(image: np.ndarray, factor: float) -> np.ndarray:
@@ -54,7 +58,11 @@ class FaceExtractor:
     """
 
     def __init__(
-        self, detector: FaceDetector, downscale: float = 1.0, crop_size: int = 48, align: bool = False
+        self,
+        detector: FaceDetector,
+        downscale: float = _DEFAULTS.downscale,
+        crop_size: int = _DEFAULTS.crop_size,
+        align: bool = False,
     ) -> None:
         if not 0 < downscale <= 1:
             raise ValueError(f"downscale {downscale} is not in (0, 1]")
@@ -103,10 +111,10 @@ class FaceExtractor:
 def build_extractor(
     backend: str = "haar",
     model_path: str | None = None,
-    score_threshold: float = 0.7,
-    min_face: int = 40,
-    downscale: float = 1.0,
-    crop_size: int = 48,
+    score_threshold: float = _DEFAULTS.score_threshold,
+    min_face: int = _DEFAULTS.min_face,
+    downscale: float = _DEFAULTS.downscale,
+    crop_size: int = _DEFAULTS.crop_size,
     align: bool = False,
     roll_passes: tuple[float, ...] = (),
 ) -> FaceExtractor:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import zmq
 
 from detector.pipeline import FaceExtractor
+from detector.settings import DetectorSettings
 from emostream import shm
 from emostream.health import HEALTH
 from emostream.metrics import FACES, FRAMES, FRAMES_DROPPED, FRAMES_RECEIVED, STAGE_SECONDS, declare_drops
@@ -38,11 +39,6 @@ from emostream.wire import REJECT_REASONS, Credit, WireError, decode_frame, enco
 
 log = logging.getLogger("detector")
 
-#: Frames in flight per camera connection. One: with several cameras a worker still always has a frame
-#: from another camera ready behind the one it works on, and every frame it holds is a frame of
-#: latency. Four 25 fps cameras on two workers (interval 3), 45 s each, frames still over TCP: p99 128-153 ms with 1,
-#: 154-198 ms with 2. A single fast file on one worker gains from 2 (no idle gap per frame).
-DEFAULT_WINDOW = 1
 #: A credit goes to every camera at least this often, even when idle: a camera that restarted learns
 #: of the worker, and a worker that stops sending is known to be dead or hung (capture.dispatch.EXPIRY_S).
 HEARTBEAT_S = 1.0
@@ -76,16 +72,15 @@ class DetectorWorker:
         extractor: FaceExtractor,
         stop: threading.Event,
         worker_id: int = 0,
-        window: int = DEFAULT_WINDOW,
-        interval: int = 1,
+        settings: DetectorSettings | None = None,
         keys: CurveKeys | None = None,
     ) -> None:
-        if window < 1 or interval < 1:
-            raise ValueError("window and interval must be at least 1")
+        # Only the credit window and the interval matter here; the extractor holds the detection settings.
+        settings = settings or DetectorSettings()
         self.extractor = extractor
         self.stop = stop
-        self.window = window
-        self.interval = interval
+        self.window = settings.window
+        self.interval = settings.interval
         declare_drops("detector", "unknown", REJECT_REASONS)
         self.worker_id = worker_id
         self.name = f"detector-{worker_id}-{os.getpid()}"

@@ -6,14 +6,14 @@ import argparse
 import sys
 
 from emostream.runtime import add_common_args, start_process
+from emostream.settings_cli import SettingsParser
 from sink.service import SinkService
+from sink.settings import SinkSettings
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sink", description=__doc__)
+    parser = SettingsParser(prog="python -m sink", description=__doc__, settings=SinkSettings)
     parser.add_argument("--pull", required=True, help="endpoint to bind for events from the classifier")
-    parser.add_argument("--publish", required=True, help="endpoint to bind the public PUB socket on")
-    parser.add_argument("--jsonl", default=None, help="append every event to this JSON Lines file")
     add_common_args(parser)
     return parser
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     stop = start_process("sink", args)
-    SinkService(args.pull, args.publish, args.jsonl, keys=args.curve_keys).run(stop)
+    SinkService(args.pull, args.settings, keys=args.curve_keys).run(stop)
     return 0
 
 

@@ -16,6 +16,7 @@ from emostream.health import HEALTH
 from emostream.runtime import ThrottledLog
 from emostream.security import CurveKeys, secure_server
 from emostream.wire import REJECT_REASONS, WireError, decode_event
+from sink.settings import SinkSettings
 
 log = logging.getLogger("sink")
 STAGE = "sink"
@@ -43,11 +44,11 @@ class SinkService:
     def __init__(
         self,
         pull_endpoint: str,
-        publish_endpoint: str,
-        jsonl: str | Path | None = None,
+        settings: SinkSettings | None = None,
         context: zmq.Context | None = None,
         keys: CurveKeys | None = None,
     ) -> None:
+        settings = settings or SinkSettings()
         metrics.declare_drops(STAGE, "unknown", REJECT_REASONS)
         ctx = context or zmq.Context.instance()
         self.pull = ctx.socket(zmq.PULL)
@@ -59,8 +60,8 @@ class SinkService:
         # A slow subscriber loses events beyond this many (PUB semantics) instead of growing memory;
         # it can count what it missed from the frame numbers (sink.subscribe.FrameGaps).
         self.pub.setsockopt(zmq.SNDHWM, PUB_HWM)
-        self.pub.bind(publish_endpoint)
-        self.writer = JsonlWriter(jsonl) if jsonl else None
+        self.pub.bind(settings.publish)
+        self.writer = JsonlWriter(settings.jsonl) if settings.jsonl else None
         self._malformed_log = ThrottledLog(log)
 
     def handle(self, parts: list) -> None:

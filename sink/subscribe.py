@@ -21,8 +21,10 @@ import zmq
 
 from emostream.security import CurveKeys, SecurityError, load_client_keys, secure_client
 from emostream.wire import WireError, decode_event
+from sink.settings import SinkSettings
 
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5560"
+#: Where the sink publishes unless told otherwise (sink/settings.py).
+DEFAULT_ENDPOINT = SinkSettings().publish
 
 
 @dataclass

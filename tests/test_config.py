@@ -143,10 +143,10 @@ def test_stage_settings_reach_the_stage_command_lines_and_the_stage_parsers_acce
     assert cls_args.max_age_ms == 250
     assert cls_args.tta == "flip"
     assert (det_args.threads, det_args.interval, det_args.window) == (1, 3, 1)
-    assert not cls_args.fixed_wait, "the adaptive wait is the default"
+    assert cls_args.adaptive_wait, "the adaptive wait is the default"
     fixed = parse_config({"cameras": [{"id": "a", "source": "demo"}], "classifier": {"adaptive_wait": False}})
     fixed_cls = next(s for s in plan_stages(fixed) if s.name == "classifier")
-    assert classifier_parser().parse_args(fixed_cls.args).fixed_wait
+    assert "--fixed-wait" in fixed_cls.args and not classifier_parser().parse_args(fixed_cls.args).adaptive_wait
     assert classifier_parser().parse_args(fixed_cls.args).tta == "none", "no test-time augmentation by default"
 
 

@@ -1,0 +1,78 @@
+"""The classifier's settings: the only copy of their defaults, limits and meanings.
+
+``python -m classifier`` takes its options from :class:`ClassifierSettings` (``emostream.settings_cli``),
+:class:`classifier.service.ClassifierService` takes the object, and the launcher config's ``classifier``
+section is :class:`ClassifierSettings` (``deploy.config.ClassifierConfig``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from emostream.modelfile import MAX_BATCH, TTA_MODES
+from emostream.settings_cli import Cli
+
+
+class ClassifierSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    model: Annotated[str | None, Field(description="model file (none: the shipped model)")] = None
+    max_batch: Annotated[int, Field(ge=1, le=MAX_BATCH, description="faces per forward pass, at most")] = 64
+    max_wait_ms: Annotated[float, Field(ge=0, le=10_000, description="longest a face waits for a batch")] = 10.0
+    adaptive_wait: Annotated[
+        bool,
+        Field(
+            description="close a partial batch early when the measured arrival rate says no other face will come "
+            "before max_wait_ms (see classifier/batching.py)"
+        ),
+        Cli(flag="--fixed-wait"),
+    ] = True
+    max_age_ms: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=600_000,
+            description="drop faces of live cameras captured longer ago than this (counted, reason 'stale'); "
+            "0: never. Frames of files are never dropped",
+        ),
+    ] = 1000.0
+    device: Annotated[Literal["auto", "cpu", "cuda"], Field(description="where the model runs")] = "auto"
+    bf16: Annotated[bool, Field(description="run the model under bfloat16 autocast (off: float32)")] = True
+    tta: Annotated[
+        Literal[TTA_MODES],
+        Field(
+            description="test-time augmentation: flip = mean of each face's and its mirror image's logits (twice "
+            "the compute), multicrop = mean over ten shifted and mirrored views"
+        ),
+    ] = "none"
+    # One: the classifier shares the cores with detectors and capture, and an OpenMP pool whose threads
+    # get preempted stalls every batch.
+    threads: Annotated[int, Field(ge=0, le=256, description="torch CPU threads (0: torch's default, one per core)")] = 1
+    # Eight frames: a third of a second at 25 fps, shorter than a real expression, long enough to
+    # smooth away most single-frame label flips.
+    smoothing_window: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=1000,
+            description="frames each face track's emotion scores are smoothed over (an exponential moving "
+            "average with the weight of an N-frame mean, see classifier/tracking.py); 1: no smoothing",
+        ),
+        Cli(metavar="N"),
+    ] = 8
+    track_iou: Annotated[
+        float,
+        Field(gt=0, le=1, description="least IoU between a face and a track's last box for the face to continue it"),
+    ] = 0.3
+    track_max_age: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=10_000,
+            description="frames of its camera a track survives without a matching face (a head turned away) "
+            "before it is dropped",
+        ),
+        Cli(metavar="FRAMES"),
+    ] = 25

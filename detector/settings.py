@@ -1,0 +1,60 @@
+"""A detector worker's settings: the only copy of their defaults, limits and meanings.
+
+``python -m detector`` takes its options from :class:`DetectorSettings` (``emostream.settings_cli``), and
+the launcher config's ``detector`` section embeds it (``deploy.config.DetectorConfig``, which adds how
+many workers to start).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from emostream.settings_cli import Cli
+
+
+class DetectorSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    backend: Annotated[Literal["haar", "yunet"], Field(description="face detector")] = "haar"
+    model: Annotated[str | None, Field(description="YuNet .onnx file (required with backend yunet)")] = None
+    downscale: Annotated[
+        float, Field(gt=0, le=1, description="detect on the frame resized by this factor (0.5: half)")
+    ] = 1.0
+    min_face: Annotated[
+        int, Field(ge=8, description="smallest face to report, in full-resolution pixels"), Cli(metavar="PX")
+    ] = 40
+    score_threshold: Annotated[float, Field(gt=0, lt=1, description="YuNet's minimum confidence (Haar: unused)")] = 0.7
+    crop_size: Annotated[
+        int, Field(ge=16, le=256, description="side of the face crops sent to the classifier"), Cli(metavar="PX")
+    ] = 48
+    threads: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=256,
+            description="OpenCV threads per worker (0: OpenCV's default, all cores); 1 when workers fill the cores",
+        ),
+    ] = 0
+    interval: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=100,
+            description="detect faces on one frame in N per camera, reuse its boxes on the N-1 "
+            "after (DeepStream's interval)",
+        ),
+        Cli(metavar="N"),
+    ] = 1
+    # One: with several cameras a worker still has a frame from another camera ready behind the one it
+    # works on, and every frame it holds is a frame of latency; a single fast file gains from 2.
+    window: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=64,
+            description="frames in flight per camera towards each worker (credit window, see capture/dispatch.py)",
+        ),
+        Cli(metavar="N"),
+    ] = 1
