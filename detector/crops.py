@@ -54,14 +54,3 @@ def face_crops(image_bgr: np.ndarray, boxes: np.ndarray, size: int = 48) -> np.n
         crop = _square_crop(gray, int(x), int(y), int(side))
         out[i] = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
     return out
-
-
-def clip_boxes(boxes: np.ndarray, frame_shape: tuple[int, ...]) -> np.ndarray:
-    """Boxes (xywh) clipped to the frame, so that events only report pixels that exist."""
-    boxes = np.asarray(boxes, dtype=np.int32).reshape(-1, 4)
-    height, width = frame_shape[:2]
-    x1 = np.clip(boxes[:, 0], 0, width)
-    y1 = np.clip(boxes[:, 1], 0, height)
-    x2 = np.clip(boxes[:, 0] + boxes[:, 2], 0, width)
-    y2 = np.clip(boxes[:, 1] + boxes[:, 3], 0, height)
-    return np.stack([x1, y1, x2 - x1, y2 - y1], axis=1).astype(np.int32)

@@ -10,7 +10,8 @@ import cv2
 import numpy as np
 
 from detector.backends import FaceDetector, build_detector
-from detector.crops import clip_boxes, face_crops
+from detector.crops import face_crops
+from emostream.boxes import clip_boxes, scale_boxes
 from emostream.metrics import DETECTIONS
 from emostream.wire import Faces, Frame
 
@@ -24,14 +25,6 @@ def downscale_image(image: np.ndarray, factor: float) -> np.ndarray:
     height, width = image.shape[:2]
     size = (max(1, round(width * factor)), max(1, round(height * factor)))
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-
-def scale_boxes(boxes: np.ndarray, from_shape: tuple[int, ...], to_shape: tuple[int, ...]) -> np.ndarray:
-    """Map xywh boxes from an image of ``from_shape`` to one of ``to_shape`` (h, w, ...), rounded."""
-    sy = to_shape[0] / from_shape[0]
-    sx = to_shape[1] / from_shape[1]
-    scaled = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * np.array([sx, sy, sx, sy])
-    return np.round(scaled).astype(np.int32)
 
 
 def detect_downscaled(detector: FaceDetector, image_bgr: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
