@@ -107,6 +107,10 @@ class StageLoad(JsonResult):
     other_processes_cores: float | None
 
 
+#: What a run's JSON repeats of its PipelineSpec.
+RUN_SPEC_FIELDS = ("cameras", "pacing", "drop_policy", "workers", "interval", "shared_memory")
+
+
 @dataclass(frozen=True)
 class RunInfo(JsonResult):
     """What ran: the pipeline's shape, how it started and ended, and its launcher config."""
@@ -359,12 +363,7 @@ def run_end_to_end(
         start, end = run.snapshots.get("start"), run.snapshots.get("end")
         info = RunInfo(
             label=label,
-            cameras=spec.cameras,
-            pacing=spec.pacing,
-            drop_policy=spec.drop_policy,
-            workers=spec.workers,
-            interval=spec.interval,
-            shared_memory=spec.shared_memory,
+            **{name: getattr(spec, name) for name in RUN_SPEC_FIELDS},
             offered_fps=25.0 * spec.cameras if spec.pacing == "realtime" else None,
             warmup_s=warmup_s,
             startup_s=(run.first_at - run.launched) if run.first_at else None,

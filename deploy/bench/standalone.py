@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import cv2
 import numpy as np
@@ -31,12 +31,17 @@ class Measured(JsonResult):
 
 @dataclass(frozen=True)
 class DecodeResult(Measured):
+    """Decoding the video as a capture process does."""
+
+    #: Frames/s: the median over chunks; ``mean_fps`` over all frames.
     fps: float
     mean_fps: float
     frames: int
     seconds: float
+    #: CPU seconds / wall seconds: the cores the decoder kept busy.
     cpu_parallelism: float
     cpu_s_per_frame: float
+    #: [width, height] of the frames; ``video_fps`` is the file's nominal rate.
     resolution: list[int]
     video_fps: float
     decode_threads: int
@@ -45,15 +50,19 @@ class DecodeResult(Measured):
 
 @dataclass(frozen=True)
 class DetectorResult(Measured):
+    """A detector worker's per-frame work: downscale, detect (on key frames only at an interval), crop."""
+
     backend: str
     downscale: float
     min_face: int
     interval: int
+    #: Frames/s: the median over chunks; ``mean_fps`` over all frames.
     fps: float
     mean_fps: float
     frames: int
     faces_per_frame: float
     seconds: float
+    #: CPU seconds / wall seconds: the cores the detector kept busy.
     cpu_parallelism: float
     cpu_s_per_frame: float
     opencv_threads: int
@@ -62,23 +71,29 @@ class DetectorResult(Measured):
 
 @dataclass(frozen=True)
 class ClassifierResult(Measured):
+    """The serving model on real crops, batch 1 against batched (see :func:`measure_classifier`)."""
+
     model: str
     model_version: str
     arch: str
     bf16: bool
     channels_last: bool
     torch_threads: int
+    #: How many distinct crops the batches cycled through, and the rounds every batch size was timed in.
     crops: int
     max_batch: int
     rounds: int
+    #: Faces/s, each the median over the rounds.
     batch1_faces_per_s: float
     batched_faces_per_s: float
     batched_over_batch1: float
     faces_per_s_by_batch: dict[int, float]
     tta_flip_faces_per_s: float
+    #: FLOPs of one face's forward pass (a multiply-add is 2), and what the two rates make of it.
     flops_per_face: float
     batched_gflops: float
     batch1_gflops: float
+    #: CPU use while timing ``max_batch``.
     cpu_parallelism: float
     cpu_s_per_face: float
     cpu_watch: CpuLoad | None = None
@@ -86,6 +101,8 @@ class ClassifierResult(Measured):
 
 @dataclass(frozen=True)
 class MatmulPeak(Measured):
+    """The machine's bf16 matmul throughput: the best repetition (``gflops``) and the median."""
+
     gflops: float
     median_gflops: float
     size: int
@@ -105,6 +122,28 @@ class IntervalRow(JsonResult):
     median_iou: float
     held_unmatched: float
     tracked_faces: int
+
+
+class FrameRate(TypedDict):
+    """The rate fields decode and detector results share (see :func:`_frame_rate`)."""
+
+    fps: float
+    mean_fps: float
+    seconds: float
+    cpu_parallelism: float
+    cpu_s_per_frame: float
+
+
+def _frame_rate(seconds: Sequence[float], cpu_s: float, chunk: int) -> FrameRate:
+    """Frames/s of per-frame timings (median over ``chunk``-frame chunks, and the mean) and the CPU they took."""
+    summary = rate([1] * len(seconds), list(seconds), chunk)
+    return FrameRate(
+        fps=summary["per_s"],
+        mean_fps=summary["mean_per_s"],
+        seconds=summary["seconds"],
+        cpu_parallelism=cpu_s / summary["seconds"] if summary["seconds"] > 0 else 0.0,
+        cpu_s_per_frame=cpu_s / len(seconds),
+    )
 
 
 def _decode_pass(
@@ -150,18 +189,13 @@ def read_frames(
     _, frames, _, _ = _decode_pass(video, max_frames, decode_threads, keep=True)
     if not frames:
         raise RuntimeError(f"{video} yielded no frames")
-    summary = rate([1] * len(seconds), seconds, chunk)
     height, width = frames[0].shape[:2]
     result = DecodeResult(
-        fps=summary["per_s"],
-        mean_fps=summary["mean_per_s"],
         frames=len(seconds),
-        seconds=summary["seconds"],
-        cpu_parallelism=cpu_s / summary["seconds"] if summary["seconds"] > 0 else 0.0,
-        cpu_s_per_frame=cpu_s / len(seconds),
         resolution=[width, height],
         video_fps=nominal_fps,
         decode_threads=decode_threads,
+        **_frame_rate(seconds, cpu_s, chunk),
     )
     return result, frames
 
@@ -214,20 +248,15 @@ def measure_detector(
             crops.append(faces.crops)
             boxes.append(faces.boxes)
         cpu_s = time.process_time() - cpu0
-        summary = rate([1] * len(seconds), seconds, chunk)
         result = DetectorResult(
             backend=backend,
             downscale=downscale,
             min_face=min_face,
             interval=interval,
-            fps=summary["per_s"],
-            mean_fps=summary["mean_per_s"],
             frames=len(frames),
             faces_per_frame=sum(len(c) for c in crops) / len(frames),
-            seconds=summary["seconds"],
-            cpu_parallelism=cpu_s / summary["seconds"] if summary["seconds"] > 0 else 0.0,
-            cpu_s_per_frame=cpu_s / len(frames),
             opencv_threads=cv2.getNumThreads(),
+            **_frame_rate(seconds, cpu_s, chunk),
         )
         return result, crops, boxes
 
