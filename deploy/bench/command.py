@@ -22,7 +22,7 @@ from deploy.bench.endtoend import RunResult, run_end_to_end
 from deploy.bench.procstats import CpuWatch
 from deploy.bench.ratios import DEFINITIONS, derive
 from deploy.bench.report import all_runs, drops_text, format_report, write_json, write_plot
-from deploy.bench.settings import DEFAULT_VIDEO, DEFAULT_YUNET, BenchSettings
+from deploy.bench.settings import BenchSettings
 from deploy.bench.standalone import (
     DetectorResult,
     interval_study,
@@ -247,22 +247,40 @@ def _run_note(run: RunResult) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``bench`` subcommand's options (registered by deploy/__main__.py)."""
-    parser.add_argument("--quick", action="store_true", help="fewer frames and 12 s windows: ~2-3 minutes")
+    """The ``bench`` subcommand's options (registered by deploy/__main__.py); defaults from :class:`BenchSettings`."""
+    full, quick = BenchSettings(), BenchSettings.quick_settings()
+    parser.add_argument(
+        "--quick", action="store_true", help=f"fewer frames and {quick.measure_s:g} s windows: ~2-3 minutes"
+    )
     parser.add_argument("--json", metavar="FILE", help="write every measurement as JSON here")
     parser.add_argument("--plot", metavar="FILE", help="write a PNG of throughput and latency vs cameras here")
-    parser.add_argument("--video", default=str(DEFAULT_VIDEO), help="video file (default: %(default)s)")
-    parser.add_argument("--yunet", default=str(DEFAULT_YUNET), help="YuNet .onnx (default: %(default)s)")
-    parser.add_argument("--workers", type=int, default=2, help="detector workers in the pipeline runs (default 2)")
-    parser.add_argument("--cameras", default="1,2,4", help="camera counts of the realtime runs (default 1,2,4)")
+    parser.add_argument("--video", default=str(full.video), help="video file (default: %(default)s)")
+    parser.add_argument("--yunet", default=str(full.yunet), help="YuNet .onnx (default: %(default)s)")
+    parser.add_argument(
+        "--workers", type=int, default=full.workers, help="detector workers in the pipeline runs (default %(default)s)"
+    )
+    parser.add_argument(
+        "--cameras",
+        default=",".join(str(c) for c in full.cameras),
+        help="camera counts of the realtime runs (default %(default)s)",
+    )
     parser.add_argument(
         "--interval",
         type=int,
-        default=3,
-        help="detector.interval of the pipeline runs (default 3; 1: detect every frame)",
+        default=full.interval,
+        help="detector.interval of the pipeline runs (default %(default)s; 1: detect every frame)",
     )
-    parser.add_argument("--fast-cameras", type=int, default=2, help="cameras of the max-throughput run (default 2)")
-    parser.add_argument("--measure-seconds", type=float, help="measured window per pipeline run (40, quick 12)")
+    parser.add_argument(
+        "--fast-cameras",
+        type=int,
+        default=full.fast_cameras,
+        help="cameras of the max-throughput run (default %(default)s)",
+    )
+    parser.add_argument(
+        "--measure-seconds",
+        type=float,
+        help=f"measured window per pipeline run ({full.measure_s:g}, quick {quick.measure_s:g})",
+    )
     parser.add_argument(
         "--what-if",
         action="append",
