@@ -20,6 +20,8 @@ from deploy.baseline import merge_baselines, rate, run_baseline
 from deploy.bench import (
     BenchSettings,
     PipelineSpec,
+    RunInfo,
+    RunResult,
     derive,
     format_report,
     interval_study,
@@ -30,6 +32,7 @@ from deploy.bench import (
     read_frames,
     run_end_to_end,
     seq_gaps,
+    window_stats,
     write_json,
     write_plot,
 )
@@ -331,6 +334,34 @@ def test_end_to_end_runner_on_one_camera_reads_events_and_drops(video, yunet):
         assert list(doc[key]) == list(documented[key]), key
     assert list(doc["timeline"][0]) == list(documented["timeline"][0])
     assert list(doc["config"]["detector"]) == list(documented["config"]["detector"])
+
+
+def test_a_failed_run_keeps_the_old_json_shape_without_stage_numbers():
+    window = window_stats([], float("inf"), 3.0)
+    info = RunInfo(
+        label="1cam-realtime-drop_oldest",
+        cameras=1,
+        pacing="realtime",
+        drop_policy="drop_oldest",
+        workers=1,
+        interval=1,
+        shared_memory=True,
+        offered_fps=25.0,
+        warmup_s=1.0,
+        startup_s=None,
+        launcher_exit_code=1,
+        env={},
+        error="the launcher exited early with code 1",
+        config={},
+    )
+    doc = RunResult(window=window, drops=None, load=None, info=info, log_tail="Traceback ...").to_json()
+    documented = DOCUMENTED["runs"][0]
+    # No /metrics snapshot: the window's and the run's keys, then the launcher's log; NaN latencies as null.
+    expected = [k for k in documented if k in {f.name for f in dataclasses.fields(window)}]
+    expected += [k for k in documented if k in {f.name for f in dataclasses.fields(info)}]
+    assert list(doc) == [*expected, "log_tail"]
+    assert doc["events"] == 0 and doc["latency_ms"] == {"p50": None, "p95": None, "p99": None}
+    assert json.loads(json.dumps(doc)) == doc
 
 
 def test_missing_video_is_a_clear_error(tmp_path, capsys):
