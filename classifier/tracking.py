@@ -44,28 +44,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from classifier.settings import ClassifierSettings
+from emostream.boxes import iou_matrix
 
 #: The classifier settings' defaults (classifier/settings.py), for trackers built without settings.
 DEFAULT_WINDOW: int = ClassifierSettings.model_fields["smoothing_window"].default
 DEFAULT_IOU: float = ClassifierSettings.model_fields["track_iou"].default
 DEFAULT_MAX_AGE: int = ClassifierSettings.model_fields["track_max_age"].default
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every xywh box of ``a`` (N, 4) with every one of ``b`` (M, 4): an (N, M) float array."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    ax1, ay1 = a[:, 0:1], a[:, 1:2]
-    ax2, ay2 = ax1 + a[:, 2:3], ay1 + a[:, 3:4]
-    bx1, by1 = b[:, 0], b[:, 1]
-    bx2, by2 = bx1 + b[:, 2], by1 + b[:, 3]
-    iw = np.clip(np.minimum(ax2, bx2) - np.maximum(ax1, bx1), 0, None)
-    ih = np.clip(np.minimum(ay2, by2) - np.maximum(ay1, by1), 0, None)
-    inter = iw * ih
-    area_a = np.clip(a[:, 2:3], 0, None) * np.clip(a[:, 3:4], 0, None)
-    area_b = np.clip(b[:, 2], 0, None) * np.clip(b[:, 3], 0, None)
-    union = area_a + area_b - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def match(previous: np.ndarray, current: np.ndarray, iou_threshold: float) -> list[tuple[int, int]]:

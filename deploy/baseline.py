@@ -74,7 +74,7 @@ def run_baseline(
     ``chunk_fps`` (each chunk's rate, for :func:`merge_baselines`), face counts, and the seconds
     spent in each part of the loop (decode, detect, crop, classify).
     """
-    # torch is imported here, not at module level: deploy/bench.py imports this module and is itself
+    # torch is imported here, not at module level: deploy/bench imports this module and is itself
     # imported by the launcher's CLI, which must not pay torch's import time for `deploy run`.
     import torch
 

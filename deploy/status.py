@@ -8,10 +8,10 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-import numpy as np
 import zmq
 
 from emostream.security import CurveKeys, secure_client
+from emostream.stats import percentiles
 from emostream.wire import WireError, decode_event
 
 log = logging.getLogger("deploy")
@@ -44,7 +44,7 @@ class CameraStats:
         self.emotions.update(f["emotion"] for f in event["faces"])
 
     def describe(self, seconds: float) -> str:
-        p50, p95, p99 = np.percentile(np.asarray(self.latencies) * 1000, [50, 95, 99])
+        p50, p95, p99 = percentiles(self.latencies, scale=1000.0).values()
         top = ", ".join(f"{e} {n}" for e, n in self.emotions.most_common(3)) or "no faces"
         return (
             f"{self.frames} frames, {self.frames / max(seconds, 1e-9):.1f} frames/s, "

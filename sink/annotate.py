@@ -14,6 +14,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from emostream.boxes import box_corners
+
 #: BGR color per emotion: the box and the label background.
 EMOTION_COLORS: dict[str, tuple[int, int, int]] = {
     "angry": (0, 0, 230),  # red
@@ -39,17 +41,6 @@ def face_label(face: dict[str, Any]) -> str:
     return label
 
 
-def scaled_box(box: Any, scale: float, shape: tuple[int, ...], margin: float = 0.0) -> tuple[int, int, int, int] | None:
-    """``[x, y, w, h]`` in frame pixels -> ``(x0, y0, x1, y1)`` in image pixels, clipped; None if outside."""
-    x, y, w, h = (float(v) * scale for v in box)
-    x, y, w, h = x - margin * w, y - margin * h, w * (1 + 2 * margin), h * (1 + 2 * margin)
-    x0, y0 = max(0, int(round(x))), max(0, int(round(y)))
-    x1, y1 = min(shape[1], int(round(x + w))), min(shape[0], int(round(y + h)))
-    if x1 <= x0 or y1 <= y0:
-        return None
-    return x0, y0, x1, y1
-
-
 def _faces(event: dict[str, Any] | None) -> list[dict[str, Any]]:
     if not event or event.get("type", "faces") != "faces":
         return []
@@ -61,7 +52,7 @@ def draw_event(image_bgr: np.ndarray, event: dict[str, Any] | None, scale: float
     thickness = max(2, round(min(image_bgr.shape[:2]) / 240))
     font_scale = max(0.4, min(image_bgr.shape[:2]) / 900)
     for face in _faces(event):
-        corners = scaled_box(face["box"], scale, image_bgr.shape)
+        corners = box_corners(face["box"], scale, image_bgr.shape)
         if corners is None:
             continue
         x0, y0, x1, y1 = corners
@@ -89,7 +80,7 @@ def blur_faces(image_bgr: np.ndarray, event: dict[str, Any] | None, scale: float
     missed stays visible.
     """
     for face in _faces(event):
-        corners = scaled_box(face["box"], scale, image_bgr.shape, margin=BLUR_MARGIN)
+        corners = box_corners(face["box"], scale, image_bgr.shape, margin=BLUR_MARGIN)
         if corners is None:
             continue
         x0, y0, x1, y1 = corners

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from emostream.stats import percentiles
 from emostream.wire import EMOTIONS, WireError, decode_event
 
 #: Malformed lines quoted in the output; the rest are only counted (a corrupt file may have millions).
@@ -40,7 +41,6 @@ MAX_EXAMPLES = 10
 #: Auto bin widths, seconds: the smallest one giving at most TARGET_BINS bins over the log's span.
 NICE_BINS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
 TARGET_BINS = 60
-PERCENTILES = (50, 95, 99)
 #: One fixed colour per emotion so every plot (and every report) reads the same way.
 EMOTION_COLORS = {
     "angry": "#d62728",
@@ -174,7 +174,6 @@ def summarise(events: pd.DataFrame, faces: pd.DataFrame) -> dict[str, Any]:
     timings = [camera_timing(group) for _, group in events.groupby("camera", sort=True)]
     rates = [t.fps for t in timings if t.fps is not None]
     latency_ms = (events["ts_event"] - events["ts_capture"]).to_numpy() * 1000.0
-    pct = np.percentile(latency_ms, PERCENTILES)  # numpy's default: linear interpolation
     counts = faces["emotion"].value_counts()
     total_faces = int(len(faces))
     return {
@@ -192,7 +191,7 @@ def summarise(events: pd.DataFrame, faces: pd.DataFrame) -> dict[str, Any]:
         "emotions": {e: int(counts.get(e, 0)) for e in EMOTIONS},
         "emotion_shares": {e: _round(counts.get(e, 0) / total_faces, 4) if total_faces else None for e in EMOTIONS},
         "latency_ms": {
-            **{f"p{p}": _round(v, 3) for p, v in zip(PERCENTILES, pct, strict=True)},
+            **{key: _round(v, 3) for key, v in percentiles(latency_ms).items()},
             "mean": _round(float(latency_ms.mean()), 3),
             "max": _round(float(latency_ms.max()), 3),
         },

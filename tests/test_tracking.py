@@ -12,8 +12,9 @@ import pytest
 
 from classifier.batching import Batch
 from classifier.service import events_for_batch
-from classifier.tracking import CameraTracks, Tracker, iou_matrix, smoothing_alpha
+from classifier.tracking import CameraTracks, Tracker, smoothing_alpha
 from conftest import shared_path
+from emostream.boxes import iou_matrix
 from emostream.wire import EMOTIONS, EmotionEvent, FaceEmotion, Faces, WireError, decode_event, encode_event
 
 C = len(EMOTIONS)

@@ -1,0 +1,336 @@
+"""``python -m deploy bench``: every measurement in order, then the report, the JSON and the plot."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from deploy.baseline import merge_baselines, run_baseline
+from deploy.bench.endtoend import RunResult, run_end_to_end
+from deploy.bench.procstats import CpuWatch
+from deploy.bench.ratios import DEFINITIONS, derive
+from deploy.bench.report import all_runs, drops_text, format_report, write_json, write_plot
+from deploy.bench.settings import BenchSettings
+from deploy.bench.standalone import (
+    DetectorResult,
+    interval_study,
+    measure_classifier,
+    measure_detector,
+    measure_matmul_peak,
+    read_frames,
+)
+from emostream.jsonutil import json_ready
+from emostream.runtime import tune_malloc
+
+EXIT_MISSING = 2
+
+
+class Progress:
+    """One line per step on stderr with elapsed time: readable in a terminal and in a CI log alike."""
+
+    def __init__(self, total: int, stream: Any = None) -> None:
+        self.total = total
+        self.done = 0
+        self.started = time.monotonic()
+        self.stream = stream if stream is not None else sys.stderr
+
+    def step(self, text: str) -> None:
+        self.done += 1
+        elapsed = time.monotonic() - self.started
+        print(f"[bench {self.done}/{self.total} +{elapsed:5.0f}s] {text}", file=self.stream, flush=True)
+
+    def note(self, text: str) -> None:
+        print(f"    {text}", file=self.stream, flush=True)
+
+
+def machine_info(model_path: str | Path | None = None) -> dict[str, Any]:
+    import torch
+
+    from classifier.model import SHIPPED_MODEL
+
+    model = Path(model_path) if model_path else SHIPPED_MODEL
+    cpu_model = "?"
+    flags: set[str] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu_model == "?":
+                cpu_model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "amx": sorted(f for f in flags if f.startswith("amx")),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "opencv": cv2.__version__,
+        "opencv_threads": cv2.getNumThreads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "model_file": str(model),
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+def _baseline_slice(settings: BenchSettings, progress: Progress, which: str) -> dict[str, Any]:
+    """One slice of the study's loop (the baseline runs first and last), with the machine's load meanwhile."""
+    n = settings.baseline_frames or "all"
+    progress.step(
+        f"baseline ({which} slice): the study's loop on {n} frames of {settings.video.name}, "
+        f"at most {settings.baseline_slice_s:g} s"
+    )
+    with CpuWatch() as watch:
+        result = run_baseline(
+            settings.video, settings.baseline_frames, chunk=settings.chunk, max_seconds=settings.baseline_slice_s
+        )
+    result["cpu_watch"] = watch.result.to_json() if watch.result else None
+    progress.note(f"{result['fps']:.1f} frames/s on {result['frames']} frames")
+    return result
+
+
+def _standalone(settings: BenchSettings, progress: Progress) -> dict[str, Any]:
+    """Decode, the detectors, the interval study, the classifier and the matmul peak, in this process."""
+    progress.step(f"decode: {settings.stage_frames} frames")
+    with CpuWatch() as watch:
+        decode, frames = read_frames(settings.video, settings.stage_frames, settings.chunk)
+    stages = {"decode": replace(decode, cpu_watch=watch.result)}
+    progress.note(f"{decode.fps:.0f} frames/s")
+
+    progress.step(f"detectors: YuNet and Haar at {settings.downscale:g}x on {len(frames)} frames")
+
+    def detector_stage(
+        frames: list[np.ndarray], backend: str, model: Path | None, interval: int = 1
+    ) -> tuple[DetectorResult, list, list]:
+        with CpuWatch() as watch:
+            stage, stage_crops, stage_boxes = measure_detector(
+                frames,
+                backend,
+                model,
+                settings.downscale,
+                settings.min_face,
+                settings.chunk,
+                interval=interval,
+                threads=settings.detector_threads,
+            )
+        return replace(stage, cpu_watch=watch.result), stage_crops, stage_boxes
+
+    yunet, crops, yunet_boxes = detector_stage(frames, "yunet", settings.yunet)
+    haar, _, _ = detector_stage(frames, "haar", None)
+    stages.update(detector_yunet=yunet, detector_haar=haar)
+    if settings.interval > 1:
+        stages["detector_yunet_tracked"] = detector_stage(frames, "yunet", settings.yunet, settings.interval)[0]
+    study = interval_study(yunet_boxes, settings.intervals)
+    kept = {row.interval: row.faces_kept for row in study}
+    note = f"YuNet {yunet.fps:.1f} frames/s ({yunet.faces_per_frame:.2f} faces/frame), "
+    note += f"Haar {haar.fps:.1f} frames/s ({haar.faces_per_frame:.2f} faces/frame)"
+    if settings.interval > 1:
+        note += f"; YuNet at interval {settings.interval}: {stages['detector_yunet_tracked'].fps:.1f} frames/s, "
+        note += f"{100 * kept.get(settings.interval, 1.0):.1f}% of faces kept"
+    progress.note(note)
+    del frames  # ~2.7 MB each at 720p: free them before the pipeline runs start their own processes
+
+    all_crops = np.concatenate(crops) if crops else np.empty((0, 48, 48), np.uint8)
+    progress.step(f"classifier: batch 1 vs batch {settings.max_batch} on {len(all_crops)} real crops")
+    with CpuWatch() as watch:
+        cls = measure_classifier(
+            all_crops,
+            max_batch=settings.max_batch,
+            batch1_faces=settings.batch1_faces,
+            batched_batches=settings.batched_batches,
+            sweep=settings.sweep,
+            rounds=settings.classifier_rounds,
+            max_seconds=settings.classifier_max_s,
+        )
+    cls = replace(cls, cpu_watch=watch.result)
+    progress.note(
+        f"batch 1 {cls.batch1_faces_per_s:.0f} faces/s, "
+        f"batch {settings.max_batch} {cls.batched_faces_per_s:.0f} faces/s"
+    )
+
+    progress.step(f"bf16 matmul peak: {settings.matmul_size}^2 on {settings.matmul_threads} threads")
+    with CpuWatch() as watch:
+        peak = measure_matmul_peak(settings.matmul_size, settings.matmul_reps, settings.matmul_threads)
+    peak = replace(peak, cpu_watch=watch.result)
+    progress.note(f"{peak.gflops:.0f} GFLOP/s")
+    return {
+        "stages": {name: stage.to_json() for name, stage in stages.items()},
+        "interval_study": [row.to_json() for row in study],
+        "classifier": cls.to_json(),
+        "peak": peak.to_json(),
+    }
+
+
+def _end_to_end(settings: BenchSettings, progress: Progress) -> dict[str, Any]:
+    """The realtime runs, the max-throughput run over shared memory and over sockets, and the what-if."""
+
+    def run(text: str, spec: Any, env: dict[str, str] | None = None) -> dict[str, Any]:
+        progress.step(text)
+        result = run_end_to_end(
+            settings.video,
+            settings.yunet,
+            spec,
+            warmup_s=settings.warmup_s,
+            measure_s=settings.measure_s,
+            startup_timeout_s=settings.startup_timeout_s,
+            workdir=workdir,
+            env=env,
+        )
+        progress.note(_run_note(result))
+        return result.to_json()
+
+    fast = settings.spec(settings.fast_cameras, "fast", "block")
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="emostream-bench-") as workdir:
+        out["runs"] = [
+            run(
+                f"end to end: {cams} camera(s) at 25 fps, {settings.realtime_drop_policy}",
+                settings.spec(cams, "realtime", settings.realtime_drop_policy),
+            )
+            for cams in settings.cameras
+        ]
+        out["max_throughput"] = run(
+            f"end to end, max throughput: {settings.fast_cameras} camera(s), pacing fast, block", fast
+        )
+        out["max_throughput_socket"] = run(
+            "end to end, max throughput again with frames over the sockets (network.shared_memory: false)",
+            replace(fast, shared_memory=False),
+        )
+        if settings.what_if_env:
+            env_text = " ".join(f"{k}={v}" for k, v in settings.what_if_env.items())
+            out["what_if"] = run(
+                f"what-if: the max-throughput run again with {env_text} (environment only)", fast, settings.what_if_env
+            )
+    return out
+
+
+def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict[str, Any]:
+    """Every measurement in order; returns the bench's JSON document (``headline``: the derived numbers)."""
+    progress = progress or Progress(6 + len(settings.cameras) + 2 + (1 if settings.what_if_env else 0))
+    started = time.time()
+    results: dict[str, Any] = {
+        "command": shlex.join([sys.executable, "-m", "deploy", *sys.argv[1:]]),
+        "argv": list(sys.argv),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "settings": json_ready(settings),
+        "machine": machine_info(),
+        "definitions": DEFINITIONS,
+    }
+    first = _baseline_slice(settings, progress, "first")
+    results.update(_standalone(settings, progress))
+    results.update(_end_to_end(settings, progress))
+    results["baseline"] = merge_baselines([first, _baseline_slice(settings, progress, "last")])
+    results["machine"]["loadavg_end"] = list(os.getloadavg())
+    results["elapsed_s"] = time.time() - started
+    # In memory as computed (the report prints them); write_json makes them strict JSON.
+    results["headline"] = asdict(derive(results))
+    return results
+
+
+def _run_note(run: RunResult) -> str:
+    if run.error:
+        return f"FAILED: {run.error}"
+    lat = run.window.latency_ms
+    drops = drops_text(run.drops.to_json() if run.drops else {})
+    return f"{run.window.events_per_s:.1f} events/s, p50/p99 {lat['p50']:.0f}/{lat['p99']:.0f} ms, drops {drops}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``bench`` subcommand's options (registered by deploy/__main__.py); defaults from :class:`BenchSettings`."""
+    full, quick = BenchSettings(), BenchSettings.quick_settings()
+    parser.add_argument(
+        "--quick", action="store_true", help=f"fewer frames and {quick.measure_s:g} s windows: ~2-3 minutes"
+    )
+    parser.add_argument("--json", metavar="FILE", help="write every measurement as JSON here")
+    parser.add_argument("--plot", metavar="FILE", help="write a PNG of throughput and latency vs cameras here")
+    parser.add_argument("--video", default=str(full.video), help="video file (default: %(default)s)")
+    parser.add_argument("--yunet", default=str(full.yunet), help="YuNet .onnx (default: %(default)s)")
+    parser.add_argument(
+        "--workers", type=int, default=full.workers, help="detector workers in the pipeline runs (default %(default)s)"
+    )
+    parser.add_argument(
+        "--cameras",
+        default=",".join(str(c) for c in full.cameras),
+        help="camera counts of the realtime runs (default %(default)s)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=int,
+        default=full.interval,
+        help="detector.interval of the pipeline runs (default %(default)s; 1: detect every frame)",
+    )
+    parser.add_argument(
+        "--fast-cameras",
+        type=int,
+        default=full.fast_cameras,
+        help="cameras of the max-throughput run (default %(default)s)",
+    )
+    parser.add_argument(
+        "--measure-seconds",
+        type=float,
+        help=f"measured window per pipeline run ({full.measure_s:g}, quick {quick.measure_s:g})",
+    )
+    parser.add_argument(
+        "--what-if",
+        action="append",
+        metavar="NAME=VALUE",
+        help="one more max-throughput run with this environment variable set (repeatable), e.g. "
+        "OMP_NUM_THREADS=2 to compare against the classifier's default of one torch thread",
+    )
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``python -m deploy bench``: measure, print the table, write the JSON and the plot."""
+    # The standalone measurements run in this process: with the allocator the stages run with.
+    tune_malloc()
+    for flag, path in (("--video", args.video), ("--yunet", args.yunet)):
+        if not Path(path).is_file():
+            print(f"bench: {flag} file not found: {Path(path).resolve()} (pass {flag} PATH)", file=sys.stderr)
+            return EXIT_MISSING
+    try:
+        cameras = tuple(int(c) for c in args.cameras.split(",") if c.strip())
+    except ValueError:
+        print(f"bench: --cameras {args.cameras!r} is not a comma-separated list of integers", file=sys.stderr)
+        return EXIT_MISSING
+    if not cameras or min(cameras) < 1 or args.workers < 1 or args.fast_cameras < 1 or args.interval < 1:
+        print("bench: --cameras, --workers, --fast-cameras and --interval must be positive", file=sys.stderr)
+        return EXIT_MISSING
+    overrides: dict[str, Any] = {
+        "video": Path(args.video).resolve(),
+        "yunet": Path(args.yunet).resolve(),
+        "workers": args.workers,
+        "interval": args.interval,
+        "cameras": cameras,
+        "fast_cameras": args.fast_cameras,
+    }
+    if args.measure_seconds:
+        overrides["measure_s"] = args.measure_seconds
+    if args.what_if:
+        pairs = [item.partition("=") for item in args.what_if]
+        if any(not name or not sep for name, sep, _ in pairs):
+            print("bench: --what-if takes NAME=VALUE", file=sys.stderr)
+            return EXIT_MISSING
+        overrides["what_if_env"] = {name: value for name, _, value in pairs}
+    settings = BenchSettings.quick_settings(**overrides) if args.quick else BenchSettings(**overrides)
+    results = run_bench(settings)
+    print(format_report(results), flush=True)
+    if args.json:
+        print(f"\njson: {write_json(results, args.json)}")
+    if args.plot:
+        print(f"plot: {write_plot(results, args.plot)}")
+    failed = [r["label"] for r in all_runs(results) if r.get("error")]
+    if failed:
+        print(f"bench: pipeline runs failed: {', '.join(failed)} (see log_tail in the JSON)", file=sys.stderr)
+        return 1
+    return 0

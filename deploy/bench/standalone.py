@@ -1,0 +1,449 @@
+"""Each stage measured alone, in this process, on the same frames: decode (what a capture process
+does), a detector worker's per-frame work, the classifier at batch 1 and batched (and its FLOPs), the
+machine's bf16 matmul peak, and how well a detection interval keeps the faces."""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypedDict
+
+import cv2
+import numpy as np
+
+from capture.sources import DEFAULT_DECODE_THREADS
+from deploy.baseline import rate
+from deploy.bench.procstats import CpuLoad
+from deploy.bench.result import JsonResult
+from emostream.boxes import iou_matrix
+
+
+@dataclass(frozen=True)
+class Measured(JsonResult):
+    """A standalone measurement; ``cpu_watch`` says how busy the rest of the machine was meanwhile."""
+
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"cpu_watch"})
+
+
+@dataclass(frozen=True)
+class DecodeResult(Measured):
+    """Decoding the video as a capture process does."""
+
+    #: Frames/s: the median over chunks; ``mean_fps`` over all frames.
+    fps: float
+    mean_fps: float
+    frames: int
+    seconds: float
+    #: CPU seconds / wall seconds: the cores the decoder kept busy.
+    cpu_parallelism: float
+    cpu_s_per_frame: float
+    #: [width, height] of the frames; ``video_fps`` is the file's nominal rate.
+    resolution: list[int]
+    video_fps: float
+    decode_threads: int
+    cpu_watch: CpuLoad | None = None
+
+
+@dataclass(frozen=True)
+class DetectorResult(Measured):
+    """A detector worker's per-frame work: downscale, detect (on key frames only at an interval), crop."""
+
+    backend: str
+    downscale: float
+    min_face: int
+    interval: int
+    #: Frames/s: the median over chunks; ``mean_fps`` over all frames.
+    fps: float
+    mean_fps: float
+    frames: int
+    faces_per_frame: float
+    seconds: float
+    #: CPU seconds / wall seconds: the cores the detector kept busy.
+    cpu_parallelism: float
+    cpu_s_per_frame: float
+    opencv_threads: int
+    cpu_watch: CpuLoad | None = None
+
+
+@dataclass(frozen=True)
+class ClassifierResult(Measured):
+    """The serving model on real crops, batch 1 against batched (see :func:`measure_classifier`)."""
+
+    model: str
+    model_version: str
+    arch: str
+    bf16: bool
+    channels_last: bool
+    torch_threads: int
+    #: How many distinct crops the batches cycled through, and the rounds every batch size was timed in.
+    crops: int
+    max_batch: int
+    rounds: int
+    #: Faces/s, each the median over the rounds.
+    batch1_faces_per_s: float
+    batched_faces_per_s: float
+    batched_over_batch1: float
+    faces_per_s_by_batch: dict[int, float]
+    tta_flip_faces_per_s: float
+    #: FLOPs of one face's forward pass (a multiply-add is 2), and what the two rates make of it.
+    flops_per_face: float
+    batched_gflops: float
+    batch1_gflops: float
+    #: CPU use while timing ``max_batch``.
+    cpu_parallelism: float
+    cpu_s_per_face: float
+    cpu_watch: CpuLoad | None = None
+
+
+@dataclass(frozen=True)
+class MatmulPeak(Measured):
+    """The machine's bf16 matmul throughput: the best repetition (``gflops``) and the median."""
+
+    gflops: float
+    median_gflops: float
+    size: int
+    reps: int
+    threads: int
+    dtype: str
+    cpu_watch: CpuLoad | None = None
+
+
+@dataclass(frozen=True)
+class IntervalRow(JsonResult):
+    """How well detection interval ``interval`` keeps the faces (see :func:`interval_study`)."""
+
+    interval: int
+    detections_per_frame: float
+    faces_kept: float
+    median_iou: float
+    held_unmatched: float
+    tracked_faces: int
+
+
+class FrameRate(TypedDict):
+    """The rate fields decode and detector results share (see :func:`_frame_rate`)."""
+
+    fps: float
+    mean_fps: float
+    seconds: float
+    cpu_parallelism: float
+    cpu_s_per_frame: float
+
+
+def _frame_rate(seconds: Sequence[float], cpu_s: float, chunk: int) -> FrameRate:
+    """Frames/s of per-frame timings (median over ``chunk``-frame chunks, and the mean) and the CPU they took."""
+    summary = rate([1] * len(seconds), list(seconds), chunk)
+    return FrameRate(
+        fps=summary["per_s"],
+        mean_fps=summary["mean_per_s"],
+        seconds=summary["seconds"],
+        cpu_parallelism=cpu_s / summary["seconds"] if summary["seconds"] > 0 else 0.0,
+        cpu_s_per_frame=cpu_s / len(seconds),
+    )
+
+
+def _decode_pass(
+    video: str | Path, max_frames: int, decode_threads: int, keep: bool
+) -> tuple[list[float], list[np.ndarray], float, float]:
+    """Seconds per frame, the frames when ``keep``, CPU seconds and the nominal fps of one decode pass."""
+    params = [cv2.CAP_PROP_N_THREADS, decode_threads] if decode_threads else []
+    cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG, params)
+    if not cap.isOpened():
+        raise RuntimeError(f"OpenCV cannot open {video}")
+    nominal_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    kept: list[np.ndarray] = []
+    seconds: list[float] = []
+    cpu0 = time.process_time()
+    try:
+        while len(seconds) < max_frames:
+            t0 = time.perf_counter()
+            if not cap.grab():
+                break
+            ok, image = cap.retrieve()
+            if not ok or image is None:
+                break
+            seconds.append(time.perf_counter() - t0)
+            if keep:
+                kept.append(image)
+    finally:
+        cap.release()
+    return seconds, kept, time.process_time() - cpu0, nominal_fps
+
+
+def read_frames(
+    video: str | Path, max_frames: int, chunk: int = 25, decode_threads: int = DEFAULT_DECODE_THREADS
+) -> tuple[DecodeResult, list[np.ndarray]]:
+    """Decode up to ``max_frames`` frames as a capture process does (grab, then retrieve, with its
+    ``decode_threads``) and time it.
+
+    Returns the decode throughput and the frames, which the detector measurements then reuse so that
+    every stage sees the same pixels. The timed pass lets each frame go before the next, as a capture
+    process does once it has sent it; keeping every frame would make each decode fault in fresh pages
+    that capture does not pay. A second, untimed pass keeps the frames.
+    """
+    seconds, _, cpu_s, nominal_fps = _decode_pass(video, max_frames, decode_threads, keep=False)
+    _, frames, _, _ = _decode_pass(video, max_frames, decode_threads, keep=True)
+    if not frames:
+        raise RuntimeError(f"{video} yielded no frames")
+    height, width = frames[0].shape[:2]
+    result = DecodeResult(
+        frames=len(seconds),
+        resolution=[width, height],
+        video_fps=nominal_fps,
+        decode_threads=decode_threads,
+        **_frame_rate(seconds, cpu_s, chunk),
+    )
+    return result, frames
+
+
+@contextlib.contextmanager
+def opencv_threads(threads: int) -> Iterator[None]:
+    """OpenCV's thread count set to ``threads`` (0: left as it is) inside the block, restored after."""
+    previous = cv2.getNumThreads()
+    if threads > 0:
+        cv2.setNumThreads(threads)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(previous)
+
+
+def measure_detector(
+    frames: Sequence[np.ndarray],
+    backend: str,
+    model_path: str | Path | None,
+    downscale: float,
+    min_face: int,
+    chunk: int = 25,
+    interval: int = 1,
+    threads: int = 0,
+) -> tuple[DetectorResult, list[np.ndarray], list[np.ndarray]]:
+    """A detector worker's per-frame work (``FaceExtractor.process``: downscale, detect, crop) on ``frames``.
+
+    With ``interval`` N > 1 one frame in N is a key frame and the others reuse its boxes, as in the
+    pipeline. ``threads``: OpenCV threads, as the pipeline's workers run (``detector.threads``; 0
+    leaves OpenCV's default). Returns frames/s, the 48x48 crops it produced (the classifier is then
+    measured on real faces) and the boxes of every frame.
+    """
+    from detector.pipeline import build_extractor
+    from emostream.wire import Frame
+
+    with opencv_threads(threads):
+        extractor = build_extractor(backend, str(model_path) if model_path else None, 0.7, min_face, downscale)
+        # One untimed frame: YuNet sets its input size and allocates its network on the first call.
+        extractor.process(Frame(camera="bench", seq=0, ts_capture=0.0, image=frames[0]))
+        seconds: list[float] = []
+        crops: list[np.ndarray] = []
+        boxes: list[np.ndarray] = []
+        cpu0 = time.process_time()
+        for seq, image in enumerate(frames):
+            frame = Frame(camera="bench", seq=seq, ts_capture=0.0, image=image, key=seq % interval == 0)
+            t0 = time.perf_counter()
+            faces = extractor.process(frame)
+            seconds.append(time.perf_counter() - t0)
+            crops.append(faces.crops)
+            boxes.append(faces.boxes)
+        cpu_s = time.process_time() - cpu0
+        result = DetectorResult(
+            backend=backend,
+            downscale=downscale,
+            min_face=min_face,
+            interval=interval,
+            frames=len(frames),
+            faces_per_frame=sum(len(c) for c in crops) / len(frames),
+            opencv_threads=cv2.getNumThreads(),
+            **_frame_rate(seconds, cpu_s, chunk),
+        )
+        return result, crops, boxes
+
+
+def interval_study(
+    detected: Sequence[np.ndarray], intervals: Sequence[int], iou_threshold: float = 0.5
+) -> list[IntervalRow]:
+    """How well a detection interval keeps the faces: ``detected`` holds the detector's boxes on every
+    frame; with interval N frame i reuses the boxes of frame i - i % N (the pipeline's key-frame tracking).
+
+    Per N: ``faces_kept`` = share of the detector's faces on the frames in between that a held box
+    covers with IoU >= ``iou_threshold``; ``median_iou`` of each such face's best held box;
+    ``held_unmatched`` = share of held boxes that match no detected face (a face that left); and the
+    detector runs per frame, 1/N. N = 1 detects everything: 1.0 by definition. For scale: on adjacent
+    frames the detector itself agrees with its previous frame about as well as N = 2 says.
+    """
+    study = []
+    for n in intervals:
+        matched = total = held_total = held_unmatched = 0
+        ious: list[float] = []
+        for i, boxes in enumerate(detected):
+            if n <= 1 or i % n == 0:
+                continue
+            held = detected[i - i % n]
+            total += len(boxes)
+            held_total += len(held)
+            if len(boxes) and len(held):
+                iou = iou_matrix(boxes, held)
+                best = iou.max(axis=1)
+                matched += int((best >= iou_threshold).sum())
+                ious.extend(best.tolist())
+                held_unmatched += int((iou.max(axis=0) < iou_threshold).sum())
+            else:
+                ious.extend([0.0] * len(boxes))
+                held_unmatched += len(held)
+        study.append(
+            IntervalRow(
+                interval=n,
+                detections_per_frame=1.0 / n,
+                faces_kept=matched / total if total else 1.0,
+                median_iou=float(np.median(ious)) if ious else 1.0,
+                held_unmatched=held_unmatched / held_total if held_total else 0.0,
+                tracked_faces=total,
+            )
+        )
+    return study
+
+
+def count_flops_per_face(module: Any, input_size: tuple[int, int] = (48, 48), batch: int = 4) -> float:
+    """FLOPs of one forward pass per face, counted by ``torch.utils.flop_counter.FlopCounterMode``.
+
+    Counted in float32 on a small batch (the count does not depend on dtype or batch; per face it is
+    exact). FlopCounterMode counts a multiply-add as 2 FLOPs, like the matmul peak below.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(batch, 1, *input_size)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        module(x)
+    return counter.get_total_flops() / batch
+
+
+def measure_matmul_peak(size: int = 4096, reps: int = 8, threads: int = 2) -> MatmulPeak:
+    """The machine's bf16 matrix throughput: ``torch.matmul`` of two ``size`` x ``size`` bf16 matrices.
+
+    Reported as the best repetition (``gflops``), since other processes can only ever slow one down:
+    the fastest is the closest to what the hardware does. The median is kept alongside.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a = torch.randn(size, size, dtype=torch.bfloat16)
+        b = torch.randn(size, size, dtype=torch.bfloat16)
+        for _ in range(2):  # oneDNN/AMX set-up and page faults: not part of the peak
+            torch.matmul(a, b)
+        rates = []
+        for _ in range(max(1, reps)):
+            t0 = time.perf_counter()
+            torch.matmul(a, b)
+            rates.append(2.0 * size**3 / (time.perf_counter() - t0) / 1e9)
+    finally:
+        torch.set_num_threads(previous)
+    return MatmulPeak(
+        gflops=max(rates),
+        median_gflops=statistics.median(rates),
+        size=size,
+        reps=len(rates),
+        threads=threads,
+        dtype="bfloat16",
+    )
+
+
+def measure_classifier(
+    crops: np.ndarray,
+    model_path: str | Path | None = None,
+    max_batch: int = 64,
+    batch1_faces: int = 400,
+    batched_batches: int = 40,
+    sweep: Sequence[int] = (8, 16, 32),
+    rounds: int = 8,
+    max_seconds: float | None = None,
+) -> ClassifierResult:
+    """The serving model (``EmotionModel``: bf16 autocast, channels-last) at batch 1, ``max_batch`` and ``sweep``,
+    and at ``max_batch`` served with flip test-time augmentation (``classifier.tta: flip``).
+
+    ``crops`` are real uint8 48x48 faces from the detector; batches cycle through them. The sizes are
+    interleaved: each of ``rounds`` rounds times every size in turn (batch 1 on ``batch1_faces /
+    rounds`` faces, every other size on about ``batched_batches x max_batch / rounds`` faces) and a
+    size's rate is its median over the rounds. Why: a burst of other processes then hits every size
+    alike instead of whichever was being measured at that moment, so the batched/batch-1 ratio holds
+    up on a busy machine. ``max_seconds`` ends it after the round that passes it (two rounds at
+    least), so a slowed-down machine cannot stretch the bench.
+    """
+    import torch
+
+    from classifier.model import EmotionModel
+
+    if len(crops) == 0:
+        raise ValueError("no face crops to classify (the detector found no face in the frames)")
+    model = EmotionModel(model_path, device="cpu", bf16=True)
+    flip_model = EmotionModel(model_path, device="cpu", bf16=True, tta="flip")
+    sizes = sorted({1, max_batch, *sweep})
+    n = len(crops)
+    for size in sizes:  # untimed: oneDNN builds its kernels for each new input shape
+        model.predict(crops[np.arange(size) % n])
+    flip_model.predict(crops[np.arange(max_batch) % n])
+    per_round: dict[int, list[float]] = {size: [] for size in sizes}
+    flip_rates: list[float] = []
+    batched_cpu = batched_wall = 0.0
+    batched_faces = 0
+    offset = 0
+
+    def timed_calls(serving: EmotionModel, size: int, calls: int) -> float:
+        """Wall seconds inside ``calls`` predictions of ``size`` crops each (the next crops in turn)."""
+        nonlocal offset
+        wall = 0.0
+        for _ in range(calls):
+            x = np.ascontiguousarray(crops[(offset + np.arange(size)) % n])
+            offset += size
+            t0 = time.perf_counter()
+            serving.predict(x)
+            wall += time.perf_counter() - t0
+        return wall
+
+    started = time.perf_counter()
+    done = 0
+    for _ in range(max(1, rounds)):
+        if max_seconds is not None and done >= 2 and time.perf_counter() - started > max_seconds:
+            break
+        done += 1
+        for size in sizes:
+            faces = batch1_faces if size == 1 else batched_batches * max_batch
+            calls = max(1, round(faces / rounds / size))
+            cpu0 = time.process_time()
+            wall = timed_calls(model, size, calls)
+            cpu = time.process_time() - cpu0
+            per_round[size].append(calls * size / wall)
+            if size == max_batch:
+                batched_cpu += cpu
+                batched_wall += wall
+                batched_faces += calls * size
+        calls = max(1, round(batched_batches / rounds))
+        flip_rates.append(calls * max_batch / timed_calls(flip_model, max_batch, calls))
+    by_batch = {size: statistics.median(rates) for size, rates in per_round.items()}
+    flops = count_flops_per_face(model.module, tuple(model.info.input_size))
+    batch1, batched = by_batch[1], by_batch[max_batch]
+    return ClassifierResult(
+        model=str(model.path),
+        model_version=model.version,
+        arch=model.info.arch,
+        bf16=True,
+        channels_last=True,
+        torch_threads=torch.get_num_threads(),
+        crops=int(n),
+        max_batch=max_batch,
+        rounds=done,
+        batch1_faces_per_s=batch1,
+        batched_faces_per_s=batched,
+        batched_over_batch1=batched / batch1 if batch1 > 0 else 0.0,
+        faces_per_s_by_batch=by_batch,
+        tta_flip_faces_per_s=statistics.median(flip_rates),
+        flops_per_face=flops,
+        batched_gflops=batched * flops / 1e9,
+        batch1_gflops=batch1 * flops / 1e9,
+        cpu_parallelism=batched_cpu / batched_wall if batched_wall > 0 else 0.0,
+        cpu_s_per_face=batched_cpu / batched_faces if batched_faces else 0.0,
+    )
