@@ -525,6 +525,7 @@ def decode_faces(parts: Sequence[Part]) -> Faces:
 CAMERA_STATUSES = ("up", "down")
 _INT64_MAX = 2**63 - 1
 _TIMESTAMP = {"minimum": 0}
+_BY_EMOTION = {"propertyNames": {"enum": EMOTIONS}}
 
 
 def _doc(doc: str, default: Any = MISSING, required: bool = False, **schema: Any) -> Any:
@@ -607,16 +608,18 @@ class FaceEmotion(_JsonValue):
     """
 
     box: tuple[int, int, int, int] = _doc(
-        "[x, y, w, h] in the pixels of the frame as sent by capture", minimum=-MAX_SIDE, maximum=MAX_SIDE
+        "[x, y, w, h] in the pixels of the frame as sent by capture", items={"minimum": -MAX_SIDE, "maximum": MAX_SIDE}
     )
     emotion: str = _doc("the label to show: top class of smoothed (of scores without tracking)", enum=EMOTIONS)
     confidence: float = _doc("probability of emotion")
-    scores: Mapping[str, float] = _doc("calibrated probability of each class, from this frame alone")
+    scores: Mapping[str, float] = _doc("calibrated probability of each class, from this frame alone", **_BY_EMOTION)
     detector_score: float | None = _doc("detector confidence (Haar: 1.0)", None)
     track: int | None = _doc(
         "the same integer for the same face across its camera's frames", None, minimum=0, maximum=_INT64_MAX
     )
-    smoothed: Mapping[str, float] | None = _doc("the track's probabilities smoothed over its last frames", None)
+    smoothed: Mapping[str, float] | None = _doc(
+        "the track's probabilities smoothed over its last frames", None, **_BY_EMOTION
+    )
     raw_emotion: str | None = _doc("top class of scores (flickers more than emotion)", None, enum=EMOTIONS)
     #: Keys this build does not know (a newer producer's): kept, so the sink's log passes them on.
     extra: Mapping[str, Any] = _extra()
@@ -692,9 +695,9 @@ class CameraEvent(_JsonValue):
 class OtherEvent(_JsonValue):
     """An event of a type this build does not know: readers ignore it, the sink passes it on."""
 
-    type: str
-    camera: str
-    ts_event: float
+    type: str = _doc("faces, camera, or a type added later: ignore what you do not know", minLength=1)
+    camera: str = _doc("camera id", pattern=CAMERA_ID_PATTERN.pattern)
+    ts_event: float = _doc("Unix seconds of the event", **_TIMESTAMP)
     extra: Mapping[str, Any] = _extra()
 
     def __post_init__(self) -> None:
