@@ -249,16 +249,21 @@ def test_faces_from_a_frame_of_zero_or_absurd_size_are_bad_fields(frame_shape: l
 # ------------------------------------------------------------------------------------------------
 
 
+def run_classifier(model: Path) -> subprocess.CompletedProcess:
+    """``python -m classifier --model MODEL`` on CPU, until it exits (a bad model: at once)."""
+    a, b = free_ports(2)
+    return subprocess.run(
+        [PYTHON, "-m", "classifier", "--pull", f"tcp://127.0.0.1:{a}", "--push", f"tcp://127.0.0.1:{b}",
+         "--model", str(model), "--device", "cpu"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
 def test_classifier_refuses_a_truncated_real_model_file_with_exit_2_naming_it(tmp_path: Path) -> None:
     truncated = tmp_path / "emotion.pt2"
     data = SHIPPED_MODEL.read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
-    (a, b) = free_ports(2)
-    result = subprocess.run(
-        [PYTHON, "-m", "classifier", "--pull", f"tcp://127.0.0.1:{a}", "--push", f"tcp://127.0.0.1:{b}",
-         "--model", str(truncated), "--device", "cpu"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = run_classifier(truncated)
     assert result.returncode == 2, result.stderr
     # torch logs its own traceback as a warning first; the last line is the classifier's verdict.
     last = result.stderr.strip().splitlines()[-1]
@@ -292,12 +297,7 @@ def test_a_model_file_with_broken_metadata_is_a_model_file_error(case: str, tiny
 
 def test_classifier_refuses_a_model_file_with_broken_metadata_with_exit_2(tiny_model: Path, tmp_path: Path) -> None:
     path = model_with_info(tiny_model, BROKEN_INFO["not-json"], tmp_path / "broken.pt2")
-    (a, b) = free_ports(2)
-    result = subprocess.run(
-        [PYTHON, "-m", "classifier", "--pull", f"tcp://127.0.0.1:{a}", "--push", f"tcp://127.0.0.1:{b}",
-         "--model", str(path), "--device", "cpu"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = run_classifier(path)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
 
@@ -335,12 +335,7 @@ def test_classifier_refuses_a_model_whose_classes_differ_from_the_event_schema_w
     names = OTHER_CLASS_NAMES[case]
     path = tiny_model_file(tmp_path / "m.pt2", len(names), names)
     assert load_model(path)[1].class_names == names  # a valid model file: only the classes are wrong
-    (a, b) = free_ports(2)
-    result = subprocess.run(
-        [PYTHON, "-m", "classifier", "--pull", f"tcp://127.0.0.1:{a}", "--push", f"tcp://127.0.0.1:{b}",
-         "--model", str(path), "--device", "cpu"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = run_classifier(path)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
