@@ -28,7 +28,9 @@ Version 1. Every message is a ZeroMQ multipart message ``[topic, header, *payloa
            boxes: [[x, y, w, h]...], scores: [...], crop_size, droppable}`` (droppable: the frame's),
            one payload part: N crops of ``crop_size`` x ``crop_size`` uint8 grayscale, row-major,
            concatenated.
-``EVENT``  classifier -> sink -> users: topic = camera id, header = the event JSON, no payload.
+``EVENT``  classifier -> sink -> users: topic = camera id, header = the event JSON, no payload. Decoded
+           into :class:`EmotionEvent`, :class:`CameraEvent` or (types added later) :class:`OtherEvent`;
+           ``docs/event.schema.json`` is generated from them (``python -m emostream.schema``).
 ``PREVIEW`` capture -> recorder (opt-in PUB, best effort): topic = camera id, header ``{v, camera, seq,
            ts_capture, shape: [h, w, 3], scale}`` (shape: the preview's; scale: preview width / frame
            width, so an event's boxes times ``scale`` land on the preview), one payload part: a JPEG.
@@ -554,18 +556,14 @@ def _known(obj: dict[str, Any], cls: type) -> dict[str, Any]:
     """The keyword arguments of ``cls`` found in ``obj`` (a JSON object), the rest as ``extra``.
 
     An optional key that is present must hold a value: ``null`` is refused like any other wrong type."""
-    names = {f.name for f in fields(cls)} - {"extra"}
-    for name in names & obj.keys():
+    wanted = {f.name: f.metadata.get("required") for f in fields(cls) if f.name != "extra"}
+    for name in wanted.keys() & obj.keys():
         if obj[name] is None:
             raise WireError("bad_field", f"{name}=None is not a value")
-    kwargs = {name: obj.get(name) for name in names if name in obj or _required(cls, name)}
-    kwargs["extra"] = {k: v for k, v in obj.items() if k not in names and k not in ("schema", "type")}
+    kwargs = {name: obj.get(name) for name, required in wanted.items() if required or name in obj}
+    envelope = ("schema", "type") if hasattr(cls, "type") else ()  # an event's, not its fields
+    kwargs["extra"] = {k: v for k, v in obj.items() if k not in wanted and k not in envelope}
     return kwargs
-
-
-def _required(cls: type, name: str) -> bool:
-    """Whether the wire needs this key (see :func:`_doc`)."""
-    return bool(cls.__dataclass_fields__[name].metadata.get("required"))
 
 
 class _JsonValue:
