@@ -11,6 +11,7 @@ import enum
 import logging
 import threading
 from collections import deque
+from dataclasses import replace
 
 import numpy as np
 import zmq
@@ -292,13 +293,13 @@ class FrameSender:
                     self._count_drop()
                     held = None
                 continue
-            held.key = assignment.key
-            held.droppable = self.policy is DropPolicy.DROP_OLDEST
+            # A copy with this dispatch's flags: the frame itself is shared with the preview thread.
+            outgoing = replace(held, key=assignment.key, droppable=self.policy is DropPolicy.DROP_OLDEST)
             placed = None
             try:
                 if self.shared.usable_by(self.dispatcher.workers.get(assignment.peer)):
                     placed = self.shared.place(held.image, held.seq + 1)
-                parts = encode_frame(held, self.encoding, self.jpeg_quality, slot=placed[1] if placed else None)
+                parts = encode_frame(outgoing, self.encoding, self.jpeg_quality, slot=placed[1] if placed else None)
             except ValueError:
                 # Cannot happen for frames from FrameStream; if it does, lose this frame, not the thread.
                 self.dispatcher.unsend(assignment)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from emostream.modelfile import ModelFileError, ModelInfo, check_tta, forward_with_tta, load_model
+from emostream.wire import EMOTIONS
 
 log = logging.getLogger("classifier")
 
@@ -42,6 +43,13 @@ class EmotionModel:
         self.device = pick_device(device)
         module, info = load_model(self.path, device=str(self.device))
         self.info: ModelInfo = info
+        if tuple(info.class_names) != EMOTIONS:
+            # Events name every face's class from EMOTIONS: a model with other names, or another order,
+            # would load and then have each of its events refused downstream.
+            raise ModelFileError(
+                f"{self.path}: the model's classes {list(info.class_names)} are not the event schema's "
+                f"{list(EMOTIONS)} (in that order)"
+            )
         self.module = module.to(memory_format=torch.channels_last)
         self.bf16 = bf16
         self.class_names = list(info.class_names)

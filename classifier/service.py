@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import zmq
@@ -29,6 +30,12 @@ RCVHWM = 128
 #: The kernel's receive buffer (bytes): Faces messages are a few KB, so autotuned loopback buffers
 #: would hold hundreds of them beyond RCVHWM.
 RCVBUF = 256 * 1024
+#: Decimal digits of the probabilities in events: finer than any calibration, and short JSON.
+DIGITS = 4
+
+
+def _probabilities(class_names: list[str], probs: np.ndarray) -> dict[str, float]:
+    return {name: round(float(v), DIGITS) for name, v in zip(class_names, probs, strict=True)}
 
 
 def events_for_batch(
@@ -48,19 +55,24 @@ def events_for_batch(
         faces = []
         for i, (box, det_score, p) in enumerate(zip(frame.boxes, frame.scores, frame_probs, strict=True)):
             raw_top = int(np.argmax(p))
+            tracking: dict[str, Any] = {}
+            shown = p
+            if tracker is not None:
+                shown = smoothed[i]
+                tracking = {
+                    "track": int(ids[i]),
+                    "smoothed": _probabilities(class_names, shown),
+                    "raw_emotion": class_names[raw_top],
+                }
+            top = int(np.argmax(shown))
             face = FaceEmotion(
                 box=tuple(int(v) for v in box),
-                emotion=class_names[raw_top],
-                confidence=float(p[raw_top]),
-                scores={name: float(v) for name, v in zip(class_names, p, strict=True)},
-                detector_score=float(det_score),
+                emotion=class_names[top],
+                confidence=round(float(shown[top]), DIGITS),
+                scores=_probabilities(class_names, p),
+                detector_score=round(float(det_score), DIGITS),
+                **tracking,
             )
-            if tracker is not None:
-                top = int(np.argmax(smoothed[i]))
-                face.emotion, face.confidence = class_names[top], float(smoothed[i][top])
-                face.track = int(ids[i])
-                face.smoothed = {name: float(v) for name, v in zip(class_names, smoothed[i], strict=True)}
-                face.raw_emotion = class_names[raw_top]
             faces.append(face)
         events.append(
             EmotionEvent(camera=frame.camera, frame=frame.seq, ts_capture=frame.ts_capture, ts_event=now, faces=faces)

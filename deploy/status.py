@@ -12,7 +12,7 @@ import zmq
 
 from emostream.security import CurveKeys, secure_client
 from emostream.stats import percentiles
-from emostream.wire import WireError, decode_event
+from emostream.wire import EmotionEvent, WireError, decode_event
 
 log = logging.getLogger("deploy")
 MAX_SAMPLES = 1_000_000  # latency samples kept per camera for the final summary
@@ -31,17 +31,17 @@ class CameraStats:
     emotions: Counter[str] = field(default_factory=Counter)
     skip_before: float | None = None  # events arriving earlier are ignored (warm-up)
 
-    def add(self, event: dict, now: float) -> None:
+    def add(self, event: EmotionEvent, now: float) -> None:
         if self.skip_before is not None and now < self.skip_before:
             return
         if not self.frames:
             self.first_event = now
         self.last_event = now
         self.frames += 1
-        self.faces += len(event["faces"])
+        self.faces += len(event.faces)
         if len(self.latencies) < MAX_SAMPLES:
-            self.latencies.append(event["ts_event"] - event["ts_capture"])
-        self.emotions.update(f["emotion"] for f in event["faces"])
+            self.latencies.append(event.ts_event - event.ts_capture)
+        self.emotions.update(f.emotion for f in event.faces)
 
     def describe(self, seconds: float) -> str:
         p50, p95, p99 = percentiles(self.latencies, scale=1000.0).values()
@@ -82,10 +82,10 @@ class StatusPrinter(threading.Thread):
                     event = decode_event(sub.recv_multipart())
                 except WireError:
                     continue
-                if event.get("type") == "faces":
+                if isinstance(event, EmotionEvent):
                     now = time.monotonic()
-                    window[event["camera"]].add(event, now)
-                    total = self.total.setdefault(event["camera"], CameraStats(skip_before=now + WARMUP_S))
+                    window[event.camera].add(event, now)
+                    total = self.total.setdefault(event.camera, CameraStats(skip_before=now + WARMUP_S))
                     total.add(event, now)
             elapsed = time.monotonic() - window_start
             if self.interval and elapsed >= self.interval:

@@ -28,7 +28,9 @@ Version 1. Every message is a ZeroMQ multipart message ``[topic, header, *payloa
            boxes: [[x, y, w, h]...], scores: [...], crop_size, droppable}`` (droppable: the frame's),
            one payload part: N crops of ``crop_size`` x ``crop_size`` uint8 grayscale, row-major,
            concatenated.
-``EVENT``  classifier -> sink -> users: topic = camera id, header = the event JSON, no payload.
+``EVENT``  classifier -> sink -> users: topic = camera id, header = the event JSON, no payload. Decoded
+           into :class:`EmotionEvent`, :class:`CameraEvent` or (types added later) :class:`OtherEvent`;
+           ``docs/event.schema.json`` is generated from them (``python -m emostream.schema``).
 ``PREVIEW`` capture -> recorder (opt-in PUB, best effort): topic = camera id, header ``{v, camera, seq,
            ts_capture, shape: [h, w, 3], scale}`` (shape: the preview's; scale: preview width / frame
            width, so an event's boxes times ``scale`` land on the preview), one payload part: a JPEG.
@@ -43,10 +45,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar, TypeAlias
 
 import numpy as np
 
@@ -106,7 +108,7 @@ class SharedSlot:
     stamp: int
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Frame:
     """One captured video frame (BGR, uint8, HxWx3) and where and when it came from."""
 
@@ -134,7 +136,7 @@ class Credit:
     shm: str | None = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Faces:
     """The faces found in one frame: boxes in full-frame pixels, detector scores, classifier crops.
 
@@ -155,68 +157,6 @@ class Faces:
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
-
-
-@dataclass(slots=True)
-class FaceEmotion:
-    """One classified face inside an event.
-
-    ``scores`` are the model's calibrated probabilities for this frame alone. With tracking (the
-    classifier process always tracks, see :mod:`classifier.tracking`) a face also carries ``track``
-    (an id that stays the same across frames of one face, per camera), ``smoothed`` (the track's
-    probabilities smoothed over the last frames) and ``raw_emotion`` (the top class of ``scores``);
-    ``emotion``/``confidence`` are then the top class of ``smoothed``, the label a display should show.
-    These fields are optional: events without them are schema 1 as well.
-    """
-
-    box: tuple[int, int, int, int]
-    emotion: str
-    confidence: float
-    scores: dict[str, float]
-    detector_score: float | None = None
-    track: int | None = None
-    smoothed: dict[str, float] | None = None
-    raw_emotion: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "box": [int(v) for v in self.box],
-            "emotion": self.emotion,
-            "confidence": round(float(self.confidence), 4),
-            "scores": {k: round(float(v), 4) for k, v in self.scores.items()},
-        }
-        if self.detector_score is not None:
-            out["detector_score"] = round(float(self.detector_score), 4)
-        if self.track is not None:
-            out["track"] = int(self.track)
-        if self.smoothed is not None:
-            out["smoothed"] = {k: round(float(v), 4) for k, v in self.smoothed.items()}
-        if self.raw_emotion is not None:
-            out["raw_emotion"] = self.raw_emotion
-        return out
-
-
-@dataclass(slots=True)
-class EmotionEvent:
-    """The public event: one per processed frame, faces may be empty. See README 'Event format'."""
-
-    camera: str
-    frame: int
-    ts_capture: float
-    ts_event: float
-    faces: list[FaceEmotion] = field(default_factory=list)
-    type: str = "faces"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": EVENT_SCHEMA,
-            "type": self.type,
-            "camera": self.camera,
-            "frame": self.frame,
-            "ts_capture": self.ts_capture,
-            "ts_event": self.ts_event,
-            "faces": [f.to_dict() for f in self.faces],
-        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,11 +201,14 @@ def _check_version(header: dict[str, Any], key: str, expected: int) -> None:
         raise WireError("bad_version", f"{key}={version!r}, this build speaks {expected}")
 
 
-def _camera(header: dict[str, Any]) -> str:
-    camera = header.get("camera")
+def _check_camera(camera: Any) -> str:
     if not isinstance(camera, str) or not CAMERA_ID_PATTERN.match(camera):
         raise WireError("bad_field", f"camera={camera!r} is not a camera id")
     return camera
+
+
+def _camera(header: Mapping[str, Any]) -> str:
+    return _check_camera(header.get("camera"))
 
 
 def _check_camera_topic(parts: Sequence[Part], camera: str, what: str) -> None:
@@ -274,11 +217,14 @@ def _check_camera_topic(parts: Sequence[Part], camera: str, what: str) -> None:
         raise WireError("wrong_topic", f"{what} topic is not its camera id")
 
 
-def _int(header: dict[str, Any], key: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
-    value = header.get(key)
+def _check_int(value: Any, key: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
         raise WireError("bad_field", f"{key}={value!r} is not an integer in [{lo}, {hi}]")
     return value
+
+
+def _int(header: Mapping[str, Any], key: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
+    return _check_int(header.get(key), key, lo, hi)
 
 
 def _is_number(value: Any) -> bool:
@@ -290,14 +236,23 @@ def _is_number(value: Any) -> bool:
         return False
 
 
-def _time(header: dict[str, Any], key: str) -> float:
-    value = header.get(key)
+def _check_number(value: Any, key: str) -> float:
+    if not _is_number(value):
+        raise WireError("bad_field", f"{key}={value!r} is not a finite number")
+    return value
+
+
+def _check_time(value: Any, key: str) -> float:
     if not _is_number(value) or value < 0:
         raise WireError("bad_field", f"{key}={value!r} is not a timestamp")
-    return float(value)
+    return value
 
 
-def _bool(header: dict[str, Any], key: str, default: bool) -> bool:
+def _time(header: Mapping[str, Any], key: str) -> float:
+    return float(_check_time(header.get(key), key))
+
+
+def _bool(header: Mapping[str, Any], key: str, default: bool) -> bool:
     value = header.get(key, default)
     if not isinstance(value, bool):
         raise WireError("bad_field", f"{key}={value!r} is not a boolean")
@@ -306,12 +261,38 @@ def _bool(header: dict[str, Any], key: str, default: bool) -> bool:
 
 def _int_list(value: Any, key: str, length: int, lo: int, hi: int) -> list[int]:
     if (
-        not isinstance(value, list)
+        not isinstance(value, (list, tuple))
         or len(value) != length
         or not all(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi for v in value)
     ):
         raise WireError("bad_field", f"{key}={value!r} is not {length} integers in [{lo}, {hi}]")
-    return value
+    return list(value)
+
+
+def _origin_header(camera: str, seq: int, ts_capture: float) -> dict[str, Any]:
+    """The fields every internal message about one frame opens with."""
+    return {"v": WIRE_VERSION, "camera": camera, "seq": int(seq), "ts_capture": float(ts_capture)}
+
+
+def _internal_header(parts: Sequence[Part], topic: bytes | None, count: int) -> dict[str, Any]:
+    """Check an internal message's parts, topic and version; return its header."""
+    _check_parts(parts, topic, count)
+    header = _header(parts[1])
+    _check_version(header, "v", WIRE_VERSION)
+    return header
+
+
+def _origin(header: Mapping[str, Any]) -> tuple[str, int, float]:
+    """(camera, seq, ts_capture) of an internal message's header."""
+    return _camera(header), _int(header, "seq"), _time(header, "ts_capture")
+
+
+def _image_shape(header: Mapping[str, Any], what: str) -> tuple[int, int]:
+    """(h, w) of a header's ``shape: [h, w, 3]``."""
+    h, w, c = _int_list(header.get("shape"), "shape", 3, 1, MAX_SIDE)
+    if c != 3:
+        raise WireError("bad_field", f"{what} have 3 channels, header says {c}")
+    return h, w
 
 
 def camera_id_error(camera: str) -> str | None:
@@ -334,14 +315,8 @@ def encode_frame(
     image = frame.image
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"frames are HxWx3 uint8 BGR, got {image.dtype} {image.shape}")
-    header = {
-        "v": WIRE_VERSION,
-        "camera": frame.camera,
-        "seq": int(frame.seq),
-        "ts_capture": float(frame.ts_capture),
-        "shape": list(image.shape),
-        "encoding": Encoding(encoding).value,
-    }
+    header = _origin_header(frame.camera, frame.seq, frame.ts_capture)
+    header.update(shape=list(image.shape), encoding=Encoding(encoding).value)
     if not frame.key:
         header["key"] = False
     if frame.droppable:
@@ -394,15 +369,9 @@ def decode_frame(parts: Sequence[Part], shared: SharedFrames | None = None) -> F
     """Parse and validate a FRAME message. The returned image is read-only when RAW and zero-copy, and
     when ``shm``: a view of the slot (``shared`` maps the rings; without it such frames are refused).
     Check ``shared.current`` after using a shared frame's pixels: see :mod:`emostream.shm`."""
-    _check_parts(parts, TOPIC_FRAME, 3)
-    header = _header(parts[1])
-    _check_version(header, "v", WIRE_VERSION)
-    camera = _camera(header)
-    seq = _int(header, "seq")
-    ts_capture = _time(header, "ts_capture")
-    h, w, c = _int_list(header.get("shape"), "shape", 3, 1, MAX_SIDE)
-    if c != 3:
-        raise WireError("bad_field", f"frames have 3 channels, header says {c}")
+    header = _internal_header(parts, TOPIC_FRAME, 3)
+    camera, seq, ts_capture = _origin(header)
+    h, w = _image_shape(header, "frames")
     encoding = header.get("encoding")
     key = _bool(header, "key", True)
     droppable = _bool(header, "droppable", False)
@@ -474,9 +443,7 @@ def encode_credit(credit: Credit) -> list[bytes]:
 
 
 def decode_credit(parts: Sequence[Part]) -> Credit:
-    _check_parts(parts, TOPIC_CREDIT, 2)
-    header = _header(parts[1])
-    _check_version(header, "v", WIRE_VERSION)
+    header = _internal_header(parts, TOPIC_CREDIT, 2)
     worker = header.get("worker")
     if not isinstance(worker, str) or not 0 < len(worker) <= 64:
         raise WireError("bad_field", f"worker={worker!r} is not a worker name")
@@ -503,29 +470,22 @@ def encode_faces(faces: Faces) -> list[Any]:
     crops = np.ascontiguousarray(faces.crops, dtype=np.uint8)
     if crops.ndim != 3 or crops.shape[0] != n or crops.shape[1] != crops.shape[2]:
         raise ValueError(f"crops must be (N, S, S) uint8 with N={n}, got {crops.shape}")
-    header = {
-        "v": WIRE_VERSION,
-        "camera": faces.camera,
-        "seq": int(faces.seq),
-        "ts_capture": float(faces.ts_capture),
-        "ts_detect": float(faces.ts_detect),
-        "frame_shape": [int(faces.frame_shape[0]), int(faces.frame_shape[1])],
-        "boxes": np.asarray(faces.boxes, dtype=np.int64).reshape(n, 4).tolist(),
-        "scores": [round(float(s), 4) for s in np.asarray(faces.scores).reshape(n)],
-        "crop_size": int(crops.shape[1]) if n else 48,
-    }
+    header = _origin_header(faces.camera, faces.seq, faces.ts_capture)
+    header.update(
+        ts_detect=float(faces.ts_detect),
+        frame_shape=[int(faces.frame_shape[0]), int(faces.frame_shape[1])],
+        boxes=np.asarray(faces.boxes, dtype=np.int64).reshape(n, 4).tolist(),
+        scores=[round(float(s), 4) for s in np.asarray(faces.scores).reshape(n)],
+        crop_size=int(crops.shape[1]) if n else 48,
+    )
     if faces.droppable:
         header["droppable"] = True
     return [TOPIC_FACES, _dumps(header), crops.data]
 
 
 def decode_faces(parts: Sequence[Part]) -> Faces:
-    _check_parts(parts, TOPIC_FACES, 3)
-    header = _header(parts[1])
-    _check_version(header, "v", WIRE_VERSION)
-    camera = _camera(header)
-    seq = _int(header, "seq")
-    ts_capture = _time(header, "ts_capture")
+    header = _internal_header(parts, TOPIC_FACES, 3)
+    camera, seq, ts_capture = _origin(header)
     ts_detect = _time(header, "ts_detect")
     fh, fw = _int_list(header.get("frame_shape"), "frame_shape", 2, 1, MAX_SIDE)
     crop_size = _int(header, "crop_size", 8, 512)
@@ -565,62 +525,211 @@ def decode_faces(parts: Sequence[Part]) -> Faces:
 
 
 CAMERA_STATUSES = ("up", "down")
+_INT64_MAX = 2**63 - 1
+_TIMESTAMP = {"minimum": 0}
+_BY_EMOTION = {"propertyNames": {"enum": EMOTIONS}}
 
 
-def camera_event(camera: str, status: str, reason: str, ts_event: float) -> dict[str, Any]:
-    """A ``type: camera`` event: the camera started delivering frames ("up") or its live source failed
+def _doc(doc: str, default: Any = MISSING, required: bool = False, **schema: Any) -> Any:
+    """A field with its one-line meaning and its JSON Schema constraints (see :mod:`emostream.schema`).
+    ``required``: the wire needs the key although the constructor has a default."""
+    return field(default=default, metadata={"doc": doc, "schema": schema, "required": required or default is MISSING})
+
+
+def _extra() -> Any:
+    return field(default_factory=dict, metadata={"extra": True})
+
+
+def _check_emotion(value: Any, key: str) -> str:
+    if value not in EMOTIONS:
+        raise WireError("bad_field", f"{key}={value!r} is not a known emotion")
+    return value
+
+
+def _probabilities(value: Any, key: str) -> dict[str, float]:
+    if not isinstance(value, Mapping) or not all(k in EMOTIONS and _is_number(v) for k, v in value.items()):
+        raise WireError("bad_field", f"{key} must map emotions to numbers")
+    return dict(value)
+
+
+def _known(obj: dict[str, Any], cls: type) -> dict[str, Any]:
+    """The keyword arguments of ``cls`` found in ``obj`` (a JSON object), the rest as ``extra``.
+
+    An optional key that is present must hold a value: ``null`` is refused like any other wrong type."""
+    wanted = {f.name: f.metadata.get("required") for f in fields(cls) if f.name != "extra"}
+    for name in wanted.keys() & obj.keys():
+        if obj[name] is None:
+            raise WireError("bad_field", f"{name}=None is not a value")
+    kwargs = {name: obj.get(name) for name, required in wanted.items() if required or name in obj}
+    envelope = ("schema", "type") if hasattr(cls, "type") else ()  # an event's, not its fields
+    kwargs["extra"] = {k: v for k, v in obj.items() if k not in wanted and k not in envelope}
+    return kwargs
+
+
+class _JsonValue:
+    """What events and their faces share: built from a JSON object, turned back into the same object."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> Any:
+        if not isinstance(obj, dict):
+            raise WireError("bad_field", f"{obj!r} is not an object")
+        return cls(**_known(obj, cls))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object: every set field in declaration order, then ``extra``."""
+        out: dict[str, Any] = {"schema": EVENT_SCHEMA, "type": self.type} if hasattr(self, "type") else {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if f.name != "extra" and value is not None:
+                out[f.name] = _plain(value)
+        return {**out, **self.extra}  # type: ignore[attr-defined]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, _JsonValue):
+        return value.to_dict()
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+@dataclass(slots=True, frozen=True)
+class FaceEmotion(_JsonValue):
+    """One classified face inside an event.
+
+    ``scores`` are the model's calibrated probabilities for this frame alone. With tracking (the
+    classifier process always tracks, see :mod:`classifier.tracking`) a face also carries ``track``,
+    ``smoothed`` and ``raw_emotion``; ``emotion``/``confidence`` are then the top class of ``smoothed``,
+    the label a display should show. These fields are optional: events without them are schema 1 as well.
+    """
+
+    box: tuple[int, int, int, int] = _doc(
+        "[x, y, w, h] in the pixels of the frame as sent by capture", items={"minimum": -MAX_SIDE, "maximum": MAX_SIDE}
+    )
+    emotion: str = _doc("the label to show: top class of smoothed (of scores without tracking)", enum=EMOTIONS)
+    confidence: float = _doc("probability of emotion")
+    scores: Mapping[str, float] = _doc("calibrated probability of each class, from this frame alone", **_BY_EMOTION)
+    detector_score: float | None = _doc("detector confidence (Haar: 1.0)", None)
+    track: int | None = _doc(
+        "the same integer for the same face across its camera's frames", None, minimum=0, maximum=_INT64_MAX
+    )
+    smoothed: Mapping[str, float] | None = _doc(
+        "the track's probabilities smoothed over its last frames", None, **_BY_EMOTION
+    )
+    raw_emotion: str | None = _doc("top class of scores (flickers more than emotion)", None, enum=EMOTIONS)
+    #: Keys this build does not know (a newer producer's): kept, so the sink's log passes them on.
+    extra: Mapping[str, Any] = _extra()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "box", tuple(_int_list(self.box, "box", 4, -MAX_SIDE, MAX_SIDE)))
+        _check_emotion(self.emotion, "emotion")
+        _check_number(self.confidence, "confidence")
+        object.__setattr__(self, "scores", _probabilities(self.scores, "scores"))
+        if self.detector_score is not None:
+            _check_number(self.detector_score, "detector_score")
+        if self.track is not None:
+            _check_int(self.track, "track")
+        if self.smoothed is not None:
+            object.__setattr__(self, "smoothed", _probabilities(self.smoothed, "smoothed"))
+        if self.raw_emotion is not None:
+            _check_emotion(self.raw_emotion, "raw_emotion")
+
+
+@dataclass(slots=True, frozen=True)
+class EmotionEvent(_JsonValue):
+    """The ``faces`` event: one per processed frame, ``faces`` may be empty."""
+
+    type: ClassVar[str] = "faces"
+    camera: str = _doc("camera id", pattern=CAMERA_ID_PATTERN.pattern)
+    frame: int = _doc("the camera's frame sequence number", minimum=0, maximum=_INT64_MAX)
+    ts_capture: float = _doc("Unix seconds when the frame was grabbed", **_TIMESTAMP)
+    ts_event: float = _doc("Unix seconds when the frame was classified", **_TIMESTAMP)
+    #: Required on the wire (``[]`` for a frame without faces); the default is for building events.
+    faces: tuple[FaceEmotion, ...] = _doc("the faces found in the frame, in detector order", (), required=True)
+    extra: Mapping[str, Any] = _extra()
+
+    def __post_init__(self) -> None:
+        _check_camera(self.camera)
+        _check_int(self.frame, "frame")
+        _check_time(self.ts_capture, "ts_capture")
+        _check_time(self.ts_event, "ts_event")
+        if not isinstance(self.faces, (list, tuple)) or not all(isinstance(f, FaceEmotion) for f in self.faces):
+            raise WireError("bad_field", "faces must be a list of faces")
+        object.__setattr__(self, "faces", tuple(self.faces))
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> EmotionEvent:
+        kwargs = _known(obj, cls)
+        if not isinstance(kwargs["faces"], list):
+            raise WireError("bad_field", "faces must be a list")
+        kwargs["faces"] = tuple(FaceEmotion.from_dict(face) for face in kwargs["faces"])
+        return cls(**kwargs)
+
+
+@dataclass(slots=True, frozen=True)
+class CameraEvent(_JsonValue):
+    """The ``camera`` event: the camera started delivering frames ("up") or its live source failed
     ("down"; capture retries it with backoff and sends "up" once frames flow again)."""
-    if status not in CAMERA_STATUSES:
-        raise ValueError(f"camera status {status!r} is not one of {CAMERA_STATUSES}")
-    return {
-        "schema": EVENT_SCHEMA,
-        "type": "camera",
-        "camera": camera,
-        "ts_event": ts_event,
-        "status": status,
-        "reason": reason,
-    }
+
+    type: ClassVar[str] = "camera"
+    camera: str = _doc("camera id", pattern=CAMERA_ID_PATTERN.pattern)
+    ts_event: float = _doc("Unix seconds of the change", **_TIMESTAMP)
+    status: str = _doc("up: frames flow; down: the live source failed", enum=CAMERA_STATUSES)
+    reason: str = _doc("why, in words")
+    extra: Mapping[str, Any] = _extra()
+
+    def __post_init__(self) -> None:
+        _check_camera(self.camera)
+        _check_time(self.ts_event, "ts_event")
+        if self.status not in CAMERA_STATUSES:
+            raise WireError("bad_field", f"camera event status {self.status!r} is not one of {CAMERA_STATUSES}")
+        if not isinstance(self.reason, str):
+            raise WireError("bad_field", f"reason={self.reason!r} is not a string")
 
 
-def encode_event(event: EmotionEvent | dict[str, Any]) -> list[bytes]:
-    body = event.to_dict() if isinstance(event, EmotionEvent) else event
-    return [str(body["camera"]).encode("utf-8"), _dumps(body)]
+@dataclass(slots=True, frozen=True)
+class OtherEvent(_JsonValue):
+    """An event of a type this build does not know: readers ignore it, the sink passes it on."""
+
+    type: str = _doc("faces, camera, or a type added later: ignore what you do not know", minLength=1)
+    camera: str = _doc("camera id", pattern=CAMERA_ID_PATTERN.pattern)
+    ts_event: float = _doc("Unix seconds of the event", **_TIMESTAMP)
+    extra: Mapping[str, Any] = _extra()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.type, str) or not self.type or self.type in _EVENT_TYPES:
+            raise WireError("bad_field", f"type={self.type!r} is not another event type")
+        _check_camera(self.camera)
+        _check_time(self.ts_event, "ts_event")
 
 
-def decode_event(parts: Sequence[Part]) -> dict[str, Any]:
-    """Validate an event and return it as the JSON object users see (a dict, ready to print)."""
+Event: TypeAlias = EmotionEvent | CameraEvent | OtherEvent
+#: The event types of schema 1, by their ``type``.
+_EVENT_TYPES: dict[str, type[EmotionEvent | CameraEvent | OtherEvent]] = {"faces": EmotionEvent, "camera": CameraEvent}
+
+
+def camera_event(camera: str, status: str, reason: str, ts_event: float) -> CameraEvent:
+    """A camera up/down event (:class:`CameraEvent`); a bad status raises :class:`WireError` (a ValueError)."""
+    return CameraEvent(camera=camera, status=status, reason=reason, ts_event=ts_event)
+
+
+def encode_event(event: Event) -> list[bytes]:
+    return [event.camera.encode("utf-8"), _dumps(event.to_dict())]
+
+
+def decode_event(parts: Sequence[Part]) -> Event:
+    """Validate an event: its typed value, whose ``to_dict()`` is the JSON object users see."""
     _check_parts(parts, None, 2)
-    event = _header(parts[1])
-    _check_version(event, "schema", EVENT_SCHEMA)
-    camera = _camera(event)
+    body = _header(parts[1])
+    _check_version(body, "schema", EVENT_SCHEMA)
+    camera = _camera(body)
     _check_camera_topic(parts, camera, "event")
-    kind = event.get("type")
+    kind = body.get("type")
     if not isinstance(kind, str) or not kind:
         raise WireError("bad_field", "event type missing")
-    _time(event, "ts_event")
-    if kind == "faces":
-        _int(event, "frame")
-        _time(event, "ts_capture")
-        faces = event.get("faces")
-        if not isinstance(faces, list):
-            raise WireError("bad_field", "faces must be a list")
-        for face in faces:
-            if not isinstance(face, dict) or face.get("emotion") not in EMOTIONS:
-                raise WireError("bad_field", f"face {face!r} lacks a known emotion")
-            _int_list(face.get("box"), "box", 4, -MAX_SIDE, MAX_SIDE)
-            # Tracking fields are optional (events without them are schema 1 too); present, they must be sane.
-            if "track" in face:
-                _int(face, "track")
-            if "raw_emotion" in face and face["raw_emotion"] not in EMOTIONS:
-                raise WireError("bad_field", f"raw_emotion={face['raw_emotion']!r} is not a known emotion")
-            smoothed = face.get("smoothed")
-            if "smoothed" in face and (
-                not isinstance(smoothed, dict) or not all(_is_number(v) for v in smoothed.values())
-            ):
-                raise WireError("bad_field", "smoothed must map emotions to numbers")
-    elif kind == "camera" and event.get("status") not in CAMERA_STATUSES:
-        raise WireError("bad_field", f"camera event status {event.get('status')!r} is not one of {CAMERA_STATUSES}")
-    return event
+    return _EVENT_TYPES.get(kind, OtherEvent).from_dict(body)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -631,7 +740,7 @@ def decode_event(parts: Sequence[Part]) -> dict[str, Any]:
 PREVIEW_MAX_WIDTH = 640
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Preview:
     """A downscaled copy of a frame capture sent, for viewers and the recorder.
 
@@ -658,14 +767,8 @@ def encode_preview(preview: Preview, jpeg_quality: int = 75) -> list[bytes]:
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
     if not ok:
         raise ValueError("JPEG encoding failed")
-    header = {
-        "v": WIRE_VERSION,
-        "camera": preview.camera,
-        "seq": int(preview.seq),
-        "ts_capture": float(preview.ts_capture),
-        "shape": list(image.shape),
-        "scale": float(preview.scale),
-    }
+    header = _origin_header(preview.camera, preview.seq, preview.ts_capture)
+    header.update(shape=list(image.shape), scale=float(preview.scale))
     return [preview.camera.encode("utf-8"), _dumps(header), buf.tobytes()]
 
 
@@ -673,16 +776,10 @@ def decode_preview(parts: Sequence[Part]) -> Preview:
     """Parse, validate and decode a PREVIEW message (the JPEG's declared size is checked before decoding)."""
     import cv2
 
-    _check_parts(parts, None, 3)
-    header = _header(parts[1])
-    _check_version(header, "v", WIRE_VERSION)
-    camera = _camera(header)
+    header = _internal_header(parts, None, 3)
+    camera, seq, ts_capture = _origin(header)
     _check_camera_topic(parts, camera, "preview")
-    seq = _int(header, "seq")
-    ts_capture = _time(header, "ts_capture")
-    h, w, c = _int_list(header.get("shape"), "shape", 3, 1, MAX_SIDE)
-    if c != 3:
-        raise WireError("bad_field", f"previews have 3 channels, header says {c}")
+    h, w = _image_shape(header, "previews")
     scale = header.get("scale")
     if not _is_number(scale) or not 0 < scale <= 1:
         raise WireError("bad_field", f"scale={scale!r} is not a number in (0, 1]")

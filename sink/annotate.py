@@ -8,13 +8,11 @@ Both functions change ``image_bgr`` in place and return it.
 
 from __future__ import annotations
 
-import argparse
-from typing import Any
-
 import cv2
 import numpy as np
 
 from emostream.boxes import box_corners
+from emostream.wire import EmotionEvent, Event, FaceEmotion
 
 #: BGR color per emotion: the box and the label background.
 EMOTION_COLORS: dict[str, tuple[int, int, int]] = {
@@ -33,30 +31,28 @@ PIXEL_BLOCKS = 8
 BLUR_MARGIN = 0.15
 
 
-def face_label(face: dict[str, Any]) -> str:
+def face_label(face: FaceEmotion) -> str:
     """``"<emotion> <confidence%> #<track>"``, e.g. ``"happy 87% #3"`` (no ``#`` part without a track)."""
-    label = f"{face.get('emotion', '?')} {round(100 * float(face.get('confidence', 0.0)))}%"
-    if face.get("track") is not None:
-        label += f" #{face['track']}"
+    label = f"{face.emotion} {round(100 * float(face.confidence))}%"
+    if face.track is not None:
+        label += f" #{face.track}"
     return label
 
 
-def _faces(event: dict[str, Any] | None) -> list[dict[str, Any]]:
-    if not event or event.get("type", "faces") != "faces":
-        return []
-    return list(event.get("faces") or [])
+def _faces(event: Event | None) -> tuple[FaceEmotion, ...]:
+    return event.faces if isinstance(event, EmotionEvent) else ()
 
 
-def draw_event(image_bgr: np.ndarray, event: dict[str, Any] | None, scale: float = 1.0) -> np.ndarray:
+def draw_event(image_bgr: np.ndarray, event: Event | None, scale: float = 1.0) -> np.ndarray:
     """Draw each face's box and label (color per emotion) onto ``image_bgr``."""
     thickness = max(2, round(min(image_bgr.shape[:2]) / 240))
     font_scale = max(0.4, min(image_bgr.shape[:2]) / 900)
     for face in _faces(event):
-        corners = box_corners(face["box"], scale, image_bgr.shape)
+        corners = box_corners(face.box, scale, image_bgr.shape)
         if corners is None:
             continue
         x0, y0, x1, y1 = corners
-        color = EMOTION_COLORS.get(face.get("emotion", ""), UNKNOWN_COLOR)
+        color = EMOTION_COLORS.get(face.emotion, UNKNOWN_COLOR)
         cv2.rectangle(image_bgr, (x0, y0), (x1 - 1, y1 - 1), color, thickness)
         label = face_label(face)
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
@@ -71,7 +67,7 @@ def draw_event(image_bgr: np.ndarray, event: dict[str, Any] | None, scale: float
     return image_bgr
 
 
-def blur_faces(image_bgr: np.ndarray, event: dict[str, Any] | None, scale: float = 1.0) -> np.ndarray:
+def blur_faces(image_bgr: np.ndarray, event: Event | None, scale: float = 1.0) -> np.ndarray:
     """Blur every face of ``event`` (its box plus a margin) beyond recognition, in place.
 
     The face is reduced to :data:`PIXEL_BLOCKS` block means across (pixelation) and scaled back up
@@ -80,7 +76,7 @@ def blur_faces(image_bgr: np.ndarray, event: dict[str, Any] | None, scale: float
     missed stays visible.
     """
     for face in _faces(event):
-        corners = box_corners(face["box"], scale, image_bgr.shape, margin=BLUR_MARGIN)
+        corners = box_corners(face.box, scale, image_bgr.shape, margin=BLUR_MARGIN)
         if corners is None:
             continue
         x0, y0, x1, y1 = corners
@@ -92,11 +88,3 @@ def blur_faces(image_bgr: np.ndarray, event: dict[str, Any] | None, scale: float
         # Bilinear back up: smooth, so no block edges either; what is left is a few colors' gradient.
         image_bgr[y0:y1, x0:x1] = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
     return image_bgr
-
-
-def add_input_args(parser: argparse.ArgumentParser) -> None:
-    """What the recorder and the viewer join: the cameras' previews and the sink's events."""
-    parser.add_argument(
-        "--preview", action="append", required=True, metavar="ENDPOINT", help="a capture's preview endpoint (repeat)"
-    )
-    parser.add_argument("--events", required=True, metavar="ENDPOINT", help="the sink's publish endpoint")

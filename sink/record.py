@@ -30,7 +30,6 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -40,8 +39,8 @@ from emostream import metrics
 from emostream.health import HEALTH
 from emostream.runtime import EXIT_FATAL, ThrottledLog, add_common_args, start_process
 from emostream.security import CurveKeys, secure_client
-from emostream.wire import REJECT_REASONS, Preview, WireError, decode_event, decode_preview
-from sink.annotate import add_input_args, blur_faces, draw_event
+from emostream.wire import REJECT_REASONS, EmotionEvent, Event, Preview, WireError, decode_event, decode_preview
+from sink.annotate import blur_faces, draw_event
 
 log = logging.getLogger("record")
 STAGE = "recorder"
@@ -66,14 +65,14 @@ class RecorderError(RuntimeError):
 class _Pending:
     preview: Preview
     arrived: float
-    event: dict[str, Any] | None = None
+    event: EmotionEvent | None = None
 
 
 @dataclass
 class _Camera:
     name: str
     pending: OrderedDict[int, _Pending] = field(default_factory=OrderedDict)
-    early: OrderedDict[int, dict[str, Any]] = field(default_factory=OrderedDict)
+    early: OrderedDict[int, EmotionEvent] = field(default_factory=OrderedDict)
     last_seq: int | None = None
     writer: cv2.VideoWriter | None = None
     size: tuple[int, int] | None = None
@@ -119,11 +118,11 @@ class FrameJoiner:
         while len(cam.pending) > self.max_pending:
             self._emit(cam, cam.pending.popitem(last=False)[1])
 
-    def add_event(self, event: dict[str, Any]) -> None:
-        if event.get("type") != "faces":
+    def add_event(self, event: Event) -> None:
+        if not isinstance(event, EmotionEvent):
             return
-        cam = self._camera(event["camera"])
-        frame = int(event["frame"])
+        cam = self._camera(event.camera)
+        frame = event.frame
         waiting = cam.pending.get(frame)
         if waiting is not None:
             waiting.event = event
@@ -159,7 +158,7 @@ class FrameJoiner:
             return
         self._joined(cam, item.preview, item.event)
 
-    def _joined(self, cam: _Camera, preview: Preview, event: dict[str, Any]) -> None:
+    def _joined(self, cam: _Camera, preview: Preview, event: EmotionEvent) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -197,7 +196,7 @@ class Recorder(FrameJoiner):
             cam.fps = self.fps or self._measured_fps(cam)
         return False
 
-    def _joined(self, cam: _Camera, preview: Preview, event: dict[str, Any]) -> None:
+    def _joined(self, cam: _Camera, preview: Preview, event: EmotionEvent) -> None:
         image = preview.image
         if not image.flags.writeable:
             image = image.copy()
@@ -329,20 +328,32 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def joiner_parser(prog: str, description: str | None, max_wait_s: float) -> argparse.ArgumentParser:
+    """The options of every :class:`FrameJoiner` program (the recorder, the viewer): what it joins, face
+    blurring, how long a frame waits for its event."""
     parser = argparse.ArgumentParser(
-        prog="python -m sink.record",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_input_args(parser)
+    parser.add_argument(
+        "--preview", action="append", required=True, metavar="ENDPOINT", help="a capture's preview endpoint (repeat)"
+    )
+    parser.add_argument("--events", required=True, metavar="ENDPOINT", help="the sink's publish endpoint")
+    parser.add_argument("--blur-faces", action="store_true", help="pixelate every detected face (privacy)")
+    parser.add_argument(
+        "--max-wait",
+        type=_positive_float,
+        default=max_wait_s,
+        metavar="S",
+        help="how long a frame waits for its event (default: %(default)s)",
+    )
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = joiner_parser("python -m sink.record", __doc__, max_wait_s=2.0)
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the videos (created)")
-    parser.add_argument("--blur-faces", action="store_true", help="pixelate every detected face before writing")
     parser.add_argument("--fps", type=_positive_float, default=None, help="video frame rate (default: measured)")
     parser.add_argument("--format", choices=sorted(FORMATS), default="avi", help="avi (MJPG) or mp4 (mp4v)")
-    parser.add_argument(
-        "--max-wait", type=_positive_float, default=2.0, metavar="S", help="how long a frame waits for its event"
-    )
     add_common_args(parser)
     return parser
 

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from emostream.stats import percentiles
-from emostream.wire import EMOTIONS, WireError, decode_event
+from emostream.wire import EMOTIONS, EmotionEvent, Event, WireError, decode_event
 
 #: Malformed lines quoted in the output; the rest are only counted (a corrupt file may have millions).
 MAX_EXAMPLES = 10
@@ -68,7 +68,7 @@ class EventLog:
     other_types: Counter[str] = field(default_factory=Counter)
 
 
-def parse_line(raw: bytes) -> dict[str, Any]:
+def parse_line(raw: bytes) -> Event:
     """One log line as the sink would accept it, or :class:`WireError` saying why not."""
     # decode_event validates a [topic, JSON] message and requires topic == camera id; a log line has
     # no topic, so take it from the line itself. A line that is not even JSON gets an empty topic and
@@ -109,15 +109,12 @@ def read_log(lines: Iterable[bytes]) -> EventLog:
                 detail = err.detail if len(err.detail) <= 160 else err.detail[:157] + "..."
                 log.malformed_examples.append({"line": number, "reason": err.reason, "detail": detail})
             continue
-        if event["type"] != "faces":
-            log.other_types[event["type"]] += 1
+        if not isinstance(event, EmotionEvent):
+            log.other_types[event.type] += 1
             continue
-        camera, ts_capture = event["camera"], float(event["ts_capture"])
-        event_rows.append((camera, event["frame"], ts_capture, float(event["ts_event"]), len(event["faces"])))
-        for face in event["faces"]:
-            confidence = face.get("confidence")
-            confidence = float(confidence) if isinstance(confidence, (int, float)) else math.nan
-            face_rows.append((camera, ts_capture, face["emotion"], confidence))
+        camera, ts_capture = event.camera, float(event.ts_capture)
+        event_rows.append((camera, event.frame, ts_capture, float(event.ts_event), len(event.faces)))
+        face_rows.extend((camera, ts_capture, face.emotion, float(face.confidence)) for face in event.faces)
     log.events = pd.DataFrame(event_rows, columns=["camera", "frame", "ts_capture", "ts_event", "faces"])
     log.faces = pd.DataFrame(face_rows, columns=["camera", "ts_capture", "emotion", "confidence"])
     return log

@@ -15,7 +15,7 @@ from emostream import metrics
 from emostream.health import HEALTH
 from emostream.runtime import ThrottledLog
 from emostream.security import CurveKeys, secure_server
-from emostream.wire import REJECT_REASONS, WireError, decode_event
+from emostream.wire import REJECT_REASONS, EmotionEvent, Event, WireError, decode_event
 from sink.settings import SinkSettings
 
 log = logging.getLogger("sink")
@@ -32,8 +32,8 @@ class JsonlWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[str] = self.path.open("a", encoding="utf-8")
 
-    def write(self, event: dict) -> None:
-        self._file.write(json.dumps(event, separators=(",", ":")) + "\n")
+    def write(self, event: Event) -> None:
+        self._file.write(json.dumps(event.to_dict(), separators=(",", ":")) + "\n")
         self._file.flush()
 
     def close(self) -> None:
@@ -71,16 +71,16 @@ class SinkService:
             metrics.FRAMES_DROPPED.labels(STAGE, "unknown", err.reason).inc()
             self._malformed_log.warning("dropped malformed event: %s", err)
             return
-        camera = event["camera"]
-        is_frame = event.get("type") == "faces"  # camera up/down events are not frames
+        camera = event.camera
+        is_frame = isinstance(event, EmotionEvent)  # camera up/down events are not frames
         if is_frame:
             metrics.FRAMES_RECEIVED.labels(STAGE, camera).inc()
         self.pub.send_multipart([bytes(parts[0]), bytes(parts[1])])
         if self.writer:
             self.writer.write(event)
-        if is_frame:
+        if isinstance(event, EmotionEvent):
             metrics.FRAMES.labels(STAGE, camera).inc()
-            metrics.EVENT_LATENCY.labels(camera).observe(max(0.0, time.time() - event["ts_capture"]))
+            metrics.EVENT_LATENCY.labels(camera).observe(max(0.0, time.time() - event.ts_capture))
 
     def run(self, stop: threading.Event) -> None:
         HEALTH.set_ready()

@@ -15,12 +15,11 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import zmq
 
 from emostream.security import CurveKeys, SecurityError, load_client_keys, secure_client
-from emostream.wire import WireError, decode_event
+from emostream.wire import EmotionEvent, Event, WireError, decode_event
 from sink.settings import SinkSettings
 
 #: Where the sink publishes unless told otherwise (sink/settings.py).
@@ -46,10 +45,10 @@ class FrameGaps:
     #: A frame number this far below the highest seen means the camera restarted its count.
     RESTART_JUMP = 1000
 
-    def add(self, event: dict[str, Any]) -> None:
-        if event.get("type") != "faces":
+    def add(self, event: Event) -> None:
+        if not isinstance(event, EmotionEvent):
             return
-        camera, frame = event["camera"], int(event["frame"])
+        camera, frame = event.camera, event.frame
         if camera in self.seen and frame + self.RESTART_JUMP < self.last[camera]:
             self.banked[camera] = self.missed(camera)
             del self.seen[camera]
@@ -75,8 +74,10 @@ def events(
     timeout: float | None = None,
     keys: CurveKeys | None = None,
     gaps: FrameGaps | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Yield validated events from the sink's PUB socket until ``timeout`` seconds have passed.
+) -> Iterator[Event]:
+    """Yield validated events (:class:`emostream.wire.EmotionEvent`, ``CameraEvent`` and, of types this
+    build does not know, ``OtherEvent``; ``to_dict()`` gives the JSON object) from the sink's PUB socket
+    until ``timeout`` seconds have passed.
 
     ``keys``: for a sink secured with CurveZMQ, an authorized client key pair, e.g.
     ``emostream.security.load_client_keys("keys", client="alice")``. Without authorized keys a secured
@@ -103,7 +104,7 @@ def events(
             except WireError as err:
                 print(f"subscribe: skipped malformed event: {err}", file=sys.stderr)
                 continue
-            if camera is None or event["camera"] == camera:
+            if camera is None or event.camera == camera:
                 if gaps is not None:
                     gaps.add(event)
                 yield event
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     gaps = FrameGaps()
     try:
         for event in events(args.endpoint, args.camera, args.timeout, keys=keys, gaps=gaps):
-            sys.stdout.write(json.dumps(event) + "\n")
+            sys.stdout.write(json.dumps(event.to_dict()) + "\n")
             sys.stdout.flush()
             received += 1
             if args.count is not None and received >= args.count:

@@ -40,9 +40,9 @@ import numpy as np
 
 from emostream.runtime import EXIT_FATAL, add_common_args, start_process
 from emostream.webrtc import HttpApp, HttpError, add_http_args, parse_offer, prepare_http, serve
-from emostream.wire import Preview
-from sink.annotate import EMOTION_COLORS, add_input_args, blur_faces, draw_event
-from sink.record import FrameJoiner, RecorderService, _Camera
+from emostream.wire import CameraEvent, EmotionEvent, Event, Preview
+from sink.annotate import EMOTION_COLORS, blur_faces, draw_event
+from sink.record import FrameJoiner, RecorderService, _Camera, joiner_parser
 
 log = logging.getLogger("viewer")
 STAGE = "viewer"
@@ -86,22 +86,19 @@ class ViewerJoiner(FrameJoiner):
             self._view(preview.camera)
         super().add_preview(preview, now)
 
-    def add_event(self, event: dict[str, Any]) -> None:
-        camera = event.get("camera")
-        if isinstance(camera, str):
-            now = time.monotonic()
-            with self.lock:
-                view = self._view(camera)
-                if event.get("type") == "camera":
-                    view.status = event.get("status")
-                elif event.get("type") == "faces":
-                    for face in event.get("faces") or []:
-                        emotion = face.get("emotion")
-                        view.totals[emotion] += 1
-                        view.recent.append((now, emotion))
+    def add_event(self, event: Event) -> None:
+        now = time.monotonic()
+        with self.lock:
+            view = self._view(event.camera)
+            if isinstance(event, CameraEvent):
+                view.status = event.status
+            elif isinstance(event, EmotionEvent):
+                for face in event.faces:
+                    view.totals[face.emotion] += 1
+                    view.recent.append((now, face.emotion))
         super().add_event(event)
 
-    def _joined(self, cam: _Camera, preview: Preview, event: dict[str, Any]) -> None:
+    def _joined(self, cam: _Camera, preview: Preview, event: EmotionEvent) -> None:
         image = preview.image.copy()
         if self.blur:
             blur_faces(image, event, preview.scale)
@@ -355,17 +352,8 @@ PAGE = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m sink.viewer",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_input_args(parser)
+    parser = joiner_parser("python -m sink.viewer", __doc__, max_wait_s=1.0)
     add_http_args(parser, default_port=8080)
-    parser.add_argument("--blur-faces", action="store_true", help="pixelate every detected face")
-    parser.add_argument(
-        "--max-wait", type=float, default=1.0, metavar="S", help="how long a frame waits for its event (default 1)"
-    )
     add_common_args(parser)
     return parser
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -221,7 +222,7 @@ class CreditingWorker:
             return None
         frame = decode_frame(self.socket.recv_multipart(), self.shared)
         if frame.shared is not None:
-            frame.image = frame.image.copy()
+            frame = dataclasses.replace(frame, image=frame.image.copy())
         if finish:
             self.finish()
         return frame

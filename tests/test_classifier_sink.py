@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import time
@@ -11,7 +12,7 @@ import pytest
 import zmq
 
 from conftest import PYTHON, REPO, free_ports, metric_value, scrape, wait_for
-from emostream.wire import EMOTIONS, Faces, encode_faces
+from emostream.wire import EMOTIONS, CameraEvent, EmotionEvent, Faces, encode_faces
 
 
 def faces(camera: str, seq: int, n: int) -> Faces:
@@ -242,9 +243,8 @@ def test_old_faces_of_live_cameras_are_dropped_as_stale_and_files_lose_nothing(c
     # Captured 5 s ago (the classifier's max age is 1 s): too old for a live camera, not for a file.
     for seq in range(1, 6):
         for camera, droppable in (("live", True), ("file", False)):
-            old = faces(camera, seq, 2)
-            old.ts_capture -= 5.0
-            old.droppable = droppable
+            fresh = faces(camera, seq, 2)
+            old = dataclasses.replace(fresh, ts_capture=fresh.ts_capture - 5.0, droppable=droppable)
             push.send_multipart(encode_faces(old))
     push.send_multipart(encode_faces(faces("live", 6, 1)))  # fresh: classified
     received = set()
@@ -263,9 +263,9 @@ def test_frame_gaps_count_missed_events_per_camera_across_reordering_and_restart
 
     gaps = FrameGaps()
     for camera, frame in [("a", 2010), ("a", 2012), ("a", 2011), ("a", 2015), ("b", 0), ("b", 1)]:
-        gaps.add({"type": "faces", "camera": camera, "frame": frame})
-    gaps.add({"type": "camera", "camera": "a", "status": "down"})  # not a frame: ignored
+        gaps.add(EmotionEvent(camera, frame, 1.0, 1.0))
+    gaps.add(CameraEvent("a", 1.0, "down", "gone"))  # not a frame: ignored
     assert (gaps.missed("a"), gaps.missed("b"), gaps.missed()) == (2, 0, 2)  # 2013 and 2014; 2011 came late
     for frame in (0, 1, 3):  # camera a restarted: its numbers begin again, the earlier loss is kept
-        gaps.add({"type": "faces", "camera": "a", "frame": frame})
+        gaps.add(EmotionEvent("a", frame, 1.0, 1.0))
     assert gaps.missed("a") == 2 + 1

@@ -699,6 +699,7 @@ def localise(argv: list[str], ports: dict[int, int], metrics_port: int, volumes:
 
 
 def test_compose_commands_run_as_local_processes_deliver_events_and_answer_health(tmp_path):
+    from emostream.wire import CameraEvent, EmotionEvent
     from sink.subscribe import events
 
     doc, _ = compose()
@@ -739,15 +740,15 @@ def test_compose_commands_run_as_local_processes_deliver_events_and_answer_healt
         received = []
         statuses = []
         for event in events(publish, camera="cam0", timeout=90):
-            if event["type"] == "camera":  # capture's up/down events reach the sink over --events
-                statuses.append(event["status"])
+            if isinstance(event, CameraEvent):  # capture's up/down events reach the sink over --events
+                statuses.append(event.status)
                 continue
             received.append(event)
-            if len(received) >= 10 and any(e["faces"] for e in received):
+            if len(received) >= 10 and any(e.faces for e in received):
                 break
         assert len(received) >= 10, f"only {len(received)} events reached {publish}\n{all_logs()}"
-        assert any(e["faces"] for e in received), "the demo camera's face was never found"
-        assert all(e["camera"] == "cam0" and e["type"] == "faces" for e in received)
+        assert any(e.faces for e in received), "the demo camera's face was never found"
+        assert all(e.camera == "cam0" and isinstance(e, EmotionEvent) for e in received)
         assert set(statuses) <= {"up"}
 
         for service, name, port, proc in procs:

@@ -26,7 +26,7 @@ from conftest import REPO, free_port, free_ports, metric_value, scrape, shared_p
 from deploy.plan import StageSpec
 from deploy.supervisor import Supervisor
 from emostream import metrics
-from emostream.wire import EMOTIONS, EmotionEvent, FaceEmotion, encode_event
+from emostream.wire import EMOTIONS, EmotionEvent, FaceEmotion, decode_event, encode_event
 
 STAGES = ("capture-demo", "detector-0", "classifier", "sink")
 
@@ -357,13 +357,13 @@ def test_a_subscriber_that_does_not_read_costs_the_sink_bounded_memory_and_count
         assert grown < 30, f"the sink grew {grown:.0f} MB for one subscriber that does not read"
         gaps = FrameGaps()
         while slow.poll(2000):
-            gaps.add(json.loads(slow.recv_multipart()[1]))
+            gaps.add(decode_event(slow.recv_multipart()))
         got = sum(gaps.seen.values())
         assert got < total, "the slow subscriber cannot have kept everything"
         # The next event after the subscriber caught up shows the hole in the frame numbers.
         push.send_multipart(encode_event(EmotionEvent("cam", total + 1, time.time(), time.time())))
         assert slow.poll(30_000), "a subscriber that caught up receives events again"
-        gaps.add(json.loads(slow.recv_multipart()[1]))
+        gaps.add(decode_event(slow.recv_multipart()))
         assert gaps.missed("cam") == total + 2 - (got + 1), (got, gaps.missed("cam"))
         assert sink.poll() is None
     finally:

@@ -18,7 +18,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +36,16 @@ from emostream.wire import (
     TOPIC_CREDIT,
     TOPIC_FACES,
     TOPIC_FRAME,
+    CameraEvent,
     Credit,
     EmotionEvent,
     Encoding,
     FaceEmotion,
     Faces,
     Frame,
+    OtherEvent,
     WireError,
+    camera_event,
     decode_credit,
     decode_event,
     decode_faces,
@@ -113,13 +116,12 @@ def valid_messages(kind: str) -> list[list[bytes]]:
         scores = dict(zip(EMOTIONS, [0.1, 0.0, 0.1, 0.6, 0.1, 0.05, 0.05], strict=True))
         face = FaceEmotion((1, 2, 30, 30), "happy", 0.6, scores, 0.9)
         # With the optional fields the decoder checks when present (tracking), and a camera status event.
-        tracked = {**face.to_dict(), "track": 3, "raw_emotion": "sad", "smoothed": scores}
-        status = {"schema": 1, "type": "camera", "camera": "cam-1", "ts_event": 3.0, "status": "down", "reason": "x"}
+        tracked = replace(face, track=3, raw_emotion="sad", smoothed=scores)
         messages = [
             encode_event(EmotionEvent("cam-0", 1, 10.0, 10.1)),
             encode_event(EmotionEvent("cam-0", 2, 10.0, 10.1, [face, face])),
-            encode_event({**EmotionEvent("cam.2", 3, 10.0, 10.1).to_dict(), "faces": [tracked]}),
-            encode_event(status),
+            encode_event(EmotionEvent("cam.2", 3, 10.0, 10.1, [tracked])),
+            encode_event(camera_event("cam-1", "down", "x", 3.0)),
         ]
     else:
         messages = [encode_credit(Credit("detector-0-1", 5, 1, 0)), encode_credit(Credit("w", 0, 64, 1000, 100))]
@@ -138,7 +140,8 @@ def decoded_is_consistent(kind: str, result: Any) -> bool:
         s = result.crops.shape[1] if result.crops.ndim == 3 else -1
         return result.boxes.shape == (n, 4) and result.scores.shape == (n,) and result.crops.shape == (n, s, s)
     if kind == "event":
-        return isinstance(result, dict) and isinstance(result["camera"], str)
+        # Typed, and what the sink writes and subscribers print is plain JSON again.
+        return isinstance(result, (EmotionEvent, CameraEvent, OtherEvent)) and json.loads(json.dumps(result.to_dict()))
     return isinstance(result, Credit) and result.window >= 0 and result.interval >= 1
 
 
@@ -558,7 +561,7 @@ def test_classifier_survives_10000_malformed_faces_counts_each_and_classifies_th
     push.send_multipart(encode_faces(valid))
     assert events.poll(REPLY_MS), f"no event for the valid faces\n{log_tail(log_path)}"
     event = decode_event(events.recv_multipart())
-    assert (event["camera"], event["frame"], len(event["faces"])) == ("fuzz-cam", 7, 1)
+    assert isinstance(event, EmotionEvent) and (event.camera, event.frame, len(event.faces)) == ("fuzz-cam", 7, 1)
     assert not events.poll(0), "only the valid faces may produce an event"
     assert_survived_and_counted(proc, metrics_port, "classifier", reasons, log_path)
 
@@ -601,9 +604,9 @@ def test_sink_survives_10000_malformed_events_counts_each_and_publishes_only_val
     while True:
         assert sub.poll(REPLY_MS), f"the valid event after the malformed ones never came\n{log_tail(log_path)}"
         event = decode_event(sub.recv_multipart())
-        if event["camera"] != "probe":
+        if event.camera != "probe":
             break
-    assert (event["camera"], event["frame"]) == ("fuzz-cam", 7)
+    assert isinstance(event, EmotionEvent) and (event.camera, event.frame) == ("fuzz-cam", 7)
     assert_survived_and_counted(proc, metrics_port, "sink", reasons, log_path)
     # Nothing malformed reached the public outputs: the JSON Lines file holds exactly the valid events.
     logged = [json.loads(line) for line in jsonl.read_text().splitlines()]
@@ -731,7 +734,7 @@ def test_classifier_survives_faces_whose_score_float32_cannot_hold(
     valid = Faces("fuzz-cam", 2, time.time(), time.time(), (480, 640), np.array([[1, 2, 40, 40]]), np.ones(1), crops)
     push.send_multipart(encode_faces(valid))
     wait_while_alive(proc, lambda: events.poll(100), log_path, "the event for the valid faces")
-    assert decode_event(events.recv_multipart())["camera"] == "fuzz-cam"
+    assert decode_event(events.recv_multipart()).camera == "fuzz-cam"
 
 
 def test_sink_survives_an_event_whose_timestamp_no_float_can_hold(

@@ -14,7 +14,16 @@ from test_pipeline import pipeline_config
 
 from capture.preview import make_preview
 from conftest import REPO, assert_previews_planned, shared_path
-from emostream.wire import Frame, Preview, WireError, decode_preview, encode_preview
+from emostream.wire import (
+    CameraEvent,
+    EmotionEvent,
+    FaceEmotion,
+    Frame,
+    Preview,
+    WireError,
+    decode_preview,
+    encode_preview,
+)
 from sink.annotate import EMOTION_COLORS, blur_faces, draw_event, face_label
 from sink.record import Recorder
 
@@ -98,9 +107,9 @@ def test_preview_encoder_refuses_bad_images_and_scales():
 # ---------------------------------------------------------------------------------------------
 
 
-def _event(box, emotion="happy", confidence=0.87, track=3, frame=0, camera="cam0") -> dict:
-    face = {"box": box, "emotion": emotion, "confidence": confidence, "scores": {}, "track": track}
-    return {"schema": 1, "type": "faces", "camera": camera, "frame": frame, "ts_capture": 0.0, "faces": [face]}
+def _event(box, emotion="happy", confidence=0.87, track=3, frame=0, camera="cam0") -> EmotionEvent:
+    face = FaceEmotion(box, emotion, confidence, {}, track=track)
+    return EmotionEvent(camera, frame, 0.0, 0.0, [face])
 
 
 def _changed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -126,13 +135,13 @@ def test_draw_event_draws_the_box_in_the_emotion_color_and_a_label(lena, lena_bo
     # The label: a filled band above the box in the emotion color, with text in it.
     band = drawn[max(0, y - 12) : y - 3, x : x + 40]
     assert (band == color).all(axis=2).mean() > 0.3 and (band != color).any(axis=2).any()
-    assert face_label(_event(lena_box)["faces"][0]) == "happy 87% #3"
+    assert face_label(_event(lena_box).faces[0]) == "happy 87% #3"
 
 
 def test_draw_event_ignores_camera_events_and_empty_faces(lena):
     image = lena.copy()
-    draw_event(image, {"type": "camera", "camera": "cam0", "status": "up"})
-    draw_event(image, {"type": "faces", "camera": "cam0", "faces": []})
+    draw_event(image, CameraEvent("cam0", 0.0, "up", "frames flow"))
+    draw_event(image, EmotionEvent("cam0", 0, 0.0, 0.0, []))
     draw_event(image, None)
     np.testing.assert_array_equal(image, lena)
 

@@ -170,7 +170,7 @@ def test_events_carry_track_raw_and_smoothed_scores_and_show_the_smoothed_label(
     sad = np.array([0.0, 0.0, 0.0, 0.4, 0.6, 0.0, 0.0])
     batch = Batch(frames=frames, crops=np.zeros((2, 48, 48), np.uint8))
     events = events_for_batch(batch, np.stack([happy, sad]), list(EMOTIONS), tracker)
-    second = decode_event(encode_event(events[1]))["faces"][0]
+    second = decode_event(encode_event(events[1])).to_dict()["faces"][0]
     assert second["track"] == 1 and second["raw_emotion"] == "sad"
     assert second["emotion"] == "happy" and second["confidence"] == pytest.approx(0.55)  # 0.5 * 0.7 + 0.5 * 0.4
     assert second["scores"]["sad"] == pytest.approx(0.6) and second["smoothed"]["sad"] == pytest.approx(0.45)
@@ -183,9 +183,9 @@ def test_events_carry_track_raw_and_smoothed_scores_and_show_the_smoothed_label(
 def test_events_with_and_without_tracking_fields_decode_and_bad_ones_are_rejected():
     scores = dict(zip(EMOTIONS, [0.1, 0.0, 0.0, 0.6, 0.2, 0.0, 0.1], strict=True))
     old = EmotionEvent("cam0", 1, 1.0, 2.0, [FaceEmotion((1, 2, 3, 4), "happy", 0.6, scores, 0.9)])
-    assert "track" not in decode_event(encode_event(old))["faces"][0]
+    assert "track" not in decode_event(encode_event(old)).to_dict()["faces"][0]
     face = FaceEmotion((1, 2, 3, 4), "happy", 0.5, scores, 0.9, track=7, smoothed=scores, raw_emotion="happy")
-    body = decode_event(encode_event(EmotionEvent("cam0", 1, 1.0, 2.0, [face])))
+    body = decode_event(encode_event(EmotionEvent("cam0", 1, 1.0, 2.0, [face]))).to_dict()
     assert body["faces"][0]["track"] == 7 and body["faces"][0]["smoothed"]["happy"] == 0.6
     good = body["faces"][0]
     for bad in ({"track": -1}, {"track": "7"}, {"track": True}, {"raw_emotion": "bored"}, {"smoothed": [0.1]}):

@@ -26,7 +26,7 @@ from test_pipeline import pipeline_config
 
 from conftest import REPO, assert_previews_planned, free_port
 from emostream.webrtc import serve
-from emostream.wire import Preview
+from emostream.wire import CameraEvent, EmotionEvent, FaceEmotion, Preview
 from sink.annotate import EMOTION_COLORS
 from sink.viewer import ViewerJoiner, ViewerServer
 
@@ -78,8 +78,8 @@ class RunningServer:
         self.thread.join(10)
 
 
-def _face(emotion: str, box=(100, 80, 120, 120), track=1) -> dict:
-    return {"box": list(box), "emotion": emotion, "confidence": 0.9, "track": track}
+def _face(emotion: str, box=(100, 80, 120, 120), track=1) -> FaceEmotion:
+    return FaceEmotion(box, emotion, 0.9, {emotion: 0.9}, track=track)
 
 
 def _feed(joiner: ViewerJoiner, camera: str, emotions_per_frame: list[list[str]]) -> None:
@@ -87,7 +87,7 @@ def _feed(joiner: ViewerJoiner, camera: str, emotions_per_frame: list[list[str]]
     for seq, emotions in enumerate(emotions_per_frame):
         joiner.add_preview(Preview(camera, seq, 1000.0 + seq, np.zeros((360, 640, 3), np.uint8), 1.0), now)
         faces = [_face(e, track=i) for i, e in enumerate(emotions)]
-        joiner.add_event({"schema": 1, "type": "faces", "camera": camera, "frame": seq, "faces": faces})
+        joiner.add_event(EmotionEvent(camera, seq, 1000.0 + seq, 1000.0 + seq, faces))
     joiner.flush(now)
 
 
@@ -95,7 +95,7 @@ def test_cameras_and_stats_routes_and_the_annotated_latest_frame():
     joiner = ViewerJoiner()
     _feed(joiner, "cam0", [["happy"], ["happy", "sad"], [], ["happy"]])
     _feed(joiner, "door", [["angry"]])
-    joiner.add_event({"schema": 1, "type": "camera", "camera": "door", "status": "down"})
+    joiner.add_event(CameraEvent("door", 1000.0, "down", "cannot open"))
     server = RunningServer(joiner)
     try:
         status, body = server.get("/cameras")

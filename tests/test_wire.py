@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -70,8 +71,15 @@ def test_frames_are_key_frames_unless_marked_otherwise():
     frame = make_frame()
     assert "key" not in header_of(encode_frame(frame)), "the default stays off the wire"
     assert decode_frame(encode_frame(frame)).key is True
-    frame.key = False
-    assert decode_frame(encode_frame(frame)).key is False
+    assert decode_frame(encode_frame(dataclasses.replace(frame, key=False))).key is False
+
+
+def test_decoded_values_are_frozen():
+    frame = decode_frame(encode_frame(make_frame()))
+    event = decode_event(encode_event(EmotionEvent("cam0", 1, 1.0, 2.0)))
+    for value, name in ((frame, "key"), (decode_faces(encode_faces(make_faces(1))), "seq"), (event, "frame")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, name, 0)
 
 
 def test_credit_round_trip_and_rejections():
@@ -127,10 +135,44 @@ def test_event_round_trip_matches_documented_shape():
     event = EmotionEvent("cam0", 17, 10.0, 10.05, [FaceEmotion((1, 2, 3, 4), "happy", 0.9, scores, 0.8)])
     parts = encode_event(event)
     assert parts[0] == b"cam0"
-    body = decode_event(parts)
+    decoded = decode_event(parts)
+    assert decoded == event and isinstance(decoded, EmotionEvent) and decoded.faces[0].box == (1, 2, 3, 4)
+    body = json.loads(parts[1])
+    assert decoded.to_dict() == body
+    assert list(body) == ["schema", "type", "camera", "frame", "ts_capture", "ts_event", "faces"]
     assert body["schema"] == 1 and body["type"] == "faces" and body["frame"] == 17
-    assert body["faces"][0]["box"] == [1, 2, 3, 4] and body["faces"][0]["emotion"] == "happy"
-    assert set(body["faces"][0]["scores"]) == set(EMOTIONS)
+    assert body["faces"][0] == {"box": [1, 2, 3, 4], "emotion": "happy", "confidence": 0.9, "scores": scores,
+                                "detector_score": 0.8}  # fmt: skip
+
+
+def test_the_event_bytes_on_the_wire_are_the_documented_compact_json():
+    face = FaceEmotion((412, 120, 96, 96), "happy", 0.89, {"happy": 0.93}, 1.0, 3, {"happy": 0.89}, "happy")
+    assert encode_event(EmotionEvent("cam0", 17, 1764057600.12, 1764057600.16, [face])) == [
+        b"cam0",
+        b'{"schema":1,"type":"faces","camera":"cam0","frame":17,"ts_capture":1764057600.12,'
+        b'"ts_event":1764057600.16,"faces":[{"box":[412,120,96,96],"emotion":"happy","confidence":0.89,'
+        b'"scores":{"happy":0.93},"detector_score":1.0,"track":3,"smoothed":{"happy":0.89},"raw_emotion":"happy"}]}',
+    ]
+    assert encode_event(wire.camera_event("door", "down", "cannot open", 1764057600.2)) == [
+        b"door",
+        b'{"schema":1,"type":"camera","camera":"door","ts_event":1764057600.2,"status":"down","reason":"cannot open"}',
+    ]
+
+
+def test_a_decoded_event_gives_back_the_json_object_it_came_from_unknown_keys_and_types_included():
+    face = {"box": [1, 2, 3, 4], "emotion": "sad", "confidence": 1, "scores": {}, "gaze": [0.1, 0.2]}
+    bodies = [
+        {"schema": 1, "type": "faces", "camera": "c", "frame": 0, "ts_capture": 5, "ts_event": 6, "faces": [face],
+         "model": "v2"},
+        {"schema": 1, "type": "camera", "camera": "c", "ts_event": 1.5, "status": "up", "reason": "", "x": None},
+        {"schema": 1, "type": "heartbeat", "camera": "c", "ts_event": 2.0, "uptime_s": 7},
+    ]  # fmt: skip
+    kinds = (EmotionEvent, wire.CameraEvent, wire.OtherEvent)
+    for body, kind in zip(bodies, kinds, strict=True):
+        event = decode_event([b"c", json.dumps(body).encode()])
+        assert isinstance(event, kind) and event.to_dict() == body
+        assert list(event.to_dict()) == list(body)
+    assert decode_event([b"c", json.dumps(bodies[0]).encode()]).faces[0].extra == {"gaze": [0.1, 0.2]}
 
 
 @pytest.mark.parametrize(
@@ -197,21 +239,46 @@ def test_malformed_faces_are_rejected_with_a_reason(mutate, reason):
     assert info.value.reason == reason
 
 
-def test_malformed_events_are_rejected():
+GOOD_FACE = {"box": [0, 0, 1, 1], "emotion": "happy", "confidence": 0.5, "scores": {"happy": 0.5}}
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"schema": 9}, "bad_version"),
+        ({"type": ""}, "bad_field"),
+        ({"faces": "none"}, "bad_field"),
+        ({"faces": None}, "bad_field"),
+        ({"frame": -1}, "bad_field"),
+        ({"ts_capture": "now"}, "bad_field"),
+        ({"faces": [{**GOOD_FACE, "emotion": "bored"}]}, "bad_field"),
+        ({"faces": [{**GOOD_FACE, "confidence": "high"}]}, "bad_field"),
+        ({"faces": [{**GOOD_FACE, "scores": {"bored": 0.5}}]}, "bad_field"),
+        ({"faces": [{**GOOD_FACE, "box": [0, 0, 1]}]}, "bad_field"),
+        ({"faces": [{**GOOD_FACE, "track": None}]}, "bad_field"),
+        ({"faces": [GOOD_FACE, 7]}, "bad_field"),
+    ],
+)
+def test_malformed_events_are_rejected_with_a_reason(change, reason):
+    body = {**EmotionEvent("cam0", 1, 1.0, 2.0, [FaceEmotion.from_dict(GOOD_FACE)]).to_dict(), **change}
+    with pytest.raises(WireError) as info:
+        decode_event([b"cam0", json.dumps(body).encode()])
+    assert info.value.reason == reason
+
+
+def test_events_on_the_wrong_topic_or_in_the_wrong_parts_are_rejected():
     good = encode_event(EmotionEvent("cam0", 1, 1.0, 2.0, []))
-    decode_event(good)
-    body = json.loads(good[1])
-    bad_face = dict(body, faces=[{"box": [0, 0, 1, 1], "emotion": "bored"}])
-    cases = [
-        [b"cam1", good[1]],  # topic is not the camera
-        [good[0], json.dumps(dict(body, schema=9)).encode()],
-        [good[0], json.dumps(dict(body, faces="none")).encode()],
-        [good[0], json.dumps(bad_face).encode()],
-        [good[0]],
-    ]
-    for parts in cases:
-        with pytest.raises(WireError):
+    for parts, reason in (([b"cam1", good[1]], "wrong_topic"), ([good[0]], "bad_parts")):
+        with pytest.raises(WireError) as info:
             decode_event(parts)
+        assert info.value.reason == reason
+
+
+def test_events_validate_themselves_when_built_too():
+    with pytest.raises(WireError, match="bored"):
+        FaceEmotion((0, 0, 1, 1), "bored", 0.5, {})
+    with pytest.raises(WireError, match="camera"):
+        EmotionEvent("no spaces", 1, 1.0, 2.0)
 
 
 def test_random_bytes_never_raise_anything_but_wire_error():
@@ -251,9 +318,10 @@ def test_encoder_refuses_frames_that_are_not_bgr_uint8():
 def test_camera_status_events_round_trip_and_bad_status_is_rejected():
     event = wire.camera_event("cam0", "down", "cannot open: connection refused", ts_event=12.5)
     assert decode_event(encode_event(event)) == event
-    with pytest.raises(WireError) as info:
-        decode_event(encode_event({**event, "status": "sideways"}))
-    assert info.value.reason == "bad_field"
+    for change in ({"status": "sideways"}, {"reason": 7}):
+        with pytest.raises(WireError) as info:
+            decode_event([b"cam0", json.dumps({**event.to_dict(), **change}).encode()])
+        assert info.value.reason == "bad_field"
     with pytest.raises(ValueError):
         wire.camera_event("cam0", "sideways", "", ts_event=1.0)
 
