@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emostream.cpu import cpu_info
 from emostream.modelfile import ModelFileError, ModelInfo, check_tta, forward_with_tta, load_model
 from emostream.wire import EMOTIONS
 
@@ -29,14 +30,14 @@ def pick_device(requested: str = "auto") -> torch.device:
 class EmotionModel:
     """Batched inference over uint8 grayscale crops.
 
-    CPU: channels-last with bfloat16 autocast (AMX makes convolutions 3-5x faster than float32).
+    CPU: channels-last, with bfloat16 autocast where the CPU has it in hardware (AMX, AVX-512 bf16).
     CUDA: pinned host memory, non-blocking copy, bfloat16 autocast. Preprocessing (scale,
     normalise, resize if the crop size differs) is one vectorised op over the whole batch.
     ``tta="flip"`` averages each face's logits with its mirror image's (see emostream.modelfile).
     """
 
     def __init__(
-        self, path: str | Path | None = None, device: str = "auto", bf16: bool = True, tta: str = "none"
+        self, path: str | Path | None = None, device: str = "auto", bf16: bool | None = None, tta: str = "none"
     ) -> None:
         self.tta = check_tta(tta)  # before the model loads: a bad name fails at once
         self.path = Path(path) if path else SHIPPED_MODEL
@@ -51,7 +52,8 @@ class EmotionModel:
                 f"{list(EMOTIONS)} (in that order)"
             )
         self.module = module.to(memory_format=torch.channels_last)
-        self.bf16 = bf16
+        #: None: where bf16 runs in hardware (CUDA, AMX, AVX-512 bf16); emulated bf16 is slower than float32.
+        self.bf16 = bf16 if bf16 is not None else self.device.type == "cuda" or cpu_info().native_bf16
         self.class_names = list(info.class_names)
         #: Fitted for the served recipe: flip's averaged logits have their own temperature.
         self.temperature = info.temperature_for(self.tta)
@@ -68,7 +70,7 @@ class EmotionModel:
             self.path.name,
             info.arch,
             self.device,
-            bf16,
+            self.bf16,
             tta,
             self.temperature,
         )

@@ -7,12 +7,26 @@ section is :class:`ClassifierSettings` (``deploy.config.ClassifierConfig``).
 
 from __future__ import annotations
 
+import argparse
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from emostream.modelfile import MAX_BATCH, TTA_MODES
 from emostream.settings_cli import Cli
+
+
+def parse_switch(text: str) -> bool | None:
+    """``auto`` -> None, ``on``/``true`` -> True, ``off``/``false`` -> False."""
+    value = {"auto": None, "on": True, "true": True, "off": False, "false": False}
+    key = text.strip().lower()
+    if key not in value:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of auto, on, off")
+    return value[key]
+
+
+def format_switch(value: bool | None) -> str:
+    return "auto" if value is None else "on" if value else "off"
 
 
 class ClassifierSettings(BaseModel):
@@ -39,7 +53,14 @@ class ClassifierSettings(BaseModel):
         ),
     ] = 1000.0
     device: Annotated[Literal["auto", "cpu", "cuda"], Field(description="where the model runs")] = "auto"
-    bf16: Annotated[bool, Field(description="run the model under bfloat16 autocast (off: float32)")] = True
+    bf16: Annotated[
+        bool | None,
+        Field(
+            description="bfloat16 autocast: on, off (float32), or auto (unset): on CUDA and on CPUs with AMX or "
+            "AVX-512 bf16, where it is faster; elsewhere CPU bf16 is emulated and slower than float32"
+        ),
+        Cli(metavar="{auto,on,off}", parse=parse_switch, format=format_switch),
+    ] = None
     tta: Annotated[
         Literal[TTA_MODES],
         Field(

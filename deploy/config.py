@@ -47,12 +47,6 @@ class DetectorConfig(DetectorSettings):
 
     workers: Annotated[int, Field(ge=1, le=64, description="detector worker processes")] = 1
 
-    @model_validator(mode="after")
-    def _model_for_yunet(self) -> DetectorConfig:
-        if self.backend == "yunet" and not self.model:
-            raise ValueError("backend 'yunet' needs detector.model, the path of a YuNet .onnx file")
-        return self
-
 
 class ClassifierConfig(ClassifierSettings):
     """The ``classifier`` section: classifier/settings.py."""

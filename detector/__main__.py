@@ -45,14 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if settings.threads > 0:
         cv2.setNumThreads(settings.threads)
     try:
-        extractor = build_extractor(
-            backend=settings.backend,
-            model_path=settings.model,
-            score_threshold=settings.score_threshold,
-            min_face=settings.min_face,
-            downscale=settings.downscale,
-            crop_size=settings.crop_size,
-        )
+        extractor = build_extractor(settings)
     except DetectorConfigError as exc:
         log.error("worker %d: %s", args.worker, exc)
         return EXIT_FATAL

@@ -139,17 +139,18 @@ def build_detector(
 
 
 class RolledPasses:
-    """A detector that also looks at the image turned by each of ``angles`` degrees, for heads
-    rolled further than the inner detector finds (YuNet loses faces past about 20 degrees).
+    """A detector that also looks at the image turned by each of ``angles`` degrees about its centre,
+    for heads rolled further than the inner detector finds (YuNet loses faces past about 20 degrees).
 
-    Each turned pass runs on the image shrunk by ``downscale`` (the faces that matter are large
-    enough to be found at half resolution), its boxes and landmarks are mapped back to the image's
-    pixels, and overlapping faces from all passes are merged keeping the most confident one (a
-    face found upright in a turned pass also gets landmarks read from an upright face).
+    A turned pass sees the image at the same size (its corners cut off; a face there is found by the
+    upright pass or not at all), optionally shrunk by ``downscale``. Its boxes and landmarks are
+    mapped back to the image's pixels, and overlapping faces from all passes are merged keeping the
+    most confident one, so a face found upright in a turned pass also gets landmarks read from an
+    upright face.
     """
 
     def __init__(
-        self, inner: FaceDetector, angles: tuple[float, ...] = (30.0, -30.0), downscale: float = 0.5, iou: float = 0.3
+        self, inner: FaceDetector, angles: tuple[float, ...] = (30.0, -30.0), downscale: float = 1.0, iou: float = 0.3
     ) -> None:
         if not 0 < downscale <= 1:
             raise DetectorConfigError(f"rolled-pass downscale {downscale} is not in (0, 1]")
@@ -162,14 +163,11 @@ class RolledPasses:
     def detect(self, image_bgr: np.ndarray) -> Detections:
         found = [self.inner.detect(image_bgr)]
         height, width = image_bgr.shape[:2]
+        size = (max(1, round(width * self.downscale)), max(1, round(height * self.downscale)))
         for angle in self.angles:
-            # Frame pixels -> turned, shrunk pixels; the whole frame stays in view on a larger canvas.
-            cos, sin = abs(np.cos(np.radians(angle))), abs(np.sin(np.radians(angle)))
-            out_w = int(np.ceil((width * cos + height * sin) * self.downscale))
-            out_h = int(np.ceil((width * sin + height * cos) * self.downscale))
             to_turned = cv2.getRotationMatrix2D((width / 2, height / 2), -angle, self.downscale)
-            to_turned[:, 2] += np.array([out_w / 2 - width / 2, out_h / 2 - height / 2])
-            turned = cv2.warpAffine(image_bgr, to_turned, (out_w, out_h), borderMode=cv2.BORDER_REPLICATE)
+            to_turned[:, 2] += np.array([size[0] / 2 - width / 2, size[1] / 2 - height / 2])
+            turned = cv2.warpAffine(image_bgr, to_turned, size, borderMode=cv2.BORDER_REPLICATE)
             saved = self.inner.min_size
             self.inner.min_size = max(1, int(saved * self.downscale))
             try:

@@ -108,20 +108,13 @@ class FaceExtractor:
         )
 
 
-def build_extractor(
-    backend: str = "haar",
-    model_path: str | None = None,
-    score_threshold: float = _DEFAULTS.score_threshold,
-    min_face: int = _DEFAULTS.min_face,
-    downscale: float = _DEFAULTS.downscale,
-    crop_size: int = _DEFAULTS.crop_size,
-    align: bool = False,
-    roll_passes: tuple[float, ...] = (),
-) -> FaceExtractor:
-    """A :class:`FaceExtractor` from CLI-level settings; ``min_face`` is in full-resolution pixels."""
-    if not 0 < downscale <= 1:
-        raise ValueError(f"downscale {downscale} is not in (0, 1]")
+def build_extractor(settings: DetectorSettings | None = None) -> FaceExtractor:
+    """A :class:`FaceExtractor` from a detector's settings (defaults: ``DetectorSettings()``);
+    ``min_face`` is in full-resolution pixels."""
+    settings = settings or DetectorSettings()
     # The detector sees the downscaled image, so its minimum face size is scaled along.
-    min_size = max(1, math.floor(min_face * downscale))
-    detector = build_detector(backend, model_path, score_threshold, min_size, roll_passes)
-    return FaceExtractor(detector, downscale=downscale, crop_size=crop_size, align=align)
+    min_size = max(1, math.floor(settings.min_face * settings.downscale))
+    detector = build_detector(
+        settings.backend, settings.model, settings.score_threshold, min_size, settings.roll_passes
+    )
+    return FaceExtractor(detector, downscale=settings.downscale, crop_size=settings.crop_size, align=settings.align)

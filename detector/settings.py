@@ -7,6 +7,7 @@ many workers to start).
 
 from __future__ import annotations
 
+import argparse
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,11 +15,39 @@ from pydantic import BaseModel, ConfigDict, Field
 from emostream.settings_cli import Cli
 
 
+def parse_angles(text: str) -> tuple[float, ...]:
+    """``"30,-30"`` -> ``(30.0, -30.0)``; ``""`` or ``"none"`` -> ``()``."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of angles in degrees") from None
+
+
+def format_angles(angles: tuple[float, ...]) -> str:
+    return ",".join(f"{a:g}" for a in angles) or "none"
+
+
 class DetectorSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
-    backend: Annotated[Literal["haar", "yunet"], Field(description="face detector")] = "haar"
-    model: Annotated[str | None, Field(description="YuNet .onnx file (required with backend yunet)")] = None
+    backend: Annotated[Literal["haar", "yunet"], Field(description="face detector")] = "yunet"
+    model: Annotated[str | None, Field(description="YuNet .onnx file; unset: the one shipped in detector/models")] = (
+        None
+    )
+    align: Annotated[
+        bool,
+        Field(description="upright crops framed like FER2013 from YuNet's landmarks (Haar: square box crops)"),
+    ] = True
+    roll_passes: Annotated[
+        tuple[Annotated[float, Field(ge=-90, le=90)], ...],
+        Field(
+            max_length=8,
+            description="also detect on the frame turned by these angles in degrees, for rolled heads; none: off",
+        ),
+        Cli(metavar="DEG,...", parse=parse_angles, format=format_angles),
+    ] = (30.0, -30.0)
     downscale: Annotated[
         float, Field(gt=0, le=1, description="detect on the frame resized by this factor (0.5: half)")
     ] = 1.0

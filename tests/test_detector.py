@@ -18,6 +18,7 @@ from detector.backends import DetectorConfigError, HaarDetector, YuNetDetector
 from detector.crops import crop_squares, face_crops
 from detector.detections import Detections
 from detector.pipeline import FaceExtractor, build_extractor, detect_downscaled
+from detector.settings import DetectorSettings
 from emostream.wire import Frame, decode_credit, decode_faces, encode_frame
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,9 +158,9 @@ def test_min_face_is_in_full_resolution_pixels_whatever_the_downscale(downscale:
     # YuNet, because its boxes hug the face; Haar's minSize only bounds its search window, and a
     # larger window still fires around a smaller face (lena at minSize 100 px: a 218 px box).
     frame = Frame(camera="cam", seq=0, ts_capture=0.0, image=read_image("lena.jpg"))  # face ~150x210 px
-    keep_all = build_extractor("yunet", yunet_model, min_face=180, downscale=downscale)
+    keep_all = build_extractor(DetectorSettings(model=yunet_model, min_face=180, downscale=downscale))
     assert len(keep_all.process(frame)) == 1
-    too_small = build_extractor("yunet", yunet_model, min_face=250, downscale=downscale)
+    too_small = build_extractor(DetectorSettings(model=yunet_model, min_face=250, downscale=downscale))
     assert len(too_small.process(frame)) == 0
 
 

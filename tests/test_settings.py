@@ -81,8 +81,10 @@ CUSTOM = {
     ],
     "detector": {
         "workers": 2,
-        "backend": "yunet",
+        "backend": "haar",
         "model": "(the YuNet file, set by custom_config)",
+        "align": False,
+        "roll_passes": [15.0],
         "downscale": 0.5,
         "min_face": 20,
         "score_threshold": 0.6,

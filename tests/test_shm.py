@@ -21,6 +21,7 @@ from capture.sender import SharedSlots
 from capture.stream import resize_frame
 from conftest import CreditingWorker, free_port, shared_path, start_stage
 from detector.pipeline import build_extractor
+from detector.settings import DetectorSettings
 from detector.worker import DetectorWorker
 from emostream import shm
 from emostream.wire import Frame, SharedSlot, WireError, decode_frame, encode_frame
@@ -192,7 +193,7 @@ def test_the_detector_drops_a_frame_whose_slot_was_reused_while_it_held_it(ring:
         context,
         [f"tcp://127.0.0.1:{free_port()}"],
         f"tcp://127.0.0.1:{free_port()}",
-        build_extractor("haar"),
+        build_extractor(DetectorSettings(backend="haar")),
         threading.Event(),
     )
     try:

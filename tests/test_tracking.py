@@ -229,12 +229,13 @@ def video_faces():
 
     from classifier.model import EmotionModel
     from detector.pipeline import build_extractor
+    from detector.settings import DetectorSettings
     from emostream.wire import Frame
 
     video = shared_path("media", "faces.mp4")
     model = shared_path("models", "face_detection_yunet_2026may.onnx")
     started = time.perf_counter()
-    extractor = build_extractor("yunet", str(model), min_face=20, downscale=0.5)
+    extractor = build_extractor(DetectorSettings(model=str(model), min_face=20, downscale=0.5))
     capture = cv2.VideoCapture(str(video))
     frames = []
     while True:

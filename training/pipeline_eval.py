@@ -277,6 +277,7 @@ def _choices(text: str, known: dict[str, Any], what: str, parser: argparse.Argum
 def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
     from classifier.model import EmotionModel
     from detector.pipeline import build_extractor
+    from detector.settings import DetectorSettings
 
     conditions = _choices(args.conditions, CONDITIONS, "conditions", parser)
     backends = _choices(args.backends, BACKENDS, "backends", parser)
@@ -292,11 +293,13 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str,
     direct_pred = model.predict(images).argmax(1)
     extractors = {
         name: build_extractor(
-            BACKENDS[name][0],
-            score_threshold=args.score_threshold,
-            min_face=args.min_face,
-            align=BACKENDS[name][1],
-            roll_passes=BACKENDS[name][2],
+            DetectorSettings(
+                backend=BACKENDS[name][0],
+                score_threshold=args.score_threshold,
+                min_face=args.min_face,
+                align=BACKENDS[name][1],
+                roll_passes=BACKENDS[name][2],
+            )
         )
         for name in backends
     }

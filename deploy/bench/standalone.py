@@ -230,10 +230,14 @@ def measure_detector(
     measured on real faces) and the boxes of every frame.
     """
     from detector.pipeline import build_extractor
+    from detector.settings import DetectorSettings
     from emostream.wire import Frame
 
     with opencv_threads(threads):
-        extractor = build_extractor(backend, str(model_path) if model_path else None, 0.7, min_face, downscale)
+        settings = DetectorSettings(
+            backend=backend, model=str(model_path) if model_path else None, min_face=min_face, downscale=downscale
+        )
+        extractor = build_extractor(settings)
         # One untimed frame: YuNet sets its input size and allocates its network on the first call.
         extractor.process(Frame(camera="bench", seq=0, ts_capture=0.0, image=frames[0]))
         seconds: list[float] = []
