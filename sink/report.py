@@ -59,7 +59,7 @@ class EventLog:
     """The valid ``faces`` events of a log, flattened into one row per event and one row per face."""
 
     events: pd.DataFrame  # camera, frame, ts_capture, ts_event, faces
-    faces: pd.DataFrame  # camera, ts_capture, emotion, confidence
+    faces: pd.DataFrame  # camera, ts_capture, frame, emotion, confidence, track (-1: none), raw_emotion
     lines: int = 0
     blank: int = 0
     malformed: int = 0
@@ -91,7 +91,7 @@ def parse_line(raw: bytes) -> Event:
 def read_log(lines: Iterable[bytes]) -> EventLog:
     """Validate and flatten every line; malformed ones are counted and a few kept as examples."""
     event_rows: list[tuple[str, int, float, float, int]] = []
-    face_rows: list[tuple[str, float, str, float]] = []
+    face_rows: list[tuple[str, float, int, str, float, int, str]] = []
     log = EventLog(events=pd.DataFrame(), faces=pd.DataFrame())
     for number, raw in enumerate(lines, start=1):
         log.lines += 1
@@ -114,9 +114,22 @@ def read_log(lines: Iterable[bytes]) -> EventLog:
             continue
         camera, ts_capture = event.camera, float(event.ts_capture)
         event_rows.append((camera, event.frame, ts_capture, float(event.ts_event), len(event.faces)))
-        face_rows.extend((camera, ts_capture, face.emotion, float(face.confidence)) for face in event.faces)
+        face_rows.extend(
+            (
+                camera,
+                ts_capture,
+                event.frame,
+                face.emotion,
+                float(face.confidence),
+                -1 if face.track is None else int(face.track),
+                face.raw_emotion or face.emotion,
+            )
+            for face in event.faces
+        )
     log.events = pd.DataFrame(event_rows, columns=["camera", "frame", "ts_capture", "ts_event", "faces"])
-    log.faces = pd.DataFrame(face_rows, columns=["camera", "ts_capture", "emotion", "confidence"])
+    log.faces = pd.DataFrame(
+        face_rows, columns=["camera", "ts_capture", "frame", "emotion", "confidence", "track", "raw_emotion"]
+    )
     return log
 
 
@@ -156,6 +169,17 @@ def camera_timing(events: pd.DataFrame) -> Timing:
     )
 
 
+def label_flips(faces: pd.DataFrame, column: str = "emotion") -> tuple[int, int]:
+    """(tracks, label changes along them): each face track's ``column`` in frame order, counted
+    where it differs from the track's previous face. Faces without a track are left out."""
+    tracked = faces[faces["track"] >= 0].sort_values(["camera", "track", "ts_capture", "frame"], kind="stable")
+    if tracked.empty:
+        return 0, 0
+    same_track = (tracked["camera"] == tracked["camera"].shift()) & (tracked["track"] == tracked["track"].shift())
+    changed = same_track & (tracked[column] != tracked[column].shift())
+    return int(tracked.groupby(["camera", "track"]).ngroups), int(changed.sum())
+
+
 def _round(value: float | None, digits: int) -> float | None:
     return None if value is None or not math.isfinite(value) else round(float(value), digits)
 
@@ -187,6 +211,8 @@ def summarise(events: pd.DataFrame, faces: pd.DataFrame) -> dict[str, Any]:
         "frames_with_faces": _round(float((events["faces"] > 0).mean()), 4),
         "emotions": {e: int(counts.get(e, 0)) for e in EMOTIONS},
         "emotion_shares": {e: _round(counts.get(e, 0) / total_faces, 4) if total_faces else None for e in EMOTIONS},
+        "mean_confidence": _round(float(faces["confidence"].mean()), 4) if total_faces else None,
+        **_track_summary(faces),
         "latency_ms": {
             **{key: _round(v, 3) for key, v in percentiles(latency_ms).items()},
             "mean": _round(float(latency_ms.mean()), 3),
@@ -195,6 +221,20 @@ def summarise(events: pd.DataFrame, faces: pd.DataFrame) -> dict[str, Any]:
         # ts_capture comes from the capture host's clock and ts_event from the classifier's: across
         # machines a negative latency means their clocks disagree (run NTP/chrony), not time travel.
         "negative_latencies": int((latency_ms < 0).sum()),
+    }
+
+
+def _track_summary(faces: pd.DataFrame) -> dict[str, Any]:
+    """Face tracks and how often their shown label (``emotion``) and per-frame label (``raw_emotion``)
+    change: flips a viewer sees, per track."""
+    tracks, flips = label_flips(faces, "emotion")
+    _, raw_flips = label_flips(faces, "raw_emotion")
+    return {
+        "tracks": tracks,
+        "label_flips": flips,
+        "raw_label_flips": raw_flips,
+        "label_flips_per_track": _round(flips / tracks, 3) if tracks else None,
+        "raw_label_flips_per_track": _round(raw_flips / tracks, 3) if tracks else None,
     }
 
 
@@ -316,6 +356,10 @@ def render_tables(report: dict[str, Any]) -> str:
                 "lat_p50_ms": _fmt(s["latency_ms"]["p50"], ".1f"),
                 "lat_p95_ms": _fmt(s["latency_ms"]["p95"], ".1f"),
                 "lat_p99_ms": _fmt(s["latency_ms"]["p99"], ".1f"),
+                "confidence": _fmt(s["mean_confidence"], ".3f"),
+                "tracks": str(s["tracks"]),
+                "flips/track": _fmt(s["label_flips_per_track"], ".2f"),
+                "raw_flips/track": _fmt(s["raw_label_flips_per_track"], ".2f"),
             }
             for camera, s in rows.items()
         }
@@ -332,7 +376,9 @@ def render_tables(report: dict[str, Any]) -> str:
         summary.to_string()
         + "\n\nemotion shares of faces (%):\n"
         + shares.to_string()
-        + "\n\nlatency = ts_event - ts_capture; fps within capture runs (ALL: their sum); "
+        + "\n\nlatency = ts_event - ts_capture; fps within capture runs (ALL: their sum); confidence: mean of "
+        + "the shown label's; flips/track: changes of the shown (smoothed) label along a face track, raw: of "
+        + "the per-frame label; "
         + f"plots in bins of {report['bin_s']:g} s"
     )
 

@@ -281,3 +281,29 @@ def test_a_single_event_has_no_rate_but_still_reports(tmp_path):
     assert cam["events"] == 1 and cam["fps"] is None and cam["emotions"]["sad"] == 1
     assert cam["latency_ms"]["p50"] == pytest.approx(40.0, abs=1e-3)
     assert table_rows(proc.stdout)["cam0"]["fps"] == "-"
+
+
+def test_tracks_label_flips_and_mean_confidence(tmp_path):
+    """Two tracks on one camera: flips counted along each track in frame order, never across tracks."""
+
+    def tracked(emotion: str, raw: str, track: int, confidence: float) -> dict:
+        return {**face(emotion), "track": track, "raw_emotion": raw, "smoothed": SCORES, "confidence": confidence}
+
+    shown = {1: ["happy", "happy", "sad", "sad", "happy"], 2: ["fear", "fear", "fear", "neutral", "neutral"]}
+    raw = {1: ["happy", "sad", "sad", "happy", "happy"], 2: ["fear", "neutral", "fear", "neutral", "neutral"]}
+    rows = []
+    for i in range(5):
+        faces = [tracked(shown[t][i], raw[t][i], t, 0.5 + 0.1 * t) for t in (1, 2)]
+        rows.append(json.dumps(event("cam", i, T0 + i * 0.04, 0.02, faces)))
+    rows.append(json.dumps(event("cam", 5, T0 + 0.2, 0.02, [face("angry")])))  # untracked: no flips
+    path = tmp_path / "tracked.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    proc = run_report("--events", str(path), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "out" / "report.json").read_text())["cameras"]["cam"]
+    # Shown labels: track 1 happy-happy-sad-sad-happy (2 changes), track 2 fear x3, neutral x2 (1 change).
+    assert (summary["tracks"], summary["label_flips"], summary["label_flips_per_track"]) == (2, 3, 1.5)
+    # Per-frame labels: track 1 changes 2 times, track 2 three times.
+    assert (summary["raw_label_flips"], summary["raw_label_flips_per_track"]) == (5, 2.5)
+    assert summary["mean_confidence"] == pytest.approx((5 * 0.6 + 5 * 0.7 + 0.9) / 11, abs=1e-4)
+    assert "flips/track" in proc.stdout
