@@ -104,3 +104,36 @@ def test_pipeline_eval_cli_on_a_few_real_faces(tmp_path: Path) -> None:
         [*command, "--conditions", "upright,sideways"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
     )
     assert bad.returncode == 2 and "--conditions" in bad.stderr and "sideways" in bad.stderr
+
+
+def test_video_labels_cli_labels_every_frame_and_reports_tracks(tmp_path: Path) -> None:
+    lena = MEDIA / "lena.jpg"
+    if not lena.is_file():
+        pytest.skip(f"shared test media {lena} is missing (see shared/media/SOURCE.md)")
+    image = cv2.resize(cv2.imread(str(lena)), (320, 320))
+    video = tmp_path / "lena.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (320, 320))
+    for i in range(8):  # the face drifts right by 2 px a frame: one track
+        writer.write(np.roll(image, 2 * i, axis=1))
+    writer.release()
+    out = tmp_path / "labels"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "training", "video-labels", "--video", str(video), "--no-align", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["frames"] == 8 and summary["faces"] == 8 and summary["tracks"] == 1
+    assert summary["detector"]["align"] is False and summary["detector"]["backend"] == "yunet"
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert [e["frame"] for e in events] == list(range(8)) and all(len(e["faces"]) == 1 for e in events)
+    assert len({e["faces"][0]["track"] for e in events}) == 1
+    flips = sum(a["faces"][0]["emotion"] != b["faces"][0]["emotion"] for a, b in zip(events, events[1:], strict=False))
+    assert summary["label_flips_per_track"] == flips
+    assert 0 < summary["mean_confidence"] <= 1
+    assert (out / "frames.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, str] = {
     "gradcam": "training.gradcam",
     "export": "training.export",
     "pipeline-eval": "training.pipeline_eval",
+    "video-labels": "training.video_labels",
 }
 
 
