@@ -136,14 +136,15 @@ class Dispatcher:
         silent = [peer for peer, state in self.workers.items() if now - state.last_heard > self.expiry_s]
         return [state for peer in silent if (state := self.forget(peer)) is not None]
 
-    def _tracking_worker(self) -> WorkerState | None:
+    def _tracking_peer(self) -> bytes | None:
         """The worker that holds this camera's current key frame, while its group is not complete."""
-        group = self.workers.get(self._group_peer) if self._group_peer is not None else None
-        return group if group is not None and self._group_frames < group.interval else None
+        peer = self._group_peer
+        group = self.workers.get(peer) if peer is not None else None
+        return peer if group is not None and self._group_frames < group.interval else None
 
     def has_room(self) -> bool:
         """Could :meth:`assign` place a frame now (ignoring expiry)?"""
-        return self._tracking_worker() is not None or any(state.room > 0 for state in self.workers.values())
+        return self._tracking_peer() is not None or any(state.room > 0 for state in self.workers.values())
 
     def assign(self) -> Assignment | None:
         """The worker for the next frame, already counted as sent there; None when none has room.
@@ -153,9 +154,10 @@ class Dispatcher:
         So a worker holds at most ``window + interval - 1`` frames of a camera.
         """
         self.expire()
-        if self._tracking_worker() is not None:
+        tracking = self._tracking_peer()
+        if tracking is not None:
             self._group_frames += 1
-            return self._send(self._group_peer, key=False)
+            return self._send(tracking, key=False)
         candidates = [(s.estimated_load, s.last_used, peer) for peer, s in self.workers.items() if s.room > 0]
         if not candidates:
             return None

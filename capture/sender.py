@@ -31,9 +31,10 @@ log = logging.getLogger("capture")
 #: Frames ZeroMQ may queue per connected worker. Credits keep the real number at the worker's window
 #: (1 by default, plus the frames a key frame's worker tracks); this only has to exceed any window.
 SNDHWM = 64
-#: The kernel's TCP send buffer (bytes; Linux doubles it). Loopback's autotuned buffers hold ~10
-#: raw 640x480 frames: measured with a consumer at 5 fps, frames arrived 2.4 s old with default
-#: buffers and 0.6 s old with 128 KiB here and on the detector's side, still ~1,200 msgs/s at 720p.
+#: The kernel's TCP send buffer (bytes; Linux doubles it). Loopback's autotuned buffers hold many raw
+#: frames, so a slow consumer received them seconds old; 128 KiB here and on the detector's side keeps
+#: them fresh at little cost in messages/s (measured: docs/benchmarks.md, "Measurements behind defaults
+#: and constants").
 SNDBUF = 128 * 1024
 #: How long a blocked wait lasts before it looks at the stop event again (SIGTERM stays prompt).
 POLL_MS = 100
@@ -134,7 +135,7 @@ class SharedSlots:
         """Copy ``image`` into a free slot; None (send the bytes instead) when no slot is free."""
         ring = self._ring_for(image)
         slot = ring.acquire() if ring is not None else None
-        if slot is None:
+        if ring is None or slot is None:
             return None
         offset = ring.write(slot, np.ascontiguousarray(image), stamp)
         return slot, SharedSlot(ring.name, offset, stamp)
@@ -165,7 +166,9 @@ class SharedSlots:
     def finished(self, peer: bytes, count: int) -> None:
         """The worker reported ``count`` more frames done: their slots are free."""
         held = self._held.get(peer)
-        for _ in range(min(count, len(held) if held else 0)):
+        if not held:
+            return
+        for _ in range(min(count, len(held))):
             slot = held.popleft()
             if slot is not None and self.ring is not None:
                 self.ring.release(slot)

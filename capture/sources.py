@@ -13,10 +13,13 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    import zmq
 
 #: ``scheme://...``; what OpenCV's FFmpeg backend opens as a network stream (rtsp, http(s), rtmp, udp...).
 URL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -93,10 +96,10 @@ def _nominal_fps(cap: cv2.VideoCapture) -> float | None:
     return float(fps)
 
 
-#: FFmpeg decoder threads per file or stream camera. One: a 1280x720 H.264 file then decodes at ~345
-#: frames/s on one core with 10% less CPU per frame than FFmpeg's default of one thread per core
-#: (2.9 against 3.2 ms here), and a pipeline runs more cameras than cores, where decoder threads
-#: only compete with the other stages. 0: FFmpeg's choice.
+#: FFmpeg decoder threads per file or stream camera. One: a 1280x720 H.264 file then decodes far faster
+#: than real time on one core, with less CPU per frame than FFmpeg's default of one thread per core
+#: (measured: docs/benchmarks.md, "Measurements behind defaults and constants"), and a pipeline runs
+#: more cameras than cores, where decoder threads only compete with the other stages. 0: FFmpeg's choice.
 DEFAULT_DECODE_THREADS = 1
 
 
@@ -271,8 +274,7 @@ class WebRTCSource:
         self.fps: float | None = None
         self.self_paced = True
         self.read_timeout_s = read_timeout_s
-        self._context = None
-        self._socket = None
+        self._socket: zmq.Socket | None = None
         self._image: np.ndarray | None = None
 
     def open(self) -> None:
@@ -282,8 +284,7 @@ class WebRTCSource:
             return  # kept across reopenings: frames of a browser that arrives meanwhile wait there
         import zmq
 
-        self._context = zmq.Context.instance()
-        sock = self._context.socket(zmq.PULL)
+        sock: zmq.Socket = zmq.Context.instance().socket(zmq.PULL)
         sock.setsockopt(zmq.RCVHWM, 4)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(self.endpoint)

@@ -65,8 +65,9 @@ def events_for_batch(
                     "raw_emotion": class_names[raw_top],
                 }
             top = int(np.argmax(shown))
+            x, y, w, h = (int(v) for v in box)
             face = FaceEmotion(
-                box=tuple(int(v) for v in box),
+                box=(x, y, w, h),
                 emotion=class_names[top],
                 confidence=round(float(shown[top]), DIGITS),
                 scores=_probabilities(class_names, p),
@@ -75,7 +76,9 @@ def events_for_batch(
             )
             faces.append(face)
         events.append(
-            EmotionEvent(camera=frame.camera, frame=frame.seq, ts_capture=frame.ts_capture, ts_event=now, faces=faces)
+            EmotionEvent(
+                camera=frame.camera, frame=frame.seq, ts_capture=frame.ts_capture, ts_event=now, faces=tuple(faces)
+            )
         )
     return events
 

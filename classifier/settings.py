@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from emostream.modelfile import MAX_BATCH, TTA_MODES
+from emostream.modelfile import MAX_BATCH, TtaMode
 from emostream.settings_cli import Cli
 
 
@@ -62,7 +62,7 @@ class ClassifierSettings(BaseModel):
         Cli(metavar="{auto,on,off}", parse=parse_switch, format=format_switch),
     ] = None
     tta: Annotated[
-        Literal[TTA_MODES],
+        TtaMode,
         Field(
             description="test-time augmentation: flip = mean of each face's and its mirror image's logits (twice "
             "the compute), multicrop = mean over ten shifted and mirrored views"

@@ -6,14 +6,15 @@ id per face and the smoothed probabilities.
 
 Tracking (per camera): each frame's boxes are matched to the camera's live tracks by IoU with the
 Hungarian algorithm (``scipy.optimize.linear_sum_assignment`` on ``1 - IoU``, so the pairing with the
-largest total overlap wins: two faces passing each other keep their ids as long as each one overlaps
-its own previous box more than the other's). A pair below ``iou_threshold`` is no match. A face without
-a match starts a new track; ids are increasing integers per camera starting at 1 and never reused. A
-track that no face matched survives ``max_age`` frames of its camera (counted by frame sequence
-number, so frames lost upstream count as missed too) and is dropped after that. The default, 25 frames
-(1 s at 25 fps), bridges a head turned away for a moment (19-20 frames twice on faces.mp4) while the IoU
-threshold against the last box keeps another face from taking the track over. Tracks live in the
-classifier process: when it restarts, ids start again at 1.
+largest total overlap wins: two faces passing each other keep their ids as long as each one overlaps its
+own previous box more than the other's). A pair below ``iou_threshold`` is no match. A face without a
+match starts a new track; ids are increasing integers per camera starting at 1 and never reused. A track
+that no face matched survives ``max_age`` frames of its camera (counted by frame sequence number, so
+frames lost upstream count as missed too) and is dropped after that. The default, 25 frames (1 s at 25
+fps), bridges a head turned away for a moment (as measured on faces.mp4: docs/benchmarks.md,
+"Measurements behind defaults and constants") while the IoU threshold against the last box keeps another
+face from taking the track over. Tracks live in the classifier process: when it restarts, ids start
+again at 1.
 
 Smoothing (per track): an exponential moving average of the probability vectors with the weight of a
 ``window``-frame average, ``alpha = 2 / (window + 1)`` (pandas' ``ewm(span=window)``; its centre of mass,

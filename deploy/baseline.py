@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import cv2.data  # the Haar cascades' folder; cv2's stubs do not list the submodule
 import numpy as np
 
 #: The study's cascade settings.
@@ -44,7 +45,7 @@ def rate(units: Sequence[float], seconds: Sequence[float], chunk: int) -> dict[s
     total_units = float(sum(units))
     total_s = float(sum(seconds))
     chunk = max(1, int(chunk))
-    rates = []
+    rates: list[float] = []
     for start in range(0, len(units), chunk):
         part_s = sum(seconds[start : start + chunk])
         full = start + chunk <= len(units)

@@ -91,7 +91,7 @@ class SecurityConfig(Section):
 
 
 class RecorderConfig(Section):
-    """Annotated video per camera (``python -m sink.record``, see README "Recording annotated video").
+    """Annotated video per camera (``python -m sink.record``, see docs/video.md, "Recording annotated video").
 
     Absent: captures publish no previews and nothing is recorded.
     """
@@ -115,7 +115,7 @@ def _is_loopback(host: str) -> bool:
 
 
 class ViewerConfig(Section):
-    """The browser viewer (``python -m sink.viewer``, see README "Watching in a browser").
+    """The browser viewer (``python -m sink.viewer``, see docs/video.md, "Watching in a browser").
 
     Absent: no viewer. Present (even empty, ``viewer: {}``): every capture publishes previews.
     """
@@ -138,8 +138,8 @@ class ViewerConfig(Section):
 
 
 class WebRTCIngestConfig(Section):
-    """The page browsers publish their webcams to (``python -m capture.webrtc_ingest``, README "Webcams
-    from a browser"). Started when a camera has ``source: webrtc``; these defaults apply when absent."""
+    """The page browsers publish their webcams to (``python -m capture.webrtc_ingest``, docs/video.md,
+    "Webcams from a browser"). Started when a camera has ``source: webrtc``; these defaults apply when absent."""
 
     #: Address the page binds; anything but a loopback address needs ``token``.
     host: str = "127.0.0.1"

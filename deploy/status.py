@@ -69,7 +69,7 @@ class StatusPrinter(threading.Thread):
         self.total: dict[str, CameraStats] = {}
 
     def run(self) -> None:
-        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
         secure_client(sub, self.keys)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.setsockopt(zmq.LINGER, 0)

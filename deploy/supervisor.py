@@ -135,15 +135,15 @@ class Supervisor:
         """
         with self._lock:
             targets = [
-                (state, state.process)
+                (state, state.process, port)
                 for state in self.states.values()
                 if state.process is not None
-                and state.spec.metrics_port is not None
+                and (port := state.spec.metrics_port) is not None
                 and time.monotonic() - state.started_at >= self.probe_grace_s
             ]
         killed = []
-        for state, proc in targets:
-            ok = self._probe(state.spec.metrics_port)
+        for state, proc, port in targets:
+            ok = self._probe(port)
             now = time.monotonic()
             with self._lock:
                 if state.process is not proc or proc.poll() is not None or self._stopping.is_set():
@@ -220,13 +220,13 @@ class Supervisor:
             deadline = time.monotonic() + self.stop_timeout_s
             share = self.stop_timeout_s / len(modules)
             for module in modules:
-                group = [s for s in self.states.values() if s.spec.module == module and s.process]
-                for state in group:
-                    if state.process.poll() is None:
-                        state.process.send_signal(signal.SIGTERM)
+                group = [s.process for s in self.states.values() if s.spec.module == module and s.process]
+                for process in group:
+                    if process.poll() is None:
+                        process.send_signal(signal.SIGTERM)
                 group_deadline = min(deadline, time.monotonic() + share)
-                for state in group:
-                    self._wait(state, group_deadline)
+                for process in group:
+                    self._wait(process, group_deadline)
             for state in self.states.values():
                 if state.process and state.process.poll() is None:
                     log.warning("%s did not stop in time; killing it", state.spec.name)
@@ -236,6 +236,6 @@ class Supervisor:
                     metrics.STAGE_UP.labels(state.spec.name).set(0)
 
     @staticmethod
-    def _wait(state: StageState, deadline: float) -> None:
+    def _wait(process: subprocess.Popen, deadline: float) -> None:
         with contextlib.suppress(subprocess.TimeoutExpired):
-            state.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))

@@ -140,7 +140,7 @@ def refine_landmarks(
         side = 2.0 * max(w, h, 1.0)
         size = int(min(round(side), REFINE_PATCH))
         # Patch pixels from frame pixels: rotate by -roll about the box centre, scale, centre the face.
-        to_patch = cv2.getRotationMatrix2D((x + w / 2, y + h / 2), float(rolls[i]), size / side)
+        to_patch = np.asarray(cv2.getRotationMatrix2D((x + w / 2, y + h / 2), float(rolls[i]), size / side), np.float64)
         to_patch[:, 2] += size / 2 - np.array([x + w / 2, y + h / 2])
         patch = cv2.warpAffine(image, to_patch, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         again = detector.detect(patch)

@@ -3,7 +3,7 @@
 Boxes are int32 (N, 4) as x, y, w, h in the pixels of the image passed in, scores float32 (N,),
 and YuNet's five landmarks (N, 5, 2) where the detector gives them (see :mod:`detector.detections`).
 Measured on lena/messi5/grace_hopper and faces.mp4: a YuNet box is about as tall as the Haar box
-of the same face but ~20% narrower (it spans brow to chin, not ear to ear), so the square of side
+of the same face but narrower (it spans brow to chin, not ear to ear), so the square of side
 max(w, h) around either box covers nearly the same region (see :mod:`detector.crops`).
 """
 
@@ -13,6 +13,7 @@ import os
 from typing import Protocol, runtime_checkable
 
 import cv2
+import cv2.data  # the Haar cascades' folder; cv2's stubs do not list the submodule
 import numpy as np
 
 from detector.detections import Detections
@@ -60,7 +61,8 @@ class HaarDetector:
         self.cascade = cv2.CascadeClassifier(path)
         if self.cascade.empty():
             raise DetectorConfigError(f"cannot load Haar cascade {path!r}")
-        # 1.2 rather than the classic 1.1: ~2x faster, and it still found every face in the test media.
+        # 1.2 rather than the classic 1.1: faster, and it still found every face in the test media
+        # (docs/benchmarks.md, "Measurements behind defaults and constants").
         self.scale_factor = scale_factor
         self.min_neighbors = min_neighbors
         self.min_size = min_size
@@ -73,7 +75,7 @@ class HaarDetector:
         )
         if len(boxes) == 0:
             return Detections.empty()
-        return Detections(boxes, np.ones(len(boxes), dtype=np.float32))
+        return Detections(np.asarray(boxes, dtype=np.int32), np.ones(len(boxes), dtype=np.float32))
 
 
 class YuNetDetector:
@@ -202,7 +204,7 @@ def _merge(parts: list[Detections], iou: float) -> Detections:
     with_landmarks = all(p.landmarks is not None for p in parts)
     boxes = np.concatenate([p.boxes for p in parts])
     scores = np.concatenate([p.scores for p in parts])
-    landmarks = np.concatenate([p.landmarks for p in parts]) if with_landmarks else None  # type: ignore[misc]
+    landmarks = np.concatenate([p.landmarks for p in parts if p.landmarks is not None]) if with_landmarks else None
     if not len(boxes):
         return Detections.empty(with_landmarks)
     order = np.argsort(-scores, kind="stable")

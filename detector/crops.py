@@ -1,13 +1,13 @@
 """Classifier input from detector boxes: square grayscale face crops.
 
-Crop geometry. FER2013 images are tight, centred, frontal face crops, close to what the Haar
-cascade's square box covers (brows-to-chin, cheek-to-cheek with a little hair and ears). So a crop
-is the square of side ``max(w, h)`` centred on the box: exactly the Haar box, and for YuNet's
-narrower, taller box the same square as Haar's to within a few percent (measured on the shared
-media). Where that square reaches past the frame it is clamped to the frame and the missing part is
-padded by replicating the edge pixels, so the face stays centred as in FER2013 (shifting the
-square inside the frame instead would move the face off-centre) and no artificial black border
-appears. Resizing uses INTER_AREA, which averages instead of aliasing when shrinking.
+Crop geometry. FER2013 images are tight, centred, frontal face crops, close to what the Haar cascade's
+square box covers (brows-to-chin, cheek-to-cheek with a little hair and ears). So a crop is the square
+of side ``max(w, h)`` centred on the box: exactly the Haar box, and for YuNet's narrower, taller box
+close to Haar's square (measured on the shared media: docs/benchmarks.md, "Measurements behind defaults
+and constants"). Where that square reaches past the frame it is clamped to the frame and the missing
+part is padded by replicating the edge pixels, so the face stays centred as in FER2013 (shifting the
+square inside the frame instead would move the face off-centre) and no artificial black border appears.
+Resizing uses INTER_AREA, which averages instead of aliasing when shrinking.
 """
 
 from __future__ import annotations

@@ -29,10 +29,14 @@ def format_angles(angles: tuple[float, ...]) -> str:
     return ",".join(f"{a:g}" for a in angles) or "none"
 
 
+#: The face detectors ``detector.backend`` may name.
+DetectorBackend = Literal["haar", "yunet"]
+
+
 class DetectorSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
-    backend: Annotated[Literal["haar", "yunet"], Field(description="face detector")] = "yunet"
+    backend: Annotated[DetectorBackend, Field(description="face detector")] = "yunet"
     model: Annotated[str | None, Field(description="YuNet .onnx file; unset: the one shipped in detector/models")] = (
         None
     )

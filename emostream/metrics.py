@@ -2,7 +2,7 @@
 
 Each stage process serves its own registry on its own port (see :func:`serve_metrics`); a metric is
 exported by a process only once that process has touched it, except unlabelled ones. The catalogue
-with every metric's meaning is in deploy/METRICS.md.
+with every metric's meaning is in docs/metrics.md.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 MODEL_FORMAT = "emostream-model/1"
 INFO_FILE = "emostream.json"
@@ -27,7 +27,8 @@ MAX_BATCH = 4096
 #: (twice the compute); "multicrop": the mean over the face and four copies shifted by
 #: :data:`MULTICROP_SHIFT` of its side (edge pixels repeated), each also mirrored: ten views, ten
 #: times the compute, in the spirit of the ten-crop test of the published FER2013 recipes.
-TTA_MODES = ("none", "flip", "multicrop")
+TtaMode = Literal["none", "flip", "multicrop"]
+TTA_MODES: tuple[str, ...] = get_args(TtaMode)
 MULTICROP_SHIFT = 1 / 16
 
 

@@ -33,10 +33,10 @@ def tune_malloc() -> bool:
 
     Every stage allocates and frees a megabytes-large buffer per frame (a decoded frame, a received
     ZeroMQ message). glibc serves such sizes with mmap at first, and even after its dynamic threshold
-    adapts, trimming the heap hands the pages back, so the next frame faults them in again (~680 page
-    faults for a 1280x720 frame, each zeroing a page). Measured in a 2-camera max-throughput pipeline
-    (frames over TCP): the detector workers took 43,000 faults/s, and frames/s rose from 126-131 to
-    138-145 with these settings. ``EMOSTREAM_TUNE_MALLOC=0`` keeps glibc's defaults, so that
+    adapts, trimming the heap hands the pages back, so the next frame faults them in again (hundreds of
+    page faults for a 1280x720 frame, each zeroing a page). In a max-throughput pipeline these settings
+    raise frames/s (the faults and the gain: docs/benchmarks.md, "Measurements behind defaults and
+    constants"). ``EMOSTREAM_TUNE_MALLOC=0`` keeps glibc's defaults, so that
     ``python -m deploy bench --what-if EMOSTREAM_TUNE_MALLOC=0`` measures both side by side. Returns
     False where it did not tune (opted out, or no glibc mallopt).
     """

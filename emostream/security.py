@@ -59,7 +59,7 @@ CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: Handshake outcomes a server socket's monitor counts as an authentication failure: ZAP refused the
 #: client's key (AUTH), the peer spoke another mechanism, e.g. no CURVE at all, or used another server
 #: key so its HELLO did not decrypt (PROTOCOL), or the handshake broke off (NO_DETAIL).
-FAILURE_EVENTS = {
+FAILURE_EVENTS: dict[int, str] = {
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "refused",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "no_detail",

@@ -171,6 +171,7 @@ class SettingsParser(argparse.ArgumentParser):
         # In a group of their own: each is also a key of the launcher config, under the same name.
         add_arguments(self.add_argument_group("settings (deploy config keys of the same names)"), settings)
 
+    # argparse's stub overloads this on the namespace's type; this one always returns a Namespace.
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:

@@ -1,8 +1,9 @@
 """Frames through shared memory between a camera and the detector workers on the same machine.
 
 A raw 1280x720 frame is 2.7 MB. Over a TCP socket the kernel copies it twice (into the socket on the
-capture side, out of it on the detector side) and both processes fault in fresh buffers: measured here,
-~1 ms of CPU per frame across both processes, in a pipeline whose whole per-frame CPU budget is ~9 ms.
+capture side, out of it on the detector side) and both processes fault in fresh buffers: a sizeable
+share of the pipeline's whole per-frame CPU budget (measured: docs/benchmarks.md, "Measurements behind
+defaults and constants").
 So a camera writes each frame once into a slot of a ring in ``/dev/shm`` and sends the detector worker
 only the slot's address in the ``FRAME`` header (``encoding: "shm"``, see :mod:`emostream.wire`); the
 worker reads the pixels in place.

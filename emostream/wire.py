@@ -48,7 +48,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from enum import Enum
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar, TypeAlias, TypeGuard
 
 import numpy as np
 
@@ -227,7 +227,7 @@ def _int(header: Mapping[str, Any], key: str, lo: int = 0, hi: int = 2**63 - 1) 
     return _check_int(header.get(key), key, lo, hi)
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[float]:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return False
     try:
@@ -401,9 +401,10 @@ def decode_frame(parts: Sequence[Part], shared: SharedFrames | None = None) -> F
         declared = jpeg_size(payload)
         if declared != (h, w):
             raise WireError("bad_payload", f"JPEG declares {declared}, header says {(h, w)}")
-        image = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
+        decoded = cv2.imdecode(np.frombuffer(payload, dtype=np.uint8), cv2.IMREAD_COLOR)
+        if decoded is None:
             raise WireError("bad_payload", "JPEG payload does not decode")
+        image = decoded
         if image.shape != (h, w, 3):
             raise WireError("bad_payload", f"JPEG decodes to {image.shape}, header says {(h, w, 3)}")
     else:
@@ -526,8 +527,8 @@ def decode_faces(parts: Sequence[Part]) -> Faces:
 
 CAMERA_STATUSES = ("up", "down")
 _INT64_MAX = 2**63 - 1
-_TIMESTAMP = {"minimum": 0}
-_BY_EMOTION = {"propertyNames": {"enum": EMOTIONS}}
+_TIMESTAMP: dict[str, Any] = {"minimum": 0}
+_BY_EMOTION: dict[str, Any] = {"propertyNames": {"enum": EMOTIONS}}
 
 
 def _doc(doc: str, default: Any = MISSING, required: bool = False, **schema: Any) -> Any:
@@ -570,6 +571,9 @@ class _JsonValue:
     """What events and their faces share: built from a JSON object, turned back into the same object."""
 
     __slots__ = ()
+    # Declared, not defined: what every dataclass built on this has, so that fields() and extra type-check here.
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+    extra: Mapping[str, Any]
 
     @classmethod
     def from_dict(cls, obj: Any) -> Any:
@@ -580,11 +584,11 @@ class _JsonValue:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object: every set field in declaration order, then ``extra``."""
         out: dict[str, Any] = {"schema": EVENT_SCHEMA, "type": self.type} if hasattr(self, "type") else {}
-        for f in fields(self):  # type: ignore[arg-type]
+        for f in fields(self):
             value = getattr(self, f.name)
             if f.name != "extra" and value is not None:
                 out[f.name] = _plain(value)
-        return {**out, **self.extra}  # type: ignore[attr-defined]
+        return {**out, **self.extra}
 
 
 def _plain(value: Any) -> Any:

@@ -203,11 +203,11 @@ class Recorder(FrameJoiner):
         if self.blur:
             blur_faces(image, event, preview.scale)
         draw_event(image, event, preview.scale)
-        if cam.writer is None:
-            self._open(cam, (image.shape[1], image.shape[0]))
-        if (image.shape[1], image.shape[0]) != cam.size:  # a restarted camera with another size
+        size = (image.shape[1], image.shape[0])
+        writer = cam.writer if cam.writer is not None else self._open(cam, size)
+        if cam.size is not None and size != cam.size:  # a restarted camera with another size
             image = cv2.resize(image, cam.size, interpolation=cv2.INTER_AREA)
-        cam.writer.write(np.ascontiguousarray(image))
+        writer.write(np.ascontiguousarray(image))
         cam.written += 1
         metrics.FRAMES.labels(self.stage, cam.name).inc()
 
@@ -217,7 +217,7 @@ class Recorder(FrameJoiner):
             return round(min(120.0, max(1.0, (len(stamps) - 1) / (stamps[-1] - stamps[0]))), 1)
         return FALLBACK_FPS
 
-    def _open(self, cam: _Camera, size: tuple[int, int]) -> None:
+    def _open(self, cam: _Camera, size: tuple[int, int]) -> cv2.VideoWriter:
         fps = cam.fps or self.fps or self._measured_fps(cam)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = self.out_dir / f"{cam.name}-{stamp}.{self.fmt}"
@@ -225,11 +225,12 @@ class Recorder(FrameJoiner):
         while path.exists():  # a restarted recorder never overwrites an earlier file
             path = self.out_dir / f"{cam.name}-{stamp}-{n}.{self.fmt}"
             n += 1
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*FORMATS[self.fmt]), fps, size)
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*FORMATS[self.fmt]), fps, size)
         if not writer.isOpened():
             raise RecorderError(f"cannot write {path} ({FORMATS[self.fmt]} {size[0]}x{size[1]})")
         cam.writer, cam.size, cam.path, cam.fps = writer, size, path, fps
         log.info("camera %s: recording to %s (%dx%d, %.1f fps)", cam.name, path, size[0], size[1], fps)
+        return writer
 
     def close(self) -> None:
         """Drop what still waits for an event and finish every file (playable afterwards)."""

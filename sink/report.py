@@ -11,7 +11,7 @@ go to ``--out`` (default: ``<events file without suffix>.report/`` beside the lo
 Every line is validated exactly as the sink validates events (:func:`emostream.wire.decode_event`),
 so the report counts what a subscriber would have accepted. Malformed lines are counted, the first
 few are quoted with their line numbers, and never stop the report; events of other types than
-``faces`` are counted and ignored, as the README's event format asks readers to do.
+``faces`` are counted and ignored, as docs/events.md's event format asks readers to do.
 
 Exit status: 0 with a report, 1 when the log holds no valid ``faces`` event (empty, or all
 malformed), 2 for bad arguments or an unreadable file.

@@ -84,8 +84,7 @@ def events(
     sink sends nothing: the generator then just times out. ``gaps``: updated with every event, it counts
     the events this subscriber missed (see :class:`FrameGaps`).
     """
-    ctx = zmq.Context.instance()
-    sub = ctx.socket(zmq.SUB)
+    sub: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
     secure_client(sub, keys)  # plain without keys
     sub.setsockopt(zmq.LINGER, 0)
     # The topic is the camera id; ZeroMQ matches prefixes, so "cam1" also lets "cam10" through and

@@ -153,7 +153,8 @@ def make_track(joiner: ViewerJoiner, camera: str):
         def __init__(self) -> None:
             super().__init__()
             self._seq = -2
-            self._start: float | None = None
+            # Not _start: that is VideoStreamTrack's own clock attribute (a float).
+            self._first_at: float | None = None
             self._sent_at = 0.0
 
         async def recv(self):
@@ -170,10 +171,10 @@ def make_track(joiner: ViewerJoiner, camera: str):
             if image.shape[0] % 2 or image.shape[1] % 2:
                 image = cv2.resize(image, (image.shape[1] // 2 * 2, image.shape[0] // 2 * 2))
             self._seq, self._sent_at = seq, now
-            if self._start is None:
-                self._start = now
-            frame = av.VideoFrame.from_ndarray(image, format="bgr24")
-            frame.pts = int((now - self._start) * VIDEO_CLOCK)
+            if self._first_at is None:
+                self._first_at = now
+            frame = av.VideoFrame.from_ndarray(np.asarray(image, dtype=np.uint8), format="bgr24")
+            frame.pts = int((now - self._first_at) * VIDEO_CLOCK)
             frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
             return frame
 

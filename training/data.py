@@ -218,7 +218,8 @@ def _parse_pixels(pixels: pd.Series, path: Path, row_ids: np.ndarray, skips: _Sk
         skips.add(f"{counts[i]} pixel values instead of {NUM_PIXELS}", _row_where(path, int(row_ids[i])))
     if not keep.any():
         return np.zeros((0, NUM_PIXELS), np.uint8), keep
-    # One join + one C parse for all rows: ~10x faster than a per-row split on 35k rows.
+    # One join + one C parse for all rows: much faster than a per-row split (docs/benchmarks.md,
+    # "Measurements behind defaults and constants").
     joined = " ".join(text[keep].tolist())
     with warnings.catch_warnings():
         # Malformed text makes fromstring stop early (DeprecationWarning) or raise (numpy >= 2.3);
@@ -235,7 +236,7 @@ def _parse_pixels(pixels: pd.Series, path: Path, row_ids: np.ndarray, skips: _Sk
     for i in np.flatnonzero(keep):
         where = _row_where(path, int(row_ids[i]))
         try:
-            row = np.array(text.iat[i].split(), dtype=np.int64)
+            row = np.array(str(text.iat[int(i)]).split(), dtype=np.int64)
         except ValueError:
             skips.add("non-numeric pixel values", where)
             keep[i] = False

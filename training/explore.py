@@ -106,11 +106,11 @@ def plot_pixel_histograms(data: Fer2013, stats: dict[str, Any], path: Path) -> N
     ax_hist.legend()
     ax_hist.grid(alpha=0.3)
     # Mean brightness per image, by class: a class-dependent brightness would be a shortcut to learn.
-    per_class = [[] for _ in EMOTIONS]
-    for split in data.splits.values():
-        means = split.images.float().mean(dim=(1, 2, 3)).numpy()
+    per_class: list[list[float]] = [[] for _ in EMOTIONS]
+    for part in data.splits.values():
+        means = part.images.float().mean(dim=(1, 2, 3)).numpy()
         for k in range(len(EMOTIONS)):
-            per_class[k].extend(means[split.labels.numpy() == k].tolist())
+            per_class[k].extend(means[part.labels.numpy() == k].tolist())
     shown = [k for k in range(len(EMOTIONS)) if per_class[k]]
     if shown:
         ax_class.boxplot([per_class[k] for k in shown], showfliers=False)
@@ -131,7 +131,11 @@ def plot_samples(data: Fer2013, per_class: int, seed: int, path: Path) -> dict[s
     pool = [(name, i, int(label)) for name, s in data.splits.items() for i, label in enumerate(s.labels.tolist())]
     for k, emotion in enumerate(EMOTIONS):
         candidates = [(n, i) for n, i, label in pool if label == k]
-        picks = rng.choice(len(candidates), size=min(per_class, len(candidates)), replace=False) if candidates else []
+        picks: list[int] = (
+            rng.choice(len(candidates), size=min(per_class, len(candidates)), replace=False).tolist()
+            if candidates
+            else []
+        )
         shown[emotion] = [list(candidates[j]) for j in sorted(picks)]
         for col in range(per_class):
             ax = axes[k, col]

@@ -59,7 +59,8 @@ class _ActivationRecorder(torch.fx.Interpreter):
     def __init__(self, module: torch.fx.GraphModule, layer: str | None) -> None:
         super().__init__(module)
         self.layer = layer
-        self.name: str | None = None
+        # Not ``name``: torch.fx.Interpreter has its own (a str).
+        self.found: str | None = None
         self.activation: torch.Tensor | None = None
         self.spatial_nodes: list[str] = []
 
@@ -68,7 +69,7 @@ class _ActivationRecorder(torch.fx.Interpreter):
         if isinstance(result, torch.Tensor) and result.dim() == 4 and result.shape[-1] * result.shape[-2] > 1:
             self.spatial_nodes.append(n.name)
             if self.layer is None or n.name == self.layer:
-                self.name, self.activation = n.name, result
+                self.found, self.activation = n.name, result
         return result
 
 
@@ -117,7 +118,8 @@ def gradcam_details(
         if wanted.shape != (n,):
             raise ValueError(f"class_index has {wanted.size} entries for {n} crops")
     maps, classes, probs = [], [], []
-    name, act_shape = "", ()
+    name = ""
+    act_shape: tuple[int, ...] = ()
     # Serving code may call this inside inference_mode; autograd needs both switched back on.
     with torch.inference_mode(False), torch.enable_grad():
         for start in range(0, n, BATCH):
@@ -148,7 +150,7 @@ def gradcam_details(
             maps.append(cam.clamp_(0, 1).float())
             classes.append(target)
             probs.append(torch.softmax(logits.detach().float() / info.temperature, dim=1))
-            name, act_shape = recorder.name or "", tuple(activation.shape[1:])
+            name, act_shape = recorder.found or "", tuple(activation.shape[1:])
     empty_hw = (0, *info.input_size)
     return GradCAMResult(
         heatmaps=torch.cat(maps).numpy() if maps else np.zeros(empty_hw, np.float32),

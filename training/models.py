@@ -82,9 +82,10 @@ def _torchvision_resnet18(num_classes: int, dropout: float) -> nn.Module:
 
 
 ARCHS: dict[str, Callable[[int, float], nn.Module]] = {
-    # 1.55M params, ~100 ms/train step at batch 64 and ~4,000 faces/s bf16 on 2 cores.
+    # The shipped architecture. Its cost per training step and served faces/s, and resnet_fer_wide's
+    # against it: docs/benchmarks.md, "Measurements behind defaults and constants".
     "resnet_fer": lambda n, d: ResNetFER(n, 24, (48, 96, 192), (2, 2, 2), d),
-    # 2.76M params, ~1.5x the cost of resnet_fer.
+    # Wider channels, more parameters and compute than resnet_fer.
     "resnet_fer_wide": lambda n, d: ResNetFER(n, 32, (64, 128, 256), (2, 2, 2), d),
     "resnet_fer_tiny": lambda n, d: ResNetFER(n, 16, (32, 64, 128), (1, 1, 1), d),
     "resnet18": _torchvision_resnet18,

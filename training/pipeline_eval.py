@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -27,6 +27,9 @@ from emostream.cpu import cpu_info
 from emostream.jsonutil import json_ready
 from training.cli_support import add_data_arguments, canonical_split, emit, load_data, log
 from training.data import DataError
+
+if TYPE_CHECKING:
+    from detector.settings import DetectorBackend
 
 FRAME_SHAPE = (480, 640)
 #: Faces of the roll and appearance conditions: the side of the FER2013 square in frame pixels,
@@ -66,7 +69,7 @@ CONDITIONS: dict[str, Condition] = {
     )
 }
 #: backend name -> (detector backend, aligned crops, rolled detection passes)
-BACKENDS: dict[str, tuple[str, bool, tuple[float, ...]]] = {
+BACKENDS: dict[str, tuple[DetectorBackend, bool, tuple[float, ...]]] = {
     "haar": ("haar", False, ()),
     "yunet": ("yunet", False, ()),
     "yunet-align": ("yunet", True, (30.0, -30.0)),
@@ -115,8 +118,10 @@ def place_face(face: np.ndarray, condition: Condition, rng: np.random.Generator)
         out = cv2.GaussianBlur(out, (0, 0), condition.blur * side)
     if condition.jpeg:
         ok, data = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, condition.jpeg])
-        assert ok
-        out = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        decoded = cv2.imdecode(data, cv2.IMREAD_COLOR) if ok else None
+        if decoded is None:
+            raise RuntimeError(f"JPEG quality {condition.jpeg}: OpenCV could not encode and decode the frame")
+        out = decoded
     return out, Placement(cx, cy, side, roll)
 
 

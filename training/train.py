@@ -258,7 +258,9 @@ def load_splits(args: argparse.Namespace) -> Loaded:
 def build_trainer(
     args: argparse.Namespace, train_split: Split, device: torch.device, amp_dtype: torch.dtype | None
 ) -> Trainer:
-    model = build_model(args.arch, len(EMOTIONS), args.dropout).to(device, memory_format=memory_format(amp_dtype))
+    model = build_model(args.arch, len(EMOTIONS), args.dropout)
+    # Module.to takes memory_format at run time; torch's overloads of it leave the keyword out.
+    model = model.to(device, memory_format=memory_format(amp_dtype))  # type: ignore[call-overload]
     weights = class_weights(train_split.class_counts(), args.class_weights)
     criterion = nn.CrossEntropyLoss(
         weight=None if weights is None else weights.to(device), label_smoothing=args.label_smoothing
@@ -573,7 +575,7 @@ def finalize(
     if progress.best["state"] is None:
         raise SystemExit("no epoch was trained (epochs <= resumed epoch?)")
     model.load_state_dict(progress.best["state"])
-    model = model.to(memory_format=torch.contiguous_format)
+    model = model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # see build_trainer
     t_eval = time.perf_counter()
     splits = {name: loaded.splits[name] for name in EVAL_SPLITS}
     fp32 = ev.with_amp(None)  # the numbers the model file reproduces

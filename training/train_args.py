@@ -134,10 +134,11 @@ def _option_dests(parser: argparse.ArgumentParser) -> set[str]:
 def _config_value(parser: argparse.ArgumentParser, dest: str, value: Any) -> Any:
     """Check a YAML value like argparse checks a flag (set_defaults alone checks neither type nor choices)."""
     action = next(a for a in parser._actions if a.dest == dest)
-    if action.type is not None and value is not None:
+    convert = action.type
+    if callable(convert) and value is not None:
         try:
             # Through str so that int("2.5") fails instead of int(2.5) silently truncating.
-            value = action.type(str(value))
+            value = convert(str(value))
         except (TypeError, ValueError):
             parser.error(f"config key {dest}: {value!r} is not a valid {getattr(action.type, '__name__', 'value')}")
     if action.choices is not None and value not in action.choices:

@@ -12,7 +12,7 @@ import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -25,6 +25,7 @@ from deploy.bench.report import all_runs, drops_text, format_report, write_json,
 from deploy.bench.settings import BenchSettings
 from deploy.bench.standalone import (
     DetectorResult,
+    Measured,
     interval_study,
     measure_classifier,
     measure_detector,
@@ -33,6 +34,9 @@ from deploy.bench.standalone import (
 )
 from emostream.jsonutil import json_ready
 from emostream.runtime import tune_malloc
+
+if TYPE_CHECKING:
+    from detector.settings import DetectorBackend
 
 EXIT_MISSING = 2
 
@@ -105,13 +109,13 @@ def _standalone(settings: BenchSettings, progress: Progress) -> dict[str, Any]:
     progress.step(f"decode: {settings.stage_frames} frames")
     with CpuWatch() as watch:
         decode, frames = read_frames(settings.video, settings.stage_frames, settings.chunk)
-    stages = {"decode": replace(decode, cpu_watch=watch.result)}
+    stages: dict[str, Measured] = {"decode": replace(decode, cpu_watch=watch.result)}
     progress.note(f"{decode.fps:.0f} frames/s")
 
     progress.step(f"detectors: YuNet and Haar at {settings.downscale:g}x on {len(frames)} frames")
 
     def detector_stage(
-        frames: list[np.ndarray], backend: str, model: Path | None, interval: int = 1
+        frames: list[np.ndarray], backend: DetectorBackend, model: Path | None, interval: int = 1
     ) -> tuple[DetectorResult, list, list]:
         with CpuWatch() as watch:
             stage, stage_crops, stage_boxes = measure_detector(
@@ -129,14 +133,16 @@ def _standalone(settings: BenchSettings, progress: Progress) -> dict[str, Any]:
     yunet, crops, yunet_boxes = detector_stage(frames, "yunet", settings.yunet)
     haar, _, _ = detector_stage(frames, "haar", None)
     stages.update(detector_yunet=yunet, detector_haar=haar)
+    tracked: DetectorResult | None = None
     if settings.interval > 1:
-        stages["detector_yunet_tracked"] = detector_stage(frames, "yunet", settings.yunet, settings.interval)[0]
+        tracked = detector_stage(frames, "yunet", settings.yunet, settings.interval)[0]
+        stages["detector_yunet_tracked"] = tracked
     study = interval_study(yunet_boxes, settings.intervals)
     kept = {row.interval: row.faces_kept for row in study}
     note = f"YuNet {yunet.fps:.1f} frames/s ({yunet.faces_per_frame:.2f} faces/frame), "
     note += f"Haar {haar.fps:.1f} frames/s ({haar.faces_per_frame:.2f} faces/frame)"
-    if settings.interval > 1:
-        note += f"; YuNet at interval {settings.interval}: {stages['detector_yunet_tracked'].fps:.1f} frames/s, "
+    if tracked is not None:
+        note += f"; YuNet at interval {settings.interval}: {tracked.fps:.1f} frames/s, "
         note += f"{100 * kept.get(settings.interval, 1.0):.1f}% of faces kept"
     progress.note(note)
     del frames  # ~2.7 MB each at 720p: free them before the pipeline runs start their own processes

@@ -302,7 +302,7 @@ class _Collector:
 
 
 def _events_socket(publish: str) -> zmq.Socket:
-    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.RCVHWM, 0)  # never lose events on our side: the count is the measurement

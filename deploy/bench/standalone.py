@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypedDict
+from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 import cv2
 import numpy as np
@@ -20,6 +20,9 @@ from deploy.baseline import rate
 from deploy.bench.procstats import CpuLoad
 from deploy.bench.result import JsonResult
 from emostream.boxes import iou_matrix
+
+if TYPE_CHECKING:
+    from detector.settings import DetectorBackend
 
 
 @dataclass(frozen=True)
@@ -214,7 +217,7 @@ def opencv_threads(threads: int) -> Iterator[None]:
 
 def measure_detector(
     frames: Sequence[np.ndarray],
-    backend: str,
+    backend: DetectorBackend,
     model_path: str | Path | None,
     downscale: float,
     min_face: int,
@@ -428,7 +431,7 @@ def measure_classifier(
         calls = max(1, round(batched_batches / rounds))
         flip_rates.append(calls * max_batch / timed_calls(flip_model, max_batch, calls))
     by_batch = {size: statistics.median(rates) for size, rates in per_round.items()}
-    flops = count_flops_per_face(model.module, tuple(model.info.input_size))
+    flops = count_flops_per_face(model.module, model.info.input_size)
     batch1, batched = by_batch[1], by_batch[max_batch]
     return ClassifierResult(
         model=str(model.path),
