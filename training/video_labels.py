@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from emostream.settings_cli import add_arguments, from_args
+from emostream.wire import EmotionEvent, FaceEmotion
 from training.cli_support import emit, log
 
 CAMERA = "video"
@@ -29,11 +30,10 @@ CAMERA = "video"
 SHEET_FRAMES = 6
 
 
-def label_video(video: Path, extractor: Any, model: Any, window: int) -> tuple[list[Any], list[np.ndarray]]:
+def label_video(video: Path, extractor: Any, model: Any, window: int) -> tuple[list[EmotionEvent], list[np.ndarray]]:
     """The event of every frame of ``video``, and the frames themselves for pictures."""
     from classifier.service import DIGITS
     from classifier.tracking import CameraTracks
-    from emostream.wire import EmotionEvent, FaceEmotion
 
     capture = cv2.VideoCapture(str(video))
     if not capture.isOpened():
@@ -41,7 +41,8 @@ def label_video(video: Path, extractor: Any, model: Any, window: int) -> tuple[l
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     tracks = CameraTracks(window=window)
     names = list(model.class_names)
-    events, frames = [], []
+    events: list[EmotionEvent] = []
+    frames: list[np.ndarray] = []
     while True:
         ok, image = capture.read()
         if not ok:
@@ -51,11 +52,11 @@ def label_video(video: Path, extractor: Any, model: Any, window: int) -> tuple[l
         probs = model.predict(crops)
         ids, smoothed = tracks.update(seq, found.boxes, probs, ts)
         faces = []
-        for i, box in enumerate(found.boxes):
+        for i, (x, y, w, h) in enumerate(found.boxes.tolist()):
             top = int(np.argmax(smoothed[i]))
             faces.append(
                 FaceEmotion(
-                    box=tuple(int(v) for v in box),
+                    box=(x, y, w, h),
                     emotion=names[top],
                     confidence=round(float(smoothed[i][top]), DIGITS),
                     scores={n: round(float(v), DIGITS) for n, v in zip(names, probs[i], strict=True)},
@@ -65,7 +66,7 @@ def label_video(video: Path, extractor: Any, model: Any, window: int) -> tuple[l
                     raw_emotion=names[int(np.argmax(probs[i]))],
                 )
             )
-        events.append(EmotionEvent(camera=CAMERA, frame=seq, ts_capture=ts, ts_event=ts, faces=faces))
+        events.append(EmotionEvent(camera=CAMERA, frame=seq, ts_capture=ts, ts_event=ts, faces=tuple(faces)))
         frames.append(image)
     capture.release()
     if not frames:
