@@ -22,7 +22,7 @@ from capture.sources import SourceKind
 from emostream import shm
 from emostream.health import HEALTH
 from emostream.metrics import FRAMES, FRAMES_DROPPED, declare_drops
-from emostream.runtime import ThrottledLog
+from emostream.runtime import FRAME_SOCKET_BUFFER, ThrottledLog
 from emostream.security import CurveKeys, secure_server
 from emostream.wire import REJECT_REASONS, Encoding, Frame, SharedSlot, WireError, decode_credit, encode_frame
 
@@ -31,11 +31,6 @@ log = logging.getLogger("capture")
 #: Frames ZeroMQ may queue per connected worker. Credits keep the real number at the worker's window
 #: (1 by default, plus the frames a key frame's worker tracks); this only has to exceed any window.
 SNDHWM = 64
-#: The kernel's TCP send buffer (bytes; Linux doubles it). Loopback's autotuned buffers hold many raw
-#: frames, so a slow consumer received them seconds old; 128 KiB here and on the detector's side keeps
-#: them fresh at little cost in messages/s (measured: docs/benchmarks.md, "Measurements behind defaults
-#: and constants").
-SNDBUF = 128 * 1024
 #: How long a blocked wait lasts before it looks at the stop event again (SIGTERM stays prompt).
 POLL_MS = 100
 #: After the last frame of a file: how long close() may take to hand queued frames to the detectors.
@@ -219,7 +214,7 @@ class FrameSender:
         # Sending to a worker that is gone must fail (EHOSTUNREACH), not vanish silently.
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.socket.setsockopt(zmq.SNDHWM, SNDHWM)
-        self.socket.setsockopt(zmq.SNDBUF, SNDBUF)
+        self.socket.setsockopt(zmq.SNDBUF, FRAME_SOCKET_BUFFER)
         self.socket.setsockopt(zmq.LINGER, STOP_LINGER_MS)
         self.socket.bind(endpoint)  # raises zmq.ZMQError (e.g. address in use); caller reports it
         self.sent = 0

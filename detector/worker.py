@@ -33,7 +33,7 @@ from detector.settings import DetectorSettings
 from emostream import shm
 from emostream.health import HEALTH
 from emostream.metrics import FACES, FRAMES, FRAMES_DROPPED, FRAMES_RECEIVED, STAGE_SECONDS, declare_drops
-from emostream.runtime import ThrottledLog
+from emostream.runtime import FRAME_SOCKET_BUFFER, ThrottledLog
 from emostream.security import CurveKeys, secure_client
 from emostream.wire import REJECT_REASONS, Credit, WireError, decode_frame, encode_credit, encode_faces
 
@@ -42,9 +42,6 @@ log = logging.getLogger("detector")
 #: A credit goes to every camera at least this often, even when idle: a camera that restarted learns
 #: of the worker, and a worker that stops sending is known to be dead or hung (capture.dispatch.EXPIRY_S).
 HEARTBEAT_S = 1.0
-#: The kernel's TCP receive buffer (bytes; Linux doubles it). Autotuned loopback buffers hold many
-#: raw frames, seconds of stale video under overload (see capture.sender.SNDBUF for measurements).
-RCVBUF = 128 * 1024
 #: Faces messages (a few KB each) queued towards the classifier before sending blocks.
 SNDHWM = 16
 POLL_MS = 100
@@ -92,7 +89,7 @@ class DetectorWorker:
             # Connect, not bind: cameras come and go, each binds its own endpoint.
             sock = context.socket(zmq.DEALER)
             secure_client(sock, keys)  # plain without keys
-            sock.setsockopt(zmq.RCVBUF, RCVBUF)
+            sock.setsockopt(zmq.RCVBUF, FRAME_SOCKET_BUFFER)
             sock.setsockopt(zmq.SNDHWM, 4)  # credits only; newer ones supersede older ones
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(endpoint)

@@ -110,3 +110,10 @@ class ThrottledLog:
             msg += f" (and {self._held} more like it in the last {self.interval_s:g} s)"
         self._last, self._held = now, 0
         self.logger.warning(msg, *args)
+
+
+#: The kernel's TCP buffer (bytes; Linux doubles it) on both ends of a frame socket: capture's send
+#: side and the detector's receive side. Loopback's autotuned buffers hold many raw frames, so a slow
+#: consumer received them seconds old; 128 KiB keeps them fresh at little cost in messages/s
+#: (measured: docs/benchmarks.md, "Measurements behind defaults and constants").
+FRAME_SOCKET_BUFFER = 128 * 1024
