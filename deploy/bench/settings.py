@@ -17,11 +17,12 @@ from urllib.parse import urlsplit
 
 from deploy.config import ClassifierConfig, PipelineConfig, parse_config
 from deploy.plan import endpoints, metrics_ports
+from detector.backends import YUNET_MODEL
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 DEFAULT_VIDEO = SHARED / "media" / "faces.mp4"
-DEFAULT_YUNET = SHARED / "models" / "face_detection_yunet_2026may.onnx"
+DEFAULT_YUNET = Path(YUNET_MODEL)
 
 _CLASSIFIER = ClassifierConfig()
 

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from capture.sources import DEFAULT_DECODE_THREADS
+from classifier.settings import ClassifierSettings
 from deploy.baseline import rate
 from deploy.bench.procstats import CpuLoad
 from deploy.bench.result import JsonResult
@@ -362,7 +363,7 @@ def measure_matmul_peak(size: int = 4096, reps: int = 8, threads: int = 2) -> Ma
 def measure_classifier(
     crops: np.ndarray,
     model_path: str | Path | None = None,
-    max_batch: int = 64,
+    max_batch: int = ClassifierSettings().max_batch,
     batch1_faces: int = 400,
     batched_batches: int = 40,
     sweep: Sequence[int] = (8, 16, 32),
