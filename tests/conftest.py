@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import zmq
 
+from support import make_keys
+
 SYSTEM = Path(__file__).resolve().parent / "system"
 
 
@@ -54,6 +56,15 @@ def validator():
     schema = json.loads((REPO / "docs" / "event.schema.json").read_text(encoding="utf-8"))
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema)
+
+
+@pytest.fixture
+def keys_dir(tmp_path) -> Path:
+    """The deployment's keys plus an authorized user 'alice'."""
+    directory = tmp_path / "keys"
+    result = make_keys(directory, "--client", "alice")
+    assert result.returncode == 0, result.stderr
+    return directory
 
 
 @pytest.fixture

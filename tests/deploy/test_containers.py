@@ -2,44 +2,49 @@
 
 No container engine runs here, so nothing is built: instead every command line in those files is
 parsed by the real stage's ``build_parser()``, every endpoint a stage connects to must name a service
-that binds that port, every probe must hit a path emostream.health serves on the stage's metrics
-port, and the compose commands are finally run as local processes (hosts and ports substituted) to
-prove they make a working pipeline.
+that binds that port, and every probe must hit a path emostream.health serves on the stage's metrics
+port. The compose commands run as local processes are tests/system/test_compose_processes.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import fnmatch
 import functools
-import importlib
-import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from support import PYTHON, REPO, free_ports, http_get, wait_for
+from support import PYTHON, REPO
+from support.containers import (
+    COMPOSE,
+    DOCKERFILE,
+    DOCKERIGNORE,
+    ENDPOINT,
+    HEALTH_PATHS,
+    INTERPOLATION,
+    STAGES,
+    StageCommand,
+    compose,
+    compose_commands,
+    dockerfile,
+    dockerfile_cmd,
+    healthcheck_url,
+    parse_stage,
+    project_services,
+)
 
-DOCKERFILE = REPO / "Dockerfile"
-DOCKERIGNORE = REPO / ".dockerignore"
-COMPOSE = REPO / "deploy" / "compose.yaml"
 K8S = REPO / "deploy" / "k8s"
 K8S_BASE = K8S / "base"
 K8S_GPU = K8S / "overlays" / "gpu"
 
-STAGES = ("capture", "detector", "classifier", "sink")
-#: What emostream.health serves beside /metrics on every stage's metrics port.
-HEALTH_PATHS = {"/healthz", "/readyz"}
+
 #: The topology compose.yaml promises (its comments, the README and deploy/prometheus rely on it).
 COMPOSE_SERVICES = {"capture-cam0", "detector", "classifier", "sink", "prometheus", "grafana"}
 STAGES_IN_COMPOSE = {"capture-cam0": "capture", "detector": "detector", "classifier": "classifier", "sink": "sink"}
@@ -55,83 +60,6 @@ STANDARD_ENV = {
     "OMP_NUM_THREADS": "OpenMP inside PyTorch: thread pool size",
     "MPLCONFIGDIR": "matplotlib: its config/cache directory",
 }
-ENDPOINT = re.compile(r"^tcp://(?P<host>[^:/]+):(?P<port>\d+)$")
-INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?-(?P<default>[^}]*))?\}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Stage command lines, parsed by the stages' own parsers
-# ---------------------------------------------------------------------------------------------
-
-
-class BadArgs(Exception):
-    """What argparse would have printed before exiting."""
-
-
-@dataclass
-class StageCommand:
-    """A ``python -m <stage> ...`` command line as the stage itself understands it."""
-
-    module: str
-    args: argparse.Namespace
-    binds: list[str] = field(default_factory=list)
-    connects: list[str] = field(default_factory=list)
-
-    @property
-    def metrics_port(self) -> int:
-        return self.args.metrics_port
-
-    def bound_ports(self) -> set[int]:
-        return {int(ENDPOINT.match(e)["port"]) for e in self.binds} | {self.metrics_port}
-
-
-def stage_parser(module: str) -> argparse.ArgumentParser:
-    parser = importlib.import_module(f"{module}.__main__").build_parser()
-
-    def fail(message: str) -> None:
-        raise BadArgs(message)
-
-    parser.error = fail  # collect the message instead of exiting the test process
-    return parser
-
-
-def parse_stage(argv: list[str], where: str) -> StageCommand:
-    """Parse ``python -m <stage> ARGS`` with the stage's real parser and say what it binds/connects."""
-    assert len(argv) >= 3 and argv[0] in ("python", "python3") and argv[1] == "-m", (
-        f"{where}: {argv[:3]} is not `python -m <stage>`"
-    )
-    module = argv[2]
-    assert module in STAGES, f"{where}: `python -m {module}` is not a stage ({', '.join(STAGES)})"
-    parser = stage_parser(module)
-    # argparse accepts unambiguous prefixes (--work for --worker); a file must spell flags in full,
-    # or a new flag sharing the prefix would silently change what it means.
-    known = {option for action in parser._actions for option in action.option_strings}
-    for token in map(str, argv[3:]):
-        if token.startswith("--"):
-            assert token.split("=", 1)[0] in known, f"{where}: `python -m {module}` has no flag {token}"
-    try:
-        args = parser.parse_args([str(a) for a in argv[3:]])
-    except BadArgs as exc:
-        pytest.fail(f"{where}: `python -m {module}` rejects its arguments: {exc}")
-    cmd = StageCommand(module, args)
-    # Who binds and who connects, as in deploy/plan.py and each stage's --help.
-    if module == "capture":
-        cmd.binds = [args.frames]
-        cmd.connects = [args.events] if args.events else []
-    elif module == "detector":
-        cmd.connects = [*args.frames, args.push]
-    elif module == "classifier":
-        cmd.binds, cmd.connects = [args.pull], [args.push]
-    else:
-        cmd.binds = [args.pull, args.publish]
-    for endpoint in cmd.binds + cmd.connects:
-        assert ENDPOINT.match(endpoint), f"{where}: {endpoint!r} is not tcp://host:port"
-    for endpoint in cmd.binds:
-        # Inside a container or a pod 127.0.0.1 is the container itself: a bind there is unreachable.
-        assert ENDPOINT.match(endpoint)["host"] in ("0.0.0.0", "*"), f"{where}: binds {endpoint}, not 0.0.0.0"
-    assert args.metrics_port > 0, f"{where}: no --metrics-port, so no /metrics, /healthz or /readyz to probe"
-    assert args.metrics_host == "0.0.0.0", f"{where}: --metrics-host {args.metrics_host} is unreachable for scrapers"
-    return cmd
 
 
 def project_packages() -> list[str]:
@@ -182,29 +110,6 @@ def test_the_probed_paths_are_the_ones_emostream_health_answers():
         assert status[0].startswith("200") and b"# HELP" not in body, f"{path} is not a health endpoint"
 
 
-# ---------------------------------------------------------------------------------------------
-# Dockerfile
-# ---------------------------------------------------------------------------------------------
-
-
-def dockerfile() -> list[tuple[str, str]]:
-    """(INSTRUCTION, rest) for every instruction, continuation lines joined, comments dropped."""
-    out: list[tuple[str, str]] = []
-    buf = ""
-    for line in DOCKERFILE.read_text().splitlines():
-        stripped = line.strip()
-        if stripped.startswith("#") or (not buf and not stripped):
-            continue
-        if stripped.endswith("\\"):
-            buf += stripped[:-1] + " "
-            continue
-        buf += stripped
-        keyword, _, rest = buf.partition(" ")
-        out.append((keyword.upper(), rest.strip()))
-        buf = ""
-    return out
-
-
 def dockerfile_args() -> dict[str, str]:
     return {name: default for kw, rest in dockerfile() if kw == "ARG" for name, _, default in [rest.partition("=")]}
 
@@ -215,12 +120,6 @@ def dockerfile_uid() -> int:
     user = users[-1].split(":")[0]
     assert user.isdigit(), f"USER {user}: use the numeric uid so Kubernetes' runAsNonRoot can verify it"
     return int(user)
-
-
-def dockerfile_cmd() -> list[str]:
-    cmds = [json.loads(rest) for kw, rest in dockerfile() if kw == "CMD"]
-    assert cmds, "the Dockerfile has no CMD"
-    return cmds[-1]
 
 
 def test_dockerfile_builds_a_non_root_cpu_image_with_a_cuda_variant_by_build_argument():
@@ -284,54 +183,6 @@ def test_dockerfile_default_command_runs_a_real_module():
         timeout=60,
     )
     assert out.returncode == 0, f"CMD {cmd}: --help failed:\n{out.stderr}"
-
-
-# ---------------------------------------------------------------------------------------------
-# deploy/compose.yaml
-# ---------------------------------------------------------------------------------------------
-
-
-def interpolate(value: Any, seen: set[str]) -> Any:
-    """Apply compose's ${VAR:-default} interpolation with every variable unset (the plain `up`)."""
-    if isinstance(value, str):
-
-        def sub(m: re.Match) -> str:
-            seen.add(m["name"])
-            assert m["default"] is not None, f"${{{m['name']}}} has no default: a plain `up` would fail"
-            return m["default"]
-
-        return INTERPOLATION.sub(sub, value)
-    if isinstance(value, list):
-        return [interpolate(v, seen) for v in value]
-    if isinstance(value, dict):
-        return {k: interpolate(v, seen) for k, v in value.items()}
-    return value
-
-
-def compose() -> tuple[dict[str, Any], set[str]]:
-    seen: set[str] = set()
-    doc = interpolate(yaml.safe_load(COMPOSE.read_text()), seen)
-    return doc, seen
-
-
-def project_services(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {name: svc for name, svc in doc["services"].items() if "build" in svc}
-
-
-def compose_commands(doc: dict[str, Any]) -> dict[str, StageCommand]:
-    commands = {}
-    for name, svc in project_services(doc).items():
-        command = svc.get("command") or dockerfile_cmd()
-        assert isinstance(command, list), f"compose {name}: write command as a list (no shell parsing)"
-        commands[name] = parse_stage(command, f"compose service {name}")
-    return commands
-
-
-def healthcheck_url(test: list[str], where: str) -> tuple[int, str]:
-    assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL"), f"{where}: healthcheck.test {test!r}"
-    m = re.search(r"http://(?:127\.0\.0\.1|localhost):(\d+)(/[A-Za-z]*)", " ".join(test))
-    assert m, f"{where}: healthcheck does not fetch http://127.0.0.1:<port>/<path>"
-    return int(m[1]), m[2]
 
 
 def test_compose_has_the_promised_services_and_the_project_image_builds_from_the_repository():
@@ -670,113 +521,3 @@ def test_k8s_detectors_scale_and_only_the_gpu_overlay_asks_for_a_gpu():
             assert c["image"].endswith(":cu128"), "the GPU classifier must run the CUDA image"
         else:
             assert gpus is None, f"k8s overlays/gpu: {name} should stay on the CPU"
-
-
-# ---------------------------------------------------------------------------------------------
-# The compose commands, run for real as local processes
-# ---------------------------------------------------------------------------------------------
-
-
-def localise(argv: list[str], ports: dict[int, int], metrics_port: int, volumes: dict[str, Path]) -> list[str]:
-    """A compose command line for this host: service names and 0.0.0.0 become 127.0.0.1, every
-    port a free one (the same mapping for every service, so connects still meet binds), container
-    volume paths a temporary folder."""
-    out = [PYTHON if argv[0] in ("python", "python3") else argv[0]]
-    for prev, arg in pairwise(argv):
-        m = ENDPOINT.match(arg)
-        if m:
-            arg = f"tcp://127.0.0.1:{ports[int(m['port'])]}"
-        elif prev == "--metrics-port":
-            arg = str(metrics_port)
-        elif prev == "--metrics-host":
-            arg = "127.0.0.1"
-        else:
-            for inside, outside in volumes.items():
-                if arg.startswith(inside.rstrip("/") + "/"):
-                    arg = str(outside / arg[len(inside.rstrip("/")) + 1 :])
-        out.append(arg)
-    return out
-
-
-def test_compose_commands_run_as_local_processes_deliver_events_and_answer_health(tmp_path):
-    from emostream.wire import CameraEvent, EmotionEvent
-    from sink.subscribe import events
-
-    doc, _ = compose()
-    commands = compose_commands(doc)
-    start_order = ["sink", "classifier", "detector", "capture-cam0"]  # what depends_on orders
-    zmq_ports = sorted({int(ENDPOINT.match(e)["port"]) for c in commands.values() for e in c.binds})
-    replicas = {name: doc["services"][name].get("deploy", {}).get("replicas", 1) for name in start_order}
-    free = free_ports(len(zmq_ports) + sum(replicas.values()))
-    ports = dict(zip(zmq_ports, free[: len(zmq_ports)], strict=True))
-    metrics_ports = iter(free[len(zmq_ports) :])
-
-    procs: list[tuple[str, str, int, subprocess.Popen]] = []  # service, replica name, metrics port, process
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    log_files = []
-    volumes: dict[str, dict[str, Path]] = {}  # service -> {path inside the container: folder here}
-    try:
-        for name in start_order:
-            svc = doc["services"][name]
-            volumes[name] = {}
-            for volume in svc.get("volumes", []):
-                source, target = volume.split(":")[:2]
-                volumes[name][target] = tmp_path / source
-                (tmp_path / source).mkdir(exist_ok=True)
-            env = {**os.environ, "PYTHONPATH": str(REPO), **{k: str(v) for k, v in svc.get("environment", {}).items()}}
-            for replica in range(replicas[name]):
-                port = next(metrics_ports)
-                argv = localise(svc["command"], ports, port, volumes[name])
-                log_files.append((logs / f"{name}-{replica}.log").open("w"))
-                # cwd outside the repository, like the image's WORKDIR: the code comes from PYTHONPATH.
-                proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=log_files[-1], stderr=subprocess.STDOUT)
-                procs.append((name, f"{name}-{replica}", port, proc))
-
-        def all_logs() -> str:
-            return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(logs.iterdir()))
-
-        publish = f"tcp://127.0.0.1:{ports[int(ENDPOINT.match(commands['sink'].args.publish)['port'])]}"
-        received = []
-        statuses = []
-        for event in events(publish, camera="cam0", timeout=90):
-            if isinstance(event, CameraEvent):  # capture's up/down events reach the sink over --events
-                statuses.append(event.status)
-                continue
-            received.append(event)
-            if len(received) >= 10 and any(e.faces for e in received):
-                break
-        assert len(received) >= 10, f"only {len(received)} events reached {publish}\n{all_logs()}"
-        assert any(e.faces for e in received), "the demo camera's face was never found"
-        assert all(e.camera == "cam0" and isinstance(e, EmotionEvent) for e in received)
-        assert set(statuses) <= {"up"}
-
-        for service, name, port, proc in procs:
-            assert proc.poll() is None, f"{name} exited with {proc.returncode}\n{all_logs()}"
-            for path in ("/healthz", "/readyz"):
-                wait_for(lambda p=port, q=path: http_get(p, q)[0] == 200, timeout=30, what=f"{name} {path} 200")
-            # The compose healthcheck itself, pointed at this process's port, must succeed too.
-            test = doc["services"][service]["healthcheck"]["test"]
-            code = test[test.index("-c") + 1]
-            compose_port, _ = healthcheck_url(test, name)
-            check = subprocess.run([PYTHON, "-c", code.replace(f":{compose_port}/", f":{port}/")], timeout=30)
-            assert check.returncode == 0, f"{name}: compose's healthcheck command fails against a healthy stage"
-
-        jsonl = Path(localise(["python", "--jsonl", commands["sink"].args.jsonl], ports, 0, volumes["sink"])[2])
-        assert jsonl.is_relative_to(tmp_path), f"--jsonl {commands['sink'].args.jsonl} is on no volume of the sink"
-        assert jsonl.exists() and jsonl.stat().st_size > 0, "the sink wrote nothing to its events volume"
-    finally:
-        # What `docker compose stop` does: SIGTERM upstream first, then wait, then SIGKILL.
-        for _, _, _, proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        codes = {}
-        for _, name, _, proc in reversed(procs):
-            try:
-                codes[name] = proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                codes[name] = proc.wait()
-        for log_file in log_files:
-            log_file.close()
-    assert all(code == 0 for code in codes.values()), f"stages did not stop cleanly on SIGTERM: {codes}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -48,6 +49,11 @@ def faces(camera: str, seq: int, n: int) -> Faces:
         np.full(n, 0.9, np.float32),
         rng.integers(0, 256, (n, 48, 48), dtype=np.uint8),
     )
+
+
+def overwrite(data: bytes, start: int, end: int, seed: int) -> bytes:
+    """``data`` with bytes [start, end) replaced by seeded garbage (the same garbage on every run)."""
+    return data[:start] + random.Random(seed).randbytes(end - start) + data[end:]
 
 
 def free_port() -> int:
@@ -142,6 +148,17 @@ def metric_value(text: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in head for k, v in labels.items()):
             total += float(value)
     return total
+
+
+def make_keys(directory: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m deploy keys --out DIRECTORY ARGS``: a deployment's CurveZMQ keys."""
+    return subprocess.run(
+        [PYTHON, "-m", "deploy", "keys", "--out", str(directory), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def start_stage(module: str, *args: str) -> subprocess.Popen:
