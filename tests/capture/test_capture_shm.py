@@ -51,6 +51,10 @@ def test_capture_sends_local_workers_slot_addresses_and_others_the_bytes_with_id
     processes.append(proc)
     got: dict[str, list[Frame]] = {"local": [], "remote": []}
     workers = {"local": local, "remote": remote}
+    # Wait on both sockets at once: polling them in turn sat out the full timeout on an idle one.
+    poller = zmq.Poller()
+    for worker in workers.values():
+        poller.register(worker.socket, zmq.POLLIN)
     while sum(map(len, got.values())) < FACES_MP4_FRAMES:
         progressed = False
         for name, worker in workers.items():
@@ -59,7 +63,7 @@ def test_capture_sends_local_workers_slot_addresses_and_others_the_bytes_with_id
                 got[name].append(frame)
                 progressed = True
         if not progressed:
-            assert any(w.socket.poll(30_000) for w in workers.values()), f"stalled after {len(got['local'])}"
+            assert poller.poll(30_000), f"stalled after {len(got['local'])}"
         if len(got["local"]) == 5:
             assert ring_files(camera) == [shm.ring_name(camera, proc.pid)]
     _, stderr = proc.communicate(timeout=30)

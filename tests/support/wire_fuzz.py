@@ -19,12 +19,14 @@ from emostream.wire import (
     TOPIC_CREDIT,
     TOPIC_FACES,
     TOPIC_FRAME,
+    CameraEvent,
     Credit,
     EmotionEvent,
     Encoding,
     FaceEmotion,
     Faces,
     Frame,
+    OtherEvent,
     WireError,
     camera_event,
     decode_credit,
@@ -105,6 +107,20 @@ def valid_messages(kind: str) -> list[list[bytes]]:
 
 
 TEMPLATES = {kind: valid_messages(kind) for kind in KINDS}
+
+
+def decoded_is_consistent(kind: str, result: Any) -> bool:
+    """What a decoder returns for input it accepts is usable as-is by the stage that receives it."""
+    if kind == "frame":
+        return result.image.dtype == np.uint8 and result.image.ndim == 3 and result.image.shape[2] == 3
+    if kind == "faces":
+        n = len(result)
+        s = result.crops.shape[1] if result.crops.ndim == 3 else -1
+        return result.boxes.shape == (n, 4) and result.scores.shape == (n,) and result.crops.shape == (n, s, s)
+    if kind == "event":
+        # Typed, and what the sink writes and subscribers print is plain JSON again.
+        return isinstance(result, (EmotionEvent, CameraEvent, OtherEvent)) and json.loads(json.dumps(result.to_dict()))
+    return isinstance(result, Credit) and result.window >= 0 and result.interval >= 1
 
 
 def dumps(value: Any) -> bytes:
