@@ -15,9 +15,9 @@ from pydantic_core import PydanticUndefined
 
 import emostream.metrics
 from deploy.config import PipelineConfig, parse_config
+from support import REPO
 
 # Found by walking up, so the file keeps working wherever the test layout puts it.
-REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 DOCS = REPO / "docs"
 MARKDOWN = [REPO / "README.md", REPO / "training" / "README.md", REPO / "deploy" / "METRICS.md", *DOCS.glob("*.md")]
 

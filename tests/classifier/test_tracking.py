@@ -1,0 +1,215 @@
+"""Face tracks and emotion smoothing (classifier/tracking.py): hand-made boxes and the event fields. YuNet
+and the shipped model on the real meeting video are tests/system/test_tracking_real_video.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from classifier.batching import Batch
+from classifier.service import events_for_batch
+from classifier.tracking import CameraTracks, Tracker, smoothing_alpha
+from emostream.boxes import iou_matrix
+from emostream.wire import EMOTIONS, EmotionEvent, FaceEmotion, Faces, WireError, decode_event, encode_event
+
+C = len(EMOTIONS)
+
+
+def onehot(*classes: int) -> np.ndarray:
+    return np.eye(C)[list(classes)]
+
+
+def boxes(*xywh: tuple[int, int, int, int]) -> np.ndarray:
+    return np.array(xywh, dtype=np.int32).reshape(-1, 4)
+
+
+def uniform(n: int) -> np.ndarray:
+    return np.full((n, C), 1.0 / C)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracking on hand-made boxes
+# ---------------------------------------------------------------------------------------------
+
+
+def test_iou_of_hand_made_boxes():
+    iou = iou_matrix(boxes((0, 0, 10, 10), (100, 100, 5, 5)), boxes((5, 0, 10, 10), (0, 0, 10, 10)))
+    np.testing.assert_allclose(iou, [[50 / 150, 1.0], [0.0, 0.0]])
+
+
+def test_a_face_moving_a_little_keeps_its_id_and_a_new_face_gets_a_new_one():
+    tracks = CameraTracks(window=1)
+    ids = [int(tracks.update(seq, boxes((100 + 3 * seq, 50 + seq, 60, 60)), uniform(1))[0][0]) for seq in range(20)]
+    assert ids == [1] * 20
+    ids, _ = tracks.update(20, boxes((160, 70, 60, 60), (400, 50, 60, 60)), uniform(2))
+    assert ids.tolist() == [1, 2]
+    ids, _ = tracks.update(21, boxes((402, 52, 60, 60), (161, 70, 60, 60)), uniform(2))  # detector order changes
+    assert ids.tolist() == [2, 1]
+
+
+def test_a_track_survives_max_age_missed_frames_then_retires_and_its_id_is_never_reused():
+    tracks = CameraTracks(window=1, max_age=3)
+    face = boxes((10, 10, 50, 50))
+    assert tracks.update(0, face, uniform(1))[0].tolist() == [1]
+    for seq in (1, 2, 3):  # three frames without the face: within max_age
+        tracks.update(seq, boxes(), uniform(0))
+    assert tracks.update(4, face, uniform(1))[0].tolist() == [1], "missed 3 frames, max_age 3: same track"
+    tracks.update(5, boxes(), uniform(0))
+    # A gap in seq (frames lost upstream) counts as missed frames too: 5 frames since seq 4.
+    assert tracks.update(9, face, uniform(1))[0].tolist() == [2], "missed 4 frames: a new track"
+    assert tracks.update(10, face, uniform(1))[0].tolist() == [2]
+    assert tracks.update(30, face, uniform(1))[0].tolist() == [3], "ids only ever increase"
+
+
+def test_two_crossing_faces_keep_their_ids():
+    tracks = CameraTracks(window=1, iou_threshold=0.3)
+    seen = []
+    for seq in range(30):  # A moves right, B left, 8 px a frame; they overlap in the middle
+        a, b = (100 + 8 * seq, 100, 80, 80), (340 - 8 * seq, 110, 80, 80)
+        ids, _ = tracks.update(seq, boxes(a, b), uniform(2))
+        seen.append(ids.tolist())
+    assert iou_matrix(boxes((212, 100, 80, 80)), boxes((228, 110, 80, 80)))[0, 0] > 0.5, "they really overlap"
+    assert seen == [[1, 2]] * 30
+
+
+def test_each_camera_has_its_own_tracks():
+    tracker = Tracker(window=1)
+    assert tracker.update("a", 0, boxes((0, 0, 10, 10)), uniform(1))[0].tolist() == [1]
+    assert tracker.update("b", 0, boxes((0, 0, 10, 10), (50, 0, 10, 10)), uniform(2))[0].tolist() == [1, 2]
+    assert tracker.update("a", 1, boxes((50, 0, 10, 10)), uniform(1))[0].tolist() == [2]
+
+
+def test_a_late_frame_is_matched_without_changing_the_tracks_and_a_restarted_camera_starts_over():
+    tracks = CameraTracks(window=3)  # alpha 0.5
+    face, elsewhere = boxes((100, 100, 50, 50)), boxes((600, 100, 50, 50))
+    tracks.update(10, face, onehot(0), ts_capture=10.0)
+    tracks.update(12, face, onehot(1), ts_capture=12.0)  # gap 2: a = 0.75
+    state = tracks.tracks[0].smoothed.copy()
+    np.testing.assert_allclose(state[:2], [0.25, 0.75])
+    # Frame 11 arrives after 12 (another detector worker was slower): same id, one EMA step, nothing stored.
+    ids, smoothed = tracks.update(11, face, onehot(3), ts_capture=11.0)
+    assert ids.tolist() == [1]
+    np.testing.assert_allclose(smoothed[0], 0.5 * state + 0.5 * onehot(3)[0], atol=1e-6)
+    np.testing.assert_array_equal(tracks.tracks[0].smoothed, state)
+    assert tracks.tracks[0].last_seq == 12 and tracks.newest == (12, 12.0)
+    ids, smoothed = tracks.update(11, elsewhere, onehot(4), ts_capture=11.0)  # late and unmatched
+    assert ids.tolist() == [2] and len(tracks.tracks) == 1
+    np.testing.assert_allclose(smoothed, onehot(4))
+    # A lower seq captured later: capture restarted, its seq counts from 0 again.
+    ids, smoothed = tracks.update(0, face, onehot(5), ts_capture=20.0)
+    assert ids.tolist() == [3] and len(tracks.tracks) == 1
+    np.testing.assert_allclose(smoothed, onehot(5))
+    assert tracks.update(1, face, onehot(5), ts_capture=20.04)[0].tolist() == [3]
+
+
+# ---------------------------------------------------------------------------------------------
+# Smoothing
+# ---------------------------------------------------------------------------------------------
+
+
+def test_smoothing_matches_hand_computed_values():
+    assert smoothing_alpha(1) == 1.0 and smoothing_alpha(3) == 0.5 and smoothing_alpha(8) == pytest.approx(2 / 9)
+    with pytest.raises(ValueError):
+        smoothing_alpha(0)
+    tracks = CameraTracks(window=3)  # alpha = 2 / (3 + 1) = 0.5
+    face = boxes((0, 0, 40, 40))
+    p = np.array([[0.6, 0.1, 0.1, 0.1, 0.1, 0.0, 0.0]])
+    q = np.array([[0.0, 0.1, 0.1, 0.7, 0.1, 0.0, 0.0]])
+    out = [tracks.update(seq, face, x)[1][0] for seq, x in enumerate([p, q, q])]
+    np.testing.assert_allclose(out[0], p[0], atol=1e-6)  # a new track starts at its raw scores
+    np.testing.assert_allclose(out[1], [0.3, 0.1, 0.1, 0.4, 0.1, 0.0, 0.0], atol=1e-6)  # 0.5 p + 0.5 q
+    np.testing.assert_allclose(out[2], [0.15, 0.1, 0.1, 0.55, 0.1, 0.0, 0.0], atol=1e-6)  # 0.5 out1 + 0.5 q
+    # Two frames missed (seq 3, 4): the state decays as if they had come, a = 1 - 0.5**3 = 0.875.
+    late = tracks.update(5, face, p)[1][0]
+    np.testing.assert_allclose(late, out[2] + 0.875 * (p[0] - out[2]), atol=1e-6)
+    assert late.sum() == pytest.approx(1.0)
+
+
+def test_window_one_is_the_identity():
+    rng = np.random.default_rng(0)
+    tracks = CameraTracks(window=1)
+    for seq in range(10):
+        probs = rng.dirichlet(np.ones(C), size=2)
+        ids, smoothed = tracks.update(seq, boxes((0, 0, 40, 40), (200, 0, 40, 40)), probs)
+        assert ids.tolist() == [1, 2]
+        np.testing.assert_allclose(smoothed, probs, atol=1e-6)
+
+
+def test_smoothing_damps_a_one_frame_blip_and_follows_a_lasting_change():
+    tracks = CameraTracks(window=8)
+    face = boxes((0, 0, 40, 40))
+    happy, sad = np.array([[0, 0, 0, 0.8, 0.2, 0, 0]]), np.array([[0, 0, 0, 0.2, 0.8, 0, 0]])
+    labels = [int(np.argmax(tracks.update(s, face, x)[1][0])) for s, x in enumerate([happy] * 5 + [sad] + [happy] * 5)]
+    assert labels == [3] * 11, "one sad frame among happy ones does not flip the label"
+    labels = [int(np.argmax(tracks.update(11 + s, face, sad)[1][0])) for s in range(6)]
+    assert labels[-1] == 4 and labels[:2] == [3, 3], "a lasting change wins after a few frames"
+
+
+# ---------------------------------------------------------------------------------------------
+# Events
+# ---------------------------------------------------------------------------------------------
+
+
+def frame_faces(camera: str, seq: int, face_boxes: np.ndarray) -> Faces:
+    n = len(face_boxes)
+    return Faces(
+        camera, seq, 100.0 + seq, 100.0 + seq, (480, 640), face_boxes, np.full(n, 0.9, np.float32),
+        np.zeros((n, 48, 48), np.uint8),
+    )  # fmt: skip
+
+
+def test_events_carry_track_raw_and_smoothed_scores_and_show_the_smoothed_label():
+    tracker = Tracker(window=3)
+    frames = [frame_faces("cam0", 0, boxes((0, 0, 40, 40))), frame_faces("cam0", 1, boxes((2, 0, 40, 40)))]
+    happy = np.array([0.0, 0.0, 0.0, 0.7, 0.3, 0.0, 0.0])
+    sad = np.array([0.0, 0.0, 0.0, 0.4, 0.6, 0.0, 0.0])
+    batch = Batch(frames=frames, crops=np.zeros((2, 48, 48), np.uint8))
+    events = events_for_batch(batch, np.stack([happy, sad]), list(EMOTIONS), tracker)
+    second = decode_event(encode_event(events[1])).to_dict()["faces"][0]
+    assert second["track"] == 1 and second["raw_emotion"] == "sad"
+    assert second["emotion"] == "happy" and second["confidence"] == pytest.approx(0.55)  # 0.5 * 0.7 + 0.5 * 0.4
+    assert second["scores"]["sad"] == pytest.approx(0.6) and second["smoothed"]["sad"] == pytest.approx(0.45)
+    assert set(second["smoothed"]) == set(EMOTIONS) and sum(second["smoothed"].values()) == pytest.approx(1.0)
+    # Without a tracker (callers of the old signature): the raw label and no tracking fields.
+    plain = events_for_batch(batch, np.stack([happy, sad]), list(EMOTIONS))[1].faces[0].to_dict()
+    assert plain["emotion"] == "sad" and not {"track", "smoothed", "raw_emotion"} & set(plain)
+
+
+def test_events_with_and_without_tracking_fields_decode_and_bad_ones_are_rejected():
+    scores = dict(zip(EMOTIONS, [0.1, 0.0, 0.0, 0.6, 0.2, 0.0, 0.1], strict=True))
+    old = EmotionEvent("cam0", 1, 1.0, 2.0, [FaceEmotion((1, 2, 3, 4), "happy", 0.6, scores, 0.9)])
+    assert "track" not in decode_event(encode_event(old)).to_dict()["faces"][0]
+    face = FaceEmotion((1, 2, 3, 4), "happy", 0.5, scores, 0.9, track=7, smoothed=scores, raw_emotion="happy")
+    body = decode_event(encode_event(EmotionEvent("cam0", 1, 1.0, 2.0, [face]))).to_dict()
+    assert body["faces"][0]["track"] == 7 and body["faces"][0]["smoothed"]["happy"] == 0.6
+    good = body["faces"][0]
+    for bad in ({"track": -1}, {"track": "7"}, {"track": True}, {"raw_emotion": "bored"}, {"smoothed": [0.1]}):
+        event = dict(body, faces=[{**good, **bad}])
+        with pytest.raises(WireError) as info:
+            decode_event([b"cam0", json.dumps(event).encode()])
+        assert info.value.reason == "bad_field"
+
+
+def test_smoothing_settings_reach_the_classifier_command_line():
+    from classifier.__main__ import build_parser
+    from deploy.config import ConfigError, parse_config
+    from deploy.plan import plan_stages
+
+    def classifier_args(section: dict):
+        config = parse_config({"cameras": [{"id": "a", "source": "demo"}], "classifier": section})
+        stage = next(s for s in plan_stages(config) if s.name == "classifier")
+        return build_parser().parse_args(stage.args)
+
+    default = classifier_args({})
+    assert (default.smoothing_window, default.track_iou, default.track_max_age) == (8, 0.3, 25)
+    custom = classifier_args({"smoothing_window": 1, "track_iou": 0.5, "track_max_age": 3})
+    assert (custom.smoothing_window, custom.track_iou, custom.track_max_age) == (1, 0.5, 3)
+    with pytest.raises(ConfigError, match="classifier.smoothing_window"):
+        classifier_args({"smoothing_window": 0})
+    with pytest.raises(ConfigError, match="classifier.track_iou"):
+        classifier_args({"track_iou": 0})
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--pull", "x", "--push", "y", "--smoothing-window", "0"])

@@ -1,0 +1,286 @@
+"""``python -m deploy bench`` in pieces, on tiny settings: the full command takes minutes.
+
+No assertion here is about speed: this machine is shared, so only the shape of the results and the
+arithmetic of the derived ratios are checked. The measurements run for real (the baseline loop,
+standalone stages, the end-to-end runner) are tests/system/test_bench_runs.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from deploy.__main__ import main as deploy_main
+from deploy.baseline import merge_baselines, rate
+from deploy.bench import (
+    BenchSettings,
+    PipelineSpec,
+    RunInfo,
+    RunResult,
+    derive,
+    format_report,
+    interval_study,
+    pipeline_config,
+    seq_gaps,
+    window_stats,
+    write_json,
+    write_plot,
+)
+from deploy.bench.settings import used_ports
+from deploy.config import ClassifierConfig
+from deploy.plan import endpoints, metrics_ports
+from emostream.jsonutil import json_ready
+from support import REPO, shared_path
+
+#: The bench's JSON as committed: the key set every result must keep.
+DOCUMENTED = json.loads((REPO / "docs" / "bench.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def video():
+    return shared_path("media", "faces.mp4")
+
+
+@pytest.fixture(scope="module")
+def yunet():
+    return shared_path("models", "face_detection_yunet_2026may.onnx")
+
+
+def test_settings_keep_their_json_keys_and_reach_each_run_through_a_validated_config(video, yunet):
+    settings = BenchSettings.quick_settings(workers=3, interval=2)
+    assert list(json_ready(settings)) == list(DOCUMENTED["settings"])
+    # Stage defaults the bench does not choose come from the stage's config model.
+    assert PipelineSpec(cameras=1).max_batch == settings.max_batch == ClassifierConfig().max_batch
+    spec = settings.spec(2, "fast", "block", shared_memory=False)
+    assert (spec.workers, spec.interval, spec.min_face) == (3, 2, settings.min_face)
+    assert spec.label == "2cam-fast-block-socket"
+
+    config, parsed = pipeline_config(video, yunet, spec)
+    assert parsed.detector.workers == 3 and parsed.network.shared_memory is False
+    assert [c["id"] for c in config["cameras"]] == ["cam0", "cam1"]
+    # Every port deploy/plan.py lays out, none twice: 2 internal, the events, 2 frame ports, 8 /metrics.
+    ports = used_ports(parsed)
+    assert len(ports) == len(set(ports)) == 13
+    assert set(metrics_ports(parsed).values()) <= set(ports)
+    assert int(endpoints(parsed).events.rsplit(":", 1)[1]) in ports
+
+
+def test_rate_is_the_median_over_chunks_and_keeps_the_mean():
+    # Chunks of 2 items: 2/0.2 = 10, 2/0.2 = 10, 2/2.0 = 1 per second; a slowed-down chunk is ignored.
+    result = rate([1] * 6, [0.1, 0.1, 0.1, 0.1, 1.0, 1.0], chunk=2)
+    assert result["per_s"] == pytest.approx(10.0)
+    assert result["mean_per_s"] == pytest.approx(6 / 2.4)
+    assert result["chunks"] == 3
+    # A partial trailing chunk counts only when there is no full one.
+    assert rate([1, 1, 1], [0.5, 0.5, 0.1], chunk=2)["per_s"] == pytest.approx(2.0)
+    assert rate([1], [0.25], chunk=25)["per_s"] == pytest.approx(4.0)
+
+
+def test_seq_gaps_count_only_frames_never_delivered():
+    # Frame 7 arrived, just not inside the window (a second worker delivered it late): not a gap.
+    assert seq_gaps([5, 6, 8, 9], {4, 5, 6, 7, 8, 9, 10}) == 0
+    assert seq_gaps([5, 9], {5, 9}) == 3
+    assert seq_gaps([], set()) == 0
+
+
+def test_merged_slices_take_the_median_chunk():
+    def slice_(chunks, frames):
+        return {
+            "chunk_fps": chunks,
+            "frames": frames,
+            "seconds": frames / 10,
+            "faces": frames,
+            "seconds_by_part": {"decode": 0.0, "detect": frames / 10, "crop": 0.0, "classify": 0.0},
+            "emotions": {"happy": frames},
+            "cpu_parallelism": 1.0,
+            "fps": chunks[0],
+        }
+
+    merged = merge_baselines([slice_([10.0, 12.0], 50), slice_([2.0], 25)])  # the second slice hit a busy minute
+    assert merged["fps"] == 10.0
+    assert merged["mean_fps"] == pytest.approx(75 / 7.5)
+    assert merged["emotions"] == {"happy": 75}
+
+
+def test_interval_study_counts_the_faces_held_boxes_keep():
+    box = np.array([[0, 0, 10, 10]])
+    detected = [box, box + [1, 0, 0, 0], box + [20, 20, 0, 0], np.zeros((0, 4))]
+    by_n = {row.interval: row for row in interval_study(detected, (1, 2, 4))}
+    assert by_n[1].faces_kept == 1.0 and by_n[1].tracked_faces == 0
+    # N=2: frame 1 holds frame 0's box (IoU 90/110), frame 3 holds frame 2's box over no face.
+    assert by_n[2].faces_kept == 1.0
+    assert by_n[2].median_iou == pytest.approx(90 / 110)
+    assert by_n[2].held_unmatched == pytest.approx(1 / 2)
+    # N=4: frames 1-3 hold frame 0's box: kept on frame 1, lost on frame 2, nothing to find on frame 3.
+    assert by_n[4].faces_kept == pytest.approx(1 / 2)
+    assert by_n[4].median_iou == pytest.approx(90 / 110 / 2)
+    assert by_n[4].held_unmatched == pytest.approx(2 / 3)
+    assert by_n[4].detections_per_frame == 0.25
+    assert list(by_n[4].to_json()) == list(DOCUMENTED["interval_study"][0])
+
+
+def _run(cameras, events_per_s, p50, p99, *, pacing="realtime", error=None):
+    return {
+        "label": f"{cameras}cam",
+        "cameras": cameras,
+        "pacing": pacing,
+        "drop_policy": "block" if pacing == "fast" else "drop_oldest",
+        "offered_fps": 25.0 * cameras if pacing == "realtime" else None,
+        "events": 0 if error else int(events_per_s * 10),
+        "events_per_s": events_per_s,
+        "faces_per_frame": 3.0,
+        "latency_ms": {"p50": p50, "p95": (p50 + p99) / 2, "p99": p99},
+        "sink_latency_ms": {"p50": p50 + 1, "p95": p99, "p99": p99 + 1},
+        "drops_in_window": {"capture/overload": 12.0} if cameras == 4 else {},
+        "cpu_cores_by_stage": {"capture": 0.2, "detector": 1.2, "classifier": 0.3, "sink": 0.01, "launcher": 0.01},
+        "classifier_mean_batch": 9.5,
+        "error": error,
+    }
+
+
+FIXED = {
+    "machine": {"cpu_count": 2, "cpu_model": "test CPU", "torch": "2.x", "opencv": "4.x"},
+    "settings": {"workers": 2, "fast_cameras": 2, "max_batch": 64, "downscale": 0.5, "warmup_s": 5, "measure_s": 10},
+    "baseline": {
+        "fps": 20.0,
+        "frames": 100,
+        "faces_per_frame": 1.7,
+        "share_by_part": {"detect": 0.8},
+        "slices": [
+            {"fps": 21.0, "frames": 50, "cpu_watch": {"other_processes_cores": 0.1}},
+            {"fps": 19.0, "frames": 50, "cpu_watch": {"other_processes_cores": 0.9}},
+        ],
+    },
+    "stages": {
+        "decode": {"fps": 300.0, "cpu_parallelism": 1.5, "cpu_s_per_frame": 0.005},
+        "detector_yunet": {
+            "fps": 90.0,
+            "cpu_parallelism": 1.25,
+            "cpu_s_per_frame": 0.02,
+            "faces_per_frame": 3.0,
+            "downscale": 0.5,
+        },
+    },
+    "classifier": {
+        "batch1_faces_per_s": 400.0,
+        "batched_faces_per_s": 2400.0,
+        "faces_per_s_by_batch": {1: 400.0, 64: 2400.0},
+        "max_batch": 64,
+        "flops_per_face": 0.25e9,
+        "cpu_parallelism": 1.8,
+        "cpu_s_per_face": 0.0005,
+    },
+    "peak": {"gflops": 1200.0, "threads": 2},
+    "runs": [
+        _run(1, 25.0, 40.0, 90.0),
+        _run(2, 48.0, 60.0, 150.0),
+        _run(4, 44.0, 300.0, 900.0),
+        _run(8, 99.0, 1.0, 1.0, error="the launcher exited early with code 1"),
+    ],
+    "max_throughput": _run(2, 60.0, 500.0, 800.0, pacing="fast"),
+    "max_throughput_socket": {**_run(2, 48.0, 600.0, 900.0, pacing="fast"), "shared_memory": False},
+    "what_if": {**_run(2, 75.0, 300.0, 400.0, pacing="fast"), "env": {"OMP_NUM_THREADS": "1"}},
+}
+
+
+def test_derived_ratios_table_json_and_plot_on_fixed_results(tmp_path):
+    results = json.loads(json.dumps(FIXED))  # a copy, and int keys become strings as after a JSON round trip
+    h = derive(results)
+    results["headline"] = dataclasses.asdict(h)
+    assert h.baseline_fps == 20.0
+    # The best realtime run that did not fail: 2 cameras (48/s), not the failed 8-camera one (99/s).
+    assert h.end_to_end_fps == 48.0 and h.end_to_end_cameras == 2
+    assert h.p99_latency_ms == 150.0
+    assert h.end_to_end_over_baseline == pytest.approx(48 / 20)
+    assert h.max_throughput_fps == 60.0
+    assert h.max_throughput_over_baseline == pytest.approx(3.0)
+    assert h.classifier_faces_per_s == 2400.0
+    assert h.classifier_batched_over_batch1 == pytest.approx(6.0)
+    assert h.classifier_gflops == pytest.approx(600.0)
+    assert h.classifier_share_of_peak == pytest.approx(0.5)
+    # Capacity = fps x min(processes, cpus / parallelism):
+    # decode 300 x min(2, 2/1.5) = 400; detector 90 x min(2, 2/1.25) = 144; classifier 2400/3 x min(1, ..) = 800.
+    assert h.stage_capacity_fps == pytest.approx({"decode": 400.0, "detector": 144.0, "classifier": 800.0})
+    assert h.slowest_stage == "detector"
+    assert h.pipeline_over_slowest_stage == pytest.approx(60 / 144)
+    assert h.pipeline_over_slowest_stage_unscaled == pytest.approx(60 / 90)
+    # CPU budget: 2 cores / (0.005 + 0.02 + 0.0005 x 3) s per frame.
+    assert h.cpu_budget_fps == pytest.approx(2 / 0.0265)
+    assert h.pipeline_over_cpu_budget == pytest.approx(60 / (2 / 0.0265))
+    assert h.what_if_fps == 75.0 and h.what_if_over_max_throughput == pytest.approx(1.25)
+    assert h.socket_fps == 48.0 and h.shared_memory_over_socket == pytest.approx(1.25)
+
+    table = format_report(results)
+    for text in (
+        "2.40x",
+        "6.00x",
+        "3.00x",
+        "1.25x",
+        "0.42",
+        "capture/overload 12",
+        "FAILED",
+        "OMP_NUM_THREADS=1",
+        "2 cam fast block socket",
+        "during: baseline slice 2 (0.9)",
+    ):
+        assert text in table, f"{text!r} missing from\n{table}"
+    # Aligned: in the end-to-end table every value of the events/s column ends where its header ends.
+    lines = table.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("  run ") and "events/s" in line)
+    end = lines[header].index("events/s") + len("events/s")
+    assert lines[header + 1][:end].endswith("25.0") and lines[header + 2][:end].endswith("48.0")
+
+    doc = json.loads(write_json(results, tmp_path / "out" / "bench.json").read_text())
+    for key in (
+        "baseline_fps",
+        "end_to_end_fps",
+        "p99_latency_ms",
+        "classifier_faces_per_s",
+        "classifier_batched_over_batch1",
+        "pipeline_over_slowest_stage",
+    ):
+        assert doc[key] == pytest.approx(getattr(h, key)), key
+    assert len(doc["runs"]) == 4 and doc["machine"]["cpu_count"] == 2
+    # The headline keys come first in the JSON, in the documented order.
+    documented = list(DOCUMENTED)
+    assert list(doc)[: documented.index("command")] == documented[: documented.index("command")]
+
+    png = write_plot(results, tmp_path / "out" / "bench.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_a_failed_run_keeps_the_old_json_shape_without_stage_numbers():
+    window = window_stats([], float("inf"), 3.0)
+    info = RunInfo(
+        label="1cam-realtime-drop_oldest",
+        cameras=1,
+        pacing="realtime",
+        drop_policy="drop_oldest",
+        workers=1,
+        interval=1,
+        shared_memory=True,
+        offered_fps=25.0,
+        warmup_s=1.0,
+        startup_s=None,
+        launcher_exit_code=1,
+        env={},
+        error="the launcher exited early with code 1",
+        config={},
+    )
+    doc = RunResult(window=window, drops=None, load=None, info=info, log_tail="Traceback ...").to_json()
+    documented = DOCUMENTED["runs"][0]
+    # No /metrics snapshot: the window's and the run's keys, then the launcher's log; NaN latencies as null.
+    expected = [k for k in documented if k in {f.name for f in dataclasses.fields(window)}]
+    expected += [k for k in documented if k in {f.name for f in dataclasses.fields(info)}]
+    assert list(doc) == [*expected, "log_tail"]
+    assert doc["events"] == 0 and doc["latency_ms"] == {"p50": None, "p95": None, "p99": None}
+    assert json.loads(json.dumps(doc)) == doc
+
+
+def test_missing_video_is_a_clear_error(tmp_path, capsys):
+    missing = tmp_path / "nope.mp4"
+    assert deploy_main(["bench", "--video", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err

@@ -1,0 +1,58 @@
+"""The launcher's supervisor as plain logic on real (non-emostream) processes: the watchdog kills and
+restarts only the stage whose health probe keeps failing, and the probe never mistakes a self-connected
+socket for a stage. Faults injected into a running pipeline are tests/system/test_faults.py.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from deploy.plan import StageSpec
+from deploy.supervisor import Supervisor
+from emostream import metrics
+from support import free_port, free_ports, wait_for
+from support.pipeline import pid_alive
+
+# ------------------------------------------------------------------------------------------------
+# the watchdog, as plain logic on real (non-emostream) processes
+# ------------------------------------------------------------------------------------------------
+
+
+def idle_process_spec(name: str) -> StageSpec:
+    # A real long-running process; its "health" is whatever the injected probe says.
+    return StageSpec(name, "http.server", [str(free_port()), "--bind", "127.0.0.1"], metrics_port=free_port())
+
+
+def test_watchdog_kills_only_the_stage_whose_health_probe_keeps_failing_and_it_is_restarted():
+    healthy, frozen = idle_process_spec("healthy"), idle_process_spec("frozen")
+    answers = {healthy.metrics_port: True, frozen.metrics_port: False}
+    supervisor = Supervisor(
+        [healthy, frozen], backoff_s=0.05, hang_timeout_s=0.5, probe=answers.__getitem__, probe_grace_s=0.0
+    )
+    supervisor.start(watch=False)
+    try:
+        frozen_pid = supervisor.states["frozen"].process.pid
+        healthy_pid = supervisor.states["healthy"].process.pid
+        assert supervisor.check_liveness() == [], "silent for less than hang_timeout_s: not yet hung"
+        time.sleep(0.6)
+        assert supervisor.check_liveness() == ["frozen"]
+        wait_for(lambda: supervisor.poll() or supervisor.states["frozen"].restarts == 1, what="the restart")
+        assert supervisor.states["frozen"].process.pid != frozen_pid
+        assert supervisor.states["healthy"].process.pid == healthy_pid
+        assert metrics.STAGE_HANGS.labels("frozen")._value.get() == 1
+        assert metrics.STAGE_HANGS.labels("healthy")._value.get() == 0
+    finally:
+        supervisor.stop()
+    assert not any(pid_alive(p) for p in (frozen_pid, healthy_pid))
+
+
+def test_the_health_probe_never_mistakes_a_self_connected_socket_for_a_stage():
+    from deploy.supervisor import probe_healthz
+
+    # Probing ports nothing listens on, many times: whatever source port the kernel picks (itself
+    # included, in the ephemeral range), the answer is "not healthy" and the port is left free.
+    for port in free_ports(20):
+        assert probe_healthz(port) is False
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))

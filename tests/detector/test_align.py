@@ -1,0 +1,121 @@
+"""Aligned crops (detector.align): the geometry on hand-made landmarks, and real faces turned upright."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from detector.align import (
+    FER2013_TEMPLATE,
+    aligned_crops,
+    alignment_matrices,
+    refine_landmarks,
+    roll_degrees,
+    similarity_transform,
+)
+from detector.backends import YUNET_MODEL, YuNetDetector
+from detector.crops import face_crops
+from support import SHARED
+
+MEDIA = SHARED / "media"
+
+
+def rotation(degrees: float, centre: tuple[float, float]) -> np.ndarray:
+    """2x3 matrix rotating by ``degrees`` clockwise on screen about ``centre`` (cv2's convention negated)."""
+    return cv2.getRotationMatrix2D(centre, -degrees, 1.0)
+
+
+def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def test_similarity_transform_recovers_a_known_rotation_scale_and_shift() -> None:
+    src = np.array([[10.0, 10], [40, 12], [25, 30], [14, 45], [37, 44]])
+    angle, scale, shift = np.radians(23.0), 1.7, np.array([5.0, -3.0])
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    dst = src @ (scale * rot).T + shift
+    matrix = similarity_transform(src, dst)
+    np.testing.assert_allclose(matrix[:, :2], scale * rot, atol=1e-9)
+    np.testing.assert_allclose(matrix[:, 2], shift, atol=1e-9)
+
+
+def test_known_landmarks_give_the_known_roll_and_map_onto_the_template() -> None:
+    upright = FER2013_TEMPLATE * 200 + [300, 100]
+    assert abs(float(roll_degrees(upright)[0])) < 1e-9
+    for degrees in (-30.0, -15.0, 15.0, 30.0):
+        tilted = apply(rotation(degrees, (400, 200)), upright)
+        assert float(roll_degrees(tilted)[0]) == pytest.approx(degrees, abs=1e-6)
+        (matrix,) = alignment_matrices(tilted[None], 48)
+        # The alignment undoes the roll exactly: the landmarks land on the template.
+        np.testing.assert_allclose(apply(matrix, tilted), FER2013_TEMPLATE * 48 - 0.5, atol=1e-6)
+        assert np.degrees(np.arctan2(matrix[1, 0], matrix[0, 0])) == pytest.approx(-degrees, abs=1e-6)
+
+
+def test_template_is_upright_and_mirror_symmetric() -> None:
+    t = FER2013_TEMPLATE
+    assert t[0, 1] == t[1, 1] and t[3, 1] == t[4, 1]  # eye line and mouth line level
+    np.testing.assert_allclose(t[[1, 0, 2, 4, 3], 0], 1 - t[:, 0])  # mirror image of itself
+    assert t[0, 1] < t[2, 1] < t[3, 1]  # eyes above nose above mouth
+
+
+def real_face(name: str) -> np.ndarray:
+    path = MEDIA / name
+    if not path.is_file():
+        pytest.skip(f"shared test media {path} is missing (see shared/media/SOURCE.md)")
+    image = cv2.imread(str(path))
+    assert image is not None
+    return image
+
+
+@pytest.mark.parametrize("degrees", [-30.0, -15.0, 15.0, 30.0])
+@pytest.mark.parametrize("name", ["lena.jpg", "grace_hopper.jpg"])
+def test_a_real_face_rotated_by_a_known_angle_comes_back_upright(name: str, degrees: float) -> None:
+    image = real_face(name)
+    detector = YuNetDetector(YUNET_MODEL)
+    upright = detector.detect(image)
+    assert len(upright) == 1
+    height, width = image.shape[:2]
+    # Rotate the whole photo about the face centre, on a larger canvas so the face stays whole.
+    x, y, w, h = upright.boxes[0]
+    turn = rotation(degrees, (x + w / 2, y + h / 2))
+    rotated = cv2.warpAffine(image, turn, (width, height), borderMode=cv2.BORDER_REFLECT)
+    found = refine_landmarks(rotated, detector.detect(rotated), detector)
+    assert len(found) >= 1
+    best = int(np.argmax(found.scores))
+    lm = found.landmarks[best : best + 1]
+    measured_roll = float(roll_degrees(lm)[0]) - float(roll_degrees(upright.landmarks)[0])
+    # YuNet's landmarks are a few pixels off, so the roll it measures is too, by some degrees.
+    assert measured_roll == pytest.approx(degrees, abs=7.0)
+    # The alignment of the rotated face is upright within a degree of the upright face's alignment:
+    # compose it with the known rotation and compare to the upright face's own matrix.
+    (m_rot,) = alignment_matrices(lm, 48)
+    (m_up,) = alignment_matrices(upright.landmarks, 48)
+    composed = m_rot[:, :2] @ turn[:, :2]
+    residual = np.degrees(np.arctan2(composed[1, 0], composed[0, 0]) - np.arctan2(m_up[1, 0], m_up[0, 0]))
+    assert abs(residual) < 1.0 + abs(measured_roll - degrees), "the crop is not turned by the measured roll"
+    crops = aligned_crops(rotated, lm, 48)
+    reference = aligned_crops(image, upright.landmarks, 48)
+    assert crops.shape == (1, 48, 48) and crops.dtype == np.uint8
+
+    def similarity(crop: np.ndarray) -> float:
+        return float(np.corrcoef(crop.ravel().astype(float), reference[0].ravel().astype(float))[0, 1])
+
+    # Turned upright, the crop looks more like the upright face's than the plain square crop does.
+    leaning = face_crops(rotated, found.boxes[best : best + 1], 48)[0]
+    assert similarity(crops[0]) > similarity(leaning) + 0.05, (similarity(crops[0]), similarity(leaning))
+
+
+def test_large_faces_are_area_averaged_and_land_where_the_small_path_puts_them() -> None:
+    rng = np.random.default_rng(0)
+    image = cv2.GaussianBlur((rng.random((720, 1280)) * 255).astype(np.uint8), (0, 0), 6)
+    lm = FER2013_TEMPLATE * 400 + [300, 150]  # a 400 px face: shrunk ~8x, through the area path
+    big = aligned_crops(image, lm[None], 48)[0].astype(float)
+    (matrix,) = alignment_matrices(lm[None], 48)
+    direct = cv2.warpAffine(cv2.GaussianBlur(image, (0, 0), 3), matrix, (48, 48), flags=cv2.INTER_LINEAR)
+    assert np.abs(big - direct).mean() < 3.0
+
+
+def test_no_faces_give_an_empty_stack() -> None:
+    out = aligned_crops(np.zeros((10, 10, 3), np.uint8), np.zeros((0, 5, 2)), 48)
+    assert out.shape == (0, 48, 48) and out.dtype == np.uint8

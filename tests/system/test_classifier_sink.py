@@ -1,0 +1,149 @@
+"""Classifier and sink as real processes on real sockets: faces in, validated events out."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import time
+
+import zmq
+
+from emostream.wire import EMOTIONS, encode_faces
+from support import PYTHON, REPO, faces, metric_value, scrape, wait_for
+
+
+def test_faces_from_three_cameras_become_one_event_per_frame(classifier_and_sink):
+    env = classifier_and_sink
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"tcp://127.0.0.1:{env['pub']}")
+    push = ctx.socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{env['faces']}")
+    wait_for(lambda: scrape(env["cls_metrics"]) and scrape(env["sink_metrics"]), what="metrics servers")
+    # The classifier loads its model before binding, so probe until the first event comes through.
+    wait_for(
+        lambda: push.send_multipart(encode_faces(faces("probe", 0, 1))) or sub.poll(200),
+        what="first event through classifier and sink",
+    )
+    while sub.poll(300):
+        sub.recv_multipart()
+
+    sent = {(cam, seq): (seq % 4) for cam in ("cam0", "cam1", "cam2") for seq in range(1, 11)}
+    for (cam, seq), n in sent.items():
+        push.send_multipart(encode_faces(faces(cam, seq, n)))
+    push.send_multipart([b"faces", b"{not json", b""])
+    push.send_multipart([b"faces"])
+
+    received = {}
+    while len(received) < len(sent) and sub.poll(10_000):
+        topic, body = sub.recv_multipart()
+        event = json.loads(body)
+        assert topic.decode() == event["camera"]
+        received[(event["camera"], event["frame"])] = event
+    assert set(received) == set(sent)
+    for key, event in received.items():
+        assert len(event["faces"]) == sent[key]
+        for face in event["faces"]:
+            assert face["emotion"] in EMOTIONS and set(face["scores"]) == set(EMOTIONS)
+            assert abs(sum(face["scores"].values()) - 1) < 0.01
+            # Tracking: a track id, the smoothed scores (the label shown) and the raw label beside them.
+            assert isinstance(face["track"], int) and face["track"] >= 1
+            assert set(face["smoothed"]) == set(EMOTIONS) and abs(sum(face["smoothed"].values()) - 1) < 0.01
+            assert face["smoothed"][face["emotion"]] == max(face["smoothed"].values())
+            assert face["scores"][face["raw_emotion"]] == max(face["scores"].values())
+        assert len({face["track"] for face in event["faces"]}) == len(event["faces"]), "one track per face"
+    for cam in ("cam0", "cam1", "cam2"):
+        frames = [e["frame"] for e in received.values() if e["camera"] == cam]
+        assert frames == sorted(frames)
+
+    cls_text = wait_for(
+        lambda: (
+            (t := scrape(env["cls_metrics"]))
+            and metric_value(t, "emostream_frames_dropped_total", stage="classifier") >= 2
+            and t
+        ),
+        what="malformed messages counted by the classifier",
+    )
+    assert metric_value(cls_text, "emostream_frames_dropped_total", reason="bad_header") == 1
+    assert metric_value(cls_text, "emostream_frames_dropped_total", reason="bad_parts") == 1
+    assert metric_value(cls_text, "emostream_classifier_batch_size_count") >= 1
+    assert metric_value(cls_text, "emostream_classifier_batch_size_sum") >= sum(sent.values())
+    assert metric_value(cls_text, "emostream_frames_total", stage="classifier", camera="cam1") == 10
+    assert metric_value(cls_text, "emostream_emotions_total", camera="cam2") == sum(
+        n for (c, _), n in sent.items() if c == "cam2"
+    )
+    sink_text = scrape(env["sink_metrics"])
+    assert metric_value(sink_text, "emostream_event_latency_seconds_count", camera="cam0") == 10
+    assert all(p.poll() is None for p in env["procs"]), "malformed input must not kill a stage"
+
+    lines = env["jsonl"].read_text().splitlines()
+    logged = {(e["camera"], e["frame"]) for e in map(json.loads, lines)}
+    assert set(sent) <= logged
+
+
+def test_subscribe_cli_filters_one_camera_and_stops_after_count(classifier_and_sink):
+    env = classifier_and_sink
+    sub = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "sink.subscribe",
+            "--endpoint",
+            f"tcp://127.0.0.1:{env['pub']}",
+            "--camera",
+            "cam1",
+            "--count",
+            "3",
+            "--timeout",
+            "60",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{env['faces']}")
+    seq = 0
+    while sub.poll() is None and seq < 2000:  # keep traffic flowing until the subscriber is satisfied
+        seq += 1
+        push.send_multipart(encode_faces(faces("cam10", seq, 1)))  # prefix of no interest: "cam1"*
+        push.send_multipart(encode_faces(faces("cam1", seq, 1)))
+        time.sleep(0.02)
+    out, _ = sub.communicate(timeout=30)
+    events = [json.loads(line) for line in out.splitlines()]
+    assert sub.returncode == 0
+    assert len(events) == 3 and all(e["camera"] == "cam1" for e in events)
+
+
+def test_old_faces_of_live_cameras_are_dropped_as_stale_and_files_lose_nothing(classifier_and_sink):
+    env = classifier_and_sink
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"tcp://127.0.0.1:{env['pub']}")
+    push = ctx.socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{env['faces']}")
+    wait_for(
+        lambda: push.send_multipart(encode_faces(faces("probe", 0, 1))) or sub.poll(200),
+        what="first event through classifier and sink",
+    )
+    while sub.poll(300):
+        sub.recv_multipart()
+    # Captured 5 s ago (the classifier's max age is 1 s): too old for a live camera, not for a file.
+    for seq in range(1, 6):
+        for camera, droppable in (("live", True), ("file", False)):
+            fresh = faces(camera, seq, 2)
+            old = dataclasses.replace(fresh, ts_capture=fresh.ts_capture - 5.0, droppable=droppable)
+            push.send_multipart(encode_faces(old))
+    push.send_multipart(encode_faces(faces("live", 6, 1)))  # fresh: classified
+    received = set()
+    while ("live", 6) not in received or len([c for c, _ in received if c == "file"]) < 5:
+        assert sub.poll(10_000), f"events missing, got {sorted(received)}"
+        event = json.loads(sub.recv_multipart()[1])
+        received.add((event["camera"], event["frame"]))
+    assert received == {("file", seq) for seq in range(1, 6)} | {("live", 6)}
+    cls_text = scrape(env["cls_metrics"])
+    assert metric_value(cls_text, "emostream_frames_dropped_total", camera="live", reason="stale") == 5
+    assert metric_value(cls_text, "emostream_frames_dropped_total", camera="file", reason="stale") == 0
