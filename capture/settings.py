@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from capture.sources import DEFAULT_DECODE_THREADS, SourceKind, classify_source
 from capture.stream import parse_size
 from emostream.settings_cli import Cli
-from emostream.wire import camera_id_error
+from emostream.wire import DEFAULT_JPEG_QUALITY, camera_id_error
 
 Side = Annotated[int, Field(ge=16, le=8192)]
 
@@ -70,7 +70,9 @@ class CameraSettings(BaseModel):
             "read them from shared memory"
         ),
     ] = "bgr"
-    jpeg_quality: Annotated[int, Field(ge=1, le=100, description="JPEG quality, with jpeg"), Cli(metavar="Q")] = 80
+    jpeg_quality: Annotated[int, Field(ge=1, le=100, description="JPEG quality, with jpeg"), Cli(metavar="Q")] = (
+        DEFAULT_JPEG_QUALITY
+    )
     decode_threads: Annotated[
         int,
         Field(ge=0, le=64, description="FFmpeg decoder threads for files and streams; 0: FFmpeg's choice"),

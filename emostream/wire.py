@@ -52,6 +52,7 @@ from typing import Any, ClassVar, TypeAlias, TypeGuard
 
 import numpy as np
 
+from emostream.jpeg import jpeg_size
 from emostream.shm import SharedFrameError, SharedFrames
 
 WIRE_VERSION = 1
@@ -66,6 +67,8 @@ TOPIC_CREDIT = b"credit"
 
 MAX_SIDE = 8192  # largest frame side accepted: 8K video, far beyond any camera we serve
 MAX_FACES = 1024
+#: JPEG quality of frames sent with the jpeg encoding (a camera's ``jpeg_quality`` setting).
+DEFAULT_JPEG_QUALITY = 80
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # scores travel on as float32: larger ones would become inf
 CAMERA_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -308,7 +311,10 @@ def camera_id_error(camera: str) -> str | None:
 
 
 def encode_frame(
-    frame: Frame, encoding: Encoding = Encoding.RAW, jpeg_quality: int = 80, slot: SharedSlot | None = None
+    frame: Frame,
+    encoding: Encoding = Encoding.RAW,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    slot: SharedSlot | None = None,
 ) -> list[Any]:
     """Serialize a frame. RAW sends the array's own buffer (no copy when it is contiguous); with ``slot``
     (the pixels already written there) only the slot's address travels, whatever ``encoding`` says."""
@@ -337,32 +343,6 @@ def encode_frame(
     else:
         payload = np.ascontiguousarray(image).data
     return [TOPIC_FRAME, _dumps(header), payload]
-
-
-#: JPEG start-of-frame markers (baseline, extended, progressive, lossless...); C4, C8 and CC are not SOFs.
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
-    """(height, width) from a JPEG's start-of-frame segment without decoding it; None if there is none."""
-    buf = bytes(data[:65536]) if len(data) > 65536 else bytes(data)  # the SOF comes before the scan data
-    if buf[:2] != b"\xff\xd8":
-        return None
-    i = 2
-    while i + 9 <= len(buf):
-        if buf[i] != 0xFF:
-            return None
-        marker = buf[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        length = int.from_bytes(buf[i + 2 : i + 4], "big")
-        if marker in _SOF_MARKERS:
-            return int.from_bytes(buf[i + 5 : i + 7], "big"), int.from_bytes(buf[i + 7 : i + 9], "big")
-        if marker == 0xDA or length < 2:  # start of scan before any SOF, or a broken segment
-            return None
-        i += 2 + length
-    return None
 
 
 def decode_frame(parts: Sequence[Part], shared: SharedFrames | None = None) -> Frame:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from emostream import wire
+from emostream.jpeg import jpeg_size
 from emostream.wire import (
     EMOTIONS,
     Credit,
@@ -330,12 +331,12 @@ def test_a_jpeg_declaring_a_huge_image_is_refused_before_it_is_decoded():
     import cv2
 
     small = cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))[1].tobytes()
-    assert wire.jpeg_size(small) == (16, 16)
+    assert jpeg_size(small) == (16, 16)
     sof = next(i for i in range(len(small) - 1) if small[i] == 0xFF and small[i + 1] == 0xC0)
     bomb = small[: sof + 5] + (16000).to_bytes(2, "big") + (16000).to_bytes(2, "big") + small[sof + 9 :]
-    assert wire.jpeg_size(bomb) == (16000, 16000)
+    assert jpeg_size(bomb) == (16000, 16000)
     header = {"v": 1, "camera": "c", "seq": 0, "ts_capture": 1.0, "shape": [16, 16, 3], "encoding": "jpeg"}
     with pytest.raises(WireError) as info:
         decode_frame([b"frame", json.dumps(header).encode(), bomb])
     assert info.value.reason == "bad_payload" and "16000" in str(info.value)
-    assert wire.jpeg_size(b"not a jpeg") is None
+    assert jpeg_size(b"not a jpeg") is None
