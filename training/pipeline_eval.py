@@ -25,7 +25,7 @@ import numpy as np
 
 from emostream.cpu import cpu_info
 from emostream.jsonutil import json_ready
-from training.cli_support import add_data_arguments, canonical_split, emit, load_data, log
+from training.cli_support import canonical_split, emit, load_data, log, subcommand_parser
 from training.data import DataError
 
 if TYPE_CHECKING:
@@ -251,13 +251,12 @@ def plot(cells: Sequence[Cell], path: Path, title: str) -> None:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m training pipeline-eval",
-        description="Place labelled faces in frames and score the served detector + crop + classifier path.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = subcommand_parser(
+        "pipeline-eval",
+        "Place labelled faces in frames and score the served detector + crop + classifier path.",
+        data=True,
+        model=True,
     )
-    add_data_arguments(p)
-    p.add_argument("--model", default=None, help="model file (.pt2); None = classifier/models/emotion.pt2")
     p.add_argument("--split", default="PublicTest", help="PublicTest to tune anything; PrivateTest to report")
     p.add_argument("--limit", type=int, default=400, help="faces per condition (the first N of the split)")
     p.add_argument("--conditions", default=",".join(CONDITIONS), help=f"comma-separated, of {', '.join(CONDITIONS)}")

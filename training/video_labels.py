@@ -23,7 +23,7 @@ import numpy as np
 
 from emostream.settings_cli import add_arguments, from_args
 from emostream.wire import EmotionEvent, FaceEmotion
-from training.cli_support import emit, log
+from training.cli_support import emit, log, subcommand_parser
 
 CAMERA = "video"
 #: Annotated frames in frames.png, spread evenly over the video.
@@ -103,10 +103,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     from classifier.settings import ClassifierSettings
     from detector.settings import DetectorSettings
 
-    p = argparse.ArgumentParser(
-        prog="python -m training video-labels",
-        description="Label every frame of a video through the served detector, model and tracking; report them.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = subcommand_parser(
+        "video-labels", "Label every frame of a video through the served detector, model and tracking; report them."
     )
     p.add_argument("--video", type=Path, required=True, help="a video file OpenCV can read")
     p.add_argument(
