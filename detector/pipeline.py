@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from detector.align import aligned_crops, refine_landmarks
-from detector.backends import FaceDetector, build_detector
+from detector.backends import FaceDetector, RolledPasses, build_detector
 from detector.crops import face_crops
 from detector.detections import Detections
 from detector.settings import DetectorSettings
@@ -72,6 +72,8 @@ class FaceExtractor:
         #: Upright crops framed like FER2013 from the detector's landmarks (detector.align); faces
         #: without landmarks (Haar) get the box's square crop.
         self.align = align
+        # A tilted face's landmarks are read again on an upright patch: one plain pass is enough there.
+        self._refiner = detector.inner if isinstance(detector, RolledPasses) else detector
         self._key_faces: dict[str, Detections] = {}  # camera -> last key frame's detections
 
     def extract(self, image: np.ndarray, camera: str = "", key: bool = True) -> tuple[Detections, np.ndarray]:
@@ -80,7 +82,7 @@ class FaceExtractor:
         if held is None:
             found = detect_downscaled(self.detector, image, self.downscale)
             if self.align:
-                found = refine_landmarks(image, found, self.detector)
+                found = refine_landmarks(image, found, self._refiner)
             self._key_faces[camera] = found
             DETECTIONS.labels(camera=camera).inc()
         else:
