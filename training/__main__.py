@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, str] = {
     "export": "training.export",
     "pipeline-eval": "training.pipeline_eval",
     "video-labels": "training.video_labels",
+    "ensemble": "training.ensemble",
 }
 
 

@@ -1,0 +1,60 @@
+"""``python -m training ensemble``: one model file whose logits are its members' mean, calibrated as a whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from emostream.modelfile import ModelInfo, load_model, save_model
+from emostream.wire import EMOTIONS
+from support.training import run_in_process, synthetic_rows, write_csv
+
+
+def small_net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 7)
+    )
+
+
+def member(tmp_path: Path, seed: int, **info: object) -> Path:
+    path = tmp_path / f"member{seed}.pt2"
+    fields = {"arch": f"small-{seed}", "class_names": list(EMOTIONS), "mean": 0.5, "std": 0.25, **info}
+    save_model(small_net(seed), ModelInfo(**fields), path)  # type: ignore[arg-type]
+    return path
+
+
+def test_ensemble_logits_are_the_members_mean_and_it_is_calibrated(tmp_path: Path, capsys) -> None:
+    data = write_csv(tmp_path / "fer.csv", synthetic_rows())
+    paths = [member(tmp_path, seed) for seed in (1, 2, 3)]
+    out = tmp_path / "ensemble.pt2"
+    code, result, _ = run_in_process(capsys, "ensemble", *map(str, paths), "--out", str(out), "--data", str(data))
+    assert code == 0
+    module, info = load_model(out)
+    x = torch.randn(6, 1, 48, 48)
+    with torch.no_grad():
+        expected = torch.stack([load_model(p)[0](x) for p in paths]).mean(0)
+        torch.testing.assert_close(module(x), expected, rtol=1e-5, atol=1e-5)
+    assert info.arch == "ensemble(small-1, small-2, small-3)"
+    assert (info.class_names, info.mean, info.std) == (list(EMOTIONS), 0.5, 0.25)
+    # Calibrated as a whole: its own temperatures, fitted on PublicTest, recorded with the members.
+    assert info.temperature == pytest.approx(result["temperature"]) and info.temperature > 0
+    assert info.tta_temperatures["flip"] == pytest.approx(result["tta_temperatures"]["flip"])
+    assert [m["file"] for m in info.extra["members"]] == [p.name for p in paths]
+    assert 0 <= info.metrics["PublicTest"]["accuracy"] <= 1 and info.metrics["PublicTest"]["n"] == 14 * 7
+
+
+def test_members_that_differ_are_refused(tmp_path: Path, capsys) -> None:
+    data = write_csv(tmp_path / "fer.csv", synthetic_rows())
+    a = member(tmp_path, 1)
+    b = member(tmp_path, 2, mean=0.4)
+    code, _, err = run_in_process(
+        capsys, "ensemble", str(a), str(b), "--out", str(tmp_path / "e.pt2"), "--data", str(data)
+    )
+    assert code == 1 and "mean" in err and "member2.pt2" in err
+    with pytest.raises(SystemExit) as exc:
+        run_in_process(capsys, "ensemble", str(a), "--out", str(tmp_path / "e.pt2"), "--data", str(data))
+    assert exc.value.code == 2
