@@ -4,9 +4,6 @@ load the detector and the model)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -14,7 +11,8 @@ import numpy as np
 import pytest
 
 from detector.backends import YUNET_MODEL, YuNetDetector
-from support import REPO, SHARED
+from support import SHARED
+from support.training import run_cli
 
 MEDIA = SHARED / "media"
 PHOTOS = ("lena.jpg", "grace_hopper.jpg", "messi5.jpg")
@@ -48,16 +46,8 @@ def test_pipeline_eval_cli_on_a_few_real_faces(tmp_path: Path) -> None:
     data = tmp_path / "faces.csv"
     data.write_text("emotion,pixels,Usage\n" + "\n".join(rows) + "\n")
     out = tmp_path / "eval"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "training", "pipeline-eval", "--data", str(data), "--split", "PublicTest"]
-    proc = subprocess.run(
-        [*command, "--conditions", "upright,roll30", "--backends", "haar,yunet-align", "--out", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    command = ["pipeline-eval", "--data", str(data), "--split", "PublicTest"]
+    proc = run_cli(*command, "--conditions", "upright,roll30", "--backends", "haar,yunet-align", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert json.loads((out / "pipeline_eval.json").read_text()) == result
@@ -76,9 +66,7 @@ def test_pipeline_eval_cli_on_a_few_real_faces(tmp_path: Path) -> None:
     # YuNet finds these real, upright faces; turned 30 degrees, the rolled passes still find most of them.
     assert cells[("upright", "yunet-align")]["detected"] == 3
     assert cells[("roll30", "yunet-align")]["detected"] >= 2
-    bad = subprocess.run(
-        [*command, "--conditions", "upright,sideways"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
-    )
+    bad = run_cli(*command, "--conditions", "upright,sideways")
     assert bad.returncode == 2 and "--conditions" in bad.stderr and "sideways" in bad.stderr
 
 
@@ -93,15 +81,7 @@ def test_video_labels_cli_labels_every_frame_and_reports_tracks(tmp_path: Path) 
         writer.write(np.roll(image, 2 * i, axis=1))
     writer.release()
     out = tmp_path / "labels"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "training", "video-labels", "--video", str(video), "--no-align", "--out", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    proc = run_cli("video-labels", "--video", str(video), "--no-align", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["frames"] == 8 and summary["faces"] == 8 and summary["tracks"] == 1
