@@ -97,10 +97,12 @@ class DataError(ValueError):
 
 @dataclass
 class Split:
-    """One split: ``images`` uint8 (N, 1, 48, 48), ``labels`` int64 (N,) indexing EMOTIONS."""
+    """One split: ``images`` uint8 (N, 1, 48, 48), ``labels`` int64 (N,) indexing EMOTIONS; ``votes``,
+    when loaded, float32 (N, len(EMOTIONS)): each row's FER+ vote shares (:func:`ferplus_vote_shares`)."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    votes: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -269,11 +271,13 @@ def load_fer2013(
     labels: str = "fer2013",
     ferplus_csv: str | Path | None = None,
     strict: bool = False,
+    ferplus_votes: bool = False,
 ) -> Fer2013:
     """Load a fer2013.csv(.gz); with ``labels="ferplus"`` take labels from fer2013new.csv instead.
 
     Bad pixel rows are skipped with a warning (``strict``: DataError); an unknown emotion code is a
-    DataError. Only rows of ``splits`` are parsed.
+    DataError. Only rows of ``splits`` are parsed. ``ferplus_votes``: each split also carries the FER+
+    vote shares of its rows (``Split.votes``), whichever labels it has.
     """
     path = Path(path)
     if not path.is_file():
@@ -288,11 +292,13 @@ def load_fer2013(
 
     dropped: Counter[str] = Counter()
     labels_path, labels_sha = "", ""
-    if labels == "ferplus":
-        ferplus_path = Path(ferplus_csv) if ferplus_csv else path.parent / "fer2013new.csv"
-        codes = load_ferplus_codes(ferplus_path, expected_usage=usage.to_numpy())
-        labels_np = codes
+    ferplus_path = Path(ferplus_csv) if ferplus_csv else path.parent / "fer2013new.csv"
+    votes_np = load_ferplus_votes(ferplus_path, usage.to_numpy()) if labels == "ferplus" or ferplus_votes else None
+    if votes_np is not None:
         labels_path, labels_sha = str(ferplus_path), (file_sha256(ferplus_path) if hash_file else "")
+    if labels == "ferplus":
+        assert votes_np is not None
+        labels_np = ferplus_majority(votes_np)
     else:
         numeric = pd.to_numeric(frame["emotion"], errors="coerce")
         bad = ~numeric.isin(range(len(EMOTIONS)))
@@ -317,12 +323,14 @@ def load_fer2013(
     skips.warn(path)
     labels_kept = labels_np[row_ids][keep]
     usage_kept = usage.to_numpy()[row_ids][keep]
+    shares_kept = ferplus_vote_shares(votes_np[row_ids][keep]) if ferplus_votes and votes_np is not None else None
     out: dict[str, Split] = {}
     for name in splits:
         sel = usage_kept == name
         out[name] = Split(
             images=torch.from_numpy(images[sel].reshape(-1, 1, SIDE, SIDE).copy()),
             labels=torch.from_numpy(labels_kept[sel].copy()),
+            votes=None if shares_kept is None else torch.from_numpy(shares_kept[sel].copy()),
         )
     return Fer2013(
         splits=out,
@@ -369,8 +377,31 @@ def ferplus_majority(votes: np.ndarray) -> np.ndarray:
     return np.where(2 * top > total, codes, FERPLUS_NO_MAJORITY)
 
 
+def ferplus_vote_shares(votes: np.ndarray) -> np.ndarray:
+    """Each row's FER+ votes as shares over EMOTIONS (float32 (N, len(EMOTIONS)), rows summing to 1).
+
+    The same outlier removal as :func:`ferplus_majority` (a single annotator's vote is dropped); votes
+    for contempt, unknown and NF are left out, as FER2013 has no such class. A row left with no vote
+    is all zeros: it has no FER+ opinion to offer.
+    """
+    votes = np.asarray(votes, dtype=np.int64)
+    if votes.ndim != 2 or votes.shape[1] != len(FERPLUS_COLUMNS):
+        raise DataError(f"FER+ votes must have shape (N, {len(FERPLUS_COLUMNS)}), got {votes.shape}")
+    kept = np.where(votes <= 1, 0, votes)[:, :7].astype(np.float32)
+    shares = np.zeros((len(votes), len(EMOTIONS)), dtype=np.float32)
+    for column, code in enumerate(_FERPLUS_TO_CODE[:7]):
+        shares[:, code] = kept[:, column]
+    total = shares.sum(axis=1, keepdims=True)
+    return np.divide(shares, total, out=np.zeros_like(shares), where=total > 0)
+
+
 def load_ferplus_codes(path: str | Path, expected_usage: np.ndarray | None = None) -> np.ndarray:
-    """Majority-vote codes (see :func:`ferplus_majority`) for every row of a fer2013new.csv.
+    """Majority-vote codes (see :func:`ferplus_majority`) for every row of a fer2013new.csv."""
+    return ferplus_majority(load_ferplus_votes(path, expected_usage))
+
+
+def load_ferplus_votes(path: str | Path, expected_usage: np.ndarray | None = None) -> np.ndarray:
+    """The vote counts (N, 10), in FERPLUS_COLUMNS order, of every row of a fer2013new.csv.
 
     fer2013new.csv lines up row by row with fer2013.csv; with ``expected_usage`` (the fer2013.csv
     Usage column) a different row count or any Usage mismatch is a DataError naming the first row.
@@ -404,7 +435,7 @@ def load_ferplus_codes(path: str | Path, expected_usage: np.ndarray | None = Non
                 f"{_row_where(path, row)}: Usage {usage[row]!r} but the FER2013 CSV says "
                 f"{expected_usage[row]!r}; the two files do not line up"
             )
-    return ferplus_majority(votes.to_numpy())
+    return votes.to_numpy().astype(np.int64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -534,15 +565,27 @@ def load_dataset(
     splits: tuple[str, ...] | None = None,
     strict: bool = False,
     hash_file: bool = True,
+    ferplus_votes: bool = False,
 ) -> Fer2013:
     """Load any supported layout: a directory is an image folder, a file a FER2013 CSV (plain/gz).
 
     ``labels="ferplus"`` (FER2013 CSV only) replaces the labels by the FER+ majority vote from
-    ``ferplus_csv`` (default: fer2013new.csv next to the CSV). ``splits``: load only these.
+    ``ferplus_csv`` (default: fer2013new.csv next to the CSV); ``ferplus_votes`` adds its vote shares
+    (``Split.votes``). ``splits``: load only these.
     """
     path = Path(path)
     if path.is_dir():
-        if labels != "fer2013":
-            raise DataError(f"--labels {labels} needs the FER2013 CSV (row-aligned with fer2013new.csv), not a folder")
+        if labels != "fer2013" or ferplus_votes:
+            raise DataError(
+                "FER+ labels and votes need the FER2013 CSV (row-aligned with fer2013new.csv), not a folder"
+            )
         return load_image_folder(path, splits, hash_file, strict=strict)
-    return load_fer2013(path, splits or SPLITS, hash_file, labels=labels, ferplus_csv=ferplus_csv, strict=strict)
+    return load_fer2013(
+        path,
+        splits or SPLITS,
+        hash_file,
+        labels=labels,
+        ferplus_csv=ferplus_csv,
+        strict=strict,
+        ferplus_votes=ferplus_votes,
+    )

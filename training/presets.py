@@ -132,7 +132,8 @@ class MixupCutmix:
     def __call__(
         self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        target = F.one_hot(labels, self.num_classes).to(images.dtype)
+        # Class indices (N,), or target distributions (N, classes) that are mixed the same way.
+        target = labels.to(images.dtype) if labels.ndim == 2 else F.one_hot(labels, self.num_classes).to(images.dtype)
         g = generator
         if not self.enabled or float(torch.rand((), generator=g)) >= self.prob:
             return images, target

@@ -232,14 +232,21 @@ class Final:
 
 def load_splits(args: argparse.Namespace) -> Loaded:
     t0 = time.perf_counter()
-    data = load_dataset(args.data, labels=args.labels, ferplus_csv=args.ferplus_csv, strict=args.strict)
+    data = load_dataset(
+        args.data,
+        labels=args.labels,
+        ferplus_csv=args.ferplus_csv,
+        strict=args.strict,
+        ferplus_votes=args.ferplus_soft > 0,
+    )
     missing = [s for s in SPLITS if s not in data.splits]
     if missing:
         raise DataError(f"{data.path} ({data.layout}) has no {missing} split(s): training needs all three")
     splits = {name: data.splits[name] for name in SPLITS}
     if args.train_limit:
         train = splits["Training"]
-        splits["Training"] = Split(train.images[: args.train_limit], train.labels[: args.train_limit])
+        votes = None if train.votes is None else train.votes[: args.train_limit]
+        splits["Training"] = Split(train.images[: args.train_limit], train.labels[: args.train_limit], votes)
     if len(splits["Training"]) < args.batch_size:
         raise DataError(f"{len(splits['Training'])} Training rows are fewer than one batch of {args.batch_size}")
     if not len(splits["PublicTest"]) or not len(splits["PrivateTest"]):
@@ -259,6 +266,8 @@ def build_trainer(
     args: argparse.Namespace, train_split: Split, device: torch.device, amp_dtype: torch.dtype | None
 ) -> Trainer:
     model = build_model(args.arch, len(EMOTIONS), args.dropout)
+    if args.init_from:
+        init_weights(model, args.init_from)
     # Module.to takes memory_format at run time; torch's overloads of it leave the keyword out.
     model = model.to(device, memory_format=memory_format(amp_dtype))  # type: ignore[call-overload]
     weights = class_weights(train_split.class_counts(), args.class_weights)
@@ -299,6 +308,20 @@ def build_trainer(
         teacher=load_teacher(args, device) if args.teacher else None,
         steps_per_epoch=steps_per_epoch,
     )
+
+
+def init_weights(model: nn.Module, path: str) -> None:
+    """Copy a model file's weights (and BatchNorm statistics) into ``model``: they must match name for name."""
+    try:
+        source, info = load_model(path)
+    except ModelFileError as exc:
+        raise SystemExit(f"error: --init-from: {exc}") from exc
+    try:
+        model.load_state_dict(source.state_dict(), strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise SystemExit(f"error: --init-from {path} ({info.arch}) does not fit --arch: {first}") from exc
+    print(f"init: weights from {path} ({info.arch})", flush=True)
 
 
 def load_teacher(args: argparse.Namespace, device: torch.device) -> nn.Module:
@@ -379,6 +402,13 @@ def restore_checkpoint(path: Path, trainer: Trainer, args: argparse.Namespace) -
 # ---------------------------------------------------------------------------------------------
 
 
+def blend_votes(labels: torch.Tensor, votes: torch.Tensor, weight: float) -> torch.Tensor:
+    """Targets ``(1 - weight) * onehot(label) + weight * votes``; a row without votes keeps its one-hot."""
+    onehot = F.one_hot(labels, votes.shape[1]).to(votes.dtype)
+    has_votes = votes.sum(dim=1, keepdim=True) > 0
+    return torch.where(has_votes, (1.0 - weight) * onehot + weight * votes, onehot)
+
+
 def train_one_epoch(
     trainer: Trainer,
     split: Split,
@@ -416,8 +446,10 @@ def train_one_epoch(
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format(amp_dtype))
         target = split.labels[idx].to(device, non_blocking=True)
         soft_target = None
+        if args.ferplus_soft > 0 and split.votes is not None:
+            soft_target = blend_votes(target, split.votes[idx].to(device), args.ferplus_soft)
         if t.mixer.enabled:
-            images, soft_target = t.mixer(images, target, generator=g)
+            images, soft_target = t.mixer(images, target if soft_target is None else soft_target, generator=g)
         teacher_logits = None
         if t.teacher is not None:
             with torch.no_grad(), autocast(device, amp_dtype):

@@ -35,6 +35,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--arch", default="resnet_fer", choices=sorted(ARCHS))
     g.add_argument("--dropout", type=float, default=0.3, help="dropout before the classifier layer")
+    g.add_argument(
+        "--init-from",
+        default=None,
+        metavar="MODEL",
+        help="start from this model file's weights (same --arch; fine-tuning) instead of random ones",
+    )
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=30)
@@ -84,6 +90,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--cutmix-alpha", type=float, default=0.0, help="CutMix Beta(a, a) on the batch (0 = off)")
     g.add_argument(
         "--mix-prob", type=float, default=1.0, help="chance that a batch is mixed (mixup or CutMix, one at random)"
+    )
+    g.add_argument(
+        "--ferplus-soft",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="share W of each Training target taken from the row's FER+ vote shares (fer2013new.csv, see "
+        "--ferplus-csv), the rest from its label; mixup/CutMix then mix these targets (0 = off)",
     )
     g.add_argument("--mean", type=float, default=presets.DEFAULT_MEAN, help="normalisation mean (pixel/255)")
     g.add_argument("--std", type=float, default=presets.DEFAULT_STD, help="normalisation std (pixel/255)")
@@ -169,4 +183,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for required in ("data", "out"):
         if not getattr(args, required):
             parser.error(f"--{required} is required (on the command line or in --config)")
+    # Checked before the data loads: a wrong number should not cost the load, or read as another error.
+    for dest, low, high in _RANGES:
+        value = getattr(args, dest)
+        if not low <= value <= high:
+            flag = "--" + dest.replace("_", "-")
+            parser.error(f"{flag} {value} is out of range: it must be in [{low}, {high}]")
     return args
+
+
+#: Options whose values have bounds, with their inclusive limits.
+_RANGES: tuple[tuple[str, float, float], ...] = (
+    ("epochs", 1, 100_000),
+    ("batch_size", 2, 1_000_000),
+    ("lr", 0.0, 10.0),
+    ("dropout", 0.0, 1.0),
+    ("label_smoothing", 0.0, 1.0),
+    ("mix_prob", 0.0, 1.0),
+    ("ferplus_soft", 0.0, 1.0),
+    ("distill_weight", 0.0, 1.0),
+    ("model_ema_decay", 0.0, 1.0),
+    ("train_limit", 0, 10**9),
+    ("workers", 0, 4096),
+)

@@ -183,3 +183,44 @@ def test_training_with_mixing_and_a_teacher_writes_a_model(data_csv: Path, tmp_p
     assert report["config"]["teacher"].endswith("model.pt2") and report["config"]["cutmix_alpha"] == 1.0
     bad = run_cli(*common, "--out", str(tmp_path / "bad"), "--teacher", str(data_csv))
     assert bad.returncode != 0 and "--teacher" in bad.stderr
+
+
+def test_init_from_starts_from_a_model_files_weights(data_csv: Path, tmp_path: Path) -> None:
+    common = ["--data", str(data_csv), "--epochs", "1", "-b", "16", "--no-progress"]
+    source = tmp_path / "source"
+    assert run_cli(*common, "--arch", "resnet_fer_tiny", "--out", str(source)).returncode == 0
+    # Learning rate 0: the weights the run ends with are the ones it started from.
+    tuned = tmp_path / "tuned"
+    proc = run_cli(
+        *common, "--arch", "resnet_fer_tiny", "--lr", "0", "--init-from", str(source / "model.pt2"), "--out", str(tuned)
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "init: weights from" in proc.stdout
+    before = load_model(source / "model.pt2")[0].state_dict()
+    after = load_model(tuned / "model.pt2")[0].state_dict()
+    weights = [k for k, v in before.items() if v.ndim == 4]  # conv kernels: BatchNorm statistics still move
+    assert weights and all(torch.equal(before[k], after[k]) for k in weights)
+    wrong = run_cli(
+        *common, "--arch", "resnet_fer", "--init-from", str(source / "model.pt2"), "--out", str(tmp_path / "w")
+    )
+    assert wrong.returncode != 0 and "--init-from" in wrong.stderr and "does not fit --arch" in wrong.stderr
+
+
+def test_ferplus_soft_targets_train_from_vote_files(tmp_path: Path) -> None:
+    rows = synthetic_rows()
+    data = write_csv(tmp_path / "fer2013.csv", rows)
+    header = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF\n"
+    lines = [f"{usage},x{i}.png,{'0,' * 9}10\n" for i, (_, _, usage) in enumerate(rows)]  # all NF: no opinion
+    (tmp_path / "fer2013new.csv").write_text(header + "".join(lines))
+    out = tmp_path / "run"
+    proc = run_cli("--data", str(data), "--out", str(out), "--epochs", "1", "--ferplus-soft", "0.3", *FAST_FLAGS)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["ferplus_soft"] == 0.3
+    missing = tmp_path / "alone"
+    missing.mkdir()
+    alone = write_csv(missing / "fer2013.csv", rows)
+    bad = run_cli(
+        "--data", str(alone), "--out", str(tmp_path / "bad"), "--epochs", "1", "--ferplus-soft", "0.3", *FAST_FLAGS
+    )
+    assert bad.returncode != 0 and "fer2013new.csv" in bad.stderr

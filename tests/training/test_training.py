@@ -212,6 +212,32 @@ def test_mixup_and_cutmix_targets_are_the_pixel_shares() -> None:
         MixupCutmix(7, mixup_alpha=0.2, prob=1.5)
 
 
+def test_mixer_mixes_target_distributions_like_labels() -> None:
+    from training.presets import MixupCutmix
+
+    dist = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.2, 0.8]])
+    images = torch.stack([torch.full((1, 4, 4), float(i)) for i in range(2)])
+    mixed, target = MixupCutmix(3, mixup_alpha=0.4)(images, dist, generator=torch.Generator().manual_seed(1))
+    lam = float(mixed[1, 0, 0, 0])  # image 1 mixed with image 0: lam * 1
+    torch.testing.assert_close(target[1], lam * dist[1] + (1 - lam) * dist[0])
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--epochs", "-1"), ("--epochs", "0"), ("--ferplus-soft", "1.5"), ("--mix-prob", "-0.1")]
+)
+def test_out_of_range_options_fail_before_the_data_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    from training.train_args import parse_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        # The data path does not exist: the range error must come first.
+        parse_args(["--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "o"), flag, value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert flag in err and "out of range" in err and "resume" not in err
+
+
 def test_distillation_loss_matches_a_hand_computation() -> None:
     from training.train import distillation_loss
 

@@ -189,6 +189,56 @@ def test_ferplus_labels_join_fer2013_rows(tmp_path: Path) -> None:
         load_fer2013(data_csv, labels="ferplus", ferplus_csv=ferplus)
 
 
+def test_ferplus_vote_shares_follow_the_votes_left_after_outliers() -> None:
+    from training.data import ferplus_vote_shares
+
+    #         neutral happiness surprise sadness anger disgust fear contempt unknown NF
+    votes = [[6, 3, 1, 0, 0, 0, 0, 0, 0, 0],  # the single surprise vote is an outlier
+             [0, 0, 0, 0, 4, 0, 0, 4, 2, 0],  # contempt and unknown are not FER2013 classes
+             [0, 0, 0, 0, 0, 0, 0, 0, 0, 10],  # no emotion at all: no opinion
+             [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]]  # every vote an outlier  # fmt: skip
+    shares = ferplus_vote_shares(np.asarray(votes))
+    expected = np.zeros((4, len(EMOTIONS)), np.float32)
+    expected[0, EMOTIONS.index("neutral")], expected[0, EMOTIONS.index("happy")] = 6 / 9, 3 / 9
+    expected[1, EMOTIONS.index("angry")] = 1.0
+    np.testing.assert_allclose(shares, expected, rtol=1e-6)
+
+
+def test_ferplus_votes_load_beside_fer2013_labels(tmp_path: Path) -> None:
+    from training.data import load_fer2013
+
+    image = pixels(np.zeros((48, 48), np.uint8))
+    data_csv = tmp_path / "fer2013.csv"
+    usages = ["Training", "Training", "PublicTest"]
+    data_csv.write_text(csv_text([(label, image, u) for label, u in zip([3, 6, 2], usages, strict=True)]))
+    header = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF\n"
+    votes = ["2,8,0,0,0,0,0,0,0,0", "0,0,0,0,0,0,0,0,0,10", "0,0,0,0,0,0,10,0,0,0"]
+    (tmp_path / "fer2013new.csv").write_text(
+        header + "".join(f"{u},x{i}.png,{v}\n" for i, (u, v) in enumerate(zip(usages, votes, strict=True)))
+    )
+    data = load_fer2013(data_csv, ferplus_votes=True)  # fer2013new.csv next to the data by default
+    train = data.splits["Training"]
+    assert train.labels.tolist() == [3, 6]  # the FER2013 labels stay; votes ride beside them
+    assert train.votes is not None
+    assert train.votes[0, EMOTIONS.index("happy")] == pytest.approx(0.8)
+    assert float(train.votes[1].sum()) == 0.0
+    assert data.splits["PublicTest"].votes is not None
+    assert load_fer2013(data_csv).splits["Training"].votes is None
+
+
+def test_training_targets_blend_label_and_votes() -> None:
+    import torch
+
+    from training.train import blend_votes
+
+    labels = torch.tensor([0, 3])
+    votes = torch.zeros(2, len(EMOTIONS))
+    votes[0, 6] = 1.0  # row 1 has no votes
+    target = blend_votes(labels, votes, 0.25)
+    torch.testing.assert_close(target[0], 0.75 * torch.eye(len(EMOTIONS))[0] + 0.25 * torch.eye(len(EMOTIONS))[6])
+    torch.testing.assert_close(target[1], torch.eye(len(EMOTIONS))[3])
+
+
 def test_ferplus_on_the_shared_data() -> None:
     from training.data import FERPLUS_NOT_A_FACE, load_ferplus_codes
 
