@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
 import shlex
@@ -32,6 +31,9 @@ from deploy.bench.standalone import (
     measure_matmul_peak,
     read_frames,
 )
+from deploy.config import ClassifierConfig
+from deploy.plan import split_threads
+from emostream.cpu import CpuBudget, cpu_budget, cpu_info, thread_budget
 from emostream.jsonutil import json_ready
 from emostream.runtime import tune_malloc
 
@@ -59,24 +61,22 @@ class Progress:
         print(f"    {text}", file=self.stream, flush=True)
 
 
-def machine_info(model_path: str | Path | None = None) -> dict[str, Any]:
+def machine_info(model_path: str | Path | None = None, budget: CpuBudget | None = None) -> dict[str, Any]:
+    """The machine the bench ran on: the CPU's model and serving flags (emostream.cpu), the host's CPU
+    count and the usable CPUs with what decided them, library versions and their thread counts."""
     import torch
 
     from classifier.model import SHIPPED_MODEL
 
     model = Path(model_path) if model_path else SHIPPED_MODEL
-    cpu_model = "?"
-    flags: set[str] = set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu_model == "?":
-                cpu_model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
+    cpu = cpu_info()
+    budget = budget or cpu_budget()
     return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "amx": sorted(f for f in flags if f.startswith("amx")),
+        "cpu_count": budget.host_cpus,
+        **budget.to_json(),
+        "cpu_model": cpu.model,
+        "cpu_flags": cpu.serving_flags(),
+        "native_bf16": cpu.native_bf16,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "opencv": cv2.__version__,
@@ -104,8 +104,11 @@ def _baseline_slice(settings: BenchSettings, progress: Progress, which: str) -> 
     return result
 
 
-def _standalone(settings: BenchSettings, progress: Progress) -> dict[str, Any]:
-    """Decode, the detectors, the interval study, the classifier and the matmul peak, in this process."""
+def _standalone(
+    settings: BenchSettings, progress: Progress, budget: CpuBudget, detector_threads: int
+) -> dict[str, Any]:
+    """Decode, the detectors (on ``detector_threads``, as each pipeline worker runs), the interval study,
+    the classifier and the matmul peak (on the usable CPUs), in this process."""
     progress.step(f"decode: {settings.stage_frames} frames")
     with CpuWatch() as watch:
         decode, frames = read_frames(settings.video, settings.stage_frames, settings.chunk)
@@ -126,7 +129,7 @@ def _standalone(settings: BenchSettings, progress: Progress) -> dict[str, Any]:
                 settings.min_face,
                 settings.chunk,
                 interval=interval,
-                threads=settings.detector_threads,
+                threads=detector_threads,
             )
         return replace(stage, cpu_watch=watch.result), stage_crops, stage_boxes
 
@@ -165,9 +168,10 @@ def _standalone(settings: BenchSettings, progress: Progress) -> dict[str, Any]:
         f"batch {settings.max_batch} {cls.batched_faces_per_s:.0f} faces/s"
     )
 
-    progress.step(f"bf16 matmul peak: {settings.matmul_size}^2 on {settings.matmul_threads} threads")
+    matmul_threads = thread_budget(settings.matmul_threads, budget)
+    progress.step(f"bf16 matmul peak: {settings.matmul_size}^2 on {matmul_threads} threads")
     with CpuWatch() as watch:
-        peak = measure_matmul_peak(settings.matmul_size, settings.matmul_reps, settings.matmul_threads)
+        peak = measure_matmul_peak(settings.matmul_size, settings.matmul_reps, matmul_threads)
     peak = replace(peak, cpu_watch=watch.result)
     progress.note(f"{peak.gflops:.0f} GFLOP/s")
     return {
@@ -223,18 +227,28 @@ def _end_to_end(settings: BenchSettings, progress: Progress) -> dict[str, Any]:
 
 def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict[str, Any]:
     """Every measurement in order; returns the bench's JSON document (``headline``: the derived numbers)."""
+    import torch
+
     progress = progress or Progress(6 + len(settings.cameras) + 2 + (1 if settings.what_if_env else 0))
     started = time.time()
+    budget = cpu_budget()
+    # The standalone classifier on the usable CPUs, not torch's count of the host's cores.
+    torch.set_num_threads(budget.cpus)
+    # The pipeline runs' detector threads, as the launcher splits the budget for them.
+    split = split_threads(settings.workers, settings.detector_threads, ClassifierConfig().threads, budget)
     results: dict[str, Any] = {
         "command": shlex.join([sys.executable, "-m", "deploy", *sys.argv[1:]]),
         "argv": list(sys.argv),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "settings": json_ready(settings),
-        "machine": machine_info(),
+        "machine": {
+            **machine_info(budget=budget),
+            "pipeline_threads": {"detector_per_worker": split.detector, "classifier": split.classifier},
+        },
         "definitions": DEFINITIONS,
     }
     first = _baseline_slice(settings, progress, "first")
-    results.update(_standalone(settings, progress))
+    results.update(_standalone(settings, progress, budget, split.detector))
     results.update(_end_to_end(settings, progress))
     results["baseline"] = merge_baselines([first, _baseline_slice(settings, progress, "last")])
     results["machine"]["loadavg_end"] = list(os.getloadavg())
@@ -292,7 +306,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="NAME=VALUE",
         help="one more max-throughput run with this environment variable set (repeatable), e.g. "
-        "OMP_NUM_THREADS=2 to compare against the classifier's default of one torch thread",
+        "EMOSTREAM_TUNE_MALLOC=0 to compare against glibc's default allocator (the launcher sets the stages' "
+        "OMP_NUM_THREADS and the like itself: change thread counts in the config)",
     )
 
 
