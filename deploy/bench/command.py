@@ -20,7 +20,15 @@ from deploy.baseline import merge_baselines, run_baseline
 from deploy.bench.endtoend import RunResult, run_end_to_end
 from deploy.bench.procstats import CpuWatch
 from deploy.bench.ratios import DEFINITIONS, derive
-from deploy.bench.report import all_runs, drops_text, format_report, write_json, write_plot
+from deploy.bench.report import (
+    all_runs,
+    drops_text,
+    format_report,
+    read_json,
+    update_readme,
+    write_json,
+    write_plot,
+)
 from deploy.bench.settings import BenchSettings
 from deploy.bench.standalone import (
     DetectorResult,
@@ -273,6 +281,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quick", action="store_true", help=f"fewer frames and {quick.measure_s:g} s windows: ~2-3 minutes"
     )
     parser.add_argument("--json", metavar="FILE", help="write every measurement as JSON here")
+    parser.add_argument(
+        "--render",
+        metavar="FILE",
+        help="measure nothing: print the report of a saved bench JSON (with --readme: rewrite the table from it)",
+    )
+    parser.add_argument(
+        "--readme",
+        metavar="FILE",
+        help="rewrite the performance table between the bench-table markers of this README (e.g. README.md)",
+    )
     parser.add_argument("--plot", metavar="FILE", help="write a PNG of throughput and latency vs cameras here")
     parser.add_argument("--video", default=str(full.video), help="video file (default: %(default)s)")
     parser.add_argument("--yunet", default=str(full.yunet), help="YuNet .onnx (default: %(default)s)")
@@ -311,8 +329,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _write_readme(readme: str | None, results: dict[str, Any]) -> int:
+    """Rewrite the README's performance table from ``results`` (nothing without ``--readme``); 0 or 2."""
+    if not readme:
+        return 0
+    try:
+        changed = update_readme(readme, results)
+    except (OSError, ValueError) as exc:
+        print(f"bench: --readme: {exc}", file=sys.stderr)
+        return EXIT_MISSING
+    print(f"readme: {readme} {'rewritten' if changed else 'already up to date'}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    """``python -m deploy bench``: measure, print the table, write the JSON and the plot."""
+    """``python -m deploy bench``: measure, print the table, write the JSON and the plot (``--render``:
+    the report of a saved JSON instead of measuring); ``--readme``: rewrite the README's table too."""
+    if args.render:
+        try:
+            results = read_json(args.render)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"bench: --render {args.render}: not a bench JSON file ({exc})", file=sys.stderr)
+            return EXIT_MISSING
+        print(format_report(results), flush=True)
+        return _write_readme(args.readme, results)
     # The standalone measurements run in this process: with the allocator the stages run with.
     tune_malloc()
     for flag, path in (("--video", args.video), ("--yunet", args.yunet)):
@@ -350,6 +390,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"\njson: {write_json(results, args.json)}")
     if args.plot:
         print(f"plot: {write_plot(results, args.plot)}")
+    if _write_readme(args.readme, results):
+        return EXIT_MISSING
     failed = [r["label"] for r in all_runs(results) if r.get("error")]
     if failed:
         print(f"bench: pipeline runs failed: {', '.join(failed)} (see log_tail in the JSON)", file=sys.stderr)
