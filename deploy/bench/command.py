@@ -171,6 +171,8 @@ def _standalone(
             max_seconds=settings.classifier_max_s,
         )
     cls = replace(cls, cpu_watch=watch.result)
+    # Classifier runtimes side by side (torch, onnxruntime int8, ...) belong here, in this same step, as
+    # the "runtimes" key of the classifier's JSON; the report already prints them (report._stage_lines).
     progress.note(
         f"batch 1 {cls.batch1_faces_per_s:.0f} faces/s, "
         f"batch {settings.max_batch} {cls.batched_faces_per_s:.0f} faces/s"
