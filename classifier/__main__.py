@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from classifier.settings import ClassifierSettings
+from emostream.cpu import CpuBudget, thread_budget
 from emostream.modelfile import ModelFileError
 from emostream.runtime import EXIT_FATAL, add_common_args, start_process
 from emostream.settings_cli import SettingsParser
@@ -19,14 +20,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def set_torch_threads(requested: int, budget: CpuBudget) -> str:
+    """torch's intra-op pool: ``classifier.threads``, or the CPU budget for 0 (auto), never the host's
+    cores (torch's own default ignores cgroup quotas). Runtimes with their own pools read the same number
+    through :func:`emostream.cpu.thread_budget`."""
+    import torch
+
+    torch.set_num_threads(thread_budget(requested, budget))
+    return f"torch {torch.get_num_threads()}" + (" (auto)" if requested == 0 else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings: ClassifierSettings = args.settings
-    stop = start_process("classifier", args)
-    import torch
-
-    if settings.threads > 0:
-        torch.set_num_threads(settings.threads)
+    stop = start_process("classifier", args, lambda budget: set_torch_threads(settings.threads, budget))
     from classifier.model import EmotionModel
     from classifier.service import ClassifierService
 

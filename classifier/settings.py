@@ -70,7 +70,15 @@ class ClassifierSettings(BaseModel):
     ] = "none"
     # One: the classifier shares the cores with detectors and capture, and an OpenMP pool whose threads
     # get preempted stalls every batch.
-    threads: Annotated[int, Field(ge=0, le=256, description="torch CPU threads (0: torch's default, one per core)")] = 1
+    threads: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=256,
+            description="torch CPU threads; 0: auto, the CPUs this process may use (affinity and cgroup quota), "
+            "under the launcher an equal share with each detector worker (deploy/plan.py)",
+        ),
+    ] = 1
     # Eight frames: a third of a second at 25 fps, shorter than a real expression, long enough to
     # smooth away most single-frame label flips.
     smoothing_window: Annotated[

@@ -18,7 +18,7 @@ import time
 from deploy.bench import add_arguments as add_bench_arguments
 from deploy.bench import cmd_bench
 from deploy.config import ConfigError, load_config
-from deploy.plan import endpoints, metrics_ports, plan_stages
+from deploy.plan import endpoints, metrics_ports, plan_stages, thread_split
 from deploy.status import StatusPrinter
 from deploy.supervisor import FatalStageError, Supervisor
 from emostream.health import HEALTH
@@ -32,7 +32,11 @@ EXIT_CONFIG = 2
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    for spec in plan_stages(config):
+    threads = thread_split(config)
+    print(threads.describe())
+    if threads.warning():
+        print(f"warning: {threads.warning()}")
+    for spec in plan_stages(config, threads):
         print(f"{spec.name}: {' '.join(spec.argv[1:])}")
     print(f"events: {endpoints(config).events}")
     return 0
@@ -40,7 +44,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    stages = plan_stages(config)
+    threads = thread_split(config)
+    stages = plan_stages(config, threads)
     sup = config.supervisor
     supervisor = Supervisor(
         stages,
@@ -57,6 +62,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    log.info("%s", threads.describe())
+    if threads.warning():
+        log.warning("%s", threads.warning())
     if config.metrics.enabled:
         ports = metrics_ports(config)
         serve_metrics(ports["launcher"], config.metrics.host)

@@ -1,4 +1,5 @@
-"""Turn a validated config into the stage processes to run: names, command lines, endpoints, ports.
+"""Turn a validated config into the stage processes to run: names, command lines, environments,
+endpoints, ports, and how the machine's CPUs are split between the stages' thread pools.
 
 Each stage's command line is its settings model written out (``emostream.settings_cli.to_argv``), so
 a setting added to a stage's model reaches the stage without a line here.
@@ -16,6 +17,7 @@ from classifier.settings import ClassifierSettings
 from deploy.config import CameraConfig, ConfigError, PipelineConfig, RecorderConfig, ViewerConfig
 from detector.settings import DetectorSettings
 from emostream import settings_cli
+from emostream.cpu import CpuBudget, cpu_budget
 from sink.settings import SinkSettings
 
 
@@ -36,10 +38,97 @@ class StageSpec:
     #: A stage whose fatal exit stops the whole pipeline (all but per-camera captures).
     essential: bool = True
     labels: dict[str, str] = field(default_factory=dict)
+    #: Set in the stage's environment on top of the launcher's own (thread counts, see THREAD_ENV).
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def argv(self) -> list[str]:
         return [sys.executable, "-m", self.module, *self.args]
+
+
+#: Thread-count variables of the libraries a stage may load (OpenMP inside torch, MKL, OpenBLAS under
+#: numpy): the launcher sets them in every stage to that stage's pool size, so a library that only reads
+#: the environment agrees with the stage's --threads (1 for stages without a pool of their own).
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+#: OpenCV's own pool size variable, set in the detectors beside ``--threads`` (which sets it too).
+OPENCV_THREAD_ENV = "OPENCV_FOR_THREADS_NUM"
+
+
+@dataclass(frozen=True)
+class ThreadSplit:
+    """How the launcher sizes the thread pools of the stages it starts from the CPU budget.
+
+    Processes are the unit of parallelism here: frames are independent, so detector workers scale
+    without sharing anything, while a pool splits one frame or batch and stalls whenever one of its
+    threads is preempted by another stage. So every detector worker and the classifier count as one
+    busy process each, and pools get more than one thread only from CPUs no process is expected to keep
+    busy: ``workers x detector + classifier <= cpus`` whenever the budget has a CPU per process.
+    Captures, the sink and the launcher are left out: a capture decodes on its own thread
+    (``cameras[].decode_threads``) and they take a small share at the frame rates a camera offers.
+    """
+
+    budget: CpuBudget
+    workers: int
+    #: OpenCV threads of each detector worker, torch threads of the classifier.
+    detector: int
+    classifier: int
+    #: Whether each came from the budget (the setting was 0) rather than the config.
+    detector_auto: bool = True
+    classifier_auto: bool = False
+
+    @property
+    def oversubscribed(self) -> bool:
+        """More pool threads than usable CPUs, beyond the one thread every process needs anyway."""
+        return self.workers * self.detector + self.classifier > max(self.budget.cpus, self.workers + 1)
+
+    def describe(self) -> str:
+        def auto(flag: bool) -> str:
+            return " (auto)" if flag else ""
+
+        return (
+            f"cpu budget: {self.budget.describe()}; threads: detector {self.workers} x {self.detector}"
+            f"{auto(self.detector_auto)}, classifier {self.classifier}{auto(self.classifier_auto)}"
+        )
+
+    def warning(self) -> str | None:
+        """One line for the log when explicit thread counts ask for more CPUs than the budget has."""
+        if not self.oversubscribed:
+            return None
+        asked = self.workers * self.detector + self.classifier
+        return (
+            f"detector.workers x detector.threads + classifier.threads = {self.workers} x {self.detector} + "
+            f"{self.classifier} = {asked} threads on {self.budget.cpus} usable CPUs: the pools will contend "
+            "(0 lets the launcher split the budget)"
+        )
+
+
+def split_threads(workers: int, detector: int, classifier: int, budget: CpuBudget) -> ThreadSplit:
+    """Thread counts for ``detector.threads`` and ``classifier.threads`` (0: auto) on ``budget``.
+
+    Both auto: the classifier an equal share with each worker, ``cpus // (workers + 1)``; a detector
+    worker what the classifier leaves, split between the workers; an explicit count is kept and the
+    other side gets the rest. Never less than one thread.
+    """
+    cpus = budget.cpus
+    if classifier > 0:
+        cls = classifier
+    elif detector > 0:
+        cls = max(1, cpus - workers * detector)
+    else:
+        cls = max(1, cpus // (workers + 1))
+    det = detector if detector > 0 else max(1, (cpus - cls) // workers)
+    return ThreadSplit(budget, workers, det, cls, detector_auto=detector == 0, classifier_auto=classifier == 0)
+
+
+def thread_split(config: PipelineConfig, budget: CpuBudget | None = None) -> ThreadSplit:
+    """The config's thread split on ``budget`` (None: the CPUs this launcher may use)."""
+    return split_threads(
+        config.detector.workers, config.detector.threads, config.classifier.threads, budget or cpu_budget()
+    )
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    return {name: str(threads) for name in THREAD_ENV}
 
 
 #: Preview ports sit between the sink's input (base+1) and the frames (base+50+i).
@@ -156,8 +245,9 @@ def metrics_ports(config: PipelineConfig) -> dict[str, int]:
 class _Stages:
     """Builds each stage's spec: its own arguments, then the flags every stage takes (metrics, keys)."""
 
-    def __init__(self, config: PipelineConfig) -> None:
+    def __init__(self, config: PipelineConfig, threads: ThreadSplit) -> None:
         self.config = config
+        self.threads = threads
         self.ends = endpoints(config)
         self.ports = metrics_ports(config) if config.metrics.enabled else {}
 
@@ -167,6 +257,7 @@ class _Stages:
             args = [*args, "--metrics-port", str(port), "--metrics-host", self.config.metrics.host]
         if self.config.security.curve_keys:
             args = [*args, "--curve-keys", self.config.security.curve_keys]  # every stage secures every socket
+        kwargs.setdefault("env", thread_env(1))
         return StageSpec(name, module, args, metrics_port=port, **kwargs)
 
     def recorder(self, rec: RecorderConfig) -> StageSpec:
@@ -211,15 +302,23 @@ class _Stages:
         return self.spec("sink", "sink", args)
 
     def classifier(self) -> StageSpec:
+        threads = self.threads.classifier
         args = ["--pull", self.ends.faces, "--push", self.ends.events_in]
-        args += settings_cli.to_argv(self.config.classifier, ClassifierSettings)
-        return self.spec("classifier", "classifier", args)
+        args += settings_cli.to_argv(self.config.classifier.model_copy(update={"threads": threads}), ClassifierSettings)
+        return self.spec("classifier", "classifier", args, env=thread_env(threads))
 
     def detectors(self) -> list[StageSpec]:
+        threads = self.threads.detector
         frames = [arg for endpoint in self.ends.frames.values() for arg in ("--frames", endpoint)]
-        settings = settings_cli.to_argv(self.config.detector, DetectorSettings)
+        settings = settings_cli.to_argv(self.config.detector.model_copy(update={"threads": threads}), DetectorSettings)
+        env = {**thread_env(threads), OPENCV_THREAD_ENV: str(threads)}
         return [
-            self.spec(f"detector-{i}", "detector", ["--worker", str(i), *frames, "--push", self.ends.faces, *settings])
+            self.spec(
+                f"detector-{i}",
+                "detector",
+                ["--worker", str(i), *frames, "--push", self.ends.faces, *settings],
+                env=env,
+            )
             for i in range(self.config.detector.workers)
         ]
 
@@ -243,9 +342,12 @@ class _Stages:
         )
 
 
-def plan_stages(config: PipelineConfig) -> list[StageSpec]:
-    """Stages in start order: downstream first, so every socket a stage connects to is already bound."""
-    build = _Stages(config)
+def plan_stages(config: PipelineConfig, threads: ThreadSplit | None = None) -> list[StageSpec]:
+    """Stages in start order: downstream first, so every socket a stage connects to is already bound.
+
+    ``threads``: the split of the CPUs between the pools (None: :func:`thread_split` on this machine).
+    """
+    build = _Stages(config, threads or thread_split(config))
     stages: list[StageSpec] = []
     if config.recorder is not None:
         stages.append(build.recorder(config.recorder))

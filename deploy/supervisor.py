@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -104,7 +105,8 @@ class Supervisor:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def _spawn(self, state: StageState) -> None:
-        state.process = subprocess.Popen(state.spec.argv, start_new_session=True, preexec_fn=_die_with_parent)
+        env = {**os.environ, **state.spec.env} if state.spec.env else None
+        state.process = subprocess.Popen(state.spec.argv, start_new_session=True, preexec_fn=_die_with_parent, env=env)
         state.started_at = state.live_at = time.monotonic()
         state.next_start_at = None
         metrics.STAGE_UP.labels(state.spec.name).set(1)

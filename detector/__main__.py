@@ -17,6 +17,7 @@ from detector.backends import DetectorConfigError
 from detector.pipeline import build_extractor
 from detector.settings import DetectorSettings
 from detector.worker import DetectorWorker
+from emostream.cpu import CpuBudget, thread_budget
 from emostream.runtime import EXIT_FATAL, add_common_args, start_process
 from emostream.settings_cli import SettingsParser
 
@@ -38,12 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def set_opencv_threads(requested: int, budget: CpuBudget) -> str:
+    """OpenCV's pool (YuNet, resizes, warps): ``detector.threads``, or the CPU budget for 0 (auto)."""
+    cv2.setNumThreads(thread_budget(requested, budget))
+    return f"OpenCV {cv2.getNumThreads()}" + (" (auto)" if requested == 0 else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings: DetectorSettings = args.settings
-    stop = start_process(f"detector[{args.worker}]", args)
-    if settings.threads > 0:
-        cv2.setNumThreads(settings.threads)
+    stop = start_process(f"detector[{args.worker}]", args, lambda budget: set_opencv_threads(settings.threads, budget))
     try:
         extractor = build_extractor(settings)
     except DetectorConfigError as exc:

@@ -67,7 +67,8 @@ class DetectorSettings(BaseModel):
         Field(
             ge=0,
             le=256,
-            description="OpenCV threads per worker (0: OpenCV's default, all cores); 1 when workers fill the cores",
+            description="OpenCV threads per worker; 0: auto, the CPUs this process may use (affinity and cgroup "
+            "quota), which the launcher splits between the workers and the classifier (deploy/plan.py)",
         ),
     ] = 0
     interval: Annotated[

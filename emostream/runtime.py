@@ -10,7 +10,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 
+from emostream.cpu import CpuBudget, cpu_budget
 from emostream.metrics import serve_metrics
 from emostream.security import keys_argument
 
@@ -69,14 +71,24 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def start_process(name: str, args: argparse.Namespace) -> threading.Event:
-    """Tune malloc, configure logging, serve metrics; returns an event that is set on SIGTERM or SIGINT."""
+def start_process(
+    name: str, args: argparse.Namespace, set_threads: Callable[[CpuBudget], str] | None = None
+) -> threading.Event:
+    """Tune malloc, configure logging, serve metrics, log the CPU budget; returns an event that is set
+    on SIGTERM or SIGINT.
+
+    ``set_threads``: sizes the stage's thread pools from the budget and says how (e.g. "torch 2"); its
+    text joins the one start-up line about the budget.
+    """
     tune_malloc()
     logging.basicConfig(
         level=getattr(logging, args.log_level),
         format=f"%(asctime)s {name} %(levelname)s %(message)s",
     )
     serve_metrics(args.metrics_port, args.metrics_host)
+    budget = cpu_budget()
+    pools = f"; threads: {set_threads(budget)}" if set_threads else ""
+    logging.getLogger(name).info("cpu budget: %s%s", budget.describe(), pools)
     stop = threading.Event()
 
     def _request_stop(signum: int, _frame: object) -> None:

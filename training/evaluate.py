@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from emostream.cpu import thread_budget
 from emostream.modelfile import TTA_MODES
 from training.cli_support import canonical_split, emit, load_data, log, run_subcommand, subcommand_parser
 from training.data import DataError, Fer2013
@@ -55,7 +56,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bins", type=int, default=15, help="equal-width confidence bins for ECE")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: the usable CPUs, affinity and cgroup quota)"
+    )
     return p
 
 
@@ -81,8 +84,7 @@ def history_from(info_extra: dict[str, Any], info_metrics: dict[str, Any]) -> li
 
 
 def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(thread_budget(args.threads))
     module, info, model_path = load(args.model)
     temperature = info.temperature_for(args.tta)  # the one the classifier serves with this recipe
     log(f"model: {model_path} ({info.arch}, tta {args.tta}, temperature {temperature:g})")

@@ -37,7 +37,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from emostream.cpu import cpu_info
+from emostream.cpu import cpu_info, thread_budget
 from emostream.jsonutil import json_ready
 from emostream.modelfile import ModelFileError, ModelInfo, forward_with_tta, load_model, save_model
 from emostream.wire import EMOTIONS
@@ -774,8 +774,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.workers > 0:
-        torch.set_num_threads(args.workers)
+    # 0: the CPUs this process may use (affinity, cgroup quota), not torch's count of the host's cores.
+    torch.set_num_threads(thread_budget(args.workers))
     seed_everything(args.seed)
     device = resolve_device(args.device)
     amp_dtype = resolve_amp(args.amp, device)

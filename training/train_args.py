@@ -126,7 +126,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=0,
-        help="CPU threads for torch (0 = torch default); batches are built in-process, no DataLoader",
+        help="CPU threads for torch (0: the usable CPUs, affinity and cgroup quota); batches are built in-process, "
+        "no DataLoader",
     )
     g.add_argument("--eval-batch-size", type=int, default=256)
     g.add_argument("--ece-bins", type=int, default=15, help="equal-width confidence bins for ECE")

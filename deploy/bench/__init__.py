@@ -17,10 +17,11 @@ How the ratios are defined is written into the JSON (``definitions``) next to th
 
 The package, by concern: :mod:`.settings` (what a run measures with, the pipeline's config and ports),
 :mod:`.standalone` (stages alone), :mod:`.endtoend` (the launched pipeline), :mod:`.procstats` (CPU
-and /metrics), :mod:`.ratios` (derived numbers), :mod:`.report` (table, JSON, plot) and
-:mod:`.command` (the subcommand). Measurements are frozen dataclasses; ``to_json()`` gives the JSON.
-Heavy imports (torch, matplotlib) happen inside the functions that need them, so registering this
-subcommand costs ``python -m deploy run`` nothing.
+and /metrics), :mod:`.ratios` (derived numbers), :mod:`.targets` (the project's targets and the machine
+in words), :mod:`.report` (table, JSON, plot, the README's table) and :mod:`.command` (the
+subcommand). Measurements are frozen dataclasses; ``to_json()`` gives the JSON. Heavy imports
+(torch, matplotlib) happen inside the functions that need them, so registering this subcommand costs
+``python -m deploy run`` nothing.
 """
 
 from deploy.bench.command import EXIT_MISSING, Progress, add_arguments, cmd_bench, machine_info, run_bench
@@ -38,7 +39,17 @@ from deploy.bench.endtoend import (
 )
 from deploy.bench.procstats import CpuLoad, CpuWatch, Snapshot, busy_cores, machine_ticks, take_snapshot
 from deploy.bench.ratios import DEFINITIONS, Headline, derive, stage_capacity
-from deploy.bench.report import align, all_runs, format_report, noisy_steps, write_json, write_plot
+from deploy.bench.report import (
+    align,
+    all_runs,
+    format_report,
+    noisy_steps,
+    read_json,
+    readme_table,
+    update_readme,
+    write_json,
+    write_plot,
+)
 from deploy.bench.settings import DEFAULT_VIDEO, DEFAULT_YUNET, BenchSettings, PipelineSpec, pipeline_config
 from deploy.bench.standalone import (
     ClassifierResult,
@@ -53,6 +64,7 @@ from deploy.bench.standalone import (
     measure_matmul_peak,
     read_frames,
 )
+from deploy.bench.targets import TargetResult, check_targets, machine_text
 
 __all__ = [
     "DEFAULT_VIDEO",
@@ -76,17 +88,20 @@ __all__ = [
     "RunResult",
     "Snapshot",
     "StageLoad",
+    "TargetResult",
     "WindowStats",
     "add_arguments",
     "align",
     "all_runs",
     "busy_cores",
+    "check_targets",
     "cmd_bench",
     "count_flops_per_face",
     "derive",
     "format_report",
     "interval_study",
     "machine_info",
+    "machine_text",
     "machine_ticks",
     "measure_classifier",
     "measure_detector",
@@ -94,12 +109,15 @@ __all__ = [
     "noisy_steps",
     "pipeline_config",
     "read_frames",
+    "read_json",
+    "readme_table",
     "run_bench",
     "run_end_to_end",
     "seq_gaps",
     "stage_capacity",
     "take_snapshot",
     "timeline",
+    "update_readme",
     "window_stats",
     "write_json",
     "write_plot",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
 import shlex
@@ -21,7 +20,15 @@ from deploy.baseline import merge_baselines, run_baseline
 from deploy.bench.endtoend import RunResult, run_end_to_end
 from deploy.bench.procstats import CpuWatch
 from deploy.bench.ratios import DEFINITIONS, derive
-from deploy.bench.report import all_runs, drops_text, format_report, write_json, write_plot
+from deploy.bench.report import (
+    all_runs,
+    drops_text,
+    format_report,
+    read_json,
+    update_readme,
+    write_json,
+    write_plot,
+)
 from deploy.bench.settings import BenchSettings
 from deploy.bench.standalone import (
     DetectorResult,
@@ -32,6 +39,9 @@ from deploy.bench.standalone import (
     measure_matmul_peak,
     read_frames,
 )
+from deploy.config import ClassifierConfig
+from deploy.plan import split_threads
+from emostream.cpu import CpuBudget, cpu_budget, cpu_info, thread_budget
 from emostream.jsonutil import json_ready
 from emostream.runtime import tune_malloc
 
@@ -59,24 +69,22 @@ class Progress:
         print(f"    {text}", file=self.stream, flush=True)
 
 
-def machine_info(model_path: str | Path | None = None) -> dict[str, Any]:
+def machine_info(model_path: str | Path | None = None, budget: CpuBudget | None = None) -> dict[str, Any]:
+    """The machine the bench ran on: the CPU's model and serving flags (emostream.cpu), the host's CPU
+    count and the usable CPUs with what decided them, library versions and their thread counts."""
     import torch
 
     from classifier.model import SHIPPED_MODEL
 
     model = Path(model_path) if model_path else SHIPPED_MODEL
-    cpu_model = "?"
-    flags: set[str] = set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu_model == "?":
-                cpu_model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
+    cpu = cpu_info()
+    budget = budget or cpu_budget()
     return {
-        "cpu_count": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "amx": sorted(f for f in flags if f.startswith("amx")),
+        "cpu_count": budget.host_cpus,
+        **budget.to_json(),
+        "cpu_model": cpu.model,
+        "cpu_flags": cpu.serving_flags(),
+        "native_bf16": cpu.native_bf16,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "opencv": cv2.__version__,
@@ -104,8 +112,11 @@ def _baseline_slice(settings: BenchSettings, progress: Progress, which: str) -> 
     return result
 
 
-def _standalone(settings: BenchSettings, progress: Progress) -> dict[str, Any]:
-    """Decode, the detectors, the interval study, the classifier and the matmul peak, in this process."""
+def _standalone(
+    settings: BenchSettings, progress: Progress, budget: CpuBudget, detector_threads: int
+) -> dict[str, Any]:
+    """Decode, the detectors (on ``detector_threads``, as each pipeline worker runs), the interval study,
+    the classifier and the matmul peak (on the usable CPUs), in this process."""
     progress.step(f"decode: {settings.stage_frames} frames")
     with CpuWatch() as watch:
         decode, frames = read_frames(settings.video, settings.stage_frames, settings.chunk)
@@ -126,7 +137,7 @@ def _standalone(settings: BenchSettings, progress: Progress) -> dict[str, Any]:
                 settings.min_face,
                 settings.chunk,
                 interval=interval,
-                threads=settings.detector_threads,
+                threads=detector_threads,
             )
         return replace(stage, cpu_watch=watch.result), stage_crops, stage_boxes
 
@@ -160,14 +171,17 @@ def _standalone(settings: BenchSettings, progress: Progress) -> dict[str, Any]:
             max_seconds=settings.classifier_max_s,
         )
     cls = replace(cls, cpu_watch=watch.result)
+    # Classifier runtimes side by side (torch, onnxruntime int8, ...) belong here, in this same step, as
+    # the "runtimes" key of the classifier's JSON; the report already prints them (report._stage_lines).
     progress.note(
         f"batch 1 {cls.batch1_faces_per_s:.0f} faces/s, "
         f"batch {settings.max_batch} {cls.batched_faces_per_s:.0f} faces/s"
     )
 
-    progress.step(f"bf16 matmul peak: {settings.matmul_size}^2 on {settings.matmul_threads} threads")
+    matmul_threads = thread_budget(settings.matmul_threads, budget)
+    progress.step(f"bf16 matmul peak: {settings.matmul_size}^2 on {matmul_threads} threads")
     with CpuWatch() as watch:
-        peak = measure_matmul_peak(settings.matmul_size, settings.matmul_reps, settings.matmul_threads)
+        peak = measure_matmul_peak(settings.matmul_size, settings.matmul_reps, matmul_threads)
     peak = replace(peak, cpu_watch=watch.result)
     progress.note(f"{peak.gflops:.0f} GFLOP/s")
     return {
@@ -223,18 +237,28 @@ def _end_to_end(settings: BenchSettings, progress: Progress) -> dict[str, Any]:
 
 def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict[str, Any]:
     """Every measurement in order; returns the bench's JSON document (``headline``: the derived numbers)."""
+    import torch
+
     progress = progress or Progress(6 + len(settings.cameras) + 2 + (1 if settings.what_if_env else 0))
     started = time.time()
+    budget = cpu_budget()
+    # The standalone classifier on the usable CPUs, not torch's count of the host's cores.
+    torch.set_num_threads(budget.cpus)
+    # The pipeline runs' detector threads, as the launcher splits the budget for them.
+    split = split_threads(settings.workers, settings.detector_threads, ClassifierConfig().threads, budget)
     results: dict[str, Any] = {
         "command": shlex.join([sys.executable, "-m", "deploy", *sys.argv[1:]]),
         "argv": list(sys.argv),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "settings": json_ready(settings),
-        "machine": machine_info(),
+        "machine": {
+            **machine_info(budget=budget),
+            "pipeline_threads": {"detector_per_worker": split.detector, "classifier": split.classifier},
+        },
         "definitions": DEFINITIONS,
     }
     first = _baseline_slice(settings, progress, "first")
-    results.update(_standalone(settings, progress))
+    results.update(_standalone(settings, progress, budget, split.detector))
     results.update(_end_to_end(settings, progress))
     results["baseline"] = merge_baselines([first, _baseline_slice(settings, progress, "last")])
     results["machine"]["loadavg_end"] = list(os.getloadavg())
@@ -259,6 +283,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quick", action="store_true", help=f"fewer frames and {quick.measure_s:g} s windows: ~2-3 minutes"
     )
     parser.add_argument("--json", metavar="FILE", help="write every measurement as JSON here")
+    parser.add_argument(
+        "--render",
+        metavar="FILE",
+        help="measure nothing: print the report of a saved bench JSON (with --readme: rewrite the table from it)",
+    )
+    parser.add_argument(
+        "--readme",
+        metavar="FILE",
+        help="rewrite the performance table between the bench-table markers of this README (e.g. README.md)",
+    )
     parser.add_argument("--plot", metavar="FILE", help="write a PNG of throughput and latency vs cameras here")
     parser.add_argument("--video", default=str(full.video), help="video file (default: %(default)s)")
     parser.add_argument("--yunet", default=str(full.yunet), help="YuNet .onnx (default: %(default)s)")
@@ -292,12 +326,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="NAME=VALUE",
         help="one more max-throughput run with this environment variable set (repeatable), e.g. "
-        "OMP_NUM_THREADS=2 to compare against the classifier's default of one torch thread",
+        "EMOSTREAM_TUNE_MALLOC=0 to compare against glibc's default allocator (the launcher sets the stages' "
+        "OMP_NUM_THREADS and the like itself: change thread counts in the config)",
     )
 
 
+def _write_readme(readme: str | None, results: dict[str, Any]) -> int:
+    """Rewrite the README's performance table from ``results`` (nothing without ``--readme``); 0 or 2."""
+    if not readme:
+        return 0
+    try:
+        changed = update_readme(readme, results)
+    except (OSError, ValueError) as exc:
+        print(f"bench: --readme: {exc}", file=sys.stderr)
+        return EXIT_MISSING
+    print(f"readme: {readme} {'rewritten' if changed else 'already up to date'}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    """``python -m deploy bench``: measure, print the table, write the JSON and the plot."""
+    """``python -m deploy bench``: measure, print the table, write the JSON and the plot (``--render``:
+    the report of a saved JSON instead of measuring); ``--readme``: rewrite the README's table too."""
+    if args.render:
+        try:
+            results = read_json(args.render)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"bench: --render {args.render}: not a bench JSON file ({exc})", file=sys.stderr)
+            return EXIT_MISSING
+        print(format_report(results), flush=True)
+        return _write_readme(args.readme, results)
     # The standalone measurements run in this process: with the allocator the stages run with.
     tune_malloc()
     for flag, path in (("--video", args.video), ("--yunet", args.yunet)):
@@ -335,6 +392,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"\njson: {write_json(results, args.json)}")
     if args.plot:
         print(f"plot: {write_plot(results, args.plot)}")
+    if _write_readme(args.readme, results):
+        return EXIT_MISSING
     failed = [r["label"] for r in all_runs(results) if r.get("error")]
     if failed:
         print(f"bench: pipeline runs failed: {', '.join(failed)} (see log_tail in the JSON)", file=sys.stderr)

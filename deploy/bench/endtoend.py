@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 import zmq
 
-from deploy.bench.procstats import Snapshot, busy_cores, stage_pids, take_snapshot
+from deploy.bench.procstats import Snapshot, busy_cores, stage_pids, take_snapshot, watched_cpus
 from deploy.bench.result import JsonResult
 from deploy.bench.settings import REPO, PipelineSpec, pipeline_config
 from deploy.plan import endpoints, metrics_ports
@@ -216,7 +216,7 @@ def stage_load(start: Snapshot, end: Snapshot) -> StageLoad:
     for name, cpu in end.cpu.items():
         if name in start.cpu and wall > 0:
             cores[name.split("-")[0]] += (cpu - start.cpu[name]) / wall
-    machine = busy_cores(start.ticks, end.ticks, os.cpu_count() or 1)
+    machine = busy_cores(start.ticks, end.ticks, len(watched_cpus()))
     return StageLoad(
         classifier_mean_batch=delta("emostream_classifier_batch_size_sum") / batches if batches else 0.0,
         detections_per_frame=delta("emostream_detections_total") / frames_detected if frames_detected else None,

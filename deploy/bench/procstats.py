@@ -8,9 +8,11 @@ import re
 import time
 import urllib.request
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from deploy.bench.result import JsonResult
+from emostream.cpu import affinity_cpus
 
 Sample = tuple[str, dict[str, str], float]
 
@@ -43,15 +45,33 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def machine_ticks() -> tuple[int, int] | None:
-    """(busy, total) clock ticks of all CPUs together since boot, from /proc/stat; None without /proc."""
+def watched_cpus() -> set[int]:
+    """The CPUs whose load the bench watches: those this process may run on (its affinity mask). On a
+    big host whose other CPUs run other work, their load is no noise for this measurement."""
+    return affinity_cpus()
+
+
+def machine_ticks(cpus: Collection[int] | None = None) -> tuple[int, int] | None:
+    """(busy, total) clock ticks since boot of the CPUs ``cpus`` together (None: every CPU), from
+    /proc/stat; None without /proc."""
+
+    def wanted(name: str) -> bool:  # "cpu" is the sum of all, "cpu3" one of them
+        if cpus is None:
+            return name == "cpu"
+        return name[3:].isdigit() and int(name[3:]) in cpus
+
     try:
         with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+            # user nice system idle iowait irq softirq steal
+            rows = [
+                [int(v) for v in line.split()[1:9]] for line in f if line.startswith("cpu") and wanted(line.split()[0])
+            ]
     except (OSError, ValueError):
         return None
-    total = sum(values)
-    return total - values[3] - values[4], total
+    if not rows:
+        return None
+    total = sum(sum(r) for r in rows)
+    return total - sum(r[3] + r[4] for r in rows), total
 
 
 def busy_cores(before: tuple[int, int] | None, after: tuple[int, int] | None, cpus: int) -> float | None:
@@ -71,7 +91,8 @@ class CpuLoad(JsonResult):
 
 
 class CpuWatch:
-    """Cores busy on the whole machine, in this process, and in every other process, over a ``with`` block.
+    """Cores busy on the CPUs this process may use (:func:`watched_cpus`), in this process, and in every
+    other process, over a ``with`` block.
 
     Why: other processes share this small machine; the JSON then says how much of it they took while
     each standalone number was measured, which is what a reader needs to judge that number.
@@ -80,16 +101,17 @@ class CpuWatch:
     result: CpuLoad | None = None
 
     def __enter__(self) -> CpuWatch:
-        self.cpus = os.cpu_count() or 1
+        self.watched = watched_cpus()
+        self.cpus = len(self.watched)
         self._wall = time.perf_counter()
         self._own = time.process_time()
-        self._ticks = machine_ticks()
+        self._ticks = machine_ticks(self.watched)
         return self
 
     def __exit__(self, *exc: object) -> None:
         wall = time.perf_counter() - self._wall
         own = (time.process_time() - self._own) / wall if wall > 0 else 0.0
-        machine = busy_cores(self._ticks, machine_ticks(), self.cpus)
+        machine = busy_cores(self._ticks, machine_ticks(self.watched), self.cpus)
         others = max(0.0, machine - own) if machine is not None else None
         self.result = CpuLoad(machine_busy_cores=machine, own_cores=own, other_processes_cores=others)
 
@@ -124,8 +146,9 @@ class Snapshot:
 
 
 def take_snapshot(ports: dict[str, int], pids: dict[str, int]) -> Snapshot:
-    """Read every process's CPU seconds and every stage's /metrics now (a stage that is down: an error)."""
-    snap = Snapshot(at=time.time(), ticks=machine_ticks())
+    """Read every process's CPU seconds and every stage's /metrics now (a stage that is down: an error);
+    the machine's ticks are those of :func:`watched_cpus` (the stages inherit the bench's affinity)."""
+    snap = Snapshot(at=time.time(), ticks=machine_ticks(watched_cpus()))
     for name, pid in pids.items():
         cpu = cpu_seconds(pid)
         if cpu is not None:

@@ -26,7 +26,7 @@ DEFINITIONS = {
     ),
     "cpu_parallelism": "process CPU seconds / wall seconds during a standalone measurement (cores it kept busy)",
     "stage_capacity_fps": (
-        "standalone fps x min(processes of that stage in the max-throughput run, cpu_count / max(1, "
+        "standalone fps x min(processes of that stage in the max-throughput run, usable_cpus / max(1, "
         "cpu_parallelism)): P processes can do at most P times one process, and never more than the machine's "
         "cores allow given how many cores one process already kept busy. Processes: decode = cameras of the "
         "max-throughput run, detector = detector.workers, classifier = 1. The classifier's faces/s is divided "
@@ -49,7 +49,7 @@ DEFINITIONS = {
     ),
     "pipeline_over_slowest_stage_unscaled": "max_throughput_fps / min(standalone fps, without process scaling)",
     "cpu_budget_fps": (
-        "cpu_count / sum of standalone CPU seconds per frame (decode + detector + classifier x faces/frame): "
+        "usable_cpus / sum of standalone CPU seconds per frame (decode + detector + classifier x faces/frame): "
         "the most any arrangement of these stages could do on this machine; ZeroMQ copies, the sink and "
         "the launcher come on top"
     ),
@@ -62,6 +62,10 @@ DEFINITIONS = {
         "(no code or config change); what_if_over_max_throughput = what_if_fps / max_throughput_fps"
     ),
     "drops": "emostream_frames_dropped_total from every stage's /metrics: total at the end and delta in the window",
+    "usable_cpus": (
+        "the CPUs the bench may use: min(its affinity mask, its cgroup CPU quota rounded up), what sizes the "
+        "stages' thread pools (emostream/cpu.py); files from before it was recorded: cpu_count, the host's"
+    ),
     "realtime runs": (
         "cameras replay the file at 25 fps with drop_policy drop_oldest, i.e. like live cameras that cannot "
         "wait: what the pipeline cannot take is dropped at capture and counted (reason overload)"
@@ -69,9 +73,14 @@ DEFINITIONS = {
 }
 
 
-def stage_capacity(fps: float, parallelism: float, processes: int, cpu_count: int) -> float:
-    """Frames/s ``processes`` copies of a stage can reach: see DEFINITIONS["stage_capacity_fps"]."""
-    return fps * min(processes, cpu_count / max(1.0, parallelism))
+def stage_capacity(fps: float, parallelism: float, processes: int, cpus: int) -> float:
+    """Frames/s ``processes`` copies of a stage can reach on ``cpus``: see DEFINITIONS["stage_capacity_fps"]."""
+    return fps * min(processes, cpus / max(1.0, parallelism))
+
+
+def usable_cpus(machine: dict[str, Any]) -> int:
+    """The CPUs the bench could use (``usable_cpus``); older files recorded only the host's ``cpu_count``."""
+    return int(machine.get("usable_cpus") or machine["cpu_count"])
 
 
 @dataclass(frozen=True)
@@ -160,7 +169,7 @@ def _classifier(cls: dict[str, Any], peak: float) -> dict[str, Any]:
 
 def _stages(results: dict[str, Any], max_fps: float | None) -> dict[str, Any]:
     """Stage capacities, the slowest stage and the CPU budget, against the max-throughput run."""
-    cpus = int(results["machine"]["cpu_count"])
+    cpus = usable_cpus(results["machine"])
     settings, cls = results["settings"], results["classifier"]
     decode = results["stages"]["decode"]
     # The detector stage as the pipeline runs it: at its detection interval when there is one.
@@ -204,7 +213,7 @@ def derive(results: dict[str, Any]) -> Headline:
 
     ``results`` is the bench's JSON document (as :func:`deploy.bench.run_bench` builds it and as
     ``--json`` writes it): ``baseline``, ``stages`` (decode, detector_yunet), ``classifier``, ``peak``,
-    ``runs``, ``max_throughput``, ``settings`` (workers, fast_cameras) and ``machine`` (cpu_count).
+    ``runs``, ``max_throughput``, ``settings`` (workers, fast_cameras) and ``machine`` (usable_cpus or cpu_count).
     Kept pure (no measuring) so that tests can check the arithmetic on fixed numbers.
     """
     baseline_fps = float(results["baseline"]["fps"])

@@ -1,13 +1,17 @@
-"""The bench's output: an aligned text report, the JSON file and the PNG plot, all read from the
-bench's JSON document (so a saved ``bench.json`` can be rendered again)."""
+"""The bench's output: an aligned text report, the JSON file, the PNG plot and the README's performance
+table, all read from the bench's JSON document (so a saved ``bench.json`` can be rendered again:
+:func:`read_json`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from deploy.bench.ratios import Headline
+from deploy.bench.targets import check_targets, cpus_text, flags_text, machine_text
 from emostream.jsonutil import json_ready
 
 
@@ -140,6 +144,13 @@ def _stage_lines(results: dict[str, Any]) -> list[str]:
     if cls.get("tta_flip_faces_per_s"):
         label = f"classifier bf16 batch {cls['max_batch']}, tta flip"
         rows.append([label, _fmt(cls["tta_flip_faces_per_s"]), "faces/s", "", "", ""])
+    # Classifier runtimes side by side, measured in the same run: ``classifier.runtimes``, a list of
+    # {"runtime": "onnxruntime int8", "threads": N, "faces_per_s_by_batch": {size: faces/s}}, filled by the
+    # classifier part of standalone.py once the classifier has runtimes to choose from.
+    for runtime in cls.get("runtimes") or []:
+        threads = f", {runtime['threads']} threads" if runtime.get("threads") else ""
+        for size, value in runtime.get("faces_per_s_by_batch", {}).items():
+            rows.append([f"classifier {runtime['runtime']} batch {size}{threads}", _fmt(value), "faces/s", "", "", ""])
     return [
         "Stages standalone (this process, same frames; rate = median over chunks)",
         *align(["stage", "rate", "unit", "cores used", "faces/frame", "others"], rows),
@@ -254,14 +265,22 @@ def _headline_lines(results: dict[str, Any]) -> list[str]:
     return ["Headline", *align(["", "value"], rows)]
 
 
+def _target_lines(results: dict[str, Any]) -> list[str]:
+    rows = [[t.target, t.measured, t.verdict] for t in check_targets(results)]
+    return [
+        f"Against the targets, on {results['machine'].get('cpu_model') or '?'}",
+        *align(["target", "measured", ""], rows, left=(0, 1, 2)),
+    ]
+
+
 def format_report(results: dict[str, Any]) -> str:
     """The printed summary: aligned text tables of every measurement and the headline ratios."""
     h, m, s = results["headline"], results["machine"], results["settings"]
     cls = results["classifier"]
     quick = " --quick" if s.get("quick") else ""
     lines = [
-        f"emostream bench{quick}: {m['cpu_count']} CPUs ({m.get('cpu_model', '?')}), torch {m['torch']}, "
-        f"OpenCV {m['opencv']}; every number below was measured side by side in this run.",
+        f"emostream bench{quick} on {machine_text(m)}",
+        f"torch {m['torch']}, OpenCV {m['opencv']}; every number below was measured side by side in this run.",
         "'others' = CPU cores other processes on this machine kept busy meanwhile (noise indicator).",
         "",
         *_baseline_lines(results),
@@ -288,7 +307,7 @@ def format_report(results: dict[str, Any]) -> str:
             "  Those numbers are depressed; ratios within one step (batched/batch-1, runs against each other) hold",
             "  up better than ratios across steps measured at different moments.",
         ]
-    return "\n".join([*lines, "", *_headline_lines(results)])
+    return "\n".join([*lines, "", *_headline_lines(results), "", *_target_lines(results)])
 
 
 def write_json(results: dict[str, Any], path: str | Path) -> Path:
@@ -298,6 +317,54 @@ def write_json(results: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(json_ready(doc), indent=1) + "\n")
     return path
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """A bench JSON file as :func:`write_json` wrote it, back in the shape the bench returns (the
+    headline numbers under ``headline``), for :func:`format_report` and :func:`update_readme`."""
+    doc = json.loads(Path(path).read_text())
+    names = [f.name for f in dataclasses.fields(Headline)]
+    headline = {name: doc.get(name) for name in names}
+    return {**{k: v for k, v in doc.items() if k not in names}, "headline": headline}
+
+
+#: The README's performance table sits between these lines; :func:`update_readme` rewrites it.
+README_START = "<!-- bench-table:start -->"
+README_END = "<!-- bench-table:end -->"
+
+
+def readme_table(results: dict[str, Any], json_link: str = "docs/bench.json") -> str:
+    """The README's performance block (markers excluded): the CPU it ran on, then the targets table."""
+    m = results["machine"]
+    started = str(results.get("started_at", "?"))[:10]
+    lines = [
+        "<!-- generated from docs/bench.json by: python -m deploy bench --render docs/bench.json "
+        "--readme README.md -->",
+        f"Measured by `python -m deploy bench` on {started} ([{json_link}]({json_link})), on "
+        f"**{m.get('cpu_model') or '?'}**, {cpus_text(m)}; flags: {flags_text(m)}.",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+        *(f"| {t.target} | {t.measured} | {t.verdict} |" for t in check_targets(results)),
+    ]
+    return "\n".join(lines)
+
+
+def update_readme(readme: str | Path, results: dict[str, Any]) -> bool:
+    """Rewrite the block between README_START and README_END in ``readme``; True when it changed.
+
+    A README without both markers is an error naming them, not a silent no-op.
+    """
+    path = Path(readme)
+    text = path.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{path}: no {README_START} ... {README_END} block to rewrite")
+    new = text[: start + len(README_START)] + "\n" + readme_table(results) + "\n" + text[end:]
+    if new == text:
+        return False
+    path.write_text(new)
+    return True
 
 
 def write_plot(results: dict[str, Any], path: str | Path) -> Path:
@@ -343,9 +410,10 @@ def write_plot(results: dict[str, Any], path: str | Path) -> Path:
     ax2.set_title("latency")
     m = results["machine"]
     st = results["settings"]
+    cpus = m.get("usable_cpus") or m["cpu_count"]
     fig.suptitle(
-        f"emostream bench: {m['cpu_count']} CPUs, YuNet {st['downscale']:g}x at interval {st.get('interval', 1)}, "
-        f"{st['workers']} detector workers"
+        f"emostream bench: {m.get('cpu_model') or '?'}, {cpus} CPUs, YuNet {st['downscale']:g}x at interval "
+        f"{st.get('interval', 1)}, {st['workers']} detector workers"
     )
     fig.tight_layout()
     path = Path(path)

@@ -44,8 +44,8 @@ class PipelineSpec:
     min_face: int = 20
     #: detector.interval: detect on 1 frame in 3, track on the others (see interval_study).
     interval: int = 3
-    #: OpenCV threads per detector worker: with 2 workers on 2 cores, more threads only contend.
-    detector_threads: int = 1
+    #: OpenCV threads per detector worker; 0: the launcher's split of the usable CPUs (deploy/plan.py).
+    detector_threads: int = 0
     max_batch: int = _CLASSIFIER.max_batch
     max_wait_ms: float = _CLASSIFIER.max_wait_ms
     #: network.shared_memory: frames to the detectors through /dev/shm (True) or over their sockets.
@@ -91,7 +91,8 @@ class BenchSettings:
     classifier_max_s: float = 25.0
     matmul_size: int = 4096
     matmul_reps: int = 8
-    matmul_threads: int = 2
+    #: Threads of the matmul peak; 0: the usable CPUs (emostream.cpu.cpu_budget).
+    matmul_threads: int = 0
     warmup_s: float = 5.0
     measure_s: float = 40.0
     startup_timeout_s: float = 120.0

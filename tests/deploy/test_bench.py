@@ -23,15 +23,21 @@ from deploy.bench import (
     derive,
     format_report,
     interval_study,
+    machine_info,
+    machine_ticks,
     pipeline_config,
     seq_gaps,
     window_stats,
     write_json,
     write_plot,
 )
+from deploy.bench.procstats import watched_cpus
+from deploy.bench.report import README_END, README_START, read_json, readme_table, update_readme
 from deploy.bench.settings import used_ports
+from deploy.bench.targets import check_targets
 from deploy.config import ClassifierConfig
 from deploy.plan import endpoints, metrics_ports
+from emostream.cpu import SERVING_FLAGS, cpu_info
 from emostream.jsonutil import json_ready
 from support import REPO, shared_path
 
@@ -284,3 +290,123 @@ def test_missing_video_is_a_clear_error(tmp_path, capsys):
     missing = tmp_path / "nope.mp4"
     assert deploy_main(["bench", "--video", str(missing)]) == 2
     assert str(missing) in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# the machine, the targets and the README's table
+# ------------------------------------------------------------------------------------------------
+
+MACHINE = {
+    "cpu_count": 64,
+    "usable_cpus": 2,
+    "usable_cpus_source": "cgroup v2",
+    "cpu_model": "Test CPU 9000",
+    "cpu_flags": {flag: flag in ("avx2", "avx512f", "amx_tile") for flag in SERVING_FLAGS},
+    "torch": "2.x",
+    "opencv": "4.x",
+}
+
+
+def fixed_results(machine: dict | None = None) -> dict:
+    results = json.loads(json.dumps(FIXED))
+    if machine is not None:
+        results["machine"] = machine
+    results["headline"] = dataclasses.asdict(derive(results))
+    return results
+
+
+def test_the_report_names_the_cpu_its_flags_and_usable_cpus_and_checks_the_targets():
+    report = format_report(fixed_results(MACHINE))
+    header = report.splitlines()[0]
+    assert "Test CPU 9000, 2 usable CPUs of 64 (source: cgroup v2)" in header
+    assert "flags: avx2, avx512f, amx_tile; no avx512_vnni, avx512_bf16, amx_bf16, amx_int8" in header
+    targets = report[report.index("Against the targets, on Test CPU 9000") :]
+    # FIXED: 2,400 faces/s at 6x batch 1, 4 cameras at 44 of 100 frames/s, 60 / 144 of the slowest stage.
+    assert "2,400 faces/s at batch 64, 6.00x batch 1" in targets
+    assert "4 cameras: 44.0 events/s, p99 900 ms, 12 frames dropped (counted)" in targets
+    assert "0.42 (60.0 against detector 144.0 frames/s)" in targets
+    assert [t.verdict for t in check_targets(fixed_results(MACHINE))] == ["not met"] * 3 + ["not measured"]
+    without = fixed_results(MACHINE)
+    without["runs"] = without["runs"][:2]
+    assert "no realtime run offered 100 frames/s" in format_report(without)
+
+
+def test_older_files_without_flags_or_usable_cpus_say_so():
+    old = {"cpu_count": 2, "cpu_model": "Old CPU", "amx": ["amx_bf16", "amx_tile"], "torch": "2.x", "opencv": "4.x"}
+    header = format_report(fixed_results(old)).splitlines()[0]
+    assert "Old CPU, 2 CPUs (usable CPUs not recorded); flags: amx_bf16, amx_tile (other flags not recorded)" in header
+    header = format_report(fixed_results({**old, "amx": []})).splitlines()[0]
+    assert header.endswith("flags: flags not recorded")
+
+
+def test_stage_capacity_and_cpu_budget_use_the_usable_cpus_not_the_hosts():
+    on_64 = derive(fixed_results({**MACHINE, "usable_cpus": None}))
+    on_2 = derive(fixed_results(MACHINE))
+    assert on_2.cpu_budget_fps == pytest.approx(2 / 0.0265)
+    assert on_64.cpu_budget_fps == pytest.approx(64 / 0.0265)
+
+
+def test_a_saved_json_renders_the_same_report_and_a_four_camera_run_meets_the_end_to_end_target(tmp_path):
+    results = fixed_results(MACHINE)
+    results["runs"][2] = _run(4, 99.7, 50.0, 120.0)
+    results["headline"] = dataclasses.asdict(derive(results))
+    again = read_json(write_json(results, tmp_path / "bench.json"))
+    assert format_report(again) == format_report(results)
+    end_to_end = next(t for t in check_targets(again) if "end to end" in t.target)
+    assert end_to_end.met is True
+    assert end_to_end.measured == "4 cameras: 99.7 events/s, p99 120 ms, 12 frames dropped (counted)"
+
+
+def test_update_readme_rewrites_only_the_marked_block_and_refuses_a_readme_without_it(tmp_path):
+    results = fixed_results(MACHINE)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\nbefore\n{README_START}\nstale table\n{README_END}\nafter\n")
+    assert update_readme(readme, results) is True
+    text = readme.read_text()
+    assert text.startswith("# title\n\nbefore\n") and text.endswith(f"{README_END}\nafter\n")
+    assert "stale table" not in text and readme_table(results) in text and "**Test CPU 9000**" in text
+    assert update_readme(readme, results) is False, "already up to date"
+    bare = tmp_path / "BARE.md"
+    bare.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="bench-table:start"):
+        update_readme(bare, results)
+
+
+def test_render_prints_a_saved_json_and_rewrites_the_readme_without_measuring(tmp_path, capsys):
+    path = write_json(fixed_results(MACHINE), tmp_path / "bench.json")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{README_START}\n{README_END}\n")
+    assert deploy_main(["bench", "--render", str(path), "--readme", str(readme)]) == 0
+    out = capsys.readouterr().out
+    assert "emostream bench on Test CPU 9000" in out and f"readme: {readme} rewritten" in out
+    assert "| pipeline ≥ 0.9 of its slowest stage run alone | 0.42" in readme.read_text()
+    assert deploy_main(["bench", "--render", str(tmp_path / "missing.json")]) == 2
+    assert "not a bench JSON file" in capsys.readouterr().err
+
+
+def test_the_readme_performance_table_is_what_docs_bench_json_generates():
+    readme = (REPO / "README.md").read_text()
+    block = readme[readme.index(README_START) + len(README_START) : readme.index(README_END)]
+    expected = readme_table(read_json(REPO / "docs" / "bench.json"))
+    assert block.strip() == expected.strip(), (
+        "README.md's performance table is stale: python -m deploy bench --render docs/bench.json --readme README.md"
+    )
+    assert f"**{DOCUMENTED['machine']['cpu_model']}**" in block
+
+
+def test_machine_info_records_the_cpu_model_every_serving_flag_and_the_usable_cpus():
+    info = machine_info()
+    assert info["cpu_model"] == cpu_info().model
+    assert set(info["cpu_flags"]) == set(SERVING_FLAGS) and all(isinstance(v, bool) for v in info["cpu_flags"].values())
+    assert info["native_bf16"] == cpu_info().native_bf16
+    assert 1 <= info["usable_cpus"] <= info["cpu_count"]
+    assert info["usable_cpus_source"] in ("affinity", "cgroup v1", "cgroup v2")
+
+
+def test_machine_ticks_of_some_cpus_are_part_of_all_of_them():
+    every = machine_ticks()
+    ours = machine_ticks(watched_cpus())
+    assert every and ours
+    one = machine_ticks({min(watched_cpus())})
+    assert one and one[1] <= ours[1] and one[0] <= ours[0]
+    assert machine_ticks({10_000}) is None, "a CPU that does not exist has no ticks"

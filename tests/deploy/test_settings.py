@@ -15,7 +15,7 @@ from classifier.__main__ import build_parser as classifier_parser
 from classifier.settings import ClassifierSettings
 from classifier.tracking import DEFAULT_IOU, DEFAULT_MAX_AGE, DEFAULT_WINDOW
 from deploy.config import load_config, parse_config
-from deploy.plan import endpoints, metrics_ports, plan_stages, port_layout
+from deploy.plan import endpoints, metrics_ports, plan_stages, port_layout, thread_split
 from detector.__main__ import build_parser as detector_parser
 from detector.settings import DetectorSettings
 from emostream import settings_cli
@@ -123,14 +123,16 @@ def _as(model: type[BaseModel], section: BaseModel) -> BaseModel:
 @pytest.mark.parametrize("custom", [False, True], ids=["defaults", "custom"])
 def test_the_plan_command_lines_parse_back_to_the_config_settings(custom: bool) -> None:
     config = parse_config(custom_config() if custom else {"cameras": [{"id": "a", "source": "demo"}]})
-    stages = {s.name: s for s in plan_stages(config)}
+    threads = thread_split(config)
+    stages = {s.name: s for s in plan_stages(config, threads)}
     assert sink_parser().parse_args(stages["sink"].args).settings == _as(SinkSettings, config.sink)
-    assert classifier_parser().parse_args(stages["classifier"].args).settings == _as(
-        ClassifierSettings, config.classifier
-    )
+    # Thread counts as the launcher split them (0 in the config: auto, from the CPU budget).
+    classifier = config.classifier.model_copy(update={"threads": threads.classifier})
+    assert classifier_parser().parse_args(stages["classifier"].args).settings == _as(ClassifierSettings, classifier)
+    detector = config.detector.model_copy(update={"threads": threads.detector})
     for i in range(config.detector.workers):
         args = detector_parser().parse_args(stages[f"detector-{i}"].args)
-        assert args.settings == _as(DetectorSettings, config.detector) and args.worker == i
+        assert args.settings == _as(DetectorSettings, detector) and args.worker == i
     for camera in config.cameras:
         args = capture_parser().parse_args(stages[f"capture-{camera.id}"].args)
         assert args.settings == _as(CameraSettings, camera)

@@ -1,0 +1,123 @@
+"""How the launcher splits the CPU budget between the stages' thread pools (deploy/plan.py), and the
+thread counts reaching every stage's command line and environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deploy.config import parse_config
+from deploy.plan import THREAD_ENV, StageSpec, plan_stages, split_threads, thread_split
+from deploy.supervisor import Supervisor
+from emostream.cpu import CpuBudget, cpu_budget
+from support import free_port, wait_for
+
+
+def budget(cpus: int, host: int = 64) -> CpuBudget:
+    return CpuBudget(cpus=cpus, source="affinity", affinity=cpus, quota=None, host_cpus=host)
+
+
+def four_cameras(workers: int, detector: dict | None = None, classifier: dict | None = None) -> dict:
+    return {
+        "cameras": [{"id": f"cam{i}", "source": "demo"} for i in range(4)],
+        "detector": {"workers": workers, **(detector or {})},
+        "classifier": classifier or {},
+    }
+
+
+def threads_of(stages: list[StageSpec]) -> dict[str, int]:
+    return {s.name: int(s.args[s.args.index("--threads") + 1]) for s in stages if "--threads" in s.args}
+
+
+def test_two_cpus_four_cameras_give_every_pool_one_thread():
+    # The defaults (detector auto, classifier 1) on 2 CPUs, with 1 or 2 workers: one thread per pool,
+    # the workers being the parallelism.
+    for workers in (1, 2):
+        split = thread_split(parse_config(four_cameras(workers)), budget(2))
+        assert (split.detector, split.classifier, split.oversubscribed) == (1, 1, False)
+        assert split.warning() is None
+    split = thread_split(parse_config(four_cameras(2, classifier={"threads": 0})), budget(2))
+    assert (split.detector, split.classifier) == (1, 1)
+
+
+def test_a_container_limited_to_two_cpus_on_a_64_core_host_does_not_start_64_threads(tmp_path: Path):
+    root = tmp_path / "cgroup"
+    (root / "ctr").mkdir(parents=True)
+    (root / "cgroup.controllers").write_text("cpu\n")
+    (root / "ctr" / "cpu.max").write_text("200000 100000\n")
+    proc = tmp_path / "cgroup_file"
+    proc.write_text("0::/ctr\n")
+    limited = cpu_budget(proc, root, affinity=64)
+    config = parse_config(four_cameras(1, classifier={"threads": 0}))
+    stages = plan_stages(config, thread_split(config, limited))
+    assert threads_of(stages) == {"classifier": 1, "detector-0": 1}
+    # The same config with the host's 64 CPUs to itself: the pools fill them.
+    assert threads_of(plan_stages(config, thread_split(config, budget(64)))) == {"classifier": 32, "detector-0": 32}
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 3, 4, 8, 16, 64])
+@pytest.mark.parametrize("workers", [1, 2, 3, 8])
+@pytest.mark.parametrize(("detector", "classifier"), [(0, 0), (0, 1), (1, 0), (0, 2)])
+def test_derived_pools_never_ask_more_than_the_budget_beyond_one_thread_per_process(
+    cpus, workers, detector, classifier
+):
+    split = split_threads(workers, detector, classifier, budget(cpus))
+    assert split.detector >= 1 and split.classifier >= 1
+    if workers * max(detector, 1) + max(classifier, 1) > max(cpus, workers + 1):
+        assert split.oversubscribed, "the explicit counts alone ask too much: flagged"
+        return
+    assert workers * split.detector + split.classifier <= max(cpus, workers + 1)
+    assert not split.oversubscribed
+    # An explicit count is kept as it is.
+    assert split.detector == (detector or split.detector) and split.classifier == (classifier or split.classifier)
+
+
+def test_both_auto_give_the_classifier_an_equal_share_and_the_workers_the_rest():
+    split = split_threads(workers=2, detector=0, classifier=0, budget=budget(8))
+    assert (split.detector, split.classifier) == (3, 2)
+    assert "threads: detector 2 x 3 (auto), classifier 2 (auto)" in split.describe()
+    split = split_threads(workers=2, detector=2, classifier=0, budget=budget(8))
+    assert (split.detector, split.classifier) == (2, 4)
+
+
+def test_explicit_counts_that_oversubscribe_the_budget_are_kept_with_a_warning_naming_the_keys():
+    split = split_threads(workers=2, detector=4, classifier=2, budget=budget(2))
+    assert (split.detector, split.classifier) == (4, 2) and split.oversubscribed
+    warning = split.warning()
+    assert warning and "detector.workers x detector.threads + classifier.threads" in warning
+    assert "10 threads on 2 usable CPUs" in warning
+
+
+def test_every_stage_gets_its_pool_size_in_its_thread_environment():
+    config = parse_config(four_cameras(2, classifier={"threads": 0}))
+    stages = plan_stages(config, split_threads(2, 0, 0, budget(8)))
+    env = {s.name: s.env for s in stages}
+    for name, threads in {"classifier": 2, "detector-0": 3, "detector-1": 3, "sink": 1, "capture-cam0": 1}.items():
+        assert {k: env[name][k] for k in THREAD_ENV} == dict.fromkeys(THREAD_ENV, str(threads)), name
+    assert env["detector-0"]["OPENCV_FOR_THREADS_NUM"] == "3"
+    assert threads_of(stages) == {"classifier": 2, "detector-0": 3, "detector-1": 3}
+
+
+def test_the_supervisor_starts_a_stage_with_its_environment_on_top_of_the_launchers():
+    spec = StageSpec(
+        "idle",
+        "http.server",
+        [str(free_port()), "--bind", "127.0.0.1"],
+        env={"OMP_NUM_THREADS": "3", "EMOSTREAM_TEST_MARK": "yes"},
+    )
+    supervisor = Supervisor([spec], hang_timeout_s=0)
+    supervisor.start(watch=False)
+    try:
+        pid = supervisor.states["idle"].process.pid
+        environ: dict[str, str] = {}
+
+        def read() -> bool:
+            raw = Path(f"/proc/{pid}/environ").read_bytes()
+            environ.update(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+            return "EMOSTREAM_TEST_MARK" in environ
+
+        wait_for(read, what="the stage's environment")
+        assert environ["OMP_NUM_THREADS"] == "3" and "PATH" in environ
+    finally:
+        supervisor.stop()

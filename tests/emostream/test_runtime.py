@@ -1,0 +1,58 @@
+"""Process start-up every stage shares (emostream/runtime.py): the CPU budget line, and thread pools
+sized from the budget, checked on the real detector and classifier processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+from emostream.cpu import affinity_cpus
+from support import PYTHON, REPO, free_ports
+
+STAGES = {
+    "classifier": ["-m", "classifier", "--pull", "tcp://127.0.0.1:{0}", "--push", "tcp://127.0.0.1:{1}"],
+    "detector": ["-m", "detector", "--frames", "tcp://127.0.0.1:{0}", "--push", "tcp://127.0.0.1:{1}"],
+}
+POOLS = {"classifier": "torch", "detector": "OpenCV"}
+
+
+def budget_line(argv: list[str], cpus: set[int], processes: list[subprocess.Popen]) -> str:
+    """Start a stage pinned to ``cpus`` (its affinity: the budget a cpuset or taskset gives) and return
+    its "cpu budget:" log line; the stage is stopped once it has said it."""
+    proc = subprocess.Popen(
+        [PYTHON, *argv],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+    )
+    processes.append(proc)
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:  # ends at the stage's exit (EOF), if it never says it
+        lines.append(line)
+        if "cpu budget:" in line:
+            proc.send_signal(signal.SIGTERM)
+            return line
+    pytest.fail(f"no 'cpu budget:' line; the stage exited with {proc.wait()}:\n{''.join(lines)}")
+
+
+@pytest.mark.skipif(len(affinity_cpus()) < 2, reason="needs 2 CPUs: pinned to 1 must differ from all of them")
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_auto_threads_follow_the_cpu_budget_not_the_host(stage, processes):
+    ports = free_ports(2)
+    argv = [arg.format(*ports) for arg in STAGES[stage]]
+    one = {min(affinity_cpus())}
+    line = budget_line([*argv, "--threads", "0"], one, processes)
+    assert "1 usable CPU (source: affinity; affinity 1 of" in line
+    assert f"threads: {POOLS[stage]} 1 (auto)" in line
+    # An explicit count is kept whatever the budget.
+    line = budget_line([*argv, "--threads", "3"], one, processes)
+    assert f"threads: {POOLS[stage]} 3" in line and "(auto)" not in line
+    # Auto on two CPUs: two threads.
+    two = set(sorted(affinity_cpus())[:2])
+    assert f"threads: {POOLS[stage]} 2 (auto)" in budget_line([*argv, "--threads", "0"], two, processes)
