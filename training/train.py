@@ -259,6 +259,14 @@ def load_splits(args: argparse.Namespace) -> Loaded:
         f"(labels {data.labels}, {loaded.seconds:.1f}s)",
         flush=True,
     )
+    votes = splits["Training"].votes
+    if votes is not None:
+        with_votes = int((votes.sum(dim=1) > 0).sum())
+        print(
+            f"targets: {args.ferplus_soft:g} from FER+ vote shares ({data.labels_path}), "
+            f"{with_votes} of {len(votes)} Training rows have votes",
+            flush=True,
+        )
     return loaded
 
 
