@@ -415,3 +415,11 @@ def test_real_fer2013_privatetest_parses_only_that_split() -> None:
         data = load_dataset(path, splits=("PrivateTest",), hash_file=False)
     assert list(data.splits) == ["PrivateTest"]
     assert data.splits["PrivateTest"].class_counts() == [491, 55, 528, 879, 594, 416, 626]
+
+
+def test_an_unknown_split_of_a_csv_lists_the_splits_the_file_has(data_csv: Path, tmp_path: Path, synthetic, capsys):
+    model = str(brightness_model(tmp_path))
+    status, _, err = run_in_process(capsys, "evaluate", "--data", str(data_csv), "--model", model, "--split", "Nope")
+    have = ", ".join(f"{name} ({len(synthetic[name][1])} rows)" for name in ("Training", "PublicTest", "PrivateTest"))
+    assert status == 1
+    assert err.strip().splitlines()[-1] == f"error: {data_csv} has no split 'Nope'; its splits: {have}"
