@@ -97,6 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         while not stop.wait(0.2):
             HEALTH.beat()
             supervisor.poll()
+            status.failed = supervisor.failed_cameras()
             if deadline is not None and time.monotonic() >= deadline:
                 log.info("duration of %.0fs reached, stopping", args.duration)
                 break

@@ -74,6 +74,8 @@ class StatusPrinter(threading.Thread):
         #: camera -> (its last status, the reason, when it arrived on our clock)
         self.states: dict[str, tuple[str, str, float]] = {}
         self.ever_up: set[str] = set()
+        #: Cameras whose capture failed for good (set by the launcher) -> its last stderr line.
+        self.failed: dict[str, str] = {}
 
     def run(self) -> None:
         sub: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
@@ -99,11 +101,14 @@ class StatusPrinter(threading.Thread):
                     self.on_camera_event(event, now)
             elapsed = time.monotonic() - window_start
             if self.interval and elapsed >= self.interval:
-                if not window and not self.states:
+                silent = self.silent_cameras(set(window), time.monotonic())
+                if not window and not any(down for _, down in silent):
+                    # Starting (the model still loading): one line, not one per camera.
                     log.info("status: no events yet on %s", self.endpoint)
+                    silent = []
                 for cam in sorted(window):
                     log.info("status: %s %s", cam, window[cam].describe(elapsed))
-                for line in self.silent_cameras(set(window), time.monotonic()):
+                for line, _ in silent:
                     log.warning("status: %s", line)
                 window.clear()
                 window_start = time.monotonic()
@@ -116,18 +121,19 @@ class StatusPrinter(threading.Thread):
         if event.status == "up":
             self.ever_up.add(event.camera)
 
-    def silent_cameras(self, delivering: set[str], now: float) -> list[str]:
-        """A line per camera that delivered nothing in the window: down (and why), or not heard of yet."""
+    def silent_cameras(self, delivering: set[str], now: float) -> list[tuple[str, bool]]:
+        """(line, whether it is down) per camera that delivered nothing in the window: down (and why),
+        or not heard of yet."""
         lines = []
         for cam in sorted(set(self.cameras) | set(self.states)):
             status, reason, since = self.states.get(cam, ("", "", now))
-            if cam in delivering or status == "up":
-                continue
+            if cam in delivering or cam in self.failed or status == "up":
+                continue  # a camera that failed for good was reported once, by the supervisor
             if status == "down":
                 never = "" if cam in self.ever_up else ", never came up"
-                lines.append(f"{cam} down for {now - since:.0f} s{never}: {reason}")
+                lines.append((f"{cam} down for {now - since:.0f} s{never}: {reason}", True))
             elif cam not in self.ever_up:
-                lines.append(f"{cam}: no events yet")
+                lines.append((f"{cam}: no events yet", False))
         return lines
 
     def never_up(self) -> list[str]:
@@ -137,7 +143,12 @@ class StatusPrinter(threading.Thread):
             if cam in self.ever_up:
                 continue
             status, reason, _ = self.states.get(cam, ("", "", 0.0))
-            why = f"last reported: {reason}" if status == "down" else "no frame or camera event of it was published"
+            if cam in self.failed:
+                why = f"its capture failed for good: {self.failed[cam] or 'see its log'}"
+            elif status == "down":
+                why = f"last reported: {reason}"
+            else:
+                why = "no frame or camera event of it was published"
             lines.append(f"{cam} never came up ({why})")
         return lines
 

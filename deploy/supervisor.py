@@ -232,10 +232,10 @@ class Supervisor:
             return
         if code == EXIT_FATAL:
             state.fatal = True
-            what = f"{name} exited with a fatal error (exit code {code}){state.last_words()}"
+            what = f"{name} exited with a fatal error (exit code {code})"
             if state.spec.essential:
-                raise FatalStageError(what)
-            log.error("%s; not restarting it", what)
+                raise FatalStageError(what + state.last_words())
+            log.error("%s; not restarting it%s", what, state.last_words())
             return
         ran_for = now - state.started_at
         state.failures_in_row = 1 if ran_for >= STABLE_AFTER_S else state.failures_in_row + 1
@@ -244,11 +244,11 @@ class Supervisor:
             state.fatal = True
             what = (
                 f"{name} died {state.failures_in_row} times in a row, each within {STABLE_AFTER_S:.0f} s of its "
-                f"start (the last: {how} after {ran_for:.1f}s){state.last_words()}"
+                f"start (the last: {how} after {ran_for:.1f}s)"
             )
             if state.spec.essential:
-                raise FatalStageError(what)
-            log.error("%s; not restarting it", what)
+                raise FatalStageError(what + state.last_words())
+            log.error("%s; not restarting it%s", what, state.last_words())
             return
         delay = min(self.backoff_max_s, self.backoff_s * 2 ** (state.failures_in_row - 1))
         log.warning("%s died (%s) after %.1fs; restarting in %.1fs", name, how, ran_for, delay)
@@ -264,6 +264,14 @@ class Supervisor:
     def failed_sources(self) -> list[str]:
         """Cameras that failed for good (not restarted)."""
         return [n for n, s in self.states.items() if not s.spec.essential and s.fatal]
+
+    def failed_cameras(self) -> dict[str, str]:
+        """Camera id -> the last stderr line of its capture, for the cameras that failed for good."""
+        return {
+            s.spec.labels.get("camera", n): s.last_line
+            for n, s in self.states.items()
+            if not s.spec.essential and s.fatal
+        }
 
     def running(self) -> dict[str, int]:
         return {n: s.process.pid for n, s in self.states.items() if s.process and s.process.poll() is None}
