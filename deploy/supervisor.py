@@ -100,14 +100,21 @@ class FatalStageError(RuntimeError):
 
 
 def _relay_stderr(state: StageState, pipe: IO[bytes]) -> None:
-    """Copy a child's stderr to ours line by line, remembering its last non-empty line."""
-    out = sys.stderr.buffer
+    """Copy a child's stderr to ours line by line, remembering its last non-empty line.
+
+    It must read to the end whatever happens to our stderr: a pipe nobody drains blocks the child."""
     with pipe:
         for line in iter(pipe.readline, b""):
-            with contextlib.suppress(OSError, ValueError):  # our stderr closed: keep reading all the same
-                out.write(line)
-                out.flush()
-            text = line.decode("utf-8", "replace").strip()
+            text = line.decode("utf-8", "replace")
+            # Our stderr closed, or replaced by an object without a byte buffer: keep reading all the same.
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                out = getattr(sys.stderr, "buffer", None)
+                if out is not None:
+                    out.write(line)
+                else:
+                    sys.stderr.write(text)
+                sys.stderr.flush()
+            text = text.strip()
             if text:
                 state.last_line = text if len(text) <= LAST_LINE_MAX else text[: LAST_LINE_MAX - 3] + "..."
 
