@@ -7,12 +7,16 @@
 * a file that ends stops the stream, or reopens it with ``loop``;
 * a live source (demo, camera index, URL, webrtc) that fails to open or stops delivering sets
   ``emostream_camera_up`` to 0, counts a ``read_error`` and is reopened with exponential backoff,
-  forever, until ``stop`` is set.
+  forever, until ``stop`` is set. The first failure of an outage is one ERROR line with OpenCV's and
+  FFmpeg's own messages beside it; each retry after it is one WARNING line, and those libraries are
+  silenced (:class:`LibraryNoise`) until the camera delivers frames again.
 """
 
 from __future__ import annotations
 
+import ctypes
 import enum
+import functools
 import logging
 import threading
 import time
@@ -131,6 +135,54 @@ class Pacer:
         return not stop.is_set()
 
 
+#: FFmpeg's log levels (libavutil/log.h).
+AV_LOG_QUIET = -8
+
+
+@functools.cache
+def _ffmpeg_avutil() -> ctypes.CDLL | None:
+    """The libavutil OpenCV's FFmpeg backend uses (loaded with cv2), to set FFmpeg's log level; None
+    where it cannot be found (not Linux, or an OpenCV built without FFmpeg)."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            path = next((line.split()[-1] for line in maps if "libavutil" in line), None)
+        return ctypes.CDLL(path) if path else None  # the already loaded library: same handle
+    except (OSError, AttributeError):
+        return None
+
+
+class LibraryNoise:
+    """OpenCV's WARN lines and FFmpeg's messages while a dead live source is retried.
+
+    They repeat on every attempt ("can't open camera by index", "Connection refused"): useful once,
+    noise after. :meth:`quiet` (after the first failed attempt) lowers both libraries' log levels,
+    :meth:`restore` (once frames flow) brings them back, so a later outage explains itself again.
+    Both levels are per process, and a capture process serves one camera.
+    """
+
+    def __init__(self) -> None:
+        self._saved: tuple[int, int | None] | None = None
+
+    def quiet(self) -> None:
+        if self._saved is not None:
+            return
+        avutil = _ffmpeg_avutil()
+        self._saved = (cv2.utils.logging.getLogLevel(), avutil.av_log_get_level() if avutil else None)
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        if avutil:
+            avutil.av_log_set_level(AV_LOG_QUIET)
+
+    def restore(self) -> None:
+        if self._saved is None:
+            return
+        cv_level, av_level = self._saved
+        self._saved = None
+        cv2.utils.logging.setLogLevel(cv_level)
+        avutil = _ffmpeg_avutil()
+        if avutil and av_level is not None:
+            avutil.av_log_set_level(av_level)
+
+
 class Backoff:
     """Exponential retry delays for a live source: 0.5, 1, 2, 4, 8, 10, 10, ... seconds."""
 
@@ -204,6 +256,9 @@ class FrameStream:
         self._camera_up = CAMERA_UP.labels(camera=config.camera)
         self._read_errors = FRAMES_DROPPED.labels(stage="capture", camera=config.camera, reason="read_error")
         self._camera_up.set(0)
+        self.noise = LibraryNoise()
+        self._failures = 0  # failed attempts in the current outage
+        self._down_since = 0.0
 
     def __iter__(self) -> Iterator[Frame]:
         pacer: Pacer | None = None
@@ -275,34 +330,54 @@ class FrameStream:
             if self.config.resize:
                 image = resize_frame(image, self.config.resize)
             self._camera_up.set(1)
-            self._set_status(True, "delivering frames")
+            if self._set_status(True, "delivering frames"):
+                self.noise.restore()
+                self._failures = 0
             self.backoff.reset()
             yield Frame(camera=self.config.camera, seq=self.seq, ts_capture=ts_capture, image=image)
             self.seq += 1
         return delivered
 
-    def _set_status(self, up: bool, why: str) -> None:
-        """Report a change of state (not every frame) to ``on_status``."""
+    def _set_status(self, up: bool, why: str) -> bool:
+        """Report a change of state (not every frame) to ``on_status``; True when it changed."""
         if self._up is up:
-            return
+            return False
         self._up = up
         if self.on_status is not None:
             self.on_status("up" if up else "down", why)
+        return True
 
     def _live_failure(self, what: str) -> None:
         self._camera_up.set(0)
         self._set_status(False, what)
         self._read_errors.inc()
         delay = self.backoff.next_delay()
-        log.error(
-            "camera %s: %s source %r %s; retrying in %.1f s",
-            self.config.camera,
-            self.kind.value,
-            self.config.source,
-            what,
-            delay,
-        )
+        self._failures += 1
+        now = time.monotonic()
+        if self._failures == 1:
+            self._down_since = now
+            log.error(
+                "camera %s: %s source %r %s; retrying in %.1f s, backing off to %.0f s "
+                "(OpenCV's and FFmpeg's messages are silenced until it is up)",
+                self.config.camera,
+                self.kind.value,
+                self.config.source,
+                what,
+                delay,
+                self.backoff.cap_s,
+            )
+            self.noise.quiet()
+        else:
+            log.warning(
+                "camera %s: still down (%d attempts in %.0f s): %s; retrying in %.1f s",
+                self.config.camera,
+                self._failures,
+                now - self._down_since,
+                what,
+                delay,
+            )
         self.stop.wait(delay)
 
     def close(self) -> None:
         self.source.close()
+        self.noise.restore()

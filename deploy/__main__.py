@@ -1,6 +1,6 @@
 """``python -m deploy``: run the whole pipeline from one YAML config.
 
-python -m deploy run [--config FILE] [--duration SECONDS]   # no --config: the embedded demo
+python -m deploy run [--config FILE] [--duration SECONDS]   # no --config: the demo; no --duration: until Ctrl-C
 python -m deploy check --config FILE                         # validate and print the plan
 python -m deploy bench [--quick] [--json FILE] [--plot FILE]  # baseline vs pipeline, side by side
 python -m deploy keys --out DIR [--client NAME ...] [--force]  # CurveZMQ key pairs (security.curve_keys)
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import threading
@@ -28,6 +29,17 @@ from emostream.shm import remove_stale_rings
 
 log = logging.getLogger("deploy")
 EXIT_CONFIG = 2
+
+
+def positive_seconds(text: str) -> float:
+    """``--duration``: a finite number of seconds above 0 (omit the option to run until stopped)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0 (omit it to run until Ctrl-C)")
+    return value
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -53,6 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         sup.restart_backoff_max_s,
         sup.stop_timeout_s,
         hang_timeout_s=sup.hang_timeout_s if config.metrics.enabled else 0.0,
+        max_restarts=sup.max_restarts,
     )
     stop = threading.Event()
 
@@ -73,30 +86,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     curve = f" --curve-keys {config.security.curve_keys}" if config.security.curve_keys else ""
     log.info("events are published on %s (python -m sink.subscribe --endpoint %s%s)", events, events, curve)
     keys = load_client_keys(config.security.curve_keys) if config.security.curve_keys else None
-    status = StatusPrinter(events, 0 if args.quiet else sup.status_interval_s, keys)
+    cameras = [camera.id for camera in config.cameras]
+    status = StatusPrinter(events, 0 if args.quiet else sup.status_interval_s, keys, cameras=cameras)
     status.start()
     supervisor.start()
     HEALTH.set_ready(reason="stages started")
-    deadline = time.monotonic() + args.duration if args.duration else None
-    code = 0
+    deadline = time.monotonic() + args.duration if args.duration is not None else None
+    code, reason = 0, ""
     try:
         while not stop.wait(0.2):
             HEALTH.beat()
             supervisor.poll()
-            if deadline and time.monotonic() >= deadline:
+            status.failed = supervisor.failed_cameras()
+            if deadline is not None and time.monotonic() >= deadline:
                 log.info("duration of %.0fs reached, stopping", args.duration)
                 break
             if supervisor.sources_finished():
                 failed = supervisor.failed_sources()
                 if len(failed) == len([s for s in stages if not s.essential]):
-                    log.error("every camera failed for good (%s); stopping", ", ".join(failed))
+                    reason = f"every camera failed for good ({', '.join(failed)})"
+                    log.error("%s; stopping", reason)
                     code = 1
                 else:
                     log.info("every camera source has ended; draining and stopping")
                 stop.wait(2.0)
                 break
     except FatalStageError as exc:
-        log.error("%s", exc)
+        reason = str(exc)
+        log.error("%s; stopping the pipeline", reason)
         code = 1
     finally:
         supervisor.stop()
@@ -107,7 +124,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         status.join(timeout=2)
     for line in status.summary():
         log.info("summary: %s", line)
-    log.info("stopped")
+    for line in status.never_up():
+        log.warning("summary: %s", line)
+    if code:
+        log.error("stopped with status %d: %s", code, reason)
+    else:
+        log.info("stopped")
     return code
 
 
@@ -131,7 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="start and supervise every stage")
     run.add_argument("--config", default=None, help="pipeline YAML (default: the embedded demo)")
-    run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    run.add_argument(
+        "--duration",
+        type=positive_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="stop after this many seconds (> 0); omitted: run until Ctrl-C or SIGTERM",
+    )
     run.add_argument("--quiet", action="store_true", help="no periodic status lines (the final summary stays)")
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help="validate a config and print the stage commands")

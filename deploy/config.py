@@ -17,6 +17,7 @@ from capture.settings import CameraSettings
 from classifier.settings import ClassifierSettings
 from detector.settings import DetectorSettings
 from emostream.security import SecurityError, load_keys
+from sink.service import output_file_problem
 from sink.settings import SinkSettings
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "demo.yaml"
@@ -81,6 +82,10 @@ class SupervisorConfig(Section):
     status_interval_s: Annotated[float, Field(ge=0)] = 5.0
     #: Kill and restart a stage whose /healthz has not answered 200 for this long; 0: never.
     hang_timeout_s: Annotated[float, Field(ge=0)] = 15.0
+    #: Give a stage up when it dies again after this many restarts in a row, each run shorter than 30 s:
+    #: the sink, classifier or a detector then ends the run with status 1, a camera stops being restarted.
+    #: 0: restart forever.
+    max_restarts: Annotated[int, Field(ge=0)] = 5
 
 
 class SecurityConfig(Section):
@@ -230,6 +235,10 @@ def parse_config(data: Any, origin: str = "config") -> PipelineConfig:
         except SecurityError as exc:
             raise ConfigError(f"{origin}: security.curve_keys: {exc}") from None
         config.security.curve_keys = str(folder.resolve())
+    # The sink opens its file only once it runs: an unwritable path is found here, not in a restart loop.
+    # Relative to the launcher's working directory, where the sink runs.
+    if config.sink.jsonl and (problem := output_file_problem(config.sink.jsonl)):
+        raise ConfigError(f"{origin}: sink.jsonl: {problem}")
     return config
 
 

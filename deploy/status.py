@@ -1,4 +1,8 @@
-"""A console summary of the running pipeline, read from the public event stream like any user would."""
+"""A console summary of the running pipeline, read from the public event stream like any user would.
+
+Cameras report their state on the same stream (``camera`` events, "up" or "down" with a reason), so a
+camera that never opened shows up in the status lines and the final summary with capture's reason.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +15,11 @@ from dataclasses import dataclass, field
 import zmq
 
 from emostream.security import CurveKeys, secure_client
-from emostream.stats import percentiles
-from emostream.wire import EmotionEvent, WireError, decode_event
+from emostream.stats import WARMUP_S, percentiles
+from emostream.wire import CameraEvent, EmotionEvent, WireError, decode_event
 
 log = logging.getLogger("deploy")
 MAX_SAMPLES = 1_000_000  # latency samples kept per camera for the final summary
-#: The summary leaves out each camera's first seconds: frames grabbed while downstream stages were
-#: still loading (the model, the detector) wait for them and say nothing about the steady state.
-WARMUP_S = 5.0
 
 
 @dataclass
@@ -60,13 +61,21 @@ class StatusPrinter(threading.Thread):
     the events; the sink's histogram adds the last hop.
     """
 
-    def __init__(self, endpoint: str, interval: float, keys: CurveKeys | None = None) -> None:
+    def __init__(
+        self, endpoint: str, interval: float, keys: CurveKeys | None = None, cameras: list[str] | None = None
+    ) -> None:
         super().__init__(name="status", daemon=True)
         self.endpoint = endpoint
         self.interval = interval
         self.keys = keys  # the pipeline's client keys when the publish endpoint uses CurveZMQ
+        self.cameras = list(cameras or [])  # the configured cameras: those without frames are named too
         self.stop_event = threading.Event()
         self.total: dict[str, CameraStats] = {}
+        #: camera -> (its last status, the reason, when it arrived on our clock)
+        self.states: dict[str, tuple[str, str, float]] = {}
+        self.ever_up: set[str] = set()
+        #: Cameras whose capture failed for good (set by the launcher) -> its last stderr line.
+        self.failed: dict[str, str] = {}
 
     def run(self) -> None:
         sub: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
@@ -82,20 +91,66 @@ class StatusPrinter(threading.Thread):
                     event = decode_event(sub.recv_multipart())
                 except WireError:
                     continue
+                now = time.monotonic()
                 if isinstance(event, EmotionEvent):
-                    now = time.monotonic()
+                    self.ever_up.add(event.camera)
                     window[event.camera].add(event, now)
                     total = self.total.setdefault(event.camera, CameraStats(skip_before=now + WARMUP_S))
                     total.add(event, now)
+                elif isinstance(event, CameraEvent):
+                    self.on_camera_event(event, now)
             elapsed = time.monotonic() - window_start
             if self.interval and elapsed >= self.interval:
-                if not window:
+                silent = self.silent_cameras(set(window), time.monotonic())
+                if not window and not any(down for _, down in silent):
+                    # Starting (the model still loading): one line, not one per camera.
                     log.info("status: no events yet on %s", self.endpoint)
+                    silent = []
                 for cam in sorted(window):
                     log.info("status: %s %s", cam, window[cam].describe(elapsed))
+                for line, _ in silent:
+                    log.warning("status: %s", line)
                 window.clear()
                 window_start = time.monotonic()
         sub.close()
+
+    def on_camera_event(self, event: CameraEvent, now: float) -> None:
+        previous = self.states.get(event.camera)
+        since = previous[2] if previous and previous[0] == event.status else now
+        self.states[event.camera] = (event.status, event.reason, since)
+        if event.status == "up":
+            self.ever_up.add(event.camera)
+
+    def silent_cameras(self, delivering: set[str], now: float) -> list[tuple[str, bool]]:
+        """(line, whether it is down) per camera that delivered nothing in the window: down (and why),
+        or not heard of yet."""
+        lines = []
+        for cam in sorted(set(self.cameras) | set(self.states)):
+            status, reason, since = self.states.get(cam, ("", "", now))
+            if cam in delivering or cam in self.failed or status == "up":
+                continue  # a camera that failed for good was reported once, by the supervisor
+            if status == "down":
+                never = "" if cam in self.ever_up else ", never came up"
+                lines.append((f"{cam} down for {now - since:.0f} s{never}: {reason}", True))
+            elif cam not in self.ever_up:
+                lines.append((f"{cam}: no events yet", False))
+        return lines
+
+    def never_up(self) -> list[str]:
+        """A line per camera that never delivered a frame to the event stream this run, and why."""
+        lines = []
+        for cam in sorted(set(self.cameras) | set(self.states)):
+            if cam in self.ever_up:
+                continue
+            status, reason, _ = self.states.get(cam, ("", "", 0.0))
+            if cam in self.failed:
+                why = f"its capture failed for good: {self.failed[cam] or 'see its log'}"
+            elif status == "down":
+                why = f"last reported: {reason}"
+            else:
+                why = "no frame or camera event of it was published"
+            lines.append(f"{cam} never came up ({why})")
+        return lines
 
     def summary(self) -> list[str]:
         """One line per camera over the run after its first WARMUP_S seconds of events."""

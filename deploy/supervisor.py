@@ -10,6 +10,11 @@ stage's main loop beats :data:`emostream.health.HEALTH`, and its ``/healthz`` an
 beats stop (or not at all when the whole process is frozen). The supervisor's watchdog asks each
 stage's ``/healthz`` every second; a stage that has not answered 200 for ``hang_timeout_s`` is killed
 and restarted like one that died, counted in ``emostream_stage_hangs_total``.
+
+A stage that keeps dying soon after each start (restarted ``max_restarts`` times in a row, and dead
+again each time within STABLE_AFTER_S of its start) is given up on: a restart is not going to fix it.
+Each child's stderr is relayed line by line to the launcher's, and its last line (a traceback's
+exception, a stage's one-line error) names the cause in the launcher's own line about it.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import IO
 
 from deploy.plan import Restart, StageSpec
 from emostream import metrics
@@ -37,6 +44,10 @@ WATCH_INTERVAL_S = 1.0
 PROBE_TIMEOUT_S = 1.0
 #: No probe in a stage's first seconds: it is loading and binding, and hang_timeout_s is far longer.
 PROBE_GRACE_S = 5.0
+#: How long the exit handling waits for a dead stage's last stderr lines to be relayed.
+RELAY_JOIN_S = 1.0
+#: The longest last stderr line quoted in the launcher's own lines.
+LAST_LINE_MAX = 300
 
 
 def probe_healthz(port: int) -> bool:
@@ -74,11 +85,38 @@ class StageState:
     failures_in_row: int = 0
     next_start_at: float | None = None
     finished: bool = False  # exited 0 under Restart.ON_FAILURE: its work is done
-    fatal: bool = False  # exited EXIT_FATAL: a restart cannot help
+    #: Exited EXIT_FATAL, or died again after max_restarts quick restarts: a restart cannot help.
+    fatal: bool = False
+    #: The last non-empty line the stage wrote to stderr (its error, when it died of one).
+    last_line: str = ""
+    relay: threading.Thread | None = None
+
+    def last_words(self) -> str:
+        return f"; its last line: {self.last_line}" if self.last_line else ""
 
 
 class FatalStageError(RuntimeError):
-    pass
+    """An essential stage failed for good: the run ends with a non-zero status and this one line."""
+
+
+def _relay_stderr(state: StageState, pipe: IO[bytes]) -> None:
+    """Copy a child's stderr to ours line by line, remembering its last non-empty line.
+
+    It must read to the end whatever happens to our stderr: a pipe nobody drains blocks the child."""
+    with pipe:
+        for line in iter(pipe.readline, b""):
+            text = line.decode("utf-8", "replace")
+            # Our stderr closed, or replaced by an object without a byte buffer: keep reading all the same.
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                out = getattr(sys.stderr, "buffer", None)
+                if out is not None:
+                    out.write(line)
+                else:
+                    sys.stderr.write(text)
+                sys.stderr.flush()
+            text = text.strip()
+            if text:
+                state.last_line = text if len(text) <= LAST_LINE_MAX else text[: LAST_LINE_MAX - 3] + "..."
 
 
 class Supervisor:
@@ -91,6 +129,7 @@ class Supervisor:
         hang_timeout_s: float = 15.0,
         probe: Callable[[int], bool] = probe_healthz,
         probe_grace_s: float = PROBE_GRACE_S,
+        max_restarts: int = 5,
     ) -> None:
         self.states = {spec.name: StageState(spec) for spec in stages}
         self.backoff_s = backoff_s
@@ -99,6 +138,9 @@ class Supervisor:
         self.hang_timeout_s = hang_timeout_s
         self._probe = probe
         self.probe_grace_s = probe_grace_s
+        #: Quick restarts in a row (each run shorter than STABLE_AFTER_S) after which a stage that dies
+        #: again is given up; 0: restart forever.
+        self.max_restarts = max_restarts
         self._lock = threading.Lock()
         self._stopping = threading.Event()
 
@@ -106,7 +148,15 @@ class Supervisor:
 
     def _spawn(self, state: StageState) -> None:
         env = {**os.environ, **state.spec.env} if state.spec.env else None
-        state.process = subprocess.Popen(state.spec.argv, start_new_session=True, preexec_fn=_die_with_parent, env=env)
+        state.process = subprocess.Popen(
+            state.spec.argv, start_new_session=True, preexec_fn=_die_with_parent, env=env, stderr=subprocess.PIPE
+        )
+        state.last_line = ""
+        assert state.process.stderr is not None
+        state.relay = threading.Thread(
+            target=_relay_stderr, args=(state, state.process.stderr), name=f"stderr-{state.spec.name}", daemon=True
+        )
+        state.relay.start()
         state.started_at = state.live_at = time.monotonic()
         state.next_start_at = None
         metrics.STAGE_UP.labels(state.spec.name).set(1)
@@ -178,6 +228,8 @@ class Supervisor:
     def _on_exit(self, state: StageState, code: int, now: float) -> None:
         name = state.spec.name
         state.process = None
+        if state.relay is not None:
+            state.relay.join(RELAY_JOIN_S)  # its last lines, the error among them, are still in the pipe
         metrics.STAGE_UP.labels(name).set(0)
         if code == 0 and state.spec.restart == Restart.ON_FAILURE:
             log.info("%s finished", name)
@@ -187,26 +239,46 @@ class Supervisor:
             return
         if code == EXIT_FATAL:
             state.fatal = True
+            what = f"{name} exited with a fatal error (exit code {code})"
             if state.spec.essential:
-                raise FatalStageError(f"{name} exited with a fatal error (exit code {code}); see its log")
-            log.error("%s exited with a fatal error (exit code %d); not restarting it", name, code)
+                raise FatalStageError(what + state.last_words())
+            log.error("%s; not restarting it%s", what, state.last_words())
             return
         ran_for = now - state.started_at
         state.failures_in_row = 1 if ran_for >= STABLE_AFTER_S else state.failures_in_row + 1
-        delay = min(self.backoff_max_s, self.backoff_s * 2 ** (state.failures_in_row - 1))
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        if self.max_restarts and state.failures_in_row > self.max_restarts:
+            state.fatal = True
+            what = (
+                f"{name} died {state.failures_in_row} times in a row, each within {STABLE_AFTER_S:.0f} s of its "
+                f"start (the last: {how} after {ran_for:.1f}s)"
+            )
+            if state.spec.essential:
+                raise FatalStageError(what + state.last_words())
+            log.error("%s; not restarting it%s", what, state.last_words())
+            return
+        delay = min(self.backoff_max_s, self.backoff_s * 2 ** (state.failures_in_row - 1))
         log.warning("%s died (%s) after %.1fs; restarting in %.1fs", name, how, ran_for, delay)
         state.next_start_at = now + delay
 
     def sources_finished(self) -> bool:
         """True when no camera will deliver another frame: each ended (a file without loop) or failed
-        for good (a fatal exit: a broken file, looping or not, or bad arguments)."""
+        for good (a fatal exit: a broken file, looping or not, or bad arguments; or max_restarts
+        quick restarts that died again)."""
         sources = [s for s in self.states.values() if not s.spec.essential]
         return bool(sources) and all(s.finished or s.fatal for s in sources)
 
     def failed_sources(self) -> list[str]:
-        """Cameras that exited fatally (not restarted)."""
+        """Cameras that failed for good (not restarted)."""
         return [n for n, s in self.states.items() if not s.spec.essential and s.fatal]
+
+    def failed_cameras(self) -> dict[str, str]:
+        """Camera id -> the last stderr line of its capture, for the cameras that failed for good."""
+        return {
+            s.spec.labels.get("camera", n): s.last_line
+            for n, s in self.states.items()
+            if not s.spec.essential and s.fatal
+        }
 
     def running(self) -> dict[str, int]:
         return {n: s.process.pid for n, s in self.states.items() if s.process and s.process.poll() is None}
@@ -236,6 +308,9 @@ class Supervisor:
                     state.process.wait()
                 if state.process:
                     metrics.STAGE_UP.labels(state.spec.name).set(0)
+            for state in self.states.values():
+                if state.relay is not None:
+                    state.relay.join(RELAY_JOIN_S)  # the stages' last lines before the launcher's summary
 
     @staticmethod
     def _wait(process: subprocess.Popen, deadline: float) -> None:

@@ -15,7 +15,12 @@ part of it: the classifier (``classifier.tta``) and ``python -m training evaluat
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import warnings
+import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -109,6 +114,22 @@ def save_model(module: Any, info: ModelInfo, path: str | Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _torch_quiet() -> Iterator[None]:
+    """No warnings or log lines from torch while a model file loads: for a file that is not a model,
+    ``torch.export.load`` logs its own traceback (a dozen lines) before raising, and the error we raise
+    says it in one line; for one that is, the messages are about torch's internals, not the user's file."""
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_model(path: str | Path, device: str = "cpu") -> tuple[Any, ModelInfo]:
     """Load a model file; returns ``(module, info)``. Raises ModelFileError for anything else."""
     import torch
@@ -116,9 +137,12 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[Any, ModelInfo]:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist")
+    if not zipfile.is_zipfile(path):  # a .pt2 is a zip archive: anything else never reaches torch
+        raise ModelFileError(f"{path} is not an emostream model file (a .pt2 archive): it is not a zip archive")
     extra = {INFO_FILE: ""}
     try:
-        program = torch.export.load(path, extra_files=extra)
+        with _torch_quiet():
+            program = torch.export.load(path, extra_files=extra)
     except Exception as exc:  # torch raises many types for a file that is not a .pt2 archive
         raise ModelFileError(f"{path} is not an emostream model file: {exc}") from exc
     if not extra[INFO_FILE]:

@@ -8,6 +8,10 @@ import numpy as np
 
 #: The percentiles every latency summary reports.
 LATENCY_PERCENTILES = (50, 95, 99)
+#: Latency summaries (the launcher's final summary, ``sink.report``) leave out the events of each
+#: camera's first seconds, counted from its first event: frames grabbed while downstream stages were
+#: still loading (the model, the detector) waited for them and say nothing about the steady state.
+WARMUP_S = 5.0
 
 
 def percentiles(

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from emostream.runtime import add_common_args, start_process
+import zmq
+
+from emostream.runtime import EXIT_FATAL, add_common_args, start_process
 from emostream.settings_cli import SettingsParser
-from sink.service import SinkService
+from sink.service import OutputPathError, SinkService
 from sink.settings import SinkSettings
 
 
@@ -21,7 +23,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     stop = start_process("sink", args)
-    SinkService(args.pull, args.settings, keys=args.curve_keys).run(stop)
+    try:
+        service = SinkService(args.pull, args.settings, keys=args.curve_keys)
+    except OutputPathError as exc:
+        # Fatal: no restart makes the path writable, so the launcher stops instead of retrying.
+        print(f"sink: --jsonl: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    except zmq.ZMQError as exc:
+        # Not fatal: a port still held by a previous run frees up; the launcher restarts the sink.
+        print(f"sink: {exc}", file=sys.stderr)
+        return 1
+    service.run(stop)
     return 0
 
 

@@ -1,15 +1,21 @@
 """``python -m sink.report``: summarise a sink's JSON Lines event log per camera, as a table, JSON and plots.
 
-    python -m sink.report --events events.jsonl [--out DIR] [--bin SECONDS]
+    python -m sink.report --events events.jsonl [--out DIR] [--bin SECONDS] [--warmup SECONDS]
 
 Per camera (and for all cameras together): events, time span, frames per second, frames lost (gaps
 in the frame numbers capture gave them), faces per frame, share of frames with faces, emotion
 distribution of the faces and latency (``ts_event - ts_capture``) p50/p95/p99. The table goes to
 stdout; ``report.json`` and PNG plots of the emotion shares over time (one per camera, one overall)
-go to ``--out`` (default: ``<events file without suffix>.report/`` beside the log).
+go to ``--out`` (default: ``<events>.report/`` beside the log, e.g. ``events.jsonl.report/``).
+
+The latency percentiles leave out each capture run's warm-up: its events classified in the first
+``--warmup`` seconds (default :data:`emostream.stats.WARMUP_S`, as the launcher's summary) after the
+run's first event. Frames grabbed while the model was still loading waited for it, and would make the
+p99 of a short run seconds long; a run with nothing after its warm-up keeps all its events.
 
 Every line is validated exactly as the sink validates events (:func:`emostream.wire.decode_event`),
-so the report counts what a subscriber would have accepted. Malformed lines are counted, the first
+so the report counts what a subscriber would have accepted. Malformed lines are counted by reason
+(``not_json``, ``not_object``, or the wire's reasons for a JSON object the sink would refuse), the first
 few are quoted with their line numbers, and never stop the report; events of other types than
 ``faces`` are counted and ignored, as docs/events.md's event format asks readers to do.
 
@@ -33,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emostream.stats import percentiles
+from emostream.stats import WARMUP_S, percentiles
 from emostream.wire import EMOTIONS, EmotionEvent, Event, WireError, decode_event
 
 #: Malformed lines quoted in the output; the rest are only counted (a corrupt file may have millions).
@@ -71,13 +77,15 @@ class EventLog:
 def parse_line(raw: bytes) -> Event:
     """One log line as the sink would accept it, or :class:`WireError` saying why not."""
     # decode_event validates a [topic, JSON] message and requires topic == camera id; a log line has
-    # no topic, so take it from the line itself. A line that is not even JSON gets an empty topic and
-    # decode_event then names the problem (bad_header) in the same words the sink's metrics use.
+    # no topic, so take it from the line itself. A line that is not a JSON object is a problem of the
+    # file, not of a message, and gets a reason of its own.
     try:
         obj = json.loads(raw)
-    except (ValueError, RecursionError):
-        obj = None
-    camera = obj.get("camera") if isinstance(obj, dict) else None
+    except (ValueError, RecursionError) as exc:
+        raise WireError("not_json", f"not a line of JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise WireError("not_object", f"a JSON {type(obj).__name__}, not an event object")
+    camera = obj.get("camera")
     topic = camera.encode("utf-8", "replace") if isinstance(camera, str) else b""
     try:
         return decode_event([topic, raw])
@@ -169,6 +177,18 @@ def camera_timing(events: pd.DataFrame) -> Timing:
     )
 
 
+def warmup_mask(events: pd.DataFrame, warmup_s: float) -> pd.Series:
+    """True for the events of each camera's capture runs (as :func:`camera_timing` splits them) that
+    were classified within ``warmup_s`` seconds of the run's first event."""
+    if warmup_s <= 0 or events.empty:
+        return pd.Series(False, index=events.index)
+    ordered = events.sort_values(["camera", "ts_capture"], kind="stable")
+    new_run = (ordered["camera"] != ordered["camera"].shift()) | (ordered["frame"].diff() <= 0)
+    run = new_run.cumsum()
+    start = ordered.groupby(run)["ts_event"].transform("min")
+    return (ordered["ts_event"] < start + warmup_s).reindex(events.index)
+
+
 def label_flips(faces: pd.DataFrame, column: str = "emotion") -> tuple[int, int]:
     """(tracks, label changes along them): each face track's ``column`` in frame order, counted
     where it differs from the track's previous face. Faces without a track are left out."""
@@ -188,13 +208,17 @@ def summarise(events: pd.DataFrame, faces: pd.DataFrame) -> dict[str, Any]:
     """The numbers of the events and faces given: one camera's, or every camera's together.
 
     Over several cameras ``fps`` is the sum of the cameras' rates (the pipeline's total frame rate)
-    and ``frames_lost``/``runs`` are sums; everything else is computed over the pooled rows.
+    and ``frames_lost``/``runs`` are sums; everything else is computed over the pooled rows. Latency
+    leaves out the rows whose ``warmup`` column (:func:`warmup_mask`, when present) is true.
     """
     n = len(events)
     first, last = float(events["ts_capture"].min()), float(events["ts_capture"].max())
     timings = [camera_timing(group) for _, group in events.groupby("camera", sort=True)]
     rates = [t.fps for t in timings if t.fps is not None]
-    latency_ms = (events["ts_event"] - events["ts_capture"]).to_numpy() * 1000.0
+    all_latency_ms = (events["ts_event"] - events["ts_capture"]).to_numpy() * 1000.0
+    warm = events["warmup"].to_numpy(dtype=bool) if "warmup" in events else np.zeros(n, bool)
+    # Without any event after the warm-up (a run shorter than it), all of them rather than none.
+    latency_ms = all_latency_ms if warm.all() else all_latency_ms[~warm]
     counts = faces["emotion"].value_counts()
     total_faces = int(len(faces))
     return {
@@ -217,10 +241,12 @@ def summarise(events: pd.DataFrame, faces: pd.DataFrame) -> dict[str, Any]:
             **{key: _round(v, 3) for key, v in percentiles(latency_ms).items()},
             "mean": _round(float(latency_ms.mean()), 3),
             "max": _round(float(latency_ms.max()), 3),
+            "events": int(len(latency_ms)),
+            "warmup_left_out": n - int(len(latency_ms)),
         },
         # ts_capture comes from the capture host's clock and ts_event from the classifier's: across
         # machines a negative latency means their clocks disagree (run NTP/chrony), not time travel.
-        "negative_latencies": int((latency_ms < 0).sum()),
+        "negative_latencies": int((all_latency_ms < 0).sum()),
     }
 
 
@@ -290,8 +316,10 @@ def plot_shares(shares: pd.DataFrame, t0: float, bin_s: float, title: str, path:
         plt.close(fig)
 
 
-def build_report(log: EventLog, source: str, bin_s: float | None) -> dict[str, Any]:
-    """Every number of the report, keyed by camera (plus ALL), ready to be written as JSON."""
+def build_report(log: EventLog, source: str, bin_s: float | None, warmup_s: float = WARMUP_S) -> dict[str, Any]:
+    """Every number of the report, keyed by camera (plus ALL), ready to be written as JSON; latency
+    leaves out each capture run's first ``warmup_s`` seconds of events (see the module docstring)."""
+    log.events["warmup"] = warmup_mask(log.events, warmup_s)
     cameras = sorted(log.events["camera"].unique())
     per_camera = {
         camera: summarise(log.events[log.events["camera"] == camera], log.faces[log.faces["camera"] == camera])
@@ -311,6 +339,7 @@ def build_report(log: EventLog, source: str, bin_s: float | None) -> dict[str, A
             "examples": log.malformed_examples,
         },
         "other_types": dict(log.other_types),
+        "warmup_s": warmup_s,
         "bin_s": width,
         "t0": t0,
         "cameras": per_camera,
@@ -376,7 +405,9 @@ def render_tables(report: dict[str, Any]) -> str:
         summary.to_string()
         + "\n\nemotion shares of faces (%):\n"
         + shares.to_string()
-        + "\n\nlatency = ts_event - ts_capture; fps within capture runs (ALL: their sum); confidence: mean of "
+        + f"\n\nlatency = ts_event - ts_capture, after each capture run's first {report['warmup_s']:g} s of events "
+        + f"({report['overall']['latency_ms']['warmup_left_out']} warm-up events left out, --warmup); "
+        + "fps within capture runs (ALL: their sum); confidence: mean of "
         + "the shown label's; flips/track: changes of the shown (smoothed) label along a face track, raw: of "
         + "the per-frame label; "
         + f"plots in bins of {report['bin_s']:g} s"
@@ -393,6 +424,16 @@ def _positive(text: str) -> float:
     return value
 
 
+def _not_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value >= 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sink.report",
@@ -400,7 +441,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--events", required=True, type=Path, help="the JSON Lines file the sink wrote (--jsonl)")
     parser.add_argument(
-        "--out", type=Path, default=None, help="directory for report.json and the plots (default: <events>.report/)"
+        "--out",
+        type=Path,
+        default=None,
+        help="directory for report.json and the plots (default: <events>.report/, e.g. events.jsonl.report/)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=_not_negative,
+        default=WARMUP_S,
+        metavar="SECONDS",
+        help="latency leaves out each capture run's events of its first SECONDS (model loading); 0: none",
     )
     parser.add_argument(
         "--bin", type=_positive, default=None, metavar="SECONDS", help="time bin of the plots (default: ~60 bins)"
@@ -428,9 +479,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  line {example['line']}: {example['reason']}: {example['detail']}", file=sys.stderr)
         return 1
 
-    out: Path = args.out if args.out is not None else path.with_suffix(".report")
+    out: Path = args.out if args.out is not None else path.with_name(path.name + ".report")
     out.mkdir(parents=True, exist_ok=True)
-    report = build_report(log, str(path), args.bin)
+    report = build_report(log, str(path), args.bin, args.warmup)
     report["plots"] = write_plots(log, report, out)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 

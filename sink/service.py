@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -24,13 +25,50 @@ STAGE = "sink"
 PUB_HWM = 10_000
 
 
+class OutputPathError(OSError):
+    """An output file that cannot be written; the message says why in one line."""
+
+
+def output_file_problem(path: str | Path) -> str | None:
+    """Why the sink could not append to ``path`` (creating its folders as it does), or None.
+
+    Changes nothing on disk, so ``python -m deploy check`` can ask it: an existing file is opened for
+    append and closed; for a new one, the nearest existing folder above it must be a writable folder.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return f"{path} is a folder, not a file"
+    if path.exists():
+        try:
+            with path.open("a", encoding="utf-8"):
+                return None
+        except OSError as exc:
+            return f"cannot append to {path}: {exc.strerror or exc}"
+    parent = path.absolute().parent
+    while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot create {path}: {parent} is not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create {path}: no permission to write in {parent}"
+    return None
+
+
 class JsonlWriter:
-    """Appends one event per line; flushes every line so a reader or a crash never sees half a line."""
+    """Appends one event per line; flushes every line so a reader or a crash never sees half a line.
+
+    Raises :class:`OutputPathError` (one line) when the file cannot be created or opened."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] = self.path.open("a", encoding="utf-8")
+        problem = output_file_problem(self.path)
+        if problem:
+            raise OutputPathError(problem)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file: IO[str] = self.path.open("a", encoding="utf-8")
+        except OSError as exc:
+            raise OutputPathError(f"cannot append to {self.path}: {exc.strerror or exc}") from exc
 
     def write(self, event: Event) -> None:
         self._file.write(json.dumps(event.to_dict(), separators=(",", ":")) + "\n")
@@ -38,6 +76,13 @@ class JsonlWriter:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _bind(socket: zmq.Socket, endpoint: str, what: str) -> None:
+    try:
+        socket.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise zmq.ZMQError(exc.errno, f"cannot bind {what} {endpoint}: {exc.strerror}") from None
 
 
 class SinkService:
@@ -50,18 +95,23 @@ class SinkService:
     ) -> None:
         settings = settings or SinkSettings()
         metrics.declare_drops(STAGE, "unknown", REJECT_REASONS)
+        # First: an unwritable file is the one problem here no restart fixes (OutputPathError).
+        self.writer = JsonlWriter(settings.jsonl) if settings.jsonl else None
         ctx = context or zmq.Context.instance()
         self.pull = ctx.socket(zmq.PULL)
-        secure_server(self.pull, keys, STAGE)  # plain without keys
-        self.pull.bind(pull_endpoint)
         self.pub = ctx.socket(zmq.PUB)
-        # The public endpoint: with keys only authorized subscribers complete the handshake.
-        secure_server(self.pub, keys, STAGE)
-        # A slow subscriber loses events beyond this many (PUB semantics) instead of growing memory;
-        # it can count what it missed from the frame numbers (sink.subscribe.FrameGaps).
-        self.pub.setsockopt(zmq.SNDHWM, PUB_HWM)
-        self.pub.bind(settings.publish)
-        self.writer = JsonlWriter(settings.jsonl) if settings.jsonl else None
+        try:
+            secure_server(self.pull, keys, STAGE)  # plain without keys
+            _bind(self.pull, pull_endpoint, "--pull")
+            # The public endpoint: with keys only authorized subscribers complete the handshake.
+            secure_server(self.pub, keys, STAGE)
+            # A slow subscriber loses events beyond this many (PUB semantics) instead of growing memory;
+            # it can count what it missed from the frame numbers (sink.subscribe.FrameGaps).
+            self.pub.setsockopt(zmq.SNDHWM, PUB_HWM)
+            _bind(self.pub, settings.publish, "publish")
+        except zmq.ZMQError:
+            self.close()
+            raise
         self._malformed_log = ThrottledLog(log)
 
     def handle(self, parts: list) -> None:

@@ -2,9 +2,11 @@
 
     python -m sink.subscribe --camera cam0 --count 10 --timeout 30 | jq .faces
     python -m sink.subscribe --curve-keys keys --curve-client alice   # a CurveZMQ-secured sink
+    python -m sink.subscribe --endpoint 10.0.0.7:5560                 # HOST:PORT means tcp://HOST:PORT
 
 Exit status: 0 when ``--count`` events arrived (or, without ``--count``, when at least one did),
-1 when ``--timeout`` ran out first. From Python, iterate :func:`events` instead.
+1 when ``--timeout`` ran out first, 2 for bad arguments (an endpoint that is not one, say). From Python,
+iterate :func:`events` instead.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from emostream.endpoint import normalize_endpoint
 from emostream.security import CurveKeys, SecurityError, load_client_keys, secure_client
 from emostream.wire import EmotionEvent, Event, WireError, decode_event
 from sink.settings import SinkSettings
@@ -82,15 +85,25 @@ def events(
     ``keys``: for a sink secured with CurveZMQ, an authorized client key pair, e.g.
     ``emostream.security.load_client_keys("keys", client="alice")``. Without authorized keys a secured
     sink sends nothing: the generator then just times out. ``gaps``: updated with every event, it counts
-    the events this subscriber missed (see :class:`FrameGaps`).
+    the events this subscriber missed (see :class:`FrameGaps`). ``endpoint``: ``HOST:PORT`` means
+    ``tcp://HOST:PORT``; one that ZeroMQ cannot connect to raises ValueError saying why.
     """
+    endpoint = normalize_endpoint(endpoint)
     sub: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
     secure_client(sub, keys)  # plain without keys
     sub.setsockopt(zmq.LINGER, 0)
     # The topic is the camera id; ZeroMQ matches prefixes, so "cam1" also lets "cam10" through and
     # the exact comparison below drops it.
     sub.setsockopt(zmq.SUBSCRIBE, camera.encode() if camera else b"")
-    sub.connect(endpoint)
+    try:
+        sub.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sub.close()
+        raise ValueError(f"cannot connect to {endpoint!r}: {exc}") from None
+    return _receive(sub, camera, timeout, gaps)
+
+
+def _receive(sub: zmq.Socket, camera: str | None, timeout: float | None, gaps: FrameGaps | None) -> Iterator[Event]:
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while True:
@@ -111,13 +124,25 @@ def events(
         sub.close()
 
 
+def _endpoint_argument(text: str) -> str:
+    try:
+        return normalize_endpoint(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m sink.subscribe",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="the sink's publish endpoint")
+    parser.add_argument(
+        "--endpoint",
+        default=DEFAULT_ENDPOINT,
+        type=_endpoint_argument,
+        help="the sink's publish endpoint (HOST:PORT means tcp://HOST:PORT)",
+    )
     parser.add_argument("--camera", default=None, help="only this camera's events")
     parser.add_argument("--count", type=int, default=None, help="exit after this many events")
     parser.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
@@ -145,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     received = 0
     gaps = FrameGaps()
     try:
-        for event in events(args.endpoint, args.camera, args.timeout, keys=keys, gaps=gaps):
+        stream = events(args.endpoint, args.camera, args.timeout, keys=keys, gaps=gaps)
+    except ValueError as exc:  # the endpoint passed the syntax check, but ZeroMQ refuses it
+        parser.error(f"--endpoint: {exc}")
+    try:
+        for event in stream:
             sys.stdout.write(json.dumps(event.to_dict()) + "\n")
             sys.stdout.flush()
             received += 1

@@ -289,6 +289,11 @@ def load_fer2013(
     unknown = sorted(set(usage.unique()) - set(SPLITS))
     if unknown:
         raise DataError(f"{path}: unknown Usage value(s) {unknown}; expected {list(SPLITS)}")
+    absent = [name for name in splits if name not in SPLITS]
+    if absent:
+        counts = usage.value_counts()
+        have = ", ".join(f"{name} ({int(counts[name])} rows)" for name in SPLITS if name in counts)
+        raise DataError(f"{path} has no split {absent[0]!r}; its splits: {have or 'none (no rows)'}")
 
     dropped: Counter[str] = Counter()
     labels_path, labels_sha = "", ""

@@ -13,9 +13,17 @@ has to be stored at export time, no model class is needed, and any architecture 
 works; ``layer=`` picks another node by its graph name. A plain ``nn.Module`` is traced with
 ``torch.fx.symbolic_trace`` first.
 
-``python -m training gradcam --model M --images IMG... [--class NAME] --out DIR`` writes, per image,
-``<stem>.gradcam_<class>.png`` (the face and the heatmap overlay side by side), plus
-``gradcam.npz`` (heatmaps, classes) and ``gradcam.json`` (also printed on stdout).
+``python -m training gradcam --model M --images IMG... [--class NAME] [--faces MODE] --out DIR`` writes,
+per explained face, ``<stem>.gradcam_<class>.png`` (``<stem>.face<i>.gradcam_<class>.png`` for the
+faces found in a photo: the face and the heatmap overlay side by side), plus ``gradcam.npz`` (heatmaps,
+classes) and ``gradcam.json`` (also printed on stdout).
+
+Which pixels a heatmap explains (``--faces``): the model sees 48x48 face crops, so a larger image (a
+photo) goes through the served detector first (``detector.pipeline.build_extractor``, YuNet by
+default) and each face it finds is explained on the crop the pipeline would classify; ``auto`` (the
+default) falls back to the whole image, squashed to the model's input, when no face is found, and says
+so; ``detect`` makes that an error; ``whole`` never detects. An image no larger than the model's input
+is taken as a face crop.
 """
 
 from __future__ import annotations
@@ -35,11 +43,13 @@ from emostream.modelfile import ModelFileError, ModelInfo, load_model
 from emostream.wire import EMOTIONS
 from training.cli_support import emit, log, run_subcommand, subcommand_parser
 from training.data import class_index as class_index_of
-from training.data import read_image
 from training.inference import load, preprocess
 from training.presets import DEFAULT_MEAN, DEFAULT_STD
 
 BATCH = 64
+#: --faces: detect faces in images larger than the model's input and fall back to the whole image
+#: (auto), detect or fail (detect), or always take the whole image (whole).
+FACE_MODES = ("auto", "detect", "whole")
 Crops = np.ndarray | torch.Tensor  # uint8 face crops (N, H, W), or one (H, W)
 ClassIndex = int | Sequence[int] | None  # one class for all crops, one per crop, or None = the predicted one
 
@@ -181,17 +191,82 @@ def overlay(crop: np.ndarray, heatmap: np.ndarray, scale: int = 4, alpha: float 
     return np.concatenate([face_bgr, blended], axis=1)
 
 
+class FaceFinder:
+    """The crops to explain in one image file, per ``--faces`` mode (see the module docstring)."""
+
+    def __init__(self, side: int, mode: str) -> None:
+        self.side = side
+        self.mode = mode
+        self._extractor: Any = None  # the served detector, built at the first photo
+
+    def extractor(self) -> Any:
+        if self._extractor is None:
+            from detector.pipeline import build_extractor
+            from detector.settings import DetectorSettings
+
+            self.settings = DetectorSettings(crop_size=self.side)
+            self._extractor = build_extractor(self.settings)
+        return self._extractor
+
+    def crops(self, name: str) -> list[tuple[np.ndarray, dict[str, Any]]]:
+        """(uint8 grayscale crop (side, side), what it is) for every face to explain in ``name``."""
+        import cv2
+
+        try:
+            buffer = np.fromfile(name, dtype=np.uint8)
+        except OSError as exc:
+            raise ValueError(f"cannot read image {name}: {exc.strerror or exc}") from None
+        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+        if image is None:
+            raise ValueError(f"cannot read image {name}: not an image OpenCV decodes")
+        height, width = image.shape[:2]
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        whole = cv2.resize(gray, (self.side, self.side), interpolation=cv2.INTER_AREA)
+        small = height <= self.side and width <= self.side
+        if self.mode == "whole" or (self.mode == "auto" and small):
+            resized = "" if (height, width) == (self.side, self.side) else f", resized from {width}x{height}"
+            return [(whole, {"face": None, "crop": f"the whole image as a face crop{resized}"})]
+        found, face_crops = self.extractor().extract(image)
+        if len(face_crops):
+            return [
+                (
+                    face_crops[i],
+                    {
+                        "face": i,
+                        "box": [int(v) for v in found.boxes[i]],
+                        "detector_score": round(float(found.scores[i]), 4),
+                        "crop": f"face found by {self.settings.backend}, cropped as the pipeline crops it",
+                    },
+                )
+                for i in range(len(face_crops))
+            ]
+        detector = f"{self.settings.backend}, faces of {self.settings.min_face} px or more"
+        if self.mode == "detect":
+            raise ValueError(f"{name}: no face found ({detector}); --faces whole explains the whole image")
+        why = f"the whole image squashed from {width}x{height} to {self.side}x{self.side}: no face found ({detector})"
+        return [(whole, {"face": None, "crop": why})]
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = subcommand_parser(
         "gradcam",
         "Grad-CAM heatmaps over face images for a model file (overlay PNGs + gradcam.npz/json).",
         model=True,
     )
-    p.add_argument("--images", nargs="+", required=True, help="face images (grayscale or colour, any size)")
+    p.add_argument(
+        "--images", nargs="+", required=True, help="face crops or photos with faces (grayscale or colour, any size)"
+    )
     p.add_argument(
         "--class", dest="class_name", default=None, help="class to explain (name, any case); None = the predicted class"
     )
     p.add_argument("--layer", default=None, help="graph node to explain; None = the last 4-D activation")
+    p.add_argument(
+        "--faces",
+        choices=FACE_MODES,
+        default="auto",
+        help="images larger than the model's input: explain each face the served detector finds (auto: the "
+        "whole image, squashed, when it finds none; detect: an error then), or the whole image (whole)",
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--scale", type=int, default=4, help="upscaling of the overlay PNGs")
     return p
@@ -211,39 +286,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         else:
             raise ValueError(f"unknown class {args.class_name!r}; the model has {list(info.class_names)}")
     side = info.input_size[0]
-    crops = []
+    crops: list[np.ndarray] = []
+    sources: list[dict[str, Any]] = []
+    faces = FaceFinder(side, args.faces)
     for name in args.images:
-        image, _ = read_image(Path(name), side)
-        if image is None:
-            raise ValueError(f"cannot read image {name}")
-        crops.append(image)
+        for crop, about in faces.crops(name):
+            crops.append(crop)
+            sources.append({"image": str(name), **about})
     result = gradcam_details((module, info), np.stack(crops), target, info=info, layer=args.layer)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     import cv2
 
     items = []
-    for i, name in enumerate(args.images):
+    for i, source in enumerate(sources):
         cls = int(result.class_index[i])
-        png = out / f"{Path(name).stem}.gradcam_{info.class_names[cls]}.png"
+        face = "" if source["face"] is None else f".face{source['face']}"
+        png = out / f"{Path(source['image']).stem}{face}.gradcam_{info.class_names[cls]}.png"
         if not cv2.imwrite(str(png), overlay(crops[i], result.heatmaps[i], args.scale)):
             raise OSError(f"cannot write {png}")
         peak = np.unravel_index(int(result.heatmaps[i].argmax()), result.heatmaps[i].shape)
+        predicted = info.class_names[int(result.probabilities[i].argmax())]
         items.append(
             {
-                "image": str(name),
+                **source,
                 "overlay": png.name,
                 "class": info.class_names[cls],
-                "predicted": info.class_names[int(result.probabilities[i].argmax())],
+                "predicted": predicted,
                 "probabilities": dict(zip(info.class_names, result.probabilities[i].tolist(), strict=True)),
                 "peak_row_col": [int(peak[0]), int(peak[1])],
             }
         )
+        where = "" if source["face"] is None else f" face {source['face']} at {source['box']}"
+        log(f"{source['image']}{where}: {source['crop']}; predicted {predicted}, explained {info.class_names[cls]}")
     np.savez_compressed(
         out / "gradcam.npz",
         heatmaps=result.heatmaps,
         class_index=result.class_index,
-        images=np.asarray([str(n) for n in args.images]),
+        images=np.asarray([source["image"] for source in sources]),
+        faces=np.asarray([-1 if source["face"] is None else source["face"] for source in sources]),
     )
     summary = {
         "model": str(model_path),

@@ -490,3 +490,42 @@ def test_capture_process_survives_an_unreachable_live_source_and_reports_the_cam
     _, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 0, stderr
     assert "retrying" in stderr
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    "dead_source",
+    [
+        pytest.param(lambda: f"rtsp://127.0.0.1:{free_port()}/stream1", id="rtsp-nothing-listens"),
+        pytest.param(lambda: "99", id="camera-index-absent"),
+    ],
+)
+def test_a_live_source_that_never_opens_logs_one_error_then_one_line_per_retry_without_library_noise(
+    processes: list[subprocess.Popen], dead_source: Callable[[], str]
+) -> None:
+    metrics_port = free_port()
+    proc = start_capture(
+        "--camera", "gone",
+        "--source", dead_source(),
+        "--frames", f"tcp://127.0.0.1:{free_port()}",
+        "--metrics-port", str(metrics_port),
+    )  # fmt: skip
+    processes.append(proc)
+
+    def attempts() -> float | None:
+        samples = metric_samples(metrics_port)
+        return sample(samples, "emostream_frames_dropped_total", stage="capture", camera="gone", reason="read_error")
+
+    wait_for(lambda: (attempts() or 0) >= 4, timeout=60, what="4 failed attempts to open")
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 0, stderr
+    lines = stderr.splitlines()
+    errors = [i for i, line in enumerate(lines) if " ERROR " in line]
+    assert len(errors) == 1, f"one ERROR line for the outage, got:\n{stderr}"
+    assert "retrying in 0.5 s" in lines[errors[0]]
+    retries = [line for line in lines[errors[0] :] if "still down" in line]
+    assert len(retries) >= 3 and all(" WARNING " in line for line in retries), stderr
+    # OpenCV's "[ WARN:...]" and FFmpeg's "[tcp @ 0x...]" lines: only around the first attempt.
+    library = [i for i, line in enumerate(lines) if line.startswith("[")]
+    assert all(i < errors[0] for i in library), f"library messages after the first attempt:\n{stderr}"

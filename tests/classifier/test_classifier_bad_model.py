@@ -43,9 +43,29 @@ def test_classifier_refuses_a_truncated_real_model_file_with_exit_2_naming_it(tm
     truncated.write_bytes(data[: len(data) // 2])
     result = run_classifier(truncated)
     assert result.returncode == 2, result.stderr
-    # torch logs its own traceback as a warning first; the last line is the classifier's verdict.
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("classifier: ") and str(truncated) in last and "not an emostream model file" in last
+    assert_only_the_verdict(result.stderr)
+
+
+def assert_only_the_verdict(stderr: str) -> None:
+    """The start-up line and the classifier's one-line verdict: no warning or traceback of torch's."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 2 and "cpu budget" in lines[0] and lines[1].startswith("classifier: "), stderr
+
+
+def test_classifier_refuses_a_file_that_is_no_model_in_one_line_without_torch_warnings(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("remember to buy milk\n")
+    # A zip archive whose central directory is garbage: torch opens it and fails, and must stay quiet.
+    data = SHIPPED_MODEL.read_bytes()
+    corrupt = tmp_path / "corrupt.pt2"
+    corrupt.write_bytes(data[: len(data) // 2] + b"x" * 100 + data[-2000:])
+    for path in (notes, corrupt):
+        result = run_classifier(path)
+        assert result.returncode == 2, result.stderr
+        assert_only_the_verdict(result.stderr)
+        assert f"classifier: {path} is not an emostream model file" in result.stderr
 
 
 def model_with_info(tiny_model: Path, info_text: str, path: Path) -> Path:
@@ -116,6 +136,6 @@ def test_classifier_refuses_a_model_whose_classes_differ_from_the_event_schema_w
     result = run_classifier(path)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"classifier: {path}: the model's classes {names}") and "event schema" in lines[0]
+    assert_only_the_verdict(result.stderr)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"classifier: {path}: the model's classes {names}") and "event schema" in last

@@ -1,6 +1,7 @@
 """The launcher's supervisor as plain logic on real (non-emostream) processes: the watchdog kills and
-restarts only the stage whose health probe keeps failing, and the probe never mistakes a self-connected
-socket for a stage. Faults injected into a running pipeline are tests/system/test_faults.py.
+restarts only the stage whose health probe keeps failing, the probe never mistakes a self-connected
+socket for a stage, and a stage that keeps dying is given up with its last error. Faults injected into
+a running pipeline are tests/system/test_faults.py.
 """
 
 from __future__ import annotations
@@ -8,8 +9,10 @@ from __future__ import annotations
 import socket
 import time
 
+import pytest
+
 from deploy.plan import StageSpec
-from deploy.supervisor import Supervisor
+from deploy.supervisor import FatalStageError, Supervisor
 from emostream import metrics
 from support import free_port, free_ports, wait_for
 from support.pipeline import pid_alive
@@ -56,3 +59,57 @@ def test_the_health_probe_never_mistakes_a_self_connected_socket_for_a_stage():
         assert probe_healthz(port) is False
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
+
+
+# ------------------------------------------------------------------------------------------------
+# a stage that keeps dying soon after each start is given up, naming its last error
+# ------------------------------------------------------------------------------------------------
+
+
+def failing_spec(name: str, tmp_path, essential: bool = True) -> StageSpec:
+    # A real process that fails at once (exit code 1, a crash), every time, with a one-line error on stderr.
+    bad = tmp_path / "bad.json"
+    bad.write_text("not json\n")
+    return StageSpec(name, "json.tool", [str(bad)], essential=essential)
+
+
+def test_an_essential_stage_that_keeps_dying_ends_the_run_naming_its_last_error(tmp_path):
+    supervisor = Supervisor([failing_spec("sink", tmp_path)], backoff_s=0.01, backoff_max_s=0.02, max_restarts=2)
+    supervisor.start(watch=False)
+    try:
+        with pytest.raises(FatalStageError) as info:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # not wait_for: it would swallow the exception
+                supervisor.poll()
+                time.sleep(0.05)
+    finally:
+        supervisor.stop()
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("sink died 3 times in a row")
+    assert message.endswith("its last line: Expecting value: line 1 column 1 (char 0)"), message
+    assert supervisor.states["sink"].restarts == 2
+    assert supervisor.running() == {}
+
+
+def test_a_camera_that_keeps_dying_is_given_up_and_counts_as_failed(tmp_path):
+    supervisor = Supervisor(
+        [failing_spec("capture-lobby", tmp_path, essential=False)], backoff_s=0.01, backoff_max_s=0.02, max_restarts=1
+    )
+    supervisor.start(watch=False)
+    try:
+        wait_for(lambda: supervisor.poll() or supervisor.sources_finished(), timeout=60, what="the camera given up")
+        assert supervisor.failed_sources() == ["capture-lobby"]
+        assert supervisor.states["capture-lobby"].restarts == 1
+        assert supervisor.running() == {}
+    finally:
+        supervisor.stop()
+
+
+def test_max_restarts_0_restarts_forever(tmp_path):
+    supervisor = Supervisor([failing_spec("sink", tmp_path)], backoff_s=0.01, backoff_max_s=0.01, max_restarts=0)
+    supervisor.start(watch=False)
+    try:
+        wait_for(lambda: supervisor.poll() or supervisor.states["sink"].restarts >= 4, timeout=60, what="4 restarts")
+    finally:
+        supervisor.stop()

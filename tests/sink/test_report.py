@@ -135,7 +135,8 @@ def table_rows(stdout: str) -> dict[str, dict[str, str]]:
 @pytest.fixture(scope="module")
 def report(log, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("out") / "report"
-    proc = run_report("--events", str(log["path"]), "--out", str(out), "--bin", "5")
+    # No warm-up: every latency counts, as the hand-computed percentiles below take them all.
+    proc = run_report("--events", str(log["path"]), "--out", str(out), "--bin", "5", "--warmup", "0")
     assert proc.returncode == 0, proc.stderr
     return {"proc": proc, "out": out, "json": json.loads((out / "report.json").read_text())}
 
@@ -147,6 +148,10 @@ def test_counts_lines_events_malformed_and_other_types(log, report):
     assert data["malformed"]["count"] == len(MALFORMED)
     assert [e["line"] for e in data["malformed"]["examples"]] == log["malformed_lines"]
     assert sum(data["malformed"]["reasons"].values()) == len(MALFORMED)
+    # A line that is not JSON at all is the file's problem, not a wire message's: said in those words.
+    assert data["malformed"]["reasons"]["not_json"] == 3  # corrupt, cut short, not UTF-8
+    assert data["malformed"]["reasons"]["not_object"] == 1
+    assert "bad_header" not in data["malformed"]["reasons"]
     assert data["other_types"] == {"heartbeat": 1}
     out = report["proc"].stdout
     assert f"{len(MALFORMED)} malformed" in out
@@ -237,10 +242,12 @@ def test_default_output_folder_sits_beside_the_log_and_the_bin_is_chosen(log, tm
     copy.write_bytes(log["path"].read_bytes())
     proc = run_report("--events", str(copy))
     assert proc.returncode == 0, proc.stderr
-    data = json.loads((tmp_path / "run.report" / "report.json").read_text())
+    # <events>.report/, as --help says: the log's whole name and ".report".
+    data = json.loads((tmp_path / "run.jsonl.report" / "report.json").read_text())
     # 49.8 s of log and about 60 bins wanted: the smallest round width that fits is 1 s.
     assert data["bin_s"] == 1.0
-    assert (tmp_path / "run.report" / "emotions_overall.png").exists()
+    assert (tmp_path / "run.jsonl.report" / "emotions_overall.png").exists()
+    assert f"{tmp_path / 'run.jsonl.report'}" in proc.stdout.splitlines()[-1]
 
 
 @pytest.mark.parametrize(
@@ -307,3 +314,35 @@ def test_tracks_label_flips_and_mean_confidence(tmp_path):
     assert (summary["raw_label_flips"], summary["raw_label_flips_per_track"]) == (5, 2.5)
     assert summary["mean_confidence"] == pytest.approx((5 * 0.6 + 5 * 0.7 + 0.9) / 11, abs=1e-4)
     assert "flips/track" in proc.stdout
+
+
+def test_latency_percentiles_leave_out_each_capture_runs_warm_up(tmp_path):
+    """A run whose first frames waited seconds for the model: the percentiles describe the steady state
+    after each capture run's first 5 s of events, and say so; --warmup 0 keeps every event."""
+    rows = []
+    for run_start in (T0, T0 + 100.0):  # two capture runs, each with its own warm-up
+        # 1 s of frames captured while the model loaded, all classified at once 3 s in (2.1..3.0 s late).
+        for i in range(10):
+            rows.append(event("cam", i, run_start + i * 0.1, 3.0 - i * 0.1, [face("happy")]))
+        # Then, from 3 s on, 30 s of steady frames at 10 fps, 60 ms each.
+        for i in range(10, 310):
+            rows.append(event("cam", i, run_start + 2.0 + i * 0.1, 0.06, [face("happy")]))
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    proc = run_report("--events", str(path))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "events.jsonl.report" / "report.json").read_text())
+    latency = data["cameras"]["cam"]["latency_ms"]
+    # Left out per run: the events classified before its first event (3.0 s in) + 5 s, i.e. the 10 backlog
+    # frames and frames 10..59 (classified 3.06 .. 7.96 s after the run's first frame was captured).
+    assert latency["warmup_left_out"] == 2 * 60 and latency["events"] == 2 * 250
+    assert latency["p99"] == pytest.approx(60.0, abs=1e-3) and latency["max"] == pytest.approx(60.0, abs=1e-3)
+    assert data["warmup_s"] == 5.0
+    assert "after each capture run's first 5 s of events (120 warm-up events left out, --warmup)" in proc.stdout
+    assert float(table_rows(proc.stdout)["cam"]["lat_p99_ms"]) == pytest.approx(60.0, abs=0.06)
+
+    everything = run_report("--events", str(path), "--out", str(tmp_path / "all"), "--warmup", "0")
+    assert everything.returncode == 0, everything.stderr
+    latency = json.loads((tmp_path / "all" / "report.json").read_text())["cameras"]["cam"]["latency_ms"]
+    assert latency["warmup_left_out"] == 0 and latency["max"] == pytest.approx(3000.0, abs=1e-3)

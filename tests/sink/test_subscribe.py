@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+
 from emostream.wire import CameraEvent, EmotionEvent
 from support import PYTHON, REPO, free_ports
 
@@ -30,3 +32,26 @@ def test_frame_gaps_count_missed_events_per_camera_across_reordering_and_restart
     for frame in (0, 1, 3):  # camera a restarted: its numbers begin again, the earlier loss is kept
         gaps.add(EmotionEvent("a", frame, 1.0, 1.0))
     assert gaps.missed("a") == 2 + 1
+
+
+def test_an_endpoint_without_transport_means_tcp_and_a_bad_one_is_one_line():
+    from sink.subscribe import events
+
+    pub_port = free_ports(1)[0]
+    # HOST:PORT: connects over TCP (nothing publishes there, so it times out with status 1, no traceback).
+    ok = subprocess.run(
+        [PYTHON, "-m", "sink.subscribe", "--endpoint", f"127.0.0.1:{pub_port}", "--timeout", "0.3"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert ok.returncode == 1 and ok.stderr.strip() == "subscribe: timed out after 0 event(s)", ok.stderr
+    for bad, words in (("localhost", "is not a ZeroMQ endpoint"), ("tcp://nohost:port", "cannot connect")):
+        result = subprocess.run(
+            [PYTHON, "-m", "sink.subscribe", "--endpoint", bad, "--timeout", "0.3"],
+            cwd=REPO, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr and words in result.stderr.splitlines()[-1], result.stderr
+    # From Python: the same rule, raised when called, before the first event is awaited.
+    assert list(events(f"127.0.0.1:{pub_port}", timeout=0.1)) == []
+    with pytest.raises(ValueError, match="is not a ZeroMQ endpoint"):
+        events("localhost")

@@ -415,3 +415,62 @@ def test_real_fer2013_privatetest_parses_only_that_split() -> None:
         data = load_dataset(path, splits=("PrivateTest",), hash_file=False)
     assert list(data.splits) == ["PrivateTest"]
     assert data.splits["PrivateTest"].class_counts() == [491, 55, 528, 879, 594, 416, 626]
+
+
+def test_an_unknown_split_of_a_csv_lists_the_splits_the_file_has(data_csv: Path, tmp_path: Path, synthetic, capsys):
+    model = str(brightness_model(tmp_path))
+    status, _, err = run_in_process(capsys, "evaluate", "--data", str(data_csv), "--model", model, "--split", "Nope")
+    have = ", ".join(f"{name} ({len(synthetic[name][1])} rows)" for name in ("Training", "PublicTest", "PrivateTest"))
+    assert status == 1
+    assert err.strip().splitlines()[-1] == f"error: {data_csv} has no split 'Nope'; its splits: {have}"
+
+
+def test_training_help_lists_every_subcommand_with_one_line() -> None:
+    import subprocess
+    import sys
+
+    from support import REPO
+    from training.__main__ import SUBCOMMANDS, SUMMARIES
+
+    assert set(SUMMARIES) == set(SUBCOMMANDS)
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    listed = {line.split()[0]: line.split(None, 1)[1] for line in result.stdout.splitlines() if line.startswith("  ")}
+    assert listed == SUMMARIES
+    bare = subprocess.run([sys.executable, "-m", "training"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bare.returncode == 2 and "subcommands:" in bare.stderr and "Traceback" not in bare.stderr
+
+
+def test_gradcam_on_a_photo_explains_each_face_the_served_detector_finds(tmp_path: Path, capsys) -> None:
+    photo = shared_path("media", "grace_hopper.jpg")  # 512x600, one face
+    blank = tmp_path / "wall.png"
+    cv2.imwrite(str(blank), np.full((200, 300, 3), 128, np.uint8))
+    status, summary, err = run_in_process(
+        capsys, "gradcam", "--images", str(photo), str(blank), "--out", str(tmp_path / "out")
+    )
+    assert status == 0, err
+    face, wall = summary["images"]
+    assert (face["image"], face["face"], face["overlay"]) == (
+        str(photo),
+        0,
+        f"grace_hopper.face0.gradcam_{face['class']}.png",
+    )
+    x, y, w, h = face["box"]
+    assert x >= 0 and y >= 0 and x + w <= 512 and y + h <= 600 and 100 <= w <= 300, face["box"]
+    assert "face found by yunet" in face["crop"]
+    # No face in the wall: auto explains the whole image and says it was squashed.
+    assert wall["face"] is None and "squashed from 300x200 to 48x48: no face found" in wall["crop"]
+    assert "squashed from 300x200" in err and f"{photo} face 0 at" in err
+    assert np.load(tmp_path / "out" / "gradcam.npz")["faces"].tolist() == [0, -1]
+
+    status, _, err = run_in_process(
+        capsys, "gradcam", "--images", str(blank), "--faces", "detect", "--out", str(tmp_path / "out2")
+    )
+    assert status == 1 and err.strip().splitlines()[-1].startswith(f"error: {blank}: no face found")
+    status, summary, err = run_in_process(
+        capsys, "gradcam", "--images", str(photo), "--faces", "whole", "--out", str(tmp_path / "out3")
+    )
+    assert status == 0, err
+    assert summary["images"][0]["face"] is None and "resized from 512x600" in summary["images"][0]["crop"]
