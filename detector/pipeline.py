@@ -88,6 +88,10 @@ class FaceExtractor:
         self._key_faces: dict[str, Detections] = {}  # camera -> last key frame's detections
         self._key_frames: dict[str, int] = {}  # camera -> key frames detected
 
+    def key_faces(self, camera: str) -> Detections | None:
+        """The faces of ``camera``'s last key frame (full-resolution pixels), or None before its first."""
+        return self._key_faces.get(camera)
+
     def forget(self, camera: str) -> None:
         """Drop what this extractor holds of ``camera`` (its last faces, its rolled-pass schedule)."""
         self._key_faces.pop(camera, None)
