@@ -71,9 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         context.destroy(linger=0)
         return EXIT_FATAL
     log.info(
-        "worker %d: %s detector (downscale %g, min face %d px, interval %d) taking frames from %s, pushing to %s",
+        "worker %d: %s detector%s (downscale %g, min face %d px, interval %d) taking frames from %s, pushing to %s",
         args.worker,
         settings.backend,
+        f" on {settings.runtime}" if settings.backend == "yunet" else "",
         settings.downscale,
         settings.min_face,
         settings.interval,

@@ -120,6 +120,38 @@ REFINE_MIN_ROLL = 5.0
 REFINE_PATCH = 256
 
 
+def detect_upright_patch(image: np.ndarray, box: np.ndarray, roll: float, detector: FaceDetector) -> Detections | None:
+    """The face around ``box`` (x, y, w, h in ``image`` pixels) detected again on a patch turned
+    upright by ``roll`` degrees (clockwise), or None when the patch shows no face near its centre.
+
+    The patch is twice the box's side, shrunk to at most :data:`REFINE_PATCH` pixels. The face comes
+    back in ``image`` pixels as :class:`detector.backends.RolledPasses` maps its faces: landmarks
+    exactly, the box centred on the face and as large as the upright face's box.
+    """
+    x, y, w, h = (float(v) for v in box)
+    side = 2.0 * max(w, h, 1.0)
+    size = int(min(round(side), REFINE_PATCH))
+    # Patch pixels from frame pixels: rotate by -roll about the box centre, scale, centre the face.
+    to_patch = np.asarray(cv2.getRotationMatrix2D((x + w / 2, y + h / 2), float(roll), size / side), np.float64)
+    to_patch[:, 2] += size / 2 - np.array([x + w / 2, y + h / 2])
+    patch = cv2.warpAffine(image, to_patch, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    again = detector.detect(patch)
+    if again.landmarks is None or not len(again):
+        return None
+    centres = again.boxes[:, :2] + again.boxes[:, 2:] / 2
+    nearest = int(np.argmin(np.linalg.norm(centres - size / 2, axis=1)))
+    if np.linalg.norm(centres[nearest] - size / 2) > size / 4:
+        return None  # another face in the patch, not this one
+    to_frame = cv2.invertAffineTransform(to_patch)
+    scale = float(np.hypot(to_frame[0, 0], to_frame[0, 1]))
+    centre = centres[nearest] @ to_frame[:, :2].T + to_frame[:, 2]
+    sides = again.boxes[nearest, 2:] * scale
+    landmarks = again.landmarks[nearest] @ to_frame[:, :2].T + to_frame[:, 2]
+    return Detections(
+        np.round(np.hstack([centre - sides / 2, sides]))[None], again.scores[nearest : nearest + 1], landmarks[None]
+    )
+
+
 def refine_landmarks(
     image: np.ndarray, found: Detections, detector: FaceDetector, min_roll: float = REFINE_MIN_ROLL
 ) -> Detections:
@@ -127,8 +159,8 @@ def refine_landmarks(
 
     A landmark regressor trained mostly on upright faces reads a tilted face as less tilted than it
     is, so one alignment leaves part of the roll. Each face whose roll is at least ``min_roll``
-    degrees is rotated upright by that roll in a patch twice its box's size, detected again there,
-    and the landmarks of the detection nearest the patch centre are mapped back to ``image`` pixels.
+    degrees is rotated upright by that roll in a patch twice its box's size, detected again there
+    (:func:`detect_upright_patch`), and its landmarks are mapped back to ``image`` pixels.
     Boxes and scores stay as found; a face not found again keeps its first landmarks.
     """
     if found.landmarks is None or not len(found):
@@ -136,20 +168,7 @@ def refine_landmarks(
     rolls = roll_degrees(found.landmarks)
     landmarks = found.landmarks.copy()
     for i in np.flatnonzero(np.abs(rolls) >= min_roll):
-        x, y, w, h = (float(v) for v in found.boxes[i])
-        side = 2.0 * max(w, h, 1.0)
-        size = int(min(round(side), REFINE_PATCH))
-        # Patch pixels from frame pixels: rotate by -roll about the box centre, scale, centre the face.
-        to_patch = np.asarray(cv2.getRotationMatrix2D((x + w / 2, y + h / 2), float(rolls[i]), size / side), np.float64)
-        to_patch[:, 2] += size / 2 - np.array([x + w / 2, y + h / 2])
-        patch = cv2.warpAffine(image, to_patch, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        again = detector.detect(patch)
-        if again.landmarks is None or not len(again):
-            continue
-        centres = again.boxes[:, :2] + again.boxes[:, 2:] / 2
-        nearest = int(np.argmin(np.linalg.norm(centres - size / 2, axis=1)))
-        if np.linalg.norm(centres[nearest] - size / 2) > size / 4:
-            continue  # another face in the patch, not this one
-        to_frame = cv2.invertAffineTransform(to_patch)
-        landmarks[i] = again.landmarks[nearest] @ to_frame[:, :2].T + to_frame[:, 2]
+        again = detect_upright_patch(image, found.boxes[i], float(rolls[i]), detector)
+        if again is not None and again.landmarks is not None:
+            landmarks[i] = again.landmarks[0]
     return Detections(found.boxes, found.scores, landmarks)

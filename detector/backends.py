@@ -17,7 +17,8 @@ import cv2.data  # the Haar cascades' folder; cv2's stubs do not list the submod
 import numpy as np
 
 from detector.detections import Detections
-from detector.settings import DetectorSettings
+from detector.settings import DetectorSettings, YuNetRuntime
+from detector.yunet import OnnxYuNet
 
 #: Keyword defaults below come from the detector settings (detector/settings.py), their one copy.
 _DEFAULTS = DetectorSettings()
@@ -79,8 +80,13 @@ class HaarDetector:
 
 
 class YuNetDetector:
-    """OpenCV's YuNet CNN (``cv2.FaceDetectorYN``, an OpenCV Zoo .onnx): finds faces turned and tilted
-    further than Haar does, and returns real confidence scores in [0, 1]."""
+    """OpenCV's YuNet CNN (an OpenCV Zoo .onnx): finds faces turned and tilted further than Haar does,
+    and returns real confidence scores in [0, 1].
+
+    ``runtime``: ``onnxruntime`` runs the network on ONNX Runtime with ``threads`` threads (0: its
+    default) and decodes it as OpenCV does (:mod:`detector.yunet`); ``opencv`` runs
+    ``cv2.FaceDetectorYN`` (OpenCV's thread count). Both give the same faces.
+    """
 
     def __init__(
         self,
@@ -89,31 +95,47 @@ class YuNetDetector:
         nms_threshold: float = 0.3,
         top_k: int = 5000,
         min_size: int = 0,
+        runtime: YuNetRuntime = _DEFAULTS.runtime,
+        threads: int = _DEFAULTS.threads,
     ) -> None:
         if not model_path or not os.path.isfile(model_path):
             raise DetectorConfigError(f"YuNet model file {model_path!r} does not exist")
         if not 0 < score_threshold < 1:
             raise DetectorConfigError(f"score_threshold {score_threshold} is not in (0, 1)")
-        try:
-            # The input size is a placeholder: detect() sets the real one for each frame size.
-            self.net = cv2.FaceDetectorYN.create(model_path, "", (320, 320), score_threshold, nms_threshold, top_k)
-        except cv2.error as exc:
-            raise DetectorConfigError(f"cannot load YuNet model {model_path!r}: {exc}") from exc
         self.model_path = model_path
         self.score_threshold = score_threshold
         self.min_size = min_size
+        self.runtime = runtime
         self._input_size: tuple[int, int] | None = None
+        self._onnx: OnnxYuNet | None = None
+        self.net: cv2.FaceDetectorYN | None = None
+        try:
+            if runtime == "onnxruntime":
+                self._onnx = OnnxYuNet(model_path, score_threshold, nms_threshold, top_k, threads)
+            elif runtime == "opencv":
+                # The input size is a placeholder: detect() sets the real one for each frame size.
+                self.net = cv2.FaceDetectorYN.create(model_path, "", (320, 320), score_threshold, nms_threshold, top_k)
+            else:
+                raise DetectorConfigError(f"unknown YuNet runtime {runtime!r} (onnxruntime, opencv)")
+        except DetectorConfigError:
+            raise
+        except Exception as exc:  # cv2.error, or ONNX Runtime's own exception types for a bad file
+            raise DetectorConfigError(f"cannot load YuNet model {model_path!r} on {runtime}: {exc}") from exc
 
     def detect(self, image_bgr: np.ndarray) -> Detections:
-        height, width = image_bgr.shape[:2]
-        if self._input_size != (width, height):
-            # YuNet's anchors depend on the input size; setting it per new frame size keeps every
-            # camera's resolution valid through one detector instance.
-            self.net.setInputSize((width, height))
-            self._input_size = (width, height)
         if image_bgr.ndim == 2:
             image_bgr = cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR)
-        _, faces = self.net.detect(image_bgr)
+        if self._onnx is not None:
+            faces = self._onnx.detect(image_bgr)
+        else:
+            assert self.net is not None
+            height, width = image_bgr.shape[:2]
+            if self._input_size != (width, height):
+                # YuNet's anchors depend on the input size; setting it per new frame size keeps every
+                # camera's resolution valid through one detector instance.
+                self.net.setInputSize((width, height))
+                self._input_size = (width, height)
+            _, faces = self.net.detect(image_bgr)
         if faces is None or len(faces) == 0:
             return Detections.empty(with_landmarks=True)
         # Rows: x, y, w, h, 5 landmarks (x, y), score.
@@ -127,14 +149,23 @@ def build_detector(
     score_threshold: float = _DEFAULTS.score_threshold,
     min_size: int = 24,
     roll_passes: tuple[float, ...] = (),
+    runtime: YuNetRuntime = _DEFAULTS.runtime,
+    threads: int = _DEFAULTS.threads,
 ) -> FaceDetector:
     """A detector by name ("haar" or "yunet"); ``min_size`` in the pixels of the images it will see;
-    ``roll_passes``: also detect on the image turned by these angles (:class:`RolledPasses`)."""
+    ``roll_passes``: also detect on the image turned by these angles (:class:`RolledPasses`);
+    ``runtime`` and ``threads``: YuNet's (see :class:`YuNetDetector`)."""
     detector: FaceDetector
     if backend == "haar":
         detector = HaarDetector(min_size=min_size)
     elif backend == "yunet":
-        detector = YuNetDetector(model_path or YUNET_MODEL, score_threshold=score_threshold, min_size=min_size)
+        detector = YuNetDetector(
+            model_path or YUNET_MODEL,
+            score_threshold=score_threshold,
+            min_size=min_size,
+            runtime=runtime,
+            threads=threads,
+        )
     else:
         raise DetectorConfigError(f"unknown detector backend {backend!r} (haar, yunet)")
     return RolledPasses(detector, roll_passes) if roll_passes else detector
@@ -178,7 +209,7 @@ class RolledPasses:
                 self.inner.min_size = saved
             if len(faces):
                 found.append(_map_back(faces, cv2.invertAffineTransform(to_turned)))
-        return _merge(found, self.iou)
+        return merge_detections(found, self.iou)
 
 
 def _map_back(faces: Detections, matrix: np.ndarray) -> Detections:
@@ -195,7 +226,7 @@ def _map_back(faces: Detections, matrix: np.ndarray) -> Detections:
     return Detections(boxes, faces.scores, landmarks)
 
 
-def _merge(parts: list[Detections], iou: float) -> Detections:
+def merge_detections(parts: list[Detections], iou: float) -> Detections:
     """All detections of ``parts``, overlapping ones (IoU >= ``iou``) merged into the most confident."""
     from emostream.boxes import iou_matrix
 

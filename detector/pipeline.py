@@ -9,12 +9,12 @@ import time
 import cv2
 import numpy as np
 
-from detector.align import aligned_crops, refine_landmarks
-from detector.backends import FaceDetector, RolledPasses, build_detector
+from detector.align import aligned_crops, detect_upright_patch, refine_landmarks, roll_degrees
+from detector.backends import FaceDetector, RolledPasses, build_detector, merge_detections
 from detector.crops import face_crops
 from detector.detections import Detections
 from detector.settings import DetectorSettings
-from emostream.boxes import clip_boxes
+from emostream.boxes import clip_boxes, iou_matrix
 from emostream.metrics import DETECTIONS
 from emostream.wire import Faces, Frame
 
@@ -55,6 +55,12 @@ class FaceExtractor:
     frame, so the emotion follows the face. ``python -m deploy bench`` measures how many of the
     detector's faces the held boxes keep. A non-key frame of a camera this extractor has not seen a
     key frame of (e.g. after a restart) is detected anyway.
+
+    Rolled passes (a :class:`RolledPasses` detector) run on one key frame in ``roll_every`` per
+    camera, starting with its first; on the key frames between, the upright pass runs, and each face
+    of the camera's previous key frame that it did not find again (a rolled head, which the upright
+    pass misses) is looked for on an upright patch around its last box (:func:`detect_upright_patch`):
+    a face found rolled stays found at the cost of a small patch, not of whole turned frames.
     """
 
     def __init__(
@@ -63,26 +69,69 @@ class FaceExtractor:
         downscale: float = _DEFAULTS.downscale,
         crop_size: int = _DEFAULTS.crop_size,
         align: bool = False,
+        roll_every: int = 1,
     ) -> None:
         if not 0 < downscale <= 1:
             raise ValueError(f"downscale {downscale} is not in (0, 1]")
+        if roll_every < 1:
+            raise ValueError(f"roll_every {roll_every} is not at least 1")
         self.detector = detector
         self.downscale = downscale
         self.crop_size = crop_size
         #: Upright crops framed like FER2013 from the detector's landmarks (detector.align); faces
         #: without landmarks (Haar) get the box's square crop.
         self.align = align
-        # A tilted face's landmarks are read again on an upright patch: one plain pass is enough there.
-        self._refiner = detector.inner if isinstance(detector, RolledPasses) else detector
+        self.roll_every = roll_every
+        self._rolled = detector if isinstance(detector, RolledPasses) else None
+        # Tilted faces' landmarks and followed faces are read on upright patches: one plain pass is enough there.
+        self._upright = detector.inner if isinstance(detector, RolledPasses) else detector
         self._key_faces: dict[str, Detections] = {}  # camera -> last key frame's detections
+        self._key_frames: dict[str, int] = {}  # camera -> key frames detected
+
+    def key_faces(self, camera: str) -> Detections | None:
+        """The faces of ``camera``'s last key frame (full-resolution pixels), or None before its first."""
+        return self._key_faces.get(camera)
+
+    def forget(self, camera: str) -> None:
+        """Drop what this extractor holds of ``camera`` (its last faces, its rolled-pass schedule)."""
+        self._key_faces.pop(camera, None)
+        self._key_frames.pop(camera, None)
+
+    def detect(self, image: np.ndarray, camera: str = "") -> Detections:
+        """Run the detector on one key frame of ``camera``: faces in full-resolution pixels."""
+        count = self._key_frames.get(camera, 0)
+        self._key_frames[camera] = count + 1
+        rolled_passes = self._rolled is not None and count % self.roll_every == 0
+        detector = self._upright if self._rolled is not None and not rolled_passes else self.detector
+        found = detect_downscaled(detector, image, self.downscale)
+        if self.align:
+            found = refine_landmarks(image, found, self._upright)
+        previous = self._key_faces.get(camera)
+        if self._rolled is not None and not rolled_passes and previous is not None:
+            found = self._follow(image, found, previous, self._rolled.iou)
+        return found
+
+    def _follow(self, image: np.ndarray, found: Detections, previous: Detections, iou: float) -> Detections:
+        """``found`` plus each face of ``previous`` it lacks (no box overlapping by ``iou``) that an
+        upright patch around its last box, turned by its last roll, shows again."""
+        if not len(previous):
+            return found
+        rolls = roll_degrees(previous.landmarks) if previous.landmarks is not None else np.zeros(len(previous))
+        overlaps = iou_matrix(previous.boxes, found.boxes) if len(found) else np.zeros((len(previous), 0))
+        again = []
+        for i in range(len(previous)):
+            if overlaps.shape[1] and overlaps[i].max() >= iou:
+                continue
+            face = detect_upright_patch(image, previous.boxes[i], float(rolls[i]), self._upright)
+            if face is not None:
+                again.append(face)
+        return merge_detections([found, *again], iou) if again else found
 
     def extract(self, image: np.ndarray, camera: str = "", key: bool = True) -> tuple[Detections, np.ndarray]:
         """The faces of one full-resolution frame and their classifier crops (N, size, size) uint8."""
         held = None if key else self._key_faces.get(camera)
         if held is None:
-            found = detect_downscaled(self.detector, image, self.downscale)
-            if self.align:
-                found = refine_landmarks(image, found, self._refiner)
+            found = self.detect(image, camera)
             self._key_faces[camera] = found
             DETECTIONS.labels(camera=camera).inc()
         else:
@@ -117,6 +166,18 @@ def build_extractor(settings: DetectorSettings | None = None) -> FaceExtractor:
     # The detector sees the downscaled image, so its minimum face size is scaled along.
     min_size = max(1, math.floor(settings.min_face * settings.downscale))
     detector = build_detector(
-        settings.backend, settings.model, settings.score_threshold, min_size, settings.roll_passes
+        settings.backend,
+        settings.model,
+        settings.score_threshold,
+        min_size,
+        settings.roll_passes,
+        runtime=settings.runtime,
+        threads=settings.threads,
     )
-    return FaceExtractor(detector, downscale=settings.downscale, crop_size=settings.crop_size, align=settings.align)
+    return FaceExtractor(
+        detector,
+        downscale=settings.downscale,
+        crop_size=settings.crop_size,
+        align=settings.align,
+        roll_every=settings.roll_every,
+    )

@@ -31,6 +31,8 @@ def format_angles(angles: tuple[float, ...]) -> str:
 
 #: The face detectors ``detector.backend`` may name.
 DetectorBackend = Literal["haar", "yunet"]
+#: What runs YuNet's network: ONNX Runtime (detector/yunet.py) or OpenCV's ``cv2.FaceDetectorYN``.
+YuNetRuntime = Literal["onnxruntime", "opencv"]
 
 
 class DetectorSettings(BaseModel):
@@ -40,6 +42,10 @@ class DetectorSettings(BaseModel):
     model: Annotated[str | None, Field(description="YuNet .onnx file; unset: the one shipped in detector/models")] = (
         None
     )
+    runtime: Annotated[
+        YuNetRuntime,
+        Field(description="what runs YuNet: onnxruntime (faster on CPUs) or opencv (cv2.FaceDetectorYN); same faces"),
+    ] = "onnxruntime"
     align: Annotated[
         bool,
         Field(description="upright crops framed like FER2013 from YuNet's landmarks (Haar: square box crops)"),
@@ -52,6 +58,18 @@ class DetectorSettings(BaseModel):
         ),
         Cli(metavar="DEG,...", parse=parse_angles, format=format_angles),
     ] = (30.0, -30.0)
+    # Four: the rolled passes then add half an upright pass per key frame instead of two, and a face
+    # that comes in rolled is found within 4 key frames (0.5 s at 25 fps and interval 3).
+    roll_every: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=100,
+            description="run the rolled passes on one key frame in N per camera; faces they found are "
+            "followed on upright patches between",
+        ),
+        Cli(metavar="N"),
+    ] = 4
     downscale: Annotated[
         float, Field(gt=0, le=1, description="detect on the frame resized by this factor (0.5: half)")
     ] = 1.0

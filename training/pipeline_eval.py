@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cv2
 import numpy as np
@@ -27,9 +27,6 @@ from emostream.cpu import cpu_info
 from emostream.jsonutil import json_ready
 from training.cli_support import canonical_split, emit, load_data, log, subcommand_parser
 from training.data import DataError
-
-if TYPE_CHECKING:
-    from detector.settings import DetectorBackend
 
 FRAME_SHAPE = (480, 640)
 #: Faces of the roll and appearance conditions: the side of the FER2013 square in frame pixels,
@@ -68,11 +65,12 @@ CONDITIONS: dict[str, Condition] = {
         Condition("jpeg20", jpeg=20),
     )
 }
-#: backend name -> (detector backend, aligned crops, rolled detection passes)
-BACKENDS: dict[str, tuple[DetectorBackend, bool, tuple[float, ...]]] = {
-    "haar": ("haar", False, ()),
-    "yunet": ("yunet", False, ()),
-    "yunet-align": ("yunet", True, (30.0, -30.0)),
+#: backend name -> the detector settings that differ from the defaults (``yunet-align``: the default
+#: detector, YuNet with rolled passes and aligned crops).
+BACKENDS: dict[str, dict[str, Any]] = {
+    "haar": {"backend": "haar", "align": False, "roll_passes": ()},
+    "yunet": {"backend": "yunet", "align": False, "roll_passes": ()},
+    "yunet-align": {},
 }
 
 
@@ -173,7 +171,10 @@ def run_condition(
     for i in range(n):
         frame, placed = place_face(images[i], condition, rng)
         for name, extractor in extractors.items():
-            detections, face_crops = extractor.extract(frame)
+            # Each face is a camera's first frame, which runs every pass of the detector (on video,
+            # rolled passes then run on one key frame in detector.roll_every: docs/video.md).
+            detections, face_crops = extractor.extract(frame, camera="eval")
+            extractor.forget("eval")
             hit = match_face(detections.boxes, detections.scores, placed)
             if hit is not None:
                 found[name][i] = True
@@ -264,7 +265,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--min-face", type=int, default=24, help="the detectors' smallest face, px (the grid's smallest is 40)"
     )
-    p.add_argument("--score-threshold", type=float, default=0.7, help="YuNet's confidence threshold")
+    p.add_argument(
+        "--score-threshold", type=float, default=None, help="YuNet's confidence threshold (default: the detector's)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write pipeline_eval.json, .md and .png here")
     return p
@@ -295,18 +298,11 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str,
     labels = data.splits[split].labels[: args.limit].numpy()
     model = EmotionModel(args.model, device="cpu", bf16=cpu_info().native_bf16)
     direct_pred = model.predict(images).argmax(1)
-    extractors = {
-        name: build_extractor(
-            DetectorSettings(
-                backend=BACKENDS[name][0],
-                score_threshold=args.score_threshold,
-                min_face=args.min_face,
-                align=BACKENDS[name][1],
-                roll_passes=BACKENDS[name][2],
-            )
-        )
-        for name in backends
-    }
+    common: dict[str, Any] = {"min_face": args.min_face}
+    if args.score_threshold is not None:
+        common["score_threshold"] = args.score_threshold
+    settings = {name: DetectorSettings(**common, **BACKENDS[name]) for name in backends}
+    extractors = {name: build_extractor(s) for name, s in settings.items()}
     log(f"pipeline-eval: {len(images)} {split} faces x {len(conditions)} conditions x backends {backends}")
     cells: list[Cell] = []
     started = time.perf_counter()
@@ -325,6 +321,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str,
         "model_version": model.version,
         "direct_accuracy": float((direct_pred == labels).mean()),
         "min_face": args.min_face,
+        "detectors": {name: s.model_dump(mode="json") for name, s in settings.items()},
         "seed": args.seed,
         "conditions": {n: asdict(CONDITIONS[n]) for n in conditions},
         "cells": [asdict(c) for c in cells],

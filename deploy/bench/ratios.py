@@ -38,6 +38,10 @@ DEFINITIONS = {
         "frame in N, the key frame's boxes reused on the others: detector_yunet_tracked) for stage capacity and "
         "CPU budget; detector_yunet is YuNet on every frame"
     ),
+    "align_ms_per_face": (
+        "stages.detector_*: the aligned crop's own CPU time per face (similarity fit and warp from the "
+        "full-resolution frame), timed apart on the faces the detector found; part of the detector's per-frame cost"
+    ),
     "interval_study": (
         "YuNet's boxes on every frame of the video; with interval N each frame reuses its key frame's boxes. "
         "faces_kept = share of the detector's faces on the in-between frames covered by a held box with "

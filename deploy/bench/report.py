@@ -129,6 +129,9 @@ def _stage_lines(results: dict[str, Any]) -> list[str]:
                     _others(d),
                 ]
             )
+            if d.get("align_ms_per_face") is not None and not d.get("interval", 1) > 1:
+                rows.append(["  aligned crop, per face", _fmt(d["align_ms_per_face"], 3)])
+                rows[-1] += ["CPU ms/face", "-", "-", "-"]
     for size, value in cls["faces_per_s_by_batch"].items():
         last = int(size) == int(cls["max_batch"])
         rows.append(

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 class Measured(JsonResult):
     """A standalone measurement; ``cpu_watch`` says how busy the rest of the machine was meanwhile."""
 
-    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"cpu_watch"})
+    OPTIONAL: ClassVar[frozenset[str]] = frozenset({"cpu_watch", "runtime", "align_ms_per_face", "aligned_faces"})
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,12 @@ class DetectorResult(Measured):
     cpu_parallelism: float
     cpu_s_per_frame: float
     opencv_threads: int
+    #: YuNet's runtime (``detector.runtime``); None for Haar.
+    runtime: str | None = None
+    #: The aligned crop's own cost (similarity fit and warp from the full-resolution frame), CPU ms per
+    #: face, and the faces it was timed on; None without landmarks (Haar) or alignment.
+    align_ms_per_face: float | None = None
+    aligned_faces: int | None = None
     cpu_watch: CpuLoad | None = None
 
 
@@ -233,13 +239,18 @@ def measure_detector(
     leaves OpenCV's default). Returns frames/s, the 48x48 crops it produced (the classifier is then
     measured on real faces) and the boxes of every frame.
     """
+    from detector.align import aligned_crops
     from detector.pipeline import build_extractor
     from detector.settings import DetectorSettings
     from emostream.wire import Frame
 
     with opencv_threads(threads):
         settings = DetectorSettings(
-            backend=backend, model=str(model_path) if model_path else None, min_face=min_face, downscale=downscale
+            backend=backend,
+            model=str(model_path) if model_path else None,
+            min_face=min_face,
+            downscale=downscale,
+            threads=threads,
         )
         extractor = build_extractor(settings)
         # One untimed frame: YuNet sets its input size and allocates its network on the first call.
@@ -247,6 +258,7 @@ def measure_detector(
         seconds: list[float] = []
         crops: list[np.ndarray] = []
         boxes: list[np.ndarray] = []
+        faces_of: list[tuple[np.ndarray, np.ndarray]] = []  # (frame, its faces' landmarks)
         cpu0 = time.process_time()
         for seq, image in enumerate(frames):
             frame = Frame(camera="bench", seq=seq, ts_capture=0.0, image=image, key=seq % interval == 0)
@@ -255,7 +267,17 @@ def measure_detector(
             seconds.append(time.perf_counter() - t0)
             crops.append(faces.crops)
             boxes.append(faces.boxes)
+            held = extractor.key_faces("bench")
+            if extractor.align and held is not None and held.landmarks is not None:
+                faces_of.append((image, held.landmarks))
         cpu_s = time.process_time() - cpu0
+        # The alignment's share, timed apart (thread CPU time) on the same frames and faces.
+        aligned = sum(len(marks) for _, marks in faces_of)
+        align_cpu = 0.0
+        for image, marks in faces_of:
+            t0 = time.thread_time()
+            aligned_crops(image, marks, settings.crop_size)
+            align_cpu += time.thread_time() - t0
         result = DetectorResult(
             backend=backend,
             downscale=downscale,
@@ -264,6 +286,9 @@ def measure_detector(
             frames=len(frames),
             faces_per_frame=sum(len(c) for c in crops) / len(frames),
             opencv_threads=cv2.getNumThreads(),
+            runtime=settings.runtime if backend == "yunet" else None,
+            align_ms_per_face=1000 * align_cpu / aligned if aligned else None,
+            aligned_faces=aligned if aligned else None,
             **_frame_rate(seconds, cpu_s, chunk),
         )
         return result, crops, boxes

@@ -168,6 +168,7 @@ FIXED = {
             "cpu_s_per_frame": 0.02,
             "faces_per_frame": 3.0,
             "downscale": 0.5,
+            "align_ms_per_face": 0.125,
         },
     },
     "classifier": {
@@ -231,6 +232,8 @@ def test_derived_ratios_table_json_and_plot_on_fixed_results(tmp_path):
         "OMP_NUM_THREADS=1",
         "2 cam fast block socket",
         "during: baseline slice 2 (0.9)",
+        "aligned crop, per face",
+        "0.125",
     ):
         assert text in table, f"{text!r} missing from\n{table}"
     # Aligned: in the end-to-end table every value of the events/s column ends where its header ends.

@@ -220,6 +220,46 @@ class CountingDetector:
         return self.inner.detect(image_bgr)
 
 
+def test_rolled_passes_run_on_one_key_frame_in_roll_every_and_the_faces_they_find_are_followed(
+    yunet_model: str,
+) -> None:
+    lena = read_image("lena.jpg")
+    height, width = lena.shape[:2]
+    turn = cv2.getRotationMatrix2D((width / 2, height / 2), -45.0, 1.0)
+    rolled = cv2.warpAffine(lena, turn, (width, height), borderMode=cv2.BORDER_REFLECT)
+    blank = np.full_like(lena, 128)
+    assert len(YuNetDetector(yunet_model).detect(rolled)) == 0, "the upright pass alone must miss this face"
+    extractor = build_extractor(DetectorSettings(model=yunet_model, roll_every=3, threads=1))
+    # Key frames 0, 3, 6... run the rolled passes. Frames 1-2: upright only, nothing held to follow,
+    # so a face that comes in rolled waits for frame 3; from there it is followed on a patch.
+    found = [extractor.extract(image, "cam")[0] for image in (blank, rolled, rolled, rolled, rolled, rolled)]
+    assert [len(f) for f in found] == [0, 0, 0, 1, 1, 1]
+    for followed in found[4:]:
+        assert followed.landmarks is not None
+        assert iou(followed.boxes[0], found[3].boxes[0]) > 0.6
+        np.testing.assert_allclose(followed.landmarks, found[3].landmarks, atol=6.0)
+    # Another camera keeps a schedule of its own: its first key frame runs the rolled passes.
+    assert len(extractor.extract(rolled, "other")[0]) == 1
+    # The face leaves: frame 6 (rolled passes) finds nothing, so frame 7 has nothing to follow.
+    assert [len(extractor.extract(image, "cam")[0]) for image in (blank, rolled)] == [0, 0]
+    # A forgotten camera starts again: its next key frame is a first one.
+    extractor.forget("cam")
+    assert len(extractor.extract(rolled, "cam")[0]) == 1
+
+
+def test_roll_every_1_runs_the_rolled_passes_on_every_key_frame(yunet_model: str) -> None:
+    lena = read_image("lena.jpg")
+    height, width = lena.shape[:2]
+    rolled = cv2.warpAffine(
+        lena,
+        cv2.getRotationMatrix2D((width / 2, height / 2), -45.0, 1.0),
+        (width, height),
+        borderMode=cv2.BORDER_REFLECT,
+    )
+    extractor = build_extractor(DetectorSettings(model=yunet_model, roll_every=1, threads=1))
+    assert [len(extractor.extract(image, "cam")[0]) for image in (np.full_like(lena, 128), rolled)] == [0, 1]
+
+
 def test_non_key_frames_reuse_the_key_frames_boxes_with_crops_from_the_new_frame() -> None:
     detector = CountingDetector(HaarDetector())
     extractor = FaceExtractor(detector)

@@ -29,3 +29,14 @@ def test_match_face_takes_the_confident_detection_of_the_placed_face() -> None:
     assert match_face(boxes, scores, placed) == 1  # the far box and the tiny one do not count
     assert match_face(boxes[2:3], scores[2:3], placed) is None
     assert match_face(np.zeros((0, 4)), np.zeros(0), placed) is None
+
+
+def test_the_aligned_backend_is_the_default_detector_and_the_others_differ_only_where_named() -> None:
+    from detector.settings import DetectorSettings
+    from training.pipeline_eval import BACKENDS
+
+    assert DetectorSettings(**BACKENDS["yunet-align"]) == DetectorSettings()
+    for name in ("haar", "yunet"):
+        settings = DetectorSettings(**BACKENDS[name])
+        assert not settings.align and settings.roll_passes == ()
+        assert settings.backend == name
