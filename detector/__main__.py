@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings: DetectorSettings = args.settings
     stop = start_process(f"detector[{args.worker}]", args, lambda budget: set_opencv_threads(settings.threads, budget))
+    # 0 (auto) resolved here once: ONNX Runtime's YuNet would otherwise start one thread per host core.
+    settings = settings.model_copy(update={"threads": thread_budget(settings.threads)})
     try:
         extractor = build_extractor(settings)
     except DetectorConfigError as exc:
