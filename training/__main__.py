@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, str] = {
     "pipeline-eval": "training.pipeline_eval",
     "video-labels": "training.video_labels",
     "ensemble": "training.ensemble",
+    "served-crops": "training.served_crops",
 }
 
 
@@ -38,6 +39,7 @@ SUMMARIES: dict[str, str] = {
     "pipeline-eval": "score the served detector + crop + classifier path on labelled faces placed in frames",
     "video-labels": "label every frame of a video through the served detector, model and tracking",
     "ensemble": "average several model files' logits in one calibrated model file",
+    "served-crops": "crop every face of a split as the served detector does, for --served-crops training",
 }
 
 

@@ -103,6 +103,9 @@ class Split:
     images: torch.Tensor
     labels: torch.Tensor
     votes: torch.Tensor | None = None
+    #: Each row's face as the served detector crops it (uint8, like ``images``; a row the detector
+    #: missed holds its own image), when loaded: ``python -m training served-crops``.
+    served: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

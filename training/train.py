@@ -56,6 +56,7 @@ from training.metrics import (
     softmax,
 )
 from training.models import build_model
+from training.served_crops import load_served_crops
 from training.train_args import parse_args
 
 CHECKPOINT = "checkpoint.pt"
@@ -243,10 +244,26 @@ def load_splits(args: argparse.Namespace) -> Loaded:
     if missing:
         raise DataError(f"{data.path} ({data.layout}) has no {missing} split(s): training needs all three")
     splits = {name: data.splits[name] for name in SPLITS}
-    if args.train_limit:
+    if args.served_crops:
         train = splits["Training"]
-        votes = None if train.votes is None else train.votes[: args.train_limit]
-        splits["Training"] = Split(train.images[: args.train_limit], train.labels[: args.train_limit], votes)
+        crops, found = load_served_crops(args.served_crops, "Training", len(train), data.sha256)
+        served = torch.where(
+            torch.from_numpy(found)[:, None, None, None], torch.from_numpy(crops)[:, None], train.images
+        )
+        splits["Training"] = dataclasses.replace(train, served=served)
+        print(
+            f"served crops: {args.served_crops}, {int(found.sum())} of {len(found)} faces, "
+            f"each used with probability {args.served_prob:g}",
+            flush=True,
+        )
+    if args.train_limit:
+        train, n = splits["Training"], args.train_limit
+        splits["Training"] = Split(
+            train.images[:n],
+            train.labels[:n],
+            None if train.votes is None else train.votes[:n],
+            None if train.served is None else train.served[:n],
+        )
     if len(splits["Training"]) < args.batch_size:
         raise DataError(f"{len(splits['Training'])} Training rows are fewer than one batch of {args.batch_size}")
     if not len(splits["PublicTest"]) or not len(splits["PrivateTest"]):
@@ -450,7 +467,11 @@ def train_one_epoch(
     )
     for step in bar:
         idx = order[step * bs : (step + 1) * bs]
-        images = t.transform(split.images[idx], generator=g)
+        batch = split.images[idx]
+        if split.served is not None and args.served_prob > 0:
+            use_served = torch.rand(len(idx), generator=g) < args.served_prob
+            batch = torch.where(use_served[:, None, None, None], split.served[idx], batch)
+        images = t.transform(batch, generator=g)
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format(amp_dtype))
         target = split.labels[idx].to(device, non_blocking=True)
         soft_target = None

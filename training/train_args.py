@@ -99,6 +99,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="share W of each Training target taken from the row's FER+ vote shares (fer2013new.csv, see "
         "--ferplus-csv), the rest from its label; mixup/CutMix then mix these targets (0 = off)",
     )
+    g.add_argument(
+        "--served-crops",
+        default=None,
+        metavar="FILE",
+        help="Training faces as the served detector crops them (python -m training served-crops); each image "
+        "is replaced by its served crop with probability --served-prob",
+    )
+    g.add_argument("--served-prob", type=float, default=0.5, help="see --served-crops")
     g.add_argument("--mean", type=float, default=presets.DEFAULT_MEAN, help="normalisation mean (pixel/255)")
     g.add_argument("--std", type=float, default=presets.DEFAULT_STD, help="normalisation std (pixel/255)")
 
@@ -202,6 +210,7 @@ _RANGES: tuple[tuple[str, float, float], ...] = (
     ("label_smoothing", 0.0, 1.0),
     ("mix_prob", 0.0, 1.0),
     ("ferplus_soft", 0.0, 1.0),
+    ("served_prob", 0.0, 1.0),
     ("distill_weight", 0.0, 1.0),
     ("model_ema_decay", 0.0, 1.0),
     ("train_limit", 0, 10**9),

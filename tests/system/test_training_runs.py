@@ -224,3 +224,25 @@ def test_ferplus_soft_targets_train_from_vote_files(tmp_path: Path) -> None:
         "--data", str(alone), "--out", str(tmp_path / "bad"), "--epochs", "1", "--ferplus-soft", "0.3", *FAST_FLAGS
     )
     assert bad.returncode != 0 and "fer2013new.csv" in bad.stderr
+
+
+def test_served_crops_take_the_place_of_training_images(tmp_path: Path) -> None:
+    rows = synthetic_rows()
+    data = write_csv(tmp_path / "fer2013.csv", rows)
+    n = sum(1 for _, _, usage in rows if usage == "Training")
+    # Served crops that are all blank: trained on them alone, the model cannot learn the classes.
+    blank = tmp_path / "blank.npz"
+    meta = {"format": "emostream-served-crops/1", "split": "Training", "rows": n, "data_sha256": ""}
+    np.savez(blank, crops=np.zeros((n, 48, 48), np.uint8), found=np.ones(n, bool), meta=np.array(json.dumps(meta)))
+    scores = {}
+    for prob in ("0", "1"):
+        out = tmp_path / f"p{prob}"
+        args = ("--data", str(data), "--out", str(out), "--epochs", "2", *FAST_FLAGS)
+        proc = run_cli(*args, "--served-crops", str(blank), "--served-prob", prob)
+        assert proc.returncode == 0, proc.stderr
+        assert f"served crops: {blank}, {n} of {n} faces" in proc.stdout
+        scores[prob] = json.loads((out / "report.json").read_text())["PublicTest"]["accuracy"]
+    assert scores["0"] > 2.0 / len(EMOTIONS) and scores["1"] < scores["0"] - 0.2
+    np.savez(blank, crops=np.zeros((3, 48, 48), np.uint8), found=np.ones(3, bool), meta=np.array(json.dumps(meta)))
+    bad = run_cli("--data", str(data), "--out", str(tmp_path / "bad"), "--epochs", "1", "--served-crops", str(blank))
+    assert bad.returncode != 0 and f"holds 3 Training faces; the Training split has {n}" in bad.stderr
