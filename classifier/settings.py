@@ -8,12 +8,16 @@ section is :class:`ClassifierSettings` (``deploy.config.ClassifierConfig``).
 from __future__ import annotations
 
 import argparse
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from emostream.modelfile import MAX_BATCH, TtaMode
 from emostream.settings_cli import Cli
+
+#: What runs the model (classifier/runtimes.py); here, not there, so that reading settings imports no torch.
+RuntimeName = Literal["auto", "torch", "onnxruntime"]
+RUNTIMES: tuple[str, ...] = get_args(RuntimeName)
 
 
 def parse_switch(text: str) -> bool | None:
@@ -53,6 +57,14 @@ class ClassifierSettings(BaseModel):
         ),
     ] = 1000.0
     device: Annotated[Literal["auto", "cpu", "cuda"], Field(description="where the model runs")] = "auto"
+    runtime: Annotated[
+        RuntimeName,
+        Field(
+            description="what runs the model: torch (the .pt2), onnxruntime (an .onnx model file, or the "
+            "<stem>.int8.onnx beside the .pt2), or auto: torch on CUDA, on the CPU the fastest candidate timed "
+            "at start-up (logged)"
+        ),
+    ] = "auto"
     bf16: Annotated[
         bool | None,
         Field(
@@ -70,7 +82,9 @@ class ClassifierSettings(BaseModel):
     ] = "none"
     # One: the classifier shares the cores with detectors and capture, and an OpenMP pool whose threads
     # get preempted stalls every batch.
-    threads: Annotated[int, Field(ge=0, le=256, description="torch CPU threads (0: torch's default, one per core)")] = 1
+    threads: Annotated[
+        int, Field(ge=0, le=256, description="torch and onnxruntime CPU threads (0: their default, one per core)")
+    ] = 1
     # Eight frames: a third of a second at 25 fps, shorter than a real expression, long enough to
     # smooth away most single-frame label flips.
     smoothing_window: Annotated[

@@ -135,7 +135,7 @@ def quantize_int8(
         quantize_static(
             str(float_path),
             str(out_path),
-            _Batches(calibration),  # type: ignore[arg-type]  # duck-typed CalibrationDataReader
+            _Batches(calibration),  # duck-typed CalibrationDataReader
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             reduce_range=True,
