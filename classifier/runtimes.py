@@ -203,3 +203,56 @@ def select_runtime(
         selection.measured = {f"{c.label} ({c.path.name})": r for c, r in zip(found, rates, strict=True)}
         selection.runtime = found[max(range(len(found)), key=rates.__getitem__)]
     return selection
+
+
+def side_by_side(
+    model: Path,
+    onnx_files: Sequence[Path] = (),
+    batches: Sequence[int] = (1, 64),
+    threads: Sequence[int] = (1, 2),
+    rounds: int = 5,
+    faces_per_call: int = 256,
+) -> list[dict[str, Any]]:
+    """Faces/s of torch fp32, torch bf16 and onnxruntime on each of ``onnx_files``, at each batch size and
+    thread count, interleaved in rounds (medians), all in one run so that their ratios share the machine.
+    For docs/benchmarks.md; ``python -m classifier.runtimes --help``."""
+    rows = []
+    for n_threads in threads:
+        torch.set_num_threads(n_threads)
+        runtimes: list[Any] = [
+            TorchRuntime(model, torch.device("cpu"), bf16=False),
+            TorchRuntime(model, torch.device("cpu"), bf16=True),
+        ]
+        runtimes += [OrtRuntime(path, n_threads) for path in onnx_files]
+        for batch in batches:
+            calls = max(1, faces_per_call // batch)
+            for runtime in runtimes:
+                measure(runtime, batch, 1, runtime.info.input_size)
+            for runtime, rate in zip(runtimes, compare(runtimes, batch, rounds, calls), strict=True):
+                rows.append(
+                    {"runtime": runtime.label, "file": runtime.path.name, "threads": n_threads, "batch": batch}
+                    | {"faces_per_s": rate}
+                )
+    return rows
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+    import platform
+
+    from emostream.cpu import cpu_info
+
+    parser = argparse.ArgumentParser(prog="python -m classifier.runtimes", description=side_by_side.__doc__)
+    parser.add_argument("--model", type=Path, default=Path(__file__).parent / "models" / "emotion.pt2")
+    parser.add_argument("--onnx", type=Path, nargs="*", default=[], help=".onnx files (float32, int8) to time too")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    found = side_by_side(args.model, args.onnx, args.batches, args.threads, args.rounds)
+    machine = {"cpu": cpu_info().model, "flags": cpu_info().serving_flags(), "python": platform.python_version()}
+    print(json.dumps({"machine": machine, "results": found}, indent=1))
+    for row in found:
+        print(f"{row['runtime']:18s} {row['file']:20s} threads {row['threads']} batch {row['batch']:3d}: "
+              f"{row['faces_per_s']:8,.0f} faces/s")  # fmt: skip
