@@ -273,7 +273,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--calibration-size",
         type=int,
         default=2048,
-        help="Training faces the int8 ranges come from (the histogram methods hold all their activations: ~5 GB at 2048)",
+        help="Training faces the int8 ranges come from (histogram methods hold all their activations: ~5 GB at 2048)",
     )
     g.add_argument(
         "--calibration-methods",
