@@ -38,7 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     from classifier.service import ClassifierService
 
     try:
-        model = EmotionModel(settings.model, device=settings.device, bf16=settings.bf16, tta=settings.tta)
+        model = EmotionModel(
+            settings.model,
+            device=settings.device,
+            bf16=settings.bf16,
+            tta=settings.tta,
+            runtime=settings.runtime,
+            threads=settings.threads,
+            batch=settings.max_batch,
+        )
     except (ModelFileError, RuntimeError) as exc:
         print(f"classifier: {exc}", file=sys.stderr)
         return EXIT_FATAL

@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from classifier.runtimes import check_runtime, select_runtime
 from emostream.cpu import cpu_info
-from emostream.modelfile import ModelFileError, ModelInfo, check_tta, forward_with_tta, load_model
+from emostream.modelfile import ModelFileError, ModelInfo, check_tta, forward_with_tta
+from emostream.onnxmodel import is_onnx
 from emostream.wire import EMOTIONS
 
 log = logging.getLogger("classifier")
@@ -30,19 +33,38 @@ def pick_device(requested: str = "auto") -> torch.device:
 class EmotionModel:
     """Batched inference over uint8 grayscale crops.
 
-    CPU: channels-last, with bfloat16 autocast where the CPU has it in hardware (AMX, AVX-512 bf16).
-    CUDA: pinned host memory, non-blocking copy, bfloat16 autocast. Preprocessing (scale,
-    normalise, resize if the crop size differs) is one vectorised op over the whole batch.
-    ``tta="flip"`` averages each face's logits with its mirror image's (see emostream.modelfile).
+    ``runtime`` (see classifier/runtimes.py): ``torch`` serves the ``.pt2`` -- CPU: channels-last, with
+    bfloat16 autocast where the CPU has it in hardware (AMX, AVX-512 bf16); CUDA: pinned host memory,
+    non-blocking copy, bfloat16 autocast. ``onnxruntime`` serves an ``.onnx`` file, or the int8 file
+    beside the ``.pt2``, on the CPU with ``threads`` threads; ``auto`` times the candidates at start-up.
+    Preprocessing (scale, normalise, resize if the crop size differs) is one vectorised op over the
+    whole batch. ``tta="flip"`` averages each face's logits with its mirror image's (see emostream.modelfile).
+    ``path`` and ``version`` name the file that serves (an int8 file when that won), ``source`` the one given.
     """
 
     def __init__(
-        self, path: str | Path | None = None, device: str = "auto", bf16: bool | None = None, tta: str = "none"
+        self,
+        path: str | Path | None = None,
+        device: str = "auto",
+        bf16: bool | None = None,
+        tta: str = "none",
+        runtime: str = "torch",
+        threads: int = 0,
+        batch: int = 64,
     ) -> None:
         self.tta = check_tta(tta)  # before the model loads: a bad name fails at once
-        self.path = Path(path) if path else SHIPPED_MODEL
+        check_runtime(runtime)
+        self.source = Path(path) if path else SHIPPED_MODEL
+        if is_onnx(self.source) and device == "auto":
+            device = "cpu"  # onnxruntime serves on the CPU
         self.device = pick_device(device)
-        module, info = load_model(self.path, device=str(self.device))
+        #: None: where bf16 runs in hardware (CUDA, AMX, AVX-512 bf16); emulated bf16 is slower than float32.
+        use_bf16 = bf16 if bf16 is not None else self.device.type == "cuda" or cpu_info().native_bf16
+        self.selection = select_runtime(self.source, runtime, self.device, use_bf16, threads, batch)
+        self.runtime = self.selection.runtime
+        self.bf16 = self.runtime.bf16
+        self.path = self.runtime.path
+        info = self.runtime.info
         self.info: ModelInfo = info
         if tuple(info.class_names) != EMOTIONS:
             # Events name every face's class from EMOTIONS: a model with other names, or another order,
@@ -51,13 +73,10 @@ class EmotionModel:
                 f"{self.path}: the model's classes {list(info.class_names)} are not the event schema's "
                 f"{list(EMOTIONS)} (in that order)"
             )
-        self.module = module.to(memory_format=torch.channels_last)
-        #: None: where bf16 runs in hardware (CUDA, AMX, AVX-512 bf16); emulated bf16 is slower than float32.
-        self.bf16 = bf16 if bf16 is not None else self.device.type == "cuda" or cpu_info().native_bf16
         self.class_names = list(info.class_names)
         #: Fitted for the served recipe: flip's averaged logits have their own temperature.
         self.temperature = info.temperature_for(self.tta)
-        #: First 12 hex digits of the file's sha256: tells apart two models of the same arch.
+        #: First 12 hex digits of the served file's sha256: tells apart two models of the same arch.
         self.version = hashlib.sha256(self.path.read_bytes()).hexdigest()[:12]
         self._scale = 1.0 / (255.0 * info.std)
         self._shift = info.mean / info.std
@@ -74,6 +93,12 @@ class EmotionModel:
             tta,
             self.temperature,
         )
+        log.info("%s", self.selection.describe())
+
+    @property
+    def module(self) -> Any:
+        """The torch module when torch serves (Grad-CAM, FLOP counts), else the onnxruntime runtime."""
+        return getattr(self.runtime, "module", self.runtime)
 
     def _to_input(self, crops: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(crops)).unsqueeze(1)
@@ -82,7 +107,7 @@ class EmotionModel:
         x = x.float().mul_(self._scale).sub_(self._shift)
         if tuple(x.shape[-2:]) != tuple(self.info.input_size):
             x = torch.nn.functional.interpolate(x, size=self.info.input_size, mode="area")
-        return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     @torch.inference_mode()
     def predict(self, crops: np.ndarray) -> np.ndarray:
@@ -90,8 +115,7 @@ class EmotionModel:
         if crops.shape[0] == 0:
             return np.empty((0, len(self.class_names)), dtype=np.float32)
         x = self._to_input(crops)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            logits = forward_with_tta(self.module, x, self.tta)
+        logits = forward_with_tta(self.runtime, x, self.tta)  # the runtime applies bf16 autocast where it serves
         probs = torch.softmax(logits.float() / self.temperature, dim=1)
         return probs.cpu().numpy()
 

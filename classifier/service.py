@@ -119,6 +119,7 @@ class ClassifierService:
                 "path": str(model.path),
                 "arch": model.info.arch,
                 "device": str(model.device),
+                "runtime": model.runtime.label,
                 "tta": model.tta,
                 "version": model.version,
                 "data_sha256": model.info.data_sha256[:16],

@@ -8,12 +8,16 @@ section is :class:`ClassifierSettings` (``deploy.config.ClassifierConfig``).
 from __future__ import annotations
 
 import argparse
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from emostream.modelfile import MAX_BATCH, TtaMode
 from emostream.settings_cli import Cli
+
+#: What runs the model (classifier/runtimes.py); here, not there, so that reading settings imports no torch.
+RuntimeName = Literal["auto", "torch", "onnxruntime"]
+RUNTIMES: tuple[str, ...] = get_args(RuntimeName)
 
 
 def parse_switch(text: str) -> bool | None:
@@ -53,6 +57,14 @@ class ClassifierSettings(BaseModel):
         ),
     ] = 1000.0
     device: Annotated[Literal["auto", "cpu", "cuda"], Field(description="where the model runs")] = "auto"
+    runtime: Annotated[
+        RuntimeName,
+        Field(
+            description="what runs the model: torch (the .pt2), onnxruntime (an .onnx model file, or the "
+            "<stem>.int8.onnx beside the .pt2), or auto: torch on CUDA, on the CPU the fastest candidate timed "
+            "at start-up (logged)"
+        ),
+    ] = "auto"
     bf16: Annotated[
         bool | None,
         Field(
@@ -75,7 +87,7 @@ class ClassifierSettings(BaseModel):
         Field(
             ge=0,
             le=256,
-            description="torch CPU threads; 0: auto, the CPUs this process may use (affinity and cgroup quota), "
+            description="torch and onnxruntime CPU threads; 0: auto, the CPUs this process may use (affinity and cgroup quota), "
             "under the launcher an equal share with each detector worker (deploy/plan.py)",
         ),
     ] = 1

@@ -9,6 +9,9 @@ Input contract: float32 tensor (N, 1, H, W) holding ``(pixel / 255 - mean) / std
 face crops; output: logits (N, len(class_names)). Calibrated probabilities are
 ``softmax(logits / info.temperature_for(tta))``. The batch dimension is dynamic.
 
+``python -m training export`` writes the same model as ONNX (float32 or int8) with the same ModelInfo
+(:mod:`emostream.onnxmodel`); :func:`load_model` loads either.
+
 Test-time augmentation (:data:`TTA_MODES`, :func:`forward_with_tta`) is a way of serving a file, not
 part of it: the classifier (``classifier.tta``) and ``python -m training evaluate --tta`` share it.
 """
@@ -131,12 +134,22 @@ def _torch_quiet() -> Iterator[None]:
 
 
 def load_model(path: str | Path, device: str = "cpu") -> tuple[Any, ModelInfo]:
-    """Load a model file; returns ``(module, info)``. Raises ModelFileError for anything else."""
+    """Load a model file; returns ``(module, info)``. Raises ModelFileError for anything else.
+
+    An ``.onnx`` file (``python -m training export``) loads as an :class:`emostream.onnxmodel.OnnxModule`
+    on onnxruntime's CPU provider with torch's thread count, called like the torch module.
+    """
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist")
+    if path.suffix.lower() == ".onnx":
+        from emostream.onnxmodel import load_onnx_model
+
+        if device != "cpu":
+            raise ModelFileError(f"{path}: an .onnx model file runs on the CPU (onnxruntime), not on {device}")
+        return load_onnx_model(path, threads=torch.get_num_threads())
     if not zipfile.is_zipfile(path):  # a .pt2 is a zip archive: anything else never reaches torch
         raise ModelFileError(f"{path} is not an emostream model file (a .pt2 archive): it is not a zip archive")
     extra = {INFO_FILE: ""}

@@ -1,7 +1,9 @@
 """``python -m training evaluate --data D [--model M] [--split S] [--out DIR]``: metrics of a model file.
 
 Loads the model file with torch alone (:func:`emostream.modelfile.load_model`; default: the shipped
-``classifier/models/emotion.pt2``), runs one split in float32 and prints ONE JSON object on stdout:
+``classifier/models/emotion.pt2``) or, for an ``.onnx`` export (float32 or int8, ``python -m training
+export``), with onnxruntime on the CPU (``--threads`` threads), runs one split in float32 and prints ONE
+JSON object on stdout:
 accuracy, per-class precision/recall/F1/ROC-AUC, macro and weighted averages, confusion matrix,
 one-vs-rest ROC-AUC, ECE and NLL raw and with the model's temperature for the TTA mode. Logs go to stderr.
 ``--tta flip`` evaluates the model as the classifier serves it with ``classifier.tta: flip``.
@@ -85,7 +87,7 @@ def history_from(info_extra: dict[str, Any], info_metrics: dict[str, Any]) -> li
 
 def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(thread_budget(args.threads))
-    module, info, model_path = load(args.model)
+    module, info, model_path = load(args.model, onnx=True)
     temperature = info.temperature_for(args.tta)  # the one the classifier serves with this recipe
     log(f"model: {model_path} ({info.arch}, tta {args.tta}, temperature {temperature:g})")
     # A CSV parses only the rows of the requested split; a folder is read whole (split names vary).

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emostream.modelfile import INFO_FILE, ModelInfo, forward_with_tta, load_model
+from emostream.modelfile import INFO_FILE, ModelFileError, ModelInfo, forward_with_tta, load_model
+from emostream.onnxmodel import is_onnx
 
 
 def shipped_model_path() -> Path:
@@ -64,9 +65,15 @@ def predict_logits(
     return torch.cat(out).numpy() if out else np.zeros((0, len(info.class_names)), np.float32)
 
 
-def load(path: str | Path | None = None) -> tuple[Any, ModelInfo, Path]:
-    """``load_model`` of ``path`` (default: the shipped model) -> (module, info, path)."""
+def load(path: str | Path | None = None, onnx: bool = False) -> tuple[Any, ModelInfo, Path]:
+    """``load_model`` of ``path`` (default: the shipped model) -> (module, info, path).
+
+    ``onnx``: the caller only runs the module forward (evaluate), so an exported ``.onnx`` file is
+    accepted too (an onnxruntime session called like the module); otherwise it is a clear error.
+    """
     path = Path(path) if path else shipped_model_path()
+    if not onnx and is_onnx(path):
+        raise ModelFileError(f"{path} is an ONNX export; this command needs the .pt2 model file it was exported from")
     module, info = load_model(path)
     # No .eval(): the exported graph is already the eval-mode graph (and refuses train/eval switches).
     return module, info, path

@@ -1,0 +1,258 @@
+"""What runs the emotion model: torch (the ``.pt2``) or onnxruntime (an ``.onnx`` export, int8 or float32).
+
+Every runtime is a callable taking the preprocessed float32 batch (a torch tensor (N, 1, H, W)) and
+returning float32 logits, so :func:`emostream.modelfile.forward_with_tta` runs TTA on any of them.
+``classifier.runtime`` picks one: ``torch``; ``onnxruntime`` (an ``.onnx`` model file, or the
+``<stem>.int8.onnx`` beside a ``.pt2``, made by ``python -m training export --quantize int8``); ``auto``:
+torch on CUDA, and on the CPU the fastest of the candidates, each timed on a few batches at start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from classifier.settings import RUNTIMES
+from emostream.modelfile import ModelFileError, ModelInfo, load_model
+from emostream.onnxmodel import OnnxModule, is_onnx
+
+INT8_SUFFIX = ".int8.onnx"
+#: Start-up timing of ``auto``: untimed warm-up calls, then timed calls, per candidate, interleaved.
+WARMUP_CALLS, TIMED_ROUNDS, CALLS_PER_ROUND = 2, 3, 2
+
+
+class TorchRuntime:
+    """The ``.pt2`` on torch: channels-last, bfloat16 autocast when ``bf16``."""
+
+    name = "torch"
+
+    def __init__(self, path: Path, device: torch.device, bf16: bool) -> None:
+        module, info = load_model(path, device=str(device))
+        self.module = module.to(memory_format=torch.channels_last)
+        self.info: ModelInfo = info
+        self.path = path
+        self.device = device
+        self.bf16 = bf16
+
+    @property
+    def label(self) -> str:
+        return f"torch {'bf16' if self.bf16 else 'fp32'}"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.module(x.contiguous(memory_format=torch.channels_last))
+
+
+class OrtRuntime(OnnxModule):
+    """An ``.onnx`` file on onnxruntime's CPU provider (``threads`` intra-op threads)."""
+
+    name = "onnxruntime"
+    device = torch.device("cpu")
+    bf16 = False
+
+    @property
+    def label(self) -> str:
+        fmt = self.info.extra.get("export", {}).get("format", "onnx") if isinstance(self.info.extra, dict) else "onnx"
+        return f"onnxruntime {'int8' if fmt == 'onnx-int8' else 'fp32'}"
+
+
+Runtime = TorchRuntime | OrtRuntime
+
+
+def check_runtime(name: str) -> str:
+    if name not in RUNTIMES:
+        raise ValueError(f"classifier.runtime: unknown runtime {name!r}; one of {', '.join(RUNTIMES)}")
+    return name
+
+
+def int8_beside(path: Path) -> Path:
+    """Where ``python -m training export --quantize int8 --out <folder of path>`` writes ``path``'s int8 file."""
+    return path.with_name(path.stem + INT8_SUFFIX)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_made_from(onnx_path: Path, info: ModelInfo, source: Path) -> None:
+    """ModelFileError unless the ``.onnx`` file was exported from ``source`` (its recorded sha256 matches):
+    a retrained ``.pt2`` must not be served through a stale int8 file left beside it."""
+    recorded = info.extra.get("export", {}).get("source_sha256") if isinstance(info.extra, dict) else None
+    if recorded != _sha256(source):
+        raise ModelFileError(
+            f"{onnx_path} was not exported from {source} (its recorded source sha256 {str(recorded)[:12]} differs); "
+            f"make it again: python -m training export --model {source} --quantize int8 --data D --out {source.parent}"
+        )
+
+
+def candidates(
+    path: Path, runtime: str, device: torch.device, bf16: bool, threads: int
+) -> tuple[list[Runtime], list[str]]:
+    """The runtimes that may serve ``path`` under ``runtime``, and why others were left out (for the log)."""
+    check_runtime(runtime)
+    if is_onnx(path):
+        if runtime == "torch":
+            raise ModelFileError(
+                f"classifier.runtime torch serves .pt2 files; {path} is ONNX (use onnxruntime or auto)"
+            )
+        if device.type != "cpu":
+            raise ModelFileError(f"{path}: an .onnx model file is served on the CPU (onnxruntime), not on {device}")
+        return [OrtRuntime(path, threads)], []
+    if runtime == "torch" or (runtime == "auto" and device.type != "cpu"):
+        return [TorchRuntime(path, device, bf16)], []
+    int8 = int8_beside(path)
+    if runtime == "onnxruntime":
+        if device.type != "cpu":
+            raise ModelFileError(f"classifier.runtime onnxruntime runs on the CPU, not on {device}")
+        if not int8.is_file():
+            raise ModelFileError(
+                f"classifier.runtime onnxruntime: no int8 file {int8} beside {path.name}; make it with "
+                f"python -m training export --model {path} --quantize int8 --data D --out {path.parent}"
+            )
+        ort_runtime = OrtRuntime(int8, threads)
+        check_made_from(int8, ort_runtime.info, path)
+        return [ort_runtime], []
+    found: list[Runtime] = [TorchRuntime(path, device, bf16)]
+    skipped = []
+    if int8.is_file():
+        try:
+            ort_runtime = OrtRuntime(int8, threads)
+            check_made_from(int8, ort_runtime.info, path)
+            found.append(ort_runtime)
+        except ModelFileError as exc:
+            skipped.append(f"{int8.name} left out: {exc}")
+    else:
+        skipped.append(f"no {int8.name} beside {path.name}")
+    return found, skipped
+
+
+def measure(runtime: Any, batch: int, calls: int, input_size: Sequence[int] = (48, 48), seed: int = 0) -> float:
+    """Faces/s of ``calls`` forward passes of ``runtime`` on seeded random inputs of ``batch`` faces
+    (after one untimed call). The bench can call it on any runtime; inputs are on ``runtime.device``."""
+    device = getattr(runtime, "device", torch.device("cpu"))
+    x = torch.randn(batch, 1, *input_size, generator=torch.Generator().manual_seed(seed)).to(device)
+    runtime(x)
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        runtime(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return batch * calls / (time.perf_counter() - t0)
+
+
+def compare(
+    runtimes: Sequence[Any], batch: int, rounds: int = TIMED_ROUNDS, calls: int = CALLS_PER_ROUND
+) -> list[float]:
+    """Faces/s of each runtime at ``batch``: ``rounds`` interleaved rounds of ``calls`` calls each, the
+    median per runtime, so a burst of other work on the machine hits every candidate alike."""
+    rates: list[list[float]] = [[] for _ in runtimes]
+    for _ in range(max(1, rounds)):
+        for i, runtime in enumerate(runtimes):
+            rates[i].append(measure(runtime, batch, calls, runtime.info.input_size))
+    return [statistics.median(r) for r in rates]
+
+
+@dataclass
+class Selection:
+    runtime: Runtime
+    requested: str
+    #: label -> faces/s, for the candidates timed by ``auto`` (empty when nothing was timed).
+    measured: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    batch: int = 0
+    threads: int = 0
+
+    def describe(self) -> str:
+        """The one log line: which runtime and file serve, why, and each candidate's measured faces/s."""
+        served = f"runtime {self.runtime.label} serves {self.runtime.path}"
+        if self.measured:
+            rates = ", ".join(f"{label} {rate:,.0f} faces/s" for label, rate in self.measured.items())
+            why = f"auto, fastest at batch {self.batch} on {self.threads or 'default'} threads: {rates}"
+        elif self.requested == "auto":
+            why = "auto, the only candidate"
+        else:
+            why = f"classifier.runtime {self.requested}"
+        notes = "; ".join(self.skipped)
+        return f"{served} ({why}{'; ' + notes if notes else ''})"
+
+
+def select_runtime(
+    path: Path,
+    runtime: str = "auto",
+    device: torch.device | None = None,
+    bf16: bool = False,
+    threads: int = 0,
+    batch: int = 64,
+) -> Selection:
+    """The runtime serving ``path``: the requested one, or for ``auto`` the fastest candidate at ``batch``."""
+    device = device or torch.device("cpu")
+    found, skipped = candidates(path, runtime, device, bf16, threads)
+    selection = Selection(found[0], runtime, skipped=skipped, batch=batch, threads=threads)
+    if len(found) > 1:
+        for candidate in found:  # untimed: first calls allocate and pick kernels
+            for _ in range(WARMUP_CALLS):
+                measure(candidate, batch, 0, candidate.info.input_size)
+        rates = compare(found, batch)
+        selection.measured = {f"{c.label} ({c.path.name})": r for c, r in zip(found, rates, strict=True)}
+        selection.runtime = found[max(range(len(found)), key=rates.__getitem__)]
+    return selection
+
+
+def side_by_side(
+    model: Path,
+    onnx_files: Sequence[Path] = (),
+    batches: Sequence[int] = (1, 64),
+    threads: Sequence[int] = (1, 2),
+    rounds: int = 5,
+    faces_per_call: int = 256,
+) -> list[dict[str, Any]]:
+    """Faces/s of torch fp32, torch bf16 and onnxruntime on each of ``onnx_files``, at each batch size and
+    thread count, interleaved in rounds (medians), all in one run so that their ratios share the machine.
+    For docs/benchmarks.md; ``python -m classifier.runtimes --help``."""
+    rows = []
+    for n_threads in threads:
+        torch.set_num_threads(n_threads)
+        runtimes: list[Any] = [
+            TorchRuntime(model, torch.device("cpu"), bf16=False),
+            TorchRuntime(model, torch.device("cpu"), bf16=True),
+        ]
+        runtimes += [OrtRuntime(path, n_threads) for path in onnx_files]
+        for batch in batches:
+            calls = max(1, faces_per_call // batch)
+            for runtime in runtimes:
+                measure(runtime, batch, 1, runtime.info.input_size)
+            for runtime, rate in zip(runtimes, compare(runtimes, batch, rounds, calls), strict=True):
+                rows.append(
+                    {"runtime": runtime.label, "file": runtime.path.name, "threads": n_threads, "batch": batch}
+                    | {"faces_per_s": rate}
+                )
+    return rows
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+    import platform
+
+    from emostream.cpu import cpu_info
+
+    parser = argparse.ArgumentParser(prog="python -m classifier.runtimes", description=side_by_side.__doc__)
+    parser.add_argument("--model", type=Path, default=Path(__file__).parent / "models" / "emotion.pt2")
+    parser.add_argument("--onnx", type=Path, nargs="*", default=[], help=".onnx files (float32, int8) to time too")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    found = side_by_side(args.model, args.onnx, args.batches, args.threads, args.rounds)
+    machine = {"cpu": cpu_info().model, "flags": cpu_info().serving_flags(), "python": platform.python_version()}
+    print(json.dumps({"machine": machine, "results": found}, indent=1))
+    for row in found:
+        print(f"{row['runtime']:18s} {row['file']:20s} threads {row['threads']} batch {row['batch']:3d}: "
+              f"{row['faces_per_s']:8,.0f} faces/s")  # fmt: skip

@@ -1,0 +1,103 @@
+"""The ONNX form of the model file (``.onnx``): the same :class:`~emostream.modelfile.ModelInfo`, run by onnxruntime.
+
+``python -m training export`` writes it (float32, or int8 with ``--quantize int8``) with the
+``emostream.json`` ModelInfo in the ONNX ``metadata_props``, so it is self-describing like the ``.pt2``.
+Input ``input`` float32 (N, 1, H, W) normalised as the ``.pt2``'s; output ``logits`` (N, classes).
+
+:class:`OnnxModule` runs it on onnxruntime's CPU execution provider and is called like the torch
+module (a float32 tensor in, a float32 tensor of logits out), so ``forward_with_tta``, ``evaluate``
+and the classifier serve it unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from emostream.modelfile import INFO_FILE, ModelFileError, ModelInfo
+
+ONNX_SUFFIX = ".onnx"
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+def is_onnx(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == ONNX_SUFFIX
+
+
+def set_onnx_info(proto: Any, info: ModelInfo) -> None:
+    """Replace the ONNX model ``proto``'s metadata_props with ``info`` (as the ``emostream.json`` entry)."""
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = INFO_FILE, info.to_json()
+
+
+def read_onnx_info(path: str | Path) -> ModelInfo:
+    """The ModelInfo an ``.onnx`` model file carries; ModelFileError for a file without one."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others for a file that is not ONNX
+        raise ModelFileError(f"{path} is not an ONNX model file: {exc}") from exc
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    if INFO_FILE not in metadata:
+        raise ModelFileError(
+            f"{path} has no {INFO_FILE} in its metadata_props: not an emostream model file "
+            "(python -m training export writes one)"
+        )
+    try:
+        return ModelInfo.from_json(metadata[INFO_FILE])
+    except ModelFileError as exc:
+        raise ModelFileError(f"{path}: {exc}") from exc
+
+
+def session_options(threads: int = 0) -> Any:
+    """Serving options: ``threads`` intra-op threads (0: onnxruntime's default, one per core), one
+    sequential inter-op stream (a chain of convolutions has no parallel branches worth a pool), all
+    graph optimisations (they fuse the int8 file's QuantizeLinear/DequantizeLinear pairs into integer kernels)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: warnings would flood stderr
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+class OnnxModule:
+    """An ``.onnx`` model file on onnxruntime (CPU), called like the torch module: tensor in, logits tensor out."""
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.info = read_onnx_info(self.path)
+        self.threads = threads
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), session_options(threads), providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ModelFileError(f"{self.path}: onnxruntime cannot load it: {exc}") from exc
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelFileError(f"{self.path}: expected one input, the model has {len(inputs)}")
+        self.input_name = inputs[0].name
+
+    def __call__(self, x: Any) -> Any:
+        import numpy as np
+        import torch
+
+        # A torch tensor may be channels-last or a strided view (TTA's shifted crops); onnxruntime reads NCHW.
+        batch = np.ascontiguousarray(x.detach().cpu().float().numpy())
+        return torch.from_numpy(self.session.run(None, {self.input_name: batch})[0])
+
+
+def load_onnx_model(path: str | Path, threads: int = 0) -> tuple[OnnxModule, ModelInfo]:
+    module = OnnxModule(path, threads)
+    return module, module.info

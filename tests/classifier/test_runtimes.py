@@ -1,0 +1,136 @@
+"""The classifier's runtimes (classifier/runtimes.py): onnxruntime float32 and the shipped int8 file against
+torch on real FER2013 faces (../shared), runtime selection and its log line, and the clear errors."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from classifier.model import SHIPPED_MODEL, EmotionModel
+from classifier.runtimes import int8_beside, select_runtime
+from classifier.settings import ClassifierSettings
+from emostream.modelfile import ModelFileError
+from support import shared_path
+from training.data import load_dataset
+
+SHIPPED_INT8 = int8_beside(SHIPPED_MODEL)
+FACES = 1000
+
+
+@pytest.fixture(scope="module")
+def faces() -> np.ndarray:
+    """The first 1,000 PrivateTest faces (uint8 (N, 48, 48)): never used to calibrate or choose the int8 file."""
+    data = load_dataset(shared_path("data", "fer2013", "fer2013.csv.gz"), splits=("PrivateTest",), hash_file=False)
+    return data.splits["PrivateTest"].images[:FACES, 0].numpy()
+
+
+@pytest.fixture(scope="module")
+def torch_probs(faces: np.ndarray) -> np.ndarray:
+    return EmotionModel(device="cpu", bf16=False, runtime="torch").predict(faces)
+
+
+@pytest.fixture(scope="module")
+def float_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.export import export_onnx, exported_info, write_info
+    from training.inference import load
+
+    _, info, path = load(SHIPPED_MODEL)
+    onnx_path = export_onnx(path, info, tmp_path_factory.mktemp("onnx") / "emotion.onnx", 18)
+    write_info(onnx_path, exported_info(info, path, format="onnx-float32"))
+    return onnx_path
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a.argmax(1) == b.argmax(1)).mean())
+
+
+def test_onnxruntime_float32_matches_torch_on_real_faces(
+    faces: np.ndarray, torch_probs: np.ndarray, float_onnx: Path
+) -> None:
+    served = EmotionModel(float_onnx, runtime="onnxruntime", threads=1)
+    assert served.runtime.name == "onnxruntime" and served.path == float_onnx and served.device.type == "cpu"
+    probs = served.predict(faces)
+    assert agreement(probs, torch_probs) >= 0.999
+    assert np.abs(probs - torch_probs).max() < 1e-3
+
+
+def test_shipped_int8_agrees_with_torch_on_real_faces(faces: np.ndarray, torch_probs: np.ndarray) -> None:
+    if not SHIPPED_INT8.is_file():
+        pytest.skip(f"{SHIPPED_INT8} is not shipped")
+    served = EmotionModel(device="cpu", runtime="onnxruntime", threads=1)
+    assert served.path == SHIPPED_INT8 and served.runtime.label == "onnxruntime int8"
+    probs = served.predict(faces)
+    # Measured 98.9% on these faces (99.05% on PublicTest): short of the 99% target, see docs/model.md#int8-serving.
+    assert agreement(probs, torch_probs) >= 0.985
+    # Calibrated probabilities stay close: the int8 file carries the .pt2's temperature.
+    assert served.temperature == EmotionModel(device="cpu", runtime="torch").temperature
+    assert np.abs(probs - torch_probs).mean() < 0.01
+
+
+def test_tta_runs_on_onnxruntime(faces: np.ndarray, float_onnx: Path) -> None:
+    torch_flip = EmotionModel(device="cpu", bf16=False, runtime="torch", tta="flip").predict(faces[:200])
+    ort_flip = EmotionModel(float_onnx, runtime="onnxruntime", tta="flip").predict(faces[:200])
+    assert agreement(ort_flip, torch_flip) >= 0.99 and np.abs(ort_flip - torch_flip).max() < 1e-3
+
+
+def test_auto_times_the_candidates_and_logs_one_line_naming_the_winner(caplog: pytest.LogCaptureFixture) -> None:
+    if not SHIPPED_INT8.is_file():
+        pytest.skip(f"{SHIPPED_INT8} is not shipped")
+    with caplog.at_level(logging.INFO, logger="classifier"):
+        model = EmotionModel(device="cpu", runtime="auto", threads=1, batch=16)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("runtime ")]
+    assert len(lines) == 1
+    line = lines[0]
+    assert f"runtime {model.runtime.label} serves {model.path}" in line
+    assert model.path in (SHIPPED_MODEL, SHIPPED_INT8)
+    assert "auto, fastest at batch 16 on 1 threads" in line
+    assert set(model.selection.measured) == {"torch fp32 (emotion.pt2)", "onnxruntime int8 (emotion.int8.onnx)"}
+    assert all(rate > 0 for rate in model.selection.measured.values())
+    for label in model.selection.measured:
+        assert f"{label} " in line and "faces/s" in line
+    assert model.selection.measured[f"{model.runtime.label} ({model.path.name})"] == max(
+        model.selection.measured.values()
+    )
+
+
+def test_forced_runtimes_and_the_served_file(tmp_path: Path) -> None:
+    torch_model = EmotionModel(device="cpu", runtime="torch")
+    assert torch_model.runtime.name == "torch" and torch_model.path == SHIPPED_MODEL
+    assert torch_model.selection.describe().endswith("(classifier.runtime torch)")
+    # No int8 file beside a .pt2: auto serves torch and says why.
+    alone = tmp_path / "alone.pt2"
+    shutil.copyfile(SHIPPED_MODEL, alone)
+    selection = select_runtime(alone, "auto")
+    assert selection.runtime.name == "torch" and "no alone.int8.onnx beside alone.pt2" in selection.describe()
+
+
+def test_bad_runtime_missing_and_stale_int8_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="classifier.runtime: unknown runtime 'tensorrt'"):
+        EmotionModel(device="cpu", runtime="tensorrt")
+    with pytest.raises(ValidationError, match="runtime"):
+        ClassifierSettings(runtime="tensorrt")
+    assert ClassifierSettings().runtime == "auto"
+
+    alone = tmp_path / "alone.pt2"
+    shutil.copyfile(SHIPPED_MODEL, alone)
+    with pytest.raises(ModelFileError, match=r"no int8 file .*alone\.int8\.onnx beside alone\.pt2; make it with"):
+        EmotionModel(alone, device="cpu", runtime="onnxruntime")
+
+    if not SHIPPED_INT8.is_file():
+        pytest.skip(f"{SHIPPED_INT8} is not shipped")
+    # An int8 file beside a .pt2 it was not made from: refused when forced, left out (and said) by auto.
+    other = tmp_path / "other.pt2"
+    shutil.copyfile(SHIPPED_MODEL.with_name("emotion_ferplus.pt2"), other)
+    shutil.copyfile(SHIPPED_INT8, int8_beside(other))
+    with pytest.raises(ModelFileError, match="was not exported from"):
+        EmotionModel(other, device="cpu", runtime="onnxruntime")
+    selection = select_runtime(other, "auto")
+    assert selection.runtime.name == "torch" and "other.int8.onnx left out" in selection.describe()
+
+    with pytest.raises(ModelFileError, match="torch serves .pt2 files"):
+        EmotionModel(SHIPPED_INT8, device="cpu", runtime="torch")
