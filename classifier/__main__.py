@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             bf16=settings.bf16,
             tta=settings.tta,
             runtime=settings.runtime,
-            threads=settings.threads,
+            # 0 (auto) resolved to the budget: onnxruntime's own default is one thread per host core.
+            threads=thread_budget(settings.threads),
             batch=settings.max_batch,
         )
     except (ModelFileError, RuntimeError) as exc:
