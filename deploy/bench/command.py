@@ -37,6 +37,7 @@ from deploy.bench.standalone import (
     measure_classifier,
     measure_detector,
     measure_matmul_peak,
+    measure_runtimes,
     read_frames,
 )
 from deploy.config import ClassifierConfig
@@ -171,11 +172,18 @@ def _standalone(
             max_seconds=settings.classifier_max_s,
         )
     cls = replace(cls, cpu_watch=watch.result)
-    # Classifier runtimes side by side (torch, onnxruntime int8, ...) belong here, in this same step, as
-    # the "runtimes" key of the classifier's JSON; the report already prints them (report._stage_lines).
     progress.note(
-        f"batch 1 {cls.batch1_faces_per_s:.0f} faces/s, "
+        f"{cls.runtime}: batch 1 {cls.batch1_faces_per_s:.0f} faces/s, "
         f"batch {settings.max_batch} {cls.batched_faces_per_s:.0f} faces/s"
+    )
+    runtime_threads = sorted({1, budget.cpus})
+    progress.step(f"classifier runtimes side by side: batch 1 and {settings.max_batch}, threads {runtime_threads}")
+    cls = replace(cls, runtimes=measure_runtimes(None, settings.max_batch, runtime_threads))
+    progress.note(
+        "; ".join(
+            f"{r['runtime']} x{r['threads']} {r['faces_per_s_by_batch'][settings.max_batch]:.0f} faces/s"
+            for r in cls.runtimes or []
+        )
     )
 
     matmul_threads = thread_budget(settings.matmul_threads, budget)

@@ -132,11 +132,13 @@ def _stage_lines(results: dict[str, Any]) -> list[str]:
             if d.get("align_ms_per_face") is not None and not d.get("interval", 1) > 1:
                 rows.append(["  aligned crop, per face", _fmt(d["align_ms_per_face"], 3)])
                 rows[-1] += ["CPU ms/face", "-", "-", "-"]
+    # Files older than classifier.runtime served torch with bf16.
+    served = cls.get("runtime") or "torch bf16"
     for size, value in cls["faces_per_s_by_batch"].items():
         last = int(size) == int(cls["max_batch"])
         rows.append(
             [
-                f"classifier bf16 batch {size}",
+                f"classifier {served} batch {size}",
                 _fmt(value),
                 "faces/s",
                 _fmt(cls["cpu_parallelism"], 2) if last else "",
@@ -145,11 +147,9 @@ def _stage_lines(results: dict[str, Any]) -> list[str]:
             ]
         )
     if cls.get("tta_flip_faces_per_s"):
-        label = f"classifier bf16 batch {cls['max_batch']}, tta flip"
+        label = f"classifier {served} batch {cls['max_batch']}, tta flip"
         rows.append([label, _fmt(cls["tta_flip_faces_per_s"]), "faces/s", "", "", ""])
-    # Classifier runtimes side by side, measured in the same run: ``classifier.runtimes``, a list of
-    # {"runtime": "onnxruntime int8", "threads": N, "faces_per_s_by_batch": {size: faces/s}}, filled by the
-    # classifier part of standalone.py once the classifier has runtimes to choose from.
+    # Classifier runtimes side by side, measured in the same run (standalone.measure_runtimes).
     for runtime in cls.get("runtimes") or []:
         threads = f", {runtime['threads']} threads" if runtime.get("threads") else ""
         for size, value in runtime.get("faces_per_s_by_batch", {}).items():

@@ -86,6 +86,8 @@ class ClassifierResult(Measured):
     model: str
     model_version: str
     arch: str
+    #: What served (classifier.runtime auto: the fastest at start-up, as the classifier picks it).
+    runtime: str
     bf16: bool
     channels_last: bool
     torch_threads: int
@@ -107,6 +109,8 @@ class ClassifierResult(Measured):
     cpu_parallelism: float
     cpu_s_per_face: float
     cpu_watch: CpuLoad | None = None
+    #: Every runtime side by side in the same run (:func:`measure_runtimes`).
+    runtimes: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -338,6 +342,28 @@ def interval_study(
     return study
 
 
+def measure_runtimes(
+    model_path: str | Path | None, max_batch: int, threads: Sequence[int], rounds: int = 3
+) -> list[dict[str, Any]]:
+    """Faces/s of torch fp32, torch bf16 and onnxruntime on the int8 file beside the model (when there is
+    one), at batch 1 and ``max_batch``, on each of ``threads``, interleaved in one run
+    (:func:`classifier.runtimes.side_by_side`); one entry per runtime and thread count."""
+    from classifier.model import SHIPPED_MODEL
+    from classifier.runtimes import int8_beside, side_by_side
+
+    source = Path(model_path) if model_path else SHIPPED_MODEL
+    onnx_files = [f for f in (int8_beside(source),) if f.is_file()]
+    rows = side_by_side(source, onnx_files, batches=(1, max_batch), threads=threads, rounds=rounds)
+    grouped: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in rows:
+        entry = grouped.setdefault(
+            (row["runtime"], row["threads"]),
+            {"runtime": row["runtime"], "file": row["file"], "threads": row["threads"], "faces_per_s_by_batch": {}},
+        )
+        entry["faces_per_s_by_batch"][row["batch"]] = row["faces_per_s"]
+    return list(grouped.values())
+
+
 def count_flops_per_face(module: Any, input_size: tuple[int, int] = (48, 48), batch: int = 4) -> float:
     """FLOPs of one forward pass per face, counted by ``torch.utils.flop_counter.FlopCounterMode``.
 
@@ -395,8 +421,9 @@ def measure_classifier(
     rounds: int = 8,
     max_seconds: float | None = None,
 ) -> ClassifierResult:
-    """The serving model (``EmotionModel``: bf16 autocast, channels-last) at batch 1, ``max_batch`` and ``sweep``,
-    and at ``max_batch`` served with flip test-time augmentation (``classifier.tta: flip``).
+    """The serving model as the classifier serves it (``EmotionModel``, ``classifier.runtime: auto``: the
+    fastest of torch and the int8 file at start-up) at batch 1, ``max_batch`` and ``sweep``, and at
+    ``max_batch`` served with flip test-time augmentation (``classifier.tta: flip``).
 
     ``crops`` are real uint8 48x48 faces from the detector; batches cycle through them. The sizes are
     interleaved: each of ``rounds`` rounds times every size in turn (batch 1 on ``batch1_faces /
@@ -409,11 +436,13 @@ def measure_classifier(
     import torch
 
     from classifier.model import EmotionModel
+    from emostream.modelfile import load_model
 
     if len(crops) == 0:
         raise ValueError("no face crops to classify (the detector found no face in the frames)")
-    model = EmotionModel(model_path, device="cpu", bf16=True)
-    flip_model = EmotionModel(model_path, device="cpu", bf16=True, tta="flip")
+    threads = torch.get_num_threads()
+    model = EmotionModel(model_path, device="cpu", runtime="auto", threads=threads, batch=max_batch)
+    flip_model = EmotionModel(model_path, device="cpu", tta="flip", runtime="auto", threads=threads, batch=max_batch)
     sizes = sorted({1, max_batch, *sweep})
     n = len(crops)
     for size in sizes:  # untimed: oneDNN builds its kernels for each new input shape
@@ -457,14 +486,16 @@ def measure_classifier(
         calls = max(1, round(batched_batches / rounds))
         flip_rates.append(calls * max_batch / timed_calls(flip_model, max_batch, calls))
     by_batch = {size: statistics.median(rates) for size, rates in per_round.items()}
-    flops = count_flops_per_face(model.module, model.info.input_size)
+    # FLOPs from the float network: an onnxruntime module is not a torch one to count in.
+    flops = count_flops_per_face(load_model(model.source)[0], model.info.input_size)
     batch1, batched = by_batch[1], by_batch[max_batch]
     return ClassifierResult(
         model=str(model.path),
         model_version=model.version,
         arch=model.info.arch,
-        bf16=True,
-        channels_last=True,
+        runtime=model.runtime.label,
+        bf16=model.bf16,
+        channels_last=model.runtime.label.startswith("torch"),
         torch_threads=torch.get_num_threads(),
         crops=int(n),
         max_batch=max_batch,
