@@ -6,7 +6,7 @@ processes come and go on a small machine; absolute numbers drift between runs, r
 1. **Baseline** (:mod:`deploy.baseline`): the study's sequential loop on the video, frames/s.
 2. **Stages standalone**, each in this one process on the same frames: decode (what a capture process
    does), detection (YuNet and Haar at the configured downscale, frames/s), the classifier at batch 1
-   and batched (faces/s), the model's FLOPs and the machine's measured bf16 matmul peak.
+   and batched (faces/s), the model's FLOPs and the machine's measured matmul peak (bf16 where native, else float32).
 3. **End to end**: the real pipeline under the launcher (``python -m deploy run``) for 1, 2 and 4
    cameras replaying the video at its own 25 fps, events read from the sink's PUB socket, drops read
    from every stage's ``/metrics``; plus one run with ``pacing: fast`` and ``drop_policy: block``,

@@ -187,7 +187,8 @@ def _standalone(
     )
 
     matmul_threads = thread_budget(settings.matmul_threads, budget)
-    progress.step(f"bf16 matmul peak: {settings.matmul_size}^2 on {matmul_threads} threads")
+    size = settings.matmul_size
+    progress.step(f"matmul peak (bf16 where native, else float32): {size}^2 on {matmul_threads} threads")
     with CpuWatch() as watch:
         peak = measure_matmul_peak(settings.matmul_size, settings.matmul_reps, matmul_threads)
     peak = replace(peak, cpu_watch=watch.result)

@@ -18,7 +18,8 @@ DEFINITIONS = {
     "classifier_batched_over_batch1": "classifier_faces_per_s / faces/s of the same model called one face at a time",
     "classifier_tta_flip_faces_per_s": "classifier_faces_per_s served with flip test-time augmentation "
     "(classifier.tta: flip; each face and its mirror image in one batch): what flip TTA's accuracy costs",
-    "classifier_share_of_peak": "model FLOPs/face (FlopCounterMode) x batched faces/s / measured bf16 matmul peak",
+    "classifier_share_of_peak": "model FLOPs/face (FlopCounterMode) x batched faces/s / measured matmul peak "
+    "(bf16 where native, else float32)",
     "standalone rates": (
         "decode and detectors: median over chunks of 25 consecutive frames; classifier: every batch size "
         "measured in turn in each of several rounds, median over the rounds. A burst of other processes slows "

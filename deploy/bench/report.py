@@ -294,7 +294,8 @@ def format_report(results: dict[str, Any]) -> str:
         f"  classifier batched/batch-1 {_ratio(h['classifier_batched_over_batch1'])}; "
         f"{cls['flops_per_face'] / 1e9:.3f} GFLOP/face x {_fmt(h['classifier_faces_per_s'], 0)} faces/s = "
         f"{_fmt(h['classifier_gflops'])} GFLOP/s,",
-        f"  {100 * (h['classifier_share_of_peak'] or 0):.0f}% of this machine's measured bf16 matmul peak "
+        f"  {100 * (h['classifier_share_of_peak'] or 0):.0f}% of this machine's measured "
+        f"{results['peak'].get('dtype', 'bfloat16')} matmul peak "
         f"({_fmt(h['bf16_peak_gflops'], 0)} GFLOP/s on {results['peak']['threads']} threads)",
         "",
         f"End to end: python -m deploy run, YuNet {s['downscale']:g}x at interval {s.get('interval', 1)}, "

@@ -1,6 +1,6 @@
 """Each stage measured alone, in this process, on the same frames: decode (what a capture process
 does), a detector worker's per-frame work, the classifier at batch 1 and batched (and its FLOPs), the
-machine's bf16 matmul peak, and how well a detection interval keeps the faces."""
+machine's matmul peak, and how well a detection interval keeps the faces."""
 
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ class ClassifierResult(Measured):
 
 @dataclass(frozen=True)
 class MatmulPeak(Measured):
-    """The machine's bf16 matmul throughput: the best repetition (``gflops``) and the median."""
+    """The machine's matmul throughput (``dtype``): the best repetition (``gflops``) and the median."""
 
     gflops: float
     median_gflops: float
@@ -379,19 +379,24 @@ def count_flops_per_face(module: Any, input_size: tuple[int, int] = (48, 48), ba
     return counter.get_total_flops() / batch
 
 
-def measure_matmul_peak(size: int = 4096, reps: int = 8, threads: int = 2) -> MatmulPeak:
-    """The machine's bf16 matrix throughput: ``torch.matmul`` of two ``size`` x ``size`` bf16 matrices.
+def measure_matmul_peak(size: int = 4096, reps: int = 8, threads: int = 2, dtype: str | None = None) -> MatmulPeak:
+    """The machine's matrix throughput: ``torch.matmul`` of two ``size`` x ``size`` matrices of ``dtype``
+    (None: bfloat16 where the CPU has it in hardware, else float32; emulated bf16 is an order of
+    magnitude slower and says nothing about what serves).
 
     Reported as the best repetition (``gflops``), since other processes can only ever slow one down:
     the fastest is the closest to what the hardware does. The median is kept alongside.
     """
     import torch
 
+    from emostream.cpu import cpu_info
+
+    dtype = dtype or ("bfloat16" if cpu_info().native_bf16 else "float32")
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        a = torch.randn(size, size, dtype=torch.bfloat16)
-        b = torch.randn(size, size, dtype=torch.bfloat16)
+        a = torch.randn(size, size, dtype=getattr(torch, dtype))
+        b = torch.randn(size, size, dtype=getattr(torch, dtype))
         for _ in range(2):  # oneDNN/AMX set-up and page faults: not part of the peak
             torch.matmul(a, b)
         rates = []
@@ -407,7 +412,7 @@ def measure_matmul_peak(size: int = 4096, reps: int = 8, threads: int = 2) -> Ma
         size=size,
         reps=len(rates),
         threads=threads,
-        dtype="bfloat16",
+        dtype=dtype,
     )
 
 
