@@ -354,4 +354,7 @@ def test_no_stage_writes_frames_to_disk_unless_configured(tmp_path):
     events = work / "events.jsonl"
     assert events.exists() and any(json.loads(line).get("faces") for line in events.read_text().splitlines())
     created = {p for p in (set(work.rglob("*")) - before) | set(scratch.rglob("*")) if p.is_file()}
-    assert created == {events}, sorted(map(str, created))
+    # ONNX Runtime's telemetry library writes a session id (a timestamp and a UUID, ~50 bytes) to
+    # $TMPDIR/.ses when it is imported: not a frame, and not ours to stop.
+    session_ids = {p for p in created if p.name == ".ses" and p.stat().st_size < 100}
+    assert created - session_ids == {events}, sorted(map(str, created))
