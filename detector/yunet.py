@@ -31,15 +31,13 @@ class OnnxYuNet:
     ) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        # One frame at a time: operators run one after another, on ``threads`` cores (0: ONNX Runtime's
-        # default, one per core). A worker given one thread must not spin a pool beside the others.
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.inter_op_num_threads = 1
-        options.intra_op_num_threads = max(0, int(threads))
+        from emostream.onnxmodel import session_options
+
+        # One frame at a time on ``threads`` cores, as the classifier's sessions run. A worker given one
+        # thread must not spin a pool beside the others.
+        options = session_options(max(0, int(threads)))
         if threads == 1:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
         self.session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
         names = [o.name for o in self.session.get_outputs()]
         expected = [f"{kind}_{s}" for kind in ("cls", "obj", "bbox", "kps") for s in STRIDES]
