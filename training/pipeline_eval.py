@@ -123,6 +123,17 @@ def place_face(face: np.ndarray, condition: Condition, rng: np.random.Generator)
     return out, Placement(cx, cy, side, roll)
 
 
+def crop_placed_face(extractor: Any, frame: np.ndarray, placed: Placement) -> np.ndarray | None:
+    """The extractor's crop of the placed face in ``frame``, or None when it does not find that face.
+
+    The frame is a camera's first, which runs every pass of the detector (on video, rolled passes run
+    on one key frame in detector.roll_every: docs/video.md)."""
+    detections, face_crops = extractor.extract(frame, camera="placed")
+    extractor.forget("placed")
+    hit = match_face(detections.boxes, detections.scores, placed)
+    return None if hit is None else face_crops[hit]
+
+
 def match_face(boxes: np.ndarray, scores: np.ndarray, placed: Placement) -> int | None:
     """Index of the most confident detection that is the placed face (its centre within a third of
     the face's side of the true centre, its size 0.3-1.5 of the side), or None."""
@@ -171,14 +182,10 @@ def run_condition(
     for i in range(n):
         frame, placed = place_face(images[i], condition, rng)
         for name, extractor in extractors.items():
-            # Each face is a camera's first frame, which runs every pass of the detector (on video,
-            # rolled passes then run on one key frame in detector.roll_every: docs/video.md).
-            detections, face_crops = extractor.extract(frame, camera="eval")
-            extractor.forget("eval")
-            hit = match_face(detections.boxes, detections.scores, placed)
-            if hit is not None:
+            crop = crop_placed_face(extractor, frame, placed)
+            if crop is not None:
                 found[name][i] = True
-                crops[name].append(face_crops[hit])
+                crops[name].append(crop)
     direct_ok = direct_pred == labels
     cells = []
     for name in extractors:

@@ -24,7 +24,7 @@ import numpy as np
 
 from training.cli_support import canonical_split, emit, load_data, log, run_subcommand, subcommand_parser
 from training.data import DataError
-from training.pipeline_eval import Condition, match_face, place_face
+from training.pipeline_eval import Condition, crop_placed_face, place_face
 
 FORMAT = "emostream-served-crops/1"
 
@@ -42,11 +42,9 @@ def served_crops(
     for i in range(n):
         condition = Condition("served", roll=float(rng.uniform(0.0, max_roll)))
         frame, placed = place_face(images[i], condition, rng)
-        detections, face_crops = extractor.extract(frame, camera="served")
-        extractor.forget("served")
-        hit = match_face(detections.boxes, detections.scores, placed)
-        if hit is not None:
-            crops[i] = face_crops[hit]
+        crop = crop_placed_face(extractor, frame, placed)
+        if crop is not None:
+            crops[i] = crop
             found[i] = True
         if every and (i + 1) % every == 0:
             rate = (i + 1) / (time.perf_counter() - started)
