@@ -458,6 +458,19 @@ def test_capture_process_exits_2_when_the_file_cannot_be_opened(
         assert Path(source).name in stderr
 
 
+def start_dead_camera(processes: list[subprocess.Popen], source: str) -> tuple[subprocess.Popen, int]:
+    """A capture process for camera ``gone`` on a source that never opens, and its metrics port."""
+    metrics_port = free_port()
+    proc = start_capture(
+        "--camera", "gone",
+        "--source", source,
+        "--frames", f"tcp://127.0.0.1:{free_port()}",
+        "--metrics-port", str(metrics_port),
+    )  # fmt: skip
+    processes.append(proc)
+    return proc, metrics_port
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize(
     "dead_source",
@@ -470,14 +483,7 @@ def test_capture_process_exits_2_when_the_file_cannot_be_opened(
 def test_capture_process_survives_an_unreachable_live_source_and_reports_the_camera_down(
     processes: list[subprocess.Popen], dead_source: Callable[[], str]
 ) -> None:
-    metrics_port = free_port()
-    proc = start_capture(
-        "--camera", "gone",
-        "--source", dead_source(),
-        "--frames", f"tcp://127.0.0.1:{free_port()}",
-        "--metrics-port", str(metrics_port),
-    )  # fmt: skip
-    processes.append(proc)
+    proc, metrics_port = start_dead_camera(processes, dead_source())
 
     def failures() -> float | None:
         samples = metric_samples(metrics_port)
@@ -503,14 +509,7 @@ def test_capture_process_survives_an_unreachable_live_source_and_reports_the_cam
 def test_a_live_source_that_never_opens_logs_one_error_then_one_line_per_retry_without_library_noise(
     processes: list[subprocess.Popen], dead_source: Callable[[], str]
 ) -> None:
-    metrics_port = free_port()
-    proc = start_capture(
-        "--camera", "gone",
-        "--source", dead_source(),
-        "--frames", f"tcp://127.0.0.1:{free_port()}",
-        "--metrics-port", str(metrics_port),
-    )  # fmt: skip
-    processes.append(proc)
+    proc, metrics_port = start_dead_camera(processes, dead_source())
 
     def attempts() -> float | None:
         samples = metric_samples(metrics_port)
