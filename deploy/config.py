@@ -18,7 +18,7 @@ from classifier.settings import ClassifierSettings
 from detector.settings import DetectorSettings
 from emostream.security import SecurityError, load_keys
 from sink.service import output_file_problem
-from sink.settings import SinkSettings
+from sink.settings import OUTPUT_TYPES, SinkSettings
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "demo.yaml"
 
@@ -185,11 +185,13 @@ class PipelineConfig(Section):
 
 def _key_path(loc: tuple[Any, ...]) -> str:
     out = ""
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
         elif part in ("function-after", "function-before", "tagged-union") or "[" in str(part):
             continue  # pydantic's internal validator names, not keys the user wrote
+        elif i and isinstance(loc[i - 1], int) and part in OUTPUT_TYPES:
+            continue  # the tag pydantic puts after a sink.outputs index: the type, not a key
         else:
             out += f".{part}" if out else str(part)
     return out or "(top level)"
@@ -207,6 +209,8 @@ def parse_config(data: Any, origin: str = "config") -> PipelineConfig:
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
+            elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                key, msg = f"{key}.type", f"must be one of {', '.join(OUTPUT_TYPES)}"
             lines.append(f"{origin}: {key}: {msg}")
         raise ConfigError("\n".join(lines)) from None
     base = Path(origin).parent if origin != "config" else Path.cwd()

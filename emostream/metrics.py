@@ -66,6 +66,22 @@ AUTH_FAILURES = Counter(
     "authorized/, or expecting another server key. Such a peer receives nothing.",
     ["stage"],
 )
+# sink.outputs (sink/outputs.py): one set per output, labelled by the output's name.
+OUTPUT_DELIVERED = Counter(
+    "emostream_output_delivered",
+    "Events an output acknowledged (MQTT PUBACK, Redis XADD reply, HTTP 2xx, written).",
+    ["output"],
+)
+OUTPUT_PENDING = Gauge("emostream_output_pending", "Events waiting in an output's outbox.", ["output"])
+OUTPUT_RETRIES = Counter("emostream_output_retries", "Failed delivery attempts of an output, each retried.", ["output"])
+OUTPUT_DROPPED = Counter(
+    "emostream_output_dropped",
+    "Events an output dropped undelivered, by reason (outbox_full, queue_full).",
+    ["output", "reason"],
+)
+OUTPUT_UP = Gauge(
+    "emostream_output_up", "1 while an output's last connection or delivery succeeded, else 0.", ["output"]
+)
 MODEL_INFO = Info("emostream_model", "The emotion model the classifier serves.", registry=None)
 
 

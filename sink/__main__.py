@@ -1,4 +1,4 @@
-"""``python -m sink``: the event sink process (ZeroMQ PUB + JSON Lines)."""
+"""``python -m sink``: the event sink process (ZeroMQ PUB, JSON Lines, sink.outputs: MQTT, Redis, webhooks, Parquet)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         service = SinkService(args.pull, args.settings, keys=args.curve_keys)
     except OutputPathError as exc:
         # Fatal: no restart makes the path writable, so the launcher stops instead of retrying.
-        print(f"sink: --jsonl: {exc}", file=sys.stderr)
+        print(f"sink: {exc.key}: {exc}", file=sys.stderr)
         return EXIT_FATAL
     except zmq.ZMQError as exc:
         # Not fatal: a port still held by a previous run frees up; the launcher restarts the sink.

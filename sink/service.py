@@ -1,10 +1,11 @@
-"""The sink process: PULL events from the classifier, validate, PUB them and append them to JSON Lines."""
+"""The sink process: PULL events from the classifier, validate, PUB them, append them to JSON Lines and
+queue them for the configured outputs (``sink/outputs.py``)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from emostream.health import HEALTH
 from emostream.runtime import ThrottledLog
 from emostream.security import CurveKeys, secure_server
 from emostream.wire import REJECT_REASONS, EmotionEvent, Event, WireError, decode_event
+from sink.outputs import Outputs, event_json, output_paths
 from sink.settings import SinkSettings
 
 log = logging.getLogger("sink")
@@ -26,7 +28,11 @@ PUB_HWM = 10_000
 
 
 class OutputPathError(OSError):
-    """An output file that cannot be written; the message says why in one line."""
+    """An output file that cannot be written; the message says why in one line, ``key`` names the setting."""
+
+    def __init__(self, message: str, key: str = "--jsonl") -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def output_file_problem(path: str | Path) -> str | None:
@@ -71,7 +77,11 @@ class JsonlWriter:
             raise OutputPathError(f"cannot append to {self.path}: {exc.strerror or exc}") from exc
 
     def write(self, event: Event) -> None:
-        self._file.write(json.dumps(event.to_dict(), separators=(",", ":")) + "\n")
+        self.write_json(event_json(event))
+
+    def write_json(self, line: str) -> None:
+        """Append one event already in its JSON form (:func:`sink.outputs.event_json`)."""
+        self._file.write(line + "\n")
         self._file.flush()
 
     def close(self) -> None:
@@ -97,6 +107,13 @@ class SinkService:
         metrics.declare_drops(STAGE, "unknown", REJECT_REASONS)
         # First: an unwritable file is the one problem here no restart fixes (OutputPathError).
         self.writer = JsonlWriter(settings.jsonl) if settings.jsonl else None
+        for key, path in output_paths(settings):
+            if problem := output_file_problem(path):
+                raise OutputPathError(problem, "--" + key.replace("_", "-"))
+        try:
+            self.outputs = Outputs(settings)
+        except (OSError, sqlite3.Error) as exc:  # e.g. an outbox file that is not an SQLite database
+            raise OutputPathError(f"cannot open an outbox in {settings.outbox_dir}: {exc}", "--outbox-dir") from exc
         ctx = context or zmq.Context.instance()
         self.pull = ctx.socket(zmq.PULL)
         self.pub = ctx.socket(zmq.PUB)
@@ -126,8 +143,11 @@ class SinkService:
         if is_frame:
             metrics.FRAMES_RECEIVED.labels(STAGE, camera).inc()
         self.pub.send_multipart([bytes(parts[0]), bytes(parts[1])])
-        if self.writer:
-            self.writer.write(event)
+        if self.writer or self.outputs:
+            line = event_json(event)
+            if self.writer:
+                self.writer.write_json(line)
+            self.outputs.append(camera, line)
         if isinstance(event, EmotionEvent):
             metrics.FRAMES.labels(STAGE, camera).inc()
             metrics.EVENT_LATENCY.labels(camera).observe(max(0.0, time.time() - event.ts_capture))
@@ -151,5 +171,7 @@ class SinkService:
     def close(self) -> None:
         if self.writer:
             self.writer.close()
+        if hasattr(self, "outputs"):
+            self.outputs.close()
         self.pull.close(linger=0)
         self.pub.close(linger=500)
