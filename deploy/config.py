@@ -17,6 +17,7 @@ from capture.settings import CameraSettings
 from classifier.settings import ClassifierSettings
 from detector.settings import DetectorSettings
 from emostream.security import SecurityError, load_keys
+from sink.outputs import output_paths
 from sink.service import output_file_problem
 from sink.settings import OUTPUT_TYPES, SinkSettings
 
@@ -243,6 +244,9 @@ def parse_config(data: Any, origin: str = "config") -> PipelineConfig:
     # Relative to the launcher's working directory, where the sink runs.
     if config.sink.jsonl and (problem := output_file_problem(config.sink.jsonl)):
         raise ConfigError(f"{origin}: sink.jsonl: {problem}")
+    for key, path in output_paths(config.sink):  # outboxes and Parquet folders, the same way
+        if problem := output_file_problem(path):
+            raise ConfigError(f"{origin}: sink.{key}: {problem}")
     return config
 
 
