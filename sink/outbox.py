@@ -24,11 +24,16 @@ class Entry(NamedTuple):
 
 
 class Outbox(Protocol):
-    #: Entries dropped when the outbox opened (left by a previous run beyond a now smaller bound).
-    dropped_at_open: int
+    #: Entries dropped to keep the bound since the outbox opened (at open too: a previous run's entries
+    #: beyond a now smaller bound).
+    dropped: int
 
-    def append(self, camera: str, body: str) -> int:
-        """Queue an event; returns how many of the oldest were dropped to make room."""
+    def append(self, camera: str, body: str) -> None:
+        """Queue an event (it may wait in memory until :meth:`flush`)."""
+        ...
+
+    def flush(self) -> None:
+        """Store what ``append`` queued and drop the oldest entries beyond the bound."""
         ...
 
     def peek(self, limit: int) -> list[Entry]:
@@ -47,9 +52,11 @@ class Outbox(Protocol):
 class DiskOutbox:
     """An outbox in one SQLite file (WAL): it survives the sink's restarts and crashes.
 
-    One connection behind a lock serves both threads; each operation is a short statement on a local file,
-    so the sink's append waits at most for one peek or delete. ``synchronous=NORMAL``: a committed append
-    survives a crash of the process (not a power cut, which may lose the last appends).
+    One connection behind a lock serves both threads; each operation is a short statement on a local file.
+    Appends gather in memory until :meth:`flush` (the sink calls it after each burst of events it read,
+    and :meth:`peek` does first) writes them in one transaction: one commit per burst instead of per event.
+    ``synchronous=NORMAL``: a flushed append survives a crash of the process (not a power cut, which may
+    lose the last ones); a crash loses the appends of the burst in hand.
     """
 
     def __init__(self, path: str | Path, max_events: int) -> None:
@@ -66,8 +73,8 @@ class DiskOutbox:
             "body TEXT NOT NULL)"
         )
         self._count = self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-        #: Entries a previous run left beyond a now smaller bound, dropped here (the caller counts them).
-        self.dropped_at_open = self._trim()
+        self._queued: list[tuple[str, str]] = []
+        self.dropped = self._trim()
 
     def _trim(self) -> int:
         excess = self._count - self.max_events
@@ -78,14 +85,27 @@ class DiskOutbox:
         self._count -= cursor.rowcount
         return cursor.rowcount
 
-    def append(self, camera: str, body: str) -> int:
+    def append(self, camera: str, body: str) -> None:
         with self._lock:
-            self._db.execute("INSERT INTO events (camera, body) VALUES (?, ?)", (camera, body))
-            self._count += 1
-            return self._trim()
+            self._queued.append((camera, body))
+
+    def _flush(self) -> None:
+        if not self._queued:
+            return
+        queued, self._queued = self._queued, []
+        with self._db:  # one transaction
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT INTO events (camera, body) VALUES (?, ?)", queued)
+            self._count += len(queued)
+            self.dropped += self._trim()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush()
 
     def peek(self, limit: int) -> list[Entry]:
         with self._lock:
+            self._flush()
             rows = self._db.execute("SELECT id, camera, body FROM events ORDER BY id LIMIT ?", (limit,)).fetchall()
         return [Entry(*row) for row in rows]
 
@@ -95,10 +115,11 @@ class DiskOutbox:
             self._count -= cursor.rowcount
 
     def __len__(self) -> int:
-        return self._count
+        return self._count + len(self._queued)
 
     def close(self) -> None:
         with self._lock:
+            self._flush()
             self._db.close()
 
 
@@ -110,17 +131,18 @@ class MemoryOutbox:
         self._lock = threading.Lock()
         self._entries: deque[Entry] = deque()
         self._next_id = 1
-        self.dropped_at_open = 0
+        self.dropped = 0
 
-    def append(self, camera: str, body: str) -> int:
+    def append(self, camera: str, body: str) -> None:
         with self._lock:
             self._entries.append(Entry(self._next_id, camera, body))
             self._next_id += 1
-            dropped = 0
-            while len(self._entries) > self.max_events:
+            if len(self._entries) > self.max_events:
                 self._entries.popleft()
-                dropped += 1
-            return dropped
+                self.dropped += 1
+
+    def flush(self) -> None:
+        pass
 
     def peek(self, limit: int) -> list[Entry]:
         with self._lock:

@@ -347,12 +347,14 @@ class Delivery:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._log = ThrottledLog(log, 30.0)
+        self._metrics_lock = threading.Lock()
+        self._dropped_counted = 0
         # Declared up front, so dashboards see every output (and its zeros) before the first event.
         metrics.OUTPUT_DELIVERED.labels(self.name)
         metrics.OUTPUT_RETRIES.labels(self.name)
-        metrics.OUTPUT_DROPPED.labels(self.name, self.drop_reason).inc(outbox.dropped_at_open)
+        metrics.OUTPUT_DROPPED.labels(self.name, self.drop_reason)
         metrics.OUTPUT_UP.labels(self.name).set(0)
-        metrics.OUTPUT_PENDING.labels(self.name).set(len(outbox))
+        self._update_metrics()
         self.thread = threading.Thread(target=self._run, name=f"output-{self.name}", daemon=True)
 
     def start(self) -> None:
@@ -360,11 +362,22 @@ class Delivery:
 
     def append(self, camera: str, body: str) -> None:
         """The sink's side: queue one event (never waits on the output)."""
-        dropped = self.outbox.append(camera, body)
-        if dropped:
-            metrics.OUTPUT_DROPPED.labels(self.name, self.drop_reason).inc(dropped)
-        metrics.OUTPUT_PENDING.labels(self.name).set(len(self.outbox))
+        self.outbox.append(camera, body)
+
+    def flush(self) -> None:
+        """The sink's side, after a burst of ``append``: store them and wake the delivery thread."""
+        self.outbox.flush()
+        self._update_metrics()
         self._wake.set()
+
+    def _update_metrics(self) -> None:
+        """Pending and the drops the outbox made since the last call (from either thread)."""
+        with self._metrics_lock:
+            dropped = self.outbox.dropped
+            if dropped > self._dropped_counted:
+                metrics.OUTPUT_DROPPED.labels(self.name, self.drop_reason).inc(dropped - self._dropped_counted)
+                self._dropped_counted = dropped
+            metrics.OUTPUT_PENDING.labels(self.name).set(len(self.outbox))
 
     def _set_up(self, up: bool) -> None:
         metrics.OUTPUT_UP.labels(self.name).set(1 if up else 0)
@@ -415,7 +428,7 @@ class Delivery:
                 continue
             self.outbox.ack(batch[-1].id)
             metrics.OUTPUT_DELIVERED.labels(self.name).inc(len(batch))
-            metrics.OUTPUT_PENDING.labels(self.name).set(len(self.outbox))
+            self._update_metrics()
             self._set_up(True)
             backoff = BACKOFF_MIN_S
         if isinstance(self.outbox, MemoryOutbox):
@@ -433,7 +446,7 @@ class Delivery:
         except Exception as exc:  # noqa: BLE001
             log.warning("output %s: %d events not written on stop: %s", self.name, len(self.outbox), exc)
             metrics.OUTPUT_DROPPED.labels(self.name, "stopped").inc(len(self.outbox))
-        metrics.OUTPUT_PENDING.labels(self.name).set(len(self.outbox))
+        self._update_metrics()
 
     def _close_output(self) -> None:
         try:
@@ -473,9 +486,15 @@ class Outputs:
         for delivery in self.deliveries:
             delivery.append(camera, body)
 
+    def flush(self) -> None:
+        """After a burst of ``append``: one write per outbox for the whole burst."""
+        for delivery in self.deliveries:
+            delivery.flush()
+
     def close(self) -> None:
         # Network outputs stop at once (their outboxes keep what is pending for the next start); the
         # Parquet writer finishes its file, which only takes local writes.
+        self.flush()
         for delivery in self.deliveries:
             delivery._stop.set()
             delivery._wake.set()

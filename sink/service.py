@@ -3,6 +3,7 @@ queue them for the configured outputs (``sink/outputs.py``)."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sqlite3
@@ -25,6 +26,8 @@ log = logging.getLogger("sink")
 STAGE = "sink"
 #: Events queued per subscriber: ~10 MB at most per slow subscriber, ~2 minutes of 4 cameras at 25 fps.
 PUB_HWM = 10_000
+#: Events of one burst after which the outputs' outboxes are written anyway (bounds what a crash loses).
+OUTPUT_FLUSH_EVENTS = 256
 
 
 class OutputPathError(OSError):
@@ -157,12 +160,15 @@ class SinkService:
         while not stop.is_set():
             HEALTH.beat()
             if self.pull.poll(100):
-                while True:
+                for n in itertools.count(1):
                     try:
                         parts = self.pull.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
                     self.handle(parts)
+                    if n % OUTPUT_FLUSH_EVENTS == 0:
+                        self.outputs.flush()
+                self.outputs.flush()  # one outbox write per burst, not per event
         # Drain what already arrived so classified events reach their files on a clean stop.
         while self.pull.poll(200):
             self.handle(self.pull.recv_multipart(copy=False))

@@ -79,6 +79,18 @@ def test_configuration_md_documents_every_config_key_with_its_default():
                 assert any(w in cell for w in wanted), f"{name}.{key}: default {field.default!r}, documented {cell!r}"
 
 
+def test_configuration_md_documents_every_sink_output_key():
+    from sink.settings import OUTPUT_TYPES, OutputSettings
+
+    text = (DOCS / "configuration.md").read_text(encoding="utf-8")
+    section = text.split("## Sink outputs", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `(\w+)` \|", section, re.M))
+    for model in typing.get_args(typing.get_args(OutputSettings)[0]):
+        missing = set(model.model_fields) - documented
+        assert not missing, f"docs/configuration.md, Sink outputs: {model.__name__} keys {missing} not documented"
+    assert all(f"`type: {t}`" in section for t in OUTPUT_TYPES)
+
+
 def test_metrics_md_lists_every_metric_as_prometheus_names_it():
     catalogue = (DOCS / "metrics.md").read_text(encoding="utf-8")
     metrics = [m for m in vars(emostream.metrics).values() if isinstance(m, MetricWrapperBase)]

@@ -100,6 +100,7 @@ def test_a_failing_webhook_is_retried_and_then_gets_every_event_in_order(tmp_pat
         events = [face_event("cam", i) for i in range(50)]
         for event in events:
             delivery.append(event.camera, event_json(event))
+        delivery.flush()
         wait_for(lambda: _value("emostream_output_retries_total", output="hook-retry") >= 2, what="retries")
         assert _value("emostream_output_delivered_total", output="hook-retry") == 0
         assert _value("emostream_output_pending", output="hook-retry") == 50
@@ -122,12 +123,14 @@ def test_parquet_files_rotate_and_read_back_with_the_documented_schema(tmp_path:
     events = [face_event(f"cam{i % 2}", i // 2) for i in range(40)]
     for event in events[:20]:
         delivery.append(event.camera, event_json(event))
+    delivery.flush()
     wait_for(lambda: _value("emostream_output_delivered_total", output="pq-rotate") == 20, what="first rows")
     # The next events belong to a later period (files are cut on the second), so they go to another file.
     start = time.time()
     wait_for(lambda: int(time.time()) > int(start) + 1, timeout=5, what="the next period")
     for event in events[20:]:
         delivery.append(event.camera, event_json(event))
+    delivery.flush()
     delivery.stop(30)
     assert not delivery.thread.is_alive()
     files = sorted((tmp_path / "pq").glob("*.parquet"))
