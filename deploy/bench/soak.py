@@ -65,6 +65,8 @@ DEFAULT_INTERVAL_S = 5.0
 IN_FLIGHT_SLACK_S = 1.0
 #: Drop reasons that are not frames lost (a failed read of a camera produced no frame).
 NOT_FRAMES = frozenset({"read_error"})
+#: Launcher WARNING/ERROR lines kept in the JSON.
+LOG_LINES = 50
 #: Rows of the over-time table in the report (the JSON keeps every sample).
 TABLE_ROWS = 20
 
@@ -117,7 +119,7 @@ def take_sample(
                 cameras[labels["camera"]]["offered"] += value
             elif metric == "emostream_frames_total" and labels.get("stage") == "sink":
                 cameras[labels["camera"]]["delivered"] += value
-            elif metric == "emostream_frames_dropped_total" and value:
+            elif metric == "emostream_frames_dropped_total":
                 camera, key = labels.get("camera", "?"), f"{labels.get('stage')}/{labels.get('reason')}"
                 if camera == "unknown":
                     unknown += value
@@ -336,7 +338,9 @@ def run_soak(
         finally:
             events.close()
             code = _stop(proc)
-            log_tail = log_path.read_text()[-3000:]
+            log_text = log_path.read_text()
+    # The launcher's own account of restarts, hangs and stage errors, whatever the verdict.
+    warnings = [line for line in log_text.splitlines() if " WARNING " in line or " ERROR " in line]
     verdict = soak_verdict(samples, duration_s, in_flight_s) if samples else None
     return {
         "command": " ".join([sys.executable, "-m", "deploy", *sys.argv[1:]]),
@@ -350,7 +354,8 @@ def run_soak(
         "events_received": events.total,
         "samples": samples,
         "verdict": verdict,
-        "log_tail": log_tail if error or code else None,
+        "launcher_warnings": warnings[:LOG_LINES] + (["..."] if len(warnings) > LOG_LINES else []),
+        "log_tail": log_text[-3000:] if error or code else None,
     }
 
 
