@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         max_fps=camera.fps,
         resize=camera.resize,
         decode_threads=camera.decode_threads,
+        rtsp_transport=camera.rtsp_transport,
     )
     context = zmq.Context()
     status_events = CameraStatusEvents(context, args.events, camera.id, args.curve_keys) if args.events else None

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from capture.sources import DEFAULT_DECODE_THREADS, SourceKind, classify_source
+from capture.sources import DEFAULT_DECODE_THREADS, DEFAULT_RTSP_TRANSPORT, RtspTransport, SourceKind, classify_source
 from capture.stream import parse_size
 from emostream.settings_cli import Cli
 from emostream.wire import DEFAULT_JPEG_QUALITY, camera_id_error
@@ -78,6 +78,13 @@ class CameraSettings(BaseModel):
         Field(ge=0, le=64, description="FFmpeg decoder threads for files and streams; 0: FFmpeg's choice"),
         Cli(metavar="N"),
     ] = DEFAULT_DECODE_THREADS
+    rtsp_transport: Annotated[
+        RtspTransport,
+        Field(
+            description="rtsp:// sources: RTP inside the RTSP TCP connection (tcp) or as UDP datagrams (udp); "
+            "other sources ignore it"
+        ),
+    ] = DEFAULT_RTSP_TRANSPORT
 
     @field_validator("id")
     @classmethod

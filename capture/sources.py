@@ -7,13 +7,15 @@ because a frame skipped by the fps limit then never pays for the BGR conversion 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -29,6 +31,15 @@ URL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 STREAM_OPEN_TIMEOUT_MS = 10_000
 STREAM_READ_TIMEOUT_MS = 10_000
 
+#: How an RTSP camera's RTP packets travel. tcp by default: inside the RTSP connection they survive
+#: NAT and firewalls, are never lost to a full socket buffer (a lost UDP packet is a broken frame), and
+#: a server that goes away is seen at once as a closed connection instead of a read timeout.
+RtspTransport = Literal["tcp", "udp"]
+DEFAULT_RTSP_TRANSPORT: RtspTransport = "tcp"
+#: The environment variable OpenCV's FFmpeg backend reads its demuxer options from when it opens a
+#: capture ("key;value|key;value"); this OpenCV (4.x) has no open parameter for the RTSP transport.
+FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+
 #: ``webrtc`` in a config; the launcher hands the capture ``webrtc:ENDPOINT``, the ingest's bridge for it.
 WEBRTC_SOURCE = "webrtc"
 #: A webrtc camera that sends no frame for this long has gone away (browser closed, network gone).
@@ -36,6 +47,21 @@ WEBRTC_SOURCE = "webrtc"
 WEBRTC_READ_TIMEOUT_S = 5.0
 
 DEMO_SIZE = (640, 480)  # width, height of the synthetic camera
+
+
+def is_rtsp(source: str) -> bool:
+    return source.lower().startswith(("rtsp://", "rtsps://"))
+
+
+def ffmpeg_capture_options(existing: str | None, rtsp_transport: RtspTransport) -> str:
+    """``OPENCV_FFMPEG_CAPTURE_OPTIONS`` for an RTSP camera: ``existing`` (the user's own options, kept)
+    with ``rtsp_transport`` set to this camera's transport.
+
+    Without the variable OpenCV asks FFmpeg for ``rtsp_flags;prefer_tcp`` (TCP where the server offers
+    it); with it, for exactly what it says, so the transport is always written out.
+    """
+    kept = [item for item in (existing or "").split("|") if item.strip() and item.split(";", 1)[0] != "rtsp_transport"]
+    return "|".join([*kept, f"rtsp_transport;{rtsp_transport}"])
 
 
 class SourceError(RuntimeError):
@@ -106,7 +132,13 @@ DEFAULT_DECODE_THREADS = 1
 class VideoCaptureSource:
     """A camera index, a file or a URL, read through ``cv2.VideoCapture``."""
 
-    def __init__(self, source: str, kind: SourceKind, decode_threads: int = DEFAULT_DECODE_THREADS) -> None:
+    def __init__(
+        self,
+        source: str,
+        kind: SourceKind,
+        decode_threads: int = DEFAULT_DECODE_THREADS,
+        rtsp_transport: RtspTransport = DEFAULT_RTSP_TRANSPORT,
+    ) -> None:
         if kind in (SourceKind.DEMO, SourceKind.WEBRTC):
             raise ValueError(f"the {kind.value} source has a class of its own")
         if decode_threads < 0:
@@ -114,6 +146,7 @@ class VideoCaptureSource:
         self.source = source
         self.kind = kind
         self.decode_threads = decode_threads
+        self.rtsp_transport = rtsp_transport
         self.fps: float | None = None
         self.frame_count: int | None = None
         self.self_paced = kind is SourceKind.DEVICE
@@ -126,17 +159,18 @@ class VideoCaptureSource:
         if self.kind is SourceKind.DEVICE:
             cap = cv2.VideoCapture(int(self.source))
         elif self.kind is SourceKind.URL:
-            cap = cv2.VideoCapture(
-                self.source,
-                cv2.CAP_FFMPEG,
-                [
-                    cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
-                    STREAM_OPEN_TIMEOUT_MS,
-                    cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-                    STREAM_READ_TIMEOUT_MS,
-                    *self._thread_params(),
-                ],
-            )
+            with self.ffmpeg_options():
+                cap = cv2.VideoCapture(
+                    self.source,
+                    cv2.CAP_FFMPEG,
+                    [
+                        cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                        STREAM_OPEN_TIMEOUT_MS,
+                        cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                        STREAM_READ_TIMEOUT_MS,
+                        *self._thread_params(),
+                    ],
+                )
         else:
             cap = cv2.VideoCapture(self.source, cv2.CAP_FFMPEG, self._thread_params())
         if not cap.isOpened():
@@ -154,6 +188,24 @@ class VideoCaptureSource:
             # length) arrives at the camera's pace; sleeping on top would only build up latency.
             self.self_paced = self.frame_count is None
         self._cap = cap
+
+    @contextlib.contextmanager
+    def ffmpeg_options(self) -> Iterator[str | None]:
+        """While a URL opens: this camera's FFmpeg options in the environment, where OpenCV reads them
+        (an RTSP source's transport); the previous value comes back after, so the setting stays this
+        camera's even when one process opens several. Yields the options in force (None: untouched)."""
+        if not is_rtsp(self.source):
+            yield os.environ.get(FFMPEG_OPTIONS_ENV)
+            return
+        saved = os.environ.get(FFMPEG_OPTIONS_ENV)
+        os.environ[FFMPEG_OPTIONS_ENV] = options = ffmpeg_capture_options(saved, self.rtsp_transport)
+        try:
+            yield options
+        finally:
+            if saved is None:
+                os.environ.pop(FFMPEG_OPTIONS_ENV, None)
+            else:
+                os.environ[FFMPEG_OPTIONS_ENV] = saved
 
     def _thread_params(self) -> list[int]:
         return [cv2.CAP_PROP_N_THREADS, self.decode_threads] if self.decode_threads else []
@@ -311,7 +363,11 @@ class WebRTCSource:
 
 
 def make_source(
-    source: str, kind: SourceKind | None = None, demo_fps: float = 15.0, decode_threads: int = DEFAULT_DECODE_THREADS
+    source: str,
+    kind: SourceKind | None = None,
+    demo_fps: float = 15.0,
+    decode_threads: int = DEFAULT_DECODE_THREADS,
+    rtsp_transport: RtspTransport = DEFAULT_RTSP_TRANSPORT,
 ) -> FrameSource:
     """The source object for a ``--source`` string; nothing is opened yet."""
     kind = kind or classify_source(source)
@@ -319,4 +375,4 @@ def make_source(
         return DemoSource(fps=demo_fps)
     if kind is SourceKind.WEBRTC:
         return WebRTCSource(source)
-    return VideoCaptureSource(source, kind, decode_threads=decode_threads)
+    return VideoCaptureSource(source, kind, decode_threads=decode_threads, rtsp_transport=rtsp_transport)

@@ -28,7 +28,9 @@ import numpy as np
 
 from capture.sources import (
     DEFAULT_DECODE_THREADS,
+    DEFAULT_RTSP_TRANSPORT,
     FrameSource,
+    RtspTransport,
     SourceError,
     SourceKind,
     classify_source,
@@ -214,6 +216,8 @@ class CaptureConfig:
     resize: tuple[int, int] | None = None
     #: FFmpeg decoder threads for files and streams (see capture.sources.DEFAULT_DECODE_THREADS).
     decode_threads: int = DEFAULT_DECODE_THREADS
+    #: rtsp:// sources: tcp or udp (see capture.sources.DEFAULT_RTSP_TRANSPORT).
+    rtsp_transport: RtspTransport = DEFAULT_RTSP_TRANSPORT
 
     @property
     def kind(self) -> SourceKind:
@@ -245,7 +249,11 @@ class FrameStream:
         self.pacing = config.pacing
         demo_fps = config.max_fps or DEFAULT_DEMO_FPS
         self.source = source or make_source(
-            config.source, self.kind, demo_fps=demo_fps, decode_threads=config.decode_threads
+            config.source,
+            self.kind,
+            demo_fps=demo_fps,
+            decode_threads=config.decode_threads,
+            rtsp_transport=config.rtsp_transport,
         )
         # A webrtc slot is a local socket, cheap to poll: retry at least every second, so a new browser's
         # frames bring the camera up at once rather than after a 10 s backoff.

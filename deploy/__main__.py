@@ -3,6 +3,7 @@
 python -m deploy run [--config FILE] [--duration SECONDS]   # no --config: the demo; no --duration: until Ctrl-C
 python -m deploy check --config FILE                         # validate and print the plan
 python -m deploy bench [--quick] [--json FILE] [--plot FILE]  # baseline vs pipeline, side by side
+python -m deploy bench --soak MINUTES [--json FILE] [--plot FILE]  # a long run: RSS, CPU, fds, restarts, drops
 python -m deploy keys --out DIR [--client NAME ...] [--force]  # CurveZMQ key pairs (security.curve_keys)
 """
 

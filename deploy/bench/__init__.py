@@ -15,6 +15,9 @@ processes come and go on a small machine; absolute numbers drift between runs, r
 
 How the ratios are defined is written into the JSON (``definitions``) next to the numbers.
 
+``--soak MINUTES`` instead runs four live cameras for a long time and judges memory growth, restarts
+and drop accounting (:mod:`.soak`).
+
 The package, by concern: :mod:`.settings` (what a run measures with, the pipeline's config and ports),
 :mod:`.standalone` (stages alone), :mod:`.endtoend` (the launched pipeline), :mod:`.procstats` (CPU
 and /metrics), :mod:`.ratios` (derived numbers), :mod:`.targets` (the project's targets and the machine
@@ -51,6 +54,7 @@ from deploy.bench.report import (
     write_plot,
 )
 from deploy.bench.settings import DEFAULT_VIDEO, DEFAULT_YUNET, BenchSettings, PipelineSpec, pipeline_config
+from deploy.bench.soak import format_soak, run_soak, soak_verdict, write_soak_plot
 from deploy.bench.standalone import (
     ClassifierResult,
     DecodeResult,
@@ -99,6 +103,7 @@ __all__ = [
     "count_flops_per_face",
     "derive",
     "format_report",
+    "format_soak",
     "interval_study",
     "machine_info",
     "machine_text",
@@ -113,7 +118,9 @@ __all__ = [
     "readme_table",
     "run_bench",
     "run_end_to_end",
+    "run_soak",
     "seq_gaps",
+    "soak_verdict",
     "stage_capacity",
     "take_snapshot",
     "timeline",
@@ -121,4 +128,5 @@ __all__ = [
     "window_stats",
     "write_json",
     "write_plot",
+    "write_soak_plot",
 ]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import platform
 import shlex
@@ -30,6 +32,7 @@ from deploy.bench.report import (
     write_plot,
 )
 from deploy.bench.settings import BenchSettings
+from deploy.bench.soak import DEFAULT_INTERVAL_S, SOAK_CAMERAS, format_soak, run_soak, write_soak_plot
 from deploy.bench.standalone import (
     DetectorResult,
     Measured,
@@ -331,6 +334,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"measured window per pipeline run ({full.measure_s:g}, quick {quick.measure_s:g})",
     )
     parser.add_argument(
+        "--soak",
+        type=_positive_number,
+        metavar="MINUTES",
+        help=f"instead of the measurements: {SOAK_CAMERAS} live cameras for this long, every process's RSS, CPU "
+        "and open fds over time (table, --json, --plot) and a verdict: RSS growth after warm-up, restarts, "
+        "drops all counted (exit 1 when it fails)",
+    )
+    parser.add_argument(
+        "--soak-interval",
+        type=_positive_number,
+        default=DEFAULT_INTERVAL_S,
+        metavar="SECONDS",
+        help="with --soak: seconds between samples (default %(default)s; at most a tenth of the run)",
+    )
+    parser.add_argument(
         "--what-if",
         action="append",
         metavar="NAME=VALUE",
@@ -338,6 +356,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "EMOSTREAM_TUNE_MALLOC=0 to compare against glibc's default allocator (the launcher sets the stages' "
         "OMP_NUM_THREADS and the like itself: change thread counts in the config)",
     )
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
+    return value
+
+
+def _soak(args: argparse.Namespace, settings: BenchSettings) -> int:
+    """``--soak MINUTES``: the long run instead of the measurements; 0 when its verdict passes."""
+    result = run_soak(settings, args.soak, args.soak_interval)
+    print(format_soak(result), flush=True)
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(json_ready(result), indent=1) + "\n")
+        print(f"\njson: {path}")
+    if args.plot and result["samples"]:
+        print(f"plot: {write_soak_plot(result, args.plot)}")
+    if result["error"]:
+        print(f"bench: soak failed: {result['error']}\n{result['log_tail']}", file=sys.stderr)
+        return 1
+    return 0 if result["verdict"] and result["verdict"]["ok"] else 1
 
 
 def _write_readme(readme: str | None, results: dict[str, Any]) -> int:
@@ -395,6 +440,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             return EXIT_MISSING
         overrides["what_if_env"] = {name: value for name, _, value in pairs}
     settings = BenchSettings.quick_settings(**overrides) if args.quick else BenchSettings(**overrides)
+    if args.soak:
+        return _soak(args, settings)
     results = run_bench(settings)
     print(format_report(results), flush=True)
     if args.json:

@@ -57,6 +57,7 @@ def test_decode_threads_reach_each_capture_command_line():
         ({"cameras": [{"id": "a", "source": "demo"}], "classifier": {"tta": "ten_crop"}}, "classifier.tta"),
         ({"cameras": [{"id": "a", "source": "demo"}], "sinks": {}}, "sinks: unknown key"),
         ({"cameras": [{"id": "a", "source": "demo", "decode_threads": -1}]}, "cameras[0].decode_threads"),
+        ({"cameras": [{"id": "a", "source": "rtsp://h/s", "rtsp_transport": "sctp"}]}, "cameras[0].rtsp_transport"),
         ({"cameras": [{"id": "a", "source": "/no/such/video.mp4"}]}, "cameras[0].source: file"),
         (
             {"cameras": [{"id": "a", "source": "demo"}], "classifier": {"model": "/no/model.pt2"}},

@@ -76,6 +76,7 @@ CUSTOM = {
             "encoding": "jpeg",
             "jpeg_quality": 55,
             "decode_threads": 0,
+            "rtsp_transport": "udp",
         },
         {"id": "b", "source": "demo"},
     ],
