@@ -117,9 +117,6 @@ def cmd_model(args: argparse.Namespace) -> int:
     if args.op == "show" and args.file:
         print(f"model: show takes no file (got {args.file!r})", file=sys.stderr)
         return 2
-    if args.op == "use" and args.file != PREVIOUS and not Path(args.file).is_file():
-        print(f"model: {args.file}: no such file", file=sys.stderr)
-        return 1
     try:
         if args.endpoint:
             endpoint = normalize_endpoint(args.endpoint)
