@@ -169,11 +169,13 @@ class ClassifierService:
         if model is None:
             return
         self.model = model
-        self.publish_model_info()
-        metrics.MODEL_SWAPS.inc()
-        HEALTH.set_ready(reason=f"model {model.path.name} loaded")
-        log.info("%s", model.describe())
-        self.control.handover.done()
+        try:
+            self.publish_model_info()
+            metrics.MODEL_SWAPS.inc()
+            HEALTH.set_ready(reason=f"model {model.path.name} loaded")
+            log.info("%s", model.describe())
+        finally:  # the control thread waits for this to reply
+            self.control.handover.done()
 
     def _classify(self, batch: Batch) -> None:
         started = time.perf_counter()
