@@ -34,25 +34,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings: ClassifierSettings = args.settings
     stop = start_process("classifier", args, lambda budget: set_torch_threads(settings.threads, budget))
-    from classifier.model import EmotionModel
+    from classifier.model import serving_model
     from classifier.service import ClassifierService
+    from classifier.swap import ControlError
 
     try:
-        model = EmotionModel(
-            settings.model,
-            device=settings.device,
-            bf16=settings.bf16,
-            tta=settings.tta,
-            runtime=settings.runtime,
-            # 0 (auto) resolved to the budget: onnxruntime's own default is one thread per host core.
-            threads=thread_budget(settings.threads),
-            batch=settings.max_batch,
-        )
+        model = serving_model(settings)
     except (ModelFileError, RuntimeError) as exc:
         print(f"classifier: {exc}", file=sys.stderr)
         return EXIT_FATAL
     model.warm_up()
-    service = ClassifierService(model, args.pull, args.push, settings, keys=args.curve_keys)
+    try:
+        service = ClassifierService(model, args.pull, args.push, settings, keys=args.curve_keys)
+    except ControlError as exc:  # the control endpoint's port is taken: a restart may find it free
+        print(f"classifier: {exc}", file=sys.stderr)
+        return 1
     service.run(stop)
     return 0
 

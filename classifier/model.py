@@ -11,12 +11,23 @@ import numpy as np
 import torch
 
 from classifier.runtimes import check_runtime, select_runtime
-from emostream.cpu import cpu_info
+from classifier.settings import ClassifierSettings
+from emostream.cpu import cpu_info, thread_budget
 from emostream.modelfile import ModelFileError, ModelInfo, check_tta, forward_with_tta
 from emostream.onnxmodel import is_onnx
 from emostream.wire import EMOTIONS
 
 log = logging.getLogger("classifier")
+
+
+class ModelMismatchError(ModelFileError):
+    """A valid model file that does not fit what the classifier serves; ``reason`` names the check
+    (``class_names``, ``outputs``) for the live swap's refusal counter (classifier/swap.py)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
 
 #: The model trained by ``python -m training`` and shipped with the repository.
 SHIPPED_MODEL = Path(__file__).resolve().parent / "models" / "emotion.pt2"
@@ -51,6 +62,7 @@ class EmotionModel:
         runtime: str = "torch",
         threads: int = 0,
         batch: int = 64,
+        announce: bool = True,
     ) -> None:
         self.tta = check_tta(tta)  # before the model loads: a bad name fails at once
         check_runtime(runtime)
@@ -69,9 +81,10 @@ class EmotionModel:
         if tuple(info.class_names) != EMOTIONS:
             # Events name every face's class from EMOTIONS: a model with other names, or another order,
             # would load and then have each of its events refused downstream.
-            raise ModelFileError(
+            raise ModelMismatchError(
                 f"{self.path}: the model's classes {list(info.class_names)} are not the event schema's "
-                f"{list(EMOTIONS)} (in that order)"
+                f"{list(EMOTIONS)} (in that order)",
+                "class_names",
             )
         self.class_names = list(info.class_names)
         #: Fitted for the served recipe: flip's averaged logits have their own temperature.
@@ -83,8 +96,11 @@ class EmotionModel:
         outputs = self.predict(np.zeros((1, *info.input_size), dtype=np.uint8)).shape[1]
         if outputs != len(self.class_names):
             names = len(self.class_names)
-            raise ModelFileError(f"{self.path}: the model has {outputs} outputs for {names} class names")
-        log.info(
+            raise ModelMismatchError(f"{self.path}: the model has {outputs} outputs for {names} class names", "outputs")
+        # A live swap's candidate is not serving yet (and may be refused): its lines go to debug.
+        level = logging.INFO if announce else logging.DEBUG
+        log.log(
+            level,
             "loaded %s (%s) on %s, bf16=%s, tta=%s, temperature %.3f",
             self.path.name,
             info.arch,
@@ -93,7 +109,11 @@ class EmotionModel:
             tta,
             self.temperature,
         )
-        log.info("%s", self.selection.describe())
+        log.log(level, "%s", self.selection.describe())
+
+    def describe(self) -> str:
+        """The log line naming what serves: ``serving FILE (version V, runtime R)``."""
+        return f"serving {self.path} (version {self.version}, runtime {self.runtime.label})"
 
     @property
     def module(self) -> Any:
@@ -124,3 +144,19 @@ class EmotionModel:
         h, w = self.info.input_size
         for n in batch_sizes:
             self.predict(np.zeros((n, h, w), dtype=np.uint8))
+
+
+def serving_model(settings: ClassifierSettings, path: str | Path | None = None) -> EmotionModel:
+    """The model ``python -m classifier`` serves from ``settings``; with ``path`` (a live swap's candidate,
+    instead of ``settings.model``) the same device, precision, TTA and runtime choice, its log lines at debug."""
+    return EmotionModel(
+        path if path is not None else settings.model,
+        device=settings.device,
+        bf16=settings.bf16,
+        tta=settings.tta,
+        runtime=settings.runtime,
+        # 0 (auto) resolved to the budget: onnxruntime's own default is one thread per host core.
+        threads=thread_budget(settings.threads),
+        batch=settings.max_batch,
+        announce=path is None,
+    )

@@ -13,6 +13,7 @@ import zmq
 from classifier.batching import Batch, FaceBatcher
 from classifier.model import EmotionModel
 from classifier.settings import ClassifierSettings
+from classifier.swap import CANARY_FACES, ModelControl
 from classifier.tracking import Tracker
 from emostream import metrics
 from emostream.health import HEALTH
@@ -114,6 +115,15 @@ class ClassifierService:
         self.push.setsockopt(zmq.SNDHWM, 1000)
         self.push.setsockopt(zmq.LINGER, 2000)
         self.push.connect(push_endpoint)
+        self.publish_model_info()
+        log.info("%s", model.describe())
+        #: The control endpoint for live model swaps (classifier/swap.py); None without ``settings.control``.
+        self.control: ModelControl | None = None
+        if settings.control:
+            self.control = ModelControl(settings.control, settings, lambda: self.model, ctx, keys)
+
+    def publish_model_info(self) -> None:
+        model = self.model
         metrics.MODEL_INFO.info(
             {
                 "path": str(model.path),
@@ -151,9 +161,28 @@ class ClassifierService:
         """A live camera's frame too old to be worth classifying; files' frames never are."""
         return faces.droppable and self.max_age_s > 0 and time.time() - faces.ts_capture > self.max_age_s
 
+    def _switch_model(self) -> None:
+        """Between two batches: serve the model the control thread checked and offered, if any."""
+        if self.control is None:
+            return
+        model = self.control.handover.take()
+        if model is None:
+            return
+        self.model = model
+        try:
+            self.publish_model_info()
+            metrics.MODEL_SWAPS.inc()
+            HEALTH.set_ready(reason=f"model {model.path.name} loaded")
+            log.info("%s", model.describe())
+        finally:  # the control thread waits for this to reply
+            self.control.handover.done()
+
     def _classify(self, batch: Batch) -> None:
         started = time.perf_counter()
         probs = self.model.predict(batch.crops)
+        if self.control is not None and batch.face_count:
+            # The canary of the next swap: real crops. A view is enough: nothing writes to a batch's crops again.
+            self.control.recent = batch.crops[:CANARY_FACES]
         events = events_for_batch(batch, probs, self.model.class_names, self.tracker)
         metrics.STAGE_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
         if batch.face_count:
@@ -167,6 +196,8 @@ class ClassifierService:
 
     def run(self, stop: threading.Event) -> None:
         HEALTH.set_ready(reason=f"model {self.model.path.name} loaded")
+        if self.control is not None:
+            self.control.start(stop)
         while not stop.is_set():
             HEALTH.beat()
             due = self.batcher.seconds_until_due()
@@ -174,8 +205,12 @@ class ClassifierService:
             self._receive(timeout_ms)
             while self.batcher.ready():
                 self._classify(self.batcher.take())
+                self._switch_model()
+            self._switch_model()
             metrics.QUEUE_DEPTH.set(self.batcher.pending_faces)
         while len(self.batcher):  # flush what was already received
             self._classify(self.batcher.take())
+        if self.control is not None:
+            self.control.join()
         self.pull.close(linger=0)
         self.push.close()

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from emostream.endpoint import normalize_endpoint
 from emostream.modelfile import MAX_BATCH, TtaMode
 from emostream.settings_cli import Cli
 
@@ -37,6 +38,15 @@ class ClassifierSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
     model: Annotated[str | None, Field(description="model file (none: the shipped model)")] = None
+    control: Annotated[
+        str | None,
+        Field(
+            description="ZeroMQ endpoint (REP) the classifier binds for live model swaps (python -m deploy model, "
+            "classifier/swap.py); none: no control endpoint, except under the launcher, which binds "
+            "network.base_port+49 (deploy/plan.py); HOST:PORT means tcp://HOST:PORT",
+        ),
+        Cli(metavar="ENDPOINT"),
+    ] = None
     max_batch: Annotated[int, Field(ge=1, le=MAX_BATCH, description="faces per forward pass, at most")] = 64
     max_wait_ms: Annotated[float, Field(ge=0, le=10_000, description="longest a face waits for a batch")] = 10.0
     adaptive_wait: Annotated[
@@ -117,3 +127,8 @@ class ClassifierSettings(BaseModel):
         ),
         Cli(metavar="FRAMES"),
     ] = 25
+
+    @field_validator("control")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_endpoint(value)

@@ -5,6 +5,8 @@ python -m deploy check --config FILE                         # validate and prin
 python -m deploy bench [--quick] [--json FILE] [--plot FILE]  # baseline vs pipeline, side by side
 python -m deploy bench --soak MINUTES [--json FILE] [--plot FILE]  # a long run: RSS, CPU, fds, restarts, drops
 python -m deploy keys --out DIR [--client NAME ...] [--force]  # CurveZMQ key pairs (security.curve_keys)
+python -m deploy model use FILE|previous [--config FILE]     # the running classifier serves FILE, or rolls back
+python -m deploy model show [--config FILE]                  # which model file serves
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import time
 from deploy.bench import add_arguments as add_bench_arguments
 from deploy.bench import cmd_bench
 from deploy.config import ConfigError, load_config
+from deploy.model_control import add_arguments as add_model_arguments
+from deploy.model_control import cmd_model
 from deploy.plan import endpoints, metrics_ports, plan_stages, thread_split
 from deploy.status import StatusPrinter
 from deploy.supervisor import FatalStageError, Supervisor
@@ -185,6 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     keys.add_argument("--clients-only", action="store_true", help="add --client pairs to an existing folder")
     keys.add_argument("--force", action="store_true", help="overwrite existing key files")
     keys.set_defaults(func=cmd_keys)
+    model = sub.add_parser(
+        "model",
+        help="swap the running classifier's model live: use FILE, use previous (roll back), show",
+        description="Talks to the classifier's control endpoint (classifier.control; under the launcher "
+        "network.base_port+49). The classifier checks the file before it switches; a refused file changes nothing.",
+    )
+    add_model_arguments(model)
+    model.set_defaults(func=cmd_model)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

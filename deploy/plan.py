@@ -131,10 +131,12 @@ def thread_env(threads: int) -> dict[str, str]:
     return {name: str(threads) for name in THREAD_ENV}
 
 
-#: Preview ports sit between the sink's input (base+1) and the frames (base+50+i).
+#: Preview ports sit between the sink's input (base+1) and the classifier's control endpoint (base+49),
+#: the frames from base+50+i on.
 PREVIEW_OFFSET = 2
 FRAMES_OFFSET = 50
-MAX_PREVIEW_CAMERAS = FRAMES_OFFSET - PREVIEW_OFFSET
+CONTROL_OFFSET = FRAMES_OFFSET - 1
+MAX_PREVIEW_CAMERAS = CONTROL_OFFSET - PREVIEW_OFFSET
 
 
 @dataclass(frozen=True)
@@ -142,15 +144,17 @@ class PortLayout:
     """Every port number of a pipeline: the one place the layout is written (endpoints, metrics, the bench).
 
     From ``network.base_port`` (B): the classifier's faces input B, the sink's input B+1, camera i's preview
-    B+2+i (with a recorder or a viewer, so at most 48 cameras then), camera i's frames B+50+i, the j-th
-    webrtc camera's bridge B+50+len(cameras)+j. From ``metrics.base_port`` (M): launcher M, sink M+1,
-    classifier M+2, recorder M+3, viewer M+4, webrtc_ingest M+5, detector i M+10+i, camera i M+100+i.
-    Ports B+2.. stay free without previews (the bench publishes its events there).
+    B+2+i (with a recorder or a viewer, so at most 47 cameras then), the classifier's control endpoint B+49
+    (live model swaps), camera i's frames B+50+i, the j-th webrtc camera's bridge B+50+len(cameras)+j.
+    From ``metrics.base_port`` (M): launcher M, sink M+1, classifier M+2, recorder M+3, viewer M+4,
+    webrtc_ingest M+5, detector i M+10+i, camera i M+100+i. Ports B+2..B+48 stay free without previews
+    (the bench publishes its events there).
     """
 
     host: str
     faces: int
     events_in: int
+    control: int
     #: Camera id -> port; previews only with a recorder or a viewer, bridges only for webrtc cameras.
     frames: dict[str, int]
     previews: dict[str, int]
@@ -160,7 +164,8 @@ class PortLayout:
 
     def internal_ports(self) -> list[int]:
         """The ZeroMQ ports the stages bind on ``network.host``."""
-        return [self.faces, self.events_in, *self.frames.values(), *self.previews.values(), *self.bridges.values()]
+        ports = [self.faces, self.events_in, self.control, *self.frames.values(), *self.previews.values()]
+        return [*ports, *self.bridges.values()]
 
     def ports(self) -> list[int]:
         """Every port the pipeline binds but the sink's public endpoint and the browser pages."""
@@ -176,7 +181,7 @@ def port_layout(config: PipelineConfig) -> PortLayout:
             section = "recorder" if config.recorder is not None else "viewer"
             raise ConfigError(
                 f"{section}: handles at most {MAX_PREVIEW_CAMERAS} cameras (their previews take ports "
-                f"network.base_port+{PREVIEW_OFFSET}..+{FRAMES_OFFSET - 1}), the config has {len(cameras)}"
+                f"network.base_port+{PREVIEW_OFFSET}..+{CONTROL_OFFSET - 1}), the config has {len(cameras)}"
             )
         previews = {c.id: net.base_port + PREVIEW_OFFSET + i for i, c in enumerate(cameras)}
     first_bridge = net.base_port + FRAMES_OFFSET + len(cameras)
@@ -195,6 +200,7 @@ def port_layout(config: PipelineConfig) -> PortLayout:
         host=net.host,
         faces=net.base_port,
         events_in=net.base_port + 1,
+        control=net.base_port + CONTROL_OFFSET,
         frames={c.id: net.base_port + FRAMES_OFFSET + i for i, c in enumerate(cameras)},
         previews=previews,
         bridges={c.id: first_bridge + j for j, c in enumerate(webrtc)},
@@ -208,6 +214,8 @@ class Endpoints:
     events_in: str
     frames: dict[str, str]
     events: str
+    #: The classifier's control endpoint (live model swaps): ``classifier.control`` or network.base_port+49.
+    control: str
     #: Each camera's preview PUB endpoint; empty without a recorder or a viewer.
     previews: dict[str, str] = field(default_factory=dict)
     #: Each webrtc camera's bridge (the ingest PUSHes there, its capture PULLs).
@@ -225,6 +233,7 @@ def endpoints(config: PipelineConfig) -> Endpoints:
         events_in=tcp(layout.events_in),
         frames={camera: tcp(port) for camera, port in layout.frames.items()},
         events=config.sink.publish,
+        control=config.classifier.control or tcp(layout.control),
         previews={camera: tcp(port) for camera, port in layout.previews.items()},
         bridges={camera: tcp(port) for camera, port in layout.bridges.items()},
     )
@@ -234,6 +243,9 @@ def endpoints(config: PipelineConfig) -> Endpoints:
             f"sink.publish: {ends.events} is also an internal endpoint "
             f"(network.base_port {base} takes ports from {base} on)"
         )
+    others = {tcp(port) for port in layout.internal_ports() if port != layout.control} | {ends.events}
+    if config.classifier.control and ends.control in others:
+        raise ConfigError(f"classifier.control: {ends.control} is also another endpoint of the pipeline")
     return ends
 
 
@@ -304,7 +316,8 @@ class _Stages:
     def classifier(self) -> StageSpec:
         threads = self.threads.classifier
         args = ["--pull", self.ends.faces, "--push", self.ends.events_in]
-        args += settings_cli.to_argv(self.config.classifier.model_copy(update={"threads": threads}), ClassifierSettings)
+        settings = self.config.classifier.model_copy(update={"threads": threads, "control": self.ends.control})
+        args += settings_cli.to_argv(settings, ClassifierSettings)
         return self.spec("classifier", "classifier", args, env=thread_env(threads))
 
     def detectors(self) -> list[StageSpec]:

@@ -83,11 +83,22 @@ OUTPUT_UP = Gauge(
     "emostream_output_up", "1 while an output's last connection or delivery succeeded, else 0.", ["output"]
 )
 MODEL_INFO = Info("emostream_model", "The emotion model the classifier serves.", registry=None)
+MODEL_SWAPS = Counter(
+    "emostream_model_swaps",
+    "Models the classifier switched to while serving (python -m deploy model use FILE or previous).",
+    registry=None,
+)
+MODEL_SWAP_REFUSALS = Counter(
+    "emostream_model_swap_refusals",
+    "Model swap requests the classifier refused, by reason (model_file, class_names, input_size, outputs, "
+    "not_finite, no_previous, bad_request, ...); the model that served keeps serving.",
+    ["reason"],
+)
 
 
 def register_classifier_metrics() -> None:
     """Add the classifier's unlabelled metrics to the default registry (idempotent)."""
-    for metric in (BATCH_SIZE, QUEUE_DEPTH, MODEL_INFO):
+    for metric in (BATCH_SIZE, QUEUE_DEPTH, MODEL_INFO, MODEL_SWAPS):
         with contextlib.suppress(ValueError):  # already registered in this process
             REGISTRY.register(metric)
 

@@ -146,7 +146,7 @@ def config_dict(video: str | Path, yunet: str | Path, spec: PipelineSpec, base_p
             "threads": spec.detector_threads,
         },
         "classifier": {"max_batch": spec.max_batch, "max_wait_ms": spec.max_wait_ms, "device": "cpu"},
-        # base+2..base+49 hold previews only, which a pipeline without recorder or viewer does not have.
+        # base+2..base+48 hold previews only, which a pipeline without recorder or viewer does not have.
         "sink": {"publish": f"tcp://127.0.0.1:{base_port + 2}"},
         "network": {"base_port": base_port, "shared_memory": spec.shared_memory},
         "metrics": {"base_port": base_port + 200},
@@ -156,7 +156,7 @@ def config_dict(video: str | Path, yunet: str | Path, spec: PipelineSpec, base_p
 def used_ports(config: PipelineConfig) -> list[int]:
     """Every TCP port the pipeline of ``config`` binds, as deploy/plan.py lays them out."""
     ends = endpoints(config)
-    addresses = [ends.faces, ends.events_in, ends.events, *ends.frames.values()]
+    addresses = [ends.faces, ends.events_in, ends.events, ends.control, *ends.frames.values()]
     addresses += [*ends.previews.values(), *ends.bridges.values()]
     return [int(urlsplit(a).port or 0) for a in addresses] + list(metrics_ports(config).values())
 

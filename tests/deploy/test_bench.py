@@ -67,9 +67,10 @@ def test_settings_keep_their_json_keys_and_reach_each_run_through_a_validated_co
     config, parsed = pipeline_config(video, yunet, spec)
     assert parsed.detector.workers == 3 and parsed.network.shared_memory is False
     assert [c["id"] for c in config["cameras"]] == ["cam0", "cam1"]
-    # Every port deploy/plan.py lays out, none twice: 2 internal, the events, 2 frame ports, 8 /metrics.
+    # Every port deploy/plan.py lays out, none twice: 2 internal, the events, the classifier's control,
+    # 2 frame ports, 8 /metrics.
     ports = used_ports(parsed)
-    assert len(ports) == len(set(ports)) == 13
+    assert len(ports) == len(set(ports)) == 14
     assert set(metrics_ports(parsed).values()) <= set(ports)
     assert int(endpoints(parsed).events.rsplit(":", 1)[1]) in ports
 

@@ -109,6 +109,7 @@ CUSTOM = {
         "smoothing_window": 1,
         "track_iou": 0.45,
         "track_max_age": 3,
+        "control": "tcp://127.0.0.1:7001",
     },
     "sink": {"publish": "tcp://127.0.0.1:7000", "jsonl": "events.jsonl"},
 }
@@ -130,8 +131,11 @@ def test_the_plan_command_lines_parse_back_to_the_config_settings(custom: bool) 
     threads = thread_split(config)
     stages = {s.name: s for s in plan_stages(config, threads)}
     assert sink_parser().parse_args(stages["sink"].args).settings == _as(SinkSettings, config.sink)
-    # Thread counts as the launcher split them (0 in the config: auto, from the CPU budget).
-    classifier = config.classifier.model_copy(update={"threads": threads.classifier})
+    # Thread counts as the launcher split them (0 in the config: auto, from the CPU budget); the control
+    # endpoint as the launcher planned it (none in the config: network.base_port+49).
+    classifier = config.classifier.model_copy(
+        update={"threads": threads.classifier, "control": endpoints(config).control}
+    )
     assert classifier_parser().parse_args(stages["classifier"].args).settings == _as(ClassifierSettings, classifier)
     detector = config.detector.model_copy(update={"threads": threads.detector})
     for i in range(config.detector.workers):
@@ -237,10 +241,11 @@ def test_the_port_layout_is_what_the_endpoints_and_metrics_use() -> None:
     assert ends.previews == {"a": "tcp://127.0.0.1:20002", "w": "tcp://127.0.0.1:20003"}
     assert ends.frames == {"a": "tcp://127.0.0.1:20050", "w": "tcp://127.0.0.1:20051"}
     assert ends.bridges == {"w": "tcp://127.0.0.1:20052"}
+    assert ends.control == "tcp://127.0.0.1:20049"
     assert metrics_ports(config) == layout.metrics
     assert layout.metrics["detector-1"] == 21011 and layout.metrics["capture-w"] == 21101
     ports = layout.ports()
-    assert len(ports) == len(set(ports)) == 2 + 2 + 2 + 1 + len(layout.metrics)
+    assert len(ports) == len(set(ports)) == 2 + 1 + 2 + 2 + 1 + len(layout.metrics)
 
 
 def test_a_bench_style_config_leaves_base_plus_2_free_for_the_public_endpoint() -> None:

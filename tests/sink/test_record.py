@@ -221,6 +221,6 @@ def test_recorder_section_plans_previews_and_a_recorder_that_stops_last():
         parse_config({"cameras": cameras, "recorder": {"out": "v", "blur": True}})
     with pytest.raises(ConfigError, match=r"recorder\.out: Field required"):
         parse_config({"cameras": cameras, "recorder": {}})
-    many = parse_config({"cameras": [{"id": f"c{i}", "source": "demo"} for i in range(49)], "recorder": {"out": "v"}})
-    with pytest.raises(ConfigError, match="at most 48 cameras"):
+    many = parse_config({"cameras": [{"id": f"c{i}", "source": "demo"} for i in range(48)], "recorder": {"out": "v"}})
+    with pytest.raises(ConfigError, match="at most 47 cameras"):
         plan_stages(many)
