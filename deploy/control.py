@@ -304,7 +304,8 @@ class CameraController:
                     "is removing and adding)",
                 )  # fmt: skip
             cameras = self._entries()
-            self._change([*cameras[:index], entry, *cameras[index + 1 :]])
+            # Restarted even when nothing changed: that is how a camera that failed for good is retried.
+            self._change([*cameras[:index], entry, *cameras[index + 1 :]], restart=f"capture-{camera_id}")
         log.info("control: updated camera %s", camera_id)
         return 200, {"camera": entry}
 
@@ -339,7 +340,7 @@ class CameraController:
             raise HttpError(422, str(exc)) from None
         return data, config, layout
 
-    def _change(self, cameras: list[Any]) -> None:
+    def _change(self, cameras: list[Any], restart: str | None = None) -> None:
         data, config, layout = self.validate(cameras)
         if self.persist is not None:
             try:
