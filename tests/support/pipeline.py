@@ -82,6 +82,7 @@ def pipeline_config(cameras: list[dict], tmp_path: Path, **sections) -> dict:
         "network": {"base_port": net_base},
         "metrics": {"base_port": free_port_range(100 + len(cameras) + 1)},
         "supervisor": {"restart_backoff_s": 0.2, "status_interval_s": 2},
+        "control": {"port": free_port()},  # the default 8070 may be another launcher's
     }
     for key, value in sections.items():
         config[key].update(value)

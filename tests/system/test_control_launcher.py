@@ -17,7 +17,7 @@ import pytest
 import zmq
 
 from deploy.config import load_config
-from support import PYTHON, REPO, free_port, metric_samples, sample, wait_for
+from support import PYTHON, REPO, metric_samples, sample, wait_for
 from support.pipeline import Pipeline, pid_alive, pipeline_config
 
 pytestmark = pytest.mark.system
@@ -78,7 +78,6 @@ def test_cameras_added_and_removed_while_the_launcher_runs(tmp_path):
     cameras = [{"id": "a", **CAMERA}, {"id": "b", **CAMERA}]
     # No hang watchdog: on a busy machine the classifier's model load alone can outlast it.
     config = pipeline_config(cameras, tmp_path, classifier={"max_age_ms": 60_000}, supervisor={"hang_timeout_s": 0})
-    config["control"] = {"port": free_port()}
     url = f"http://127.0.0.1:{config['control']['port']}"
     pipeline = Pipeline(config, tmp_path, extra_args=["--persist"])
     events = EventLog(pipeline.events_endpoint)
