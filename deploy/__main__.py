@@ -7,6 +7,7 @@ python -m deploy bench --soak MINUTES [--json FILE] [--plot FILE]  # a long run:
 python -m deploy keys --out DIR [--client NAME ...] [--force]  # CurveZMQ key pairs (security.curve_keys)
 python -m deploy model use FILE|previous [--config FILE]     # the running classifier serves FILE, or rolls back
 python -m deploy model show [--config FILE]                  # which model file serves
+python -m deploy cameras list|add|update|remove ...          # change a running pipeline's cameras
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
+from deploy import control
 from deploy.bench import add_arguments as add_bench_arguments
 from deploy.bench import cmd_bench
-from deploy.config import ConfigError, load_config
+from deploy.config import ConfigError, PipelineConfig, load_config, parse_config, read_config_data
 from deploy.model_control import add_arguments as add_model_arguments
-from deploy.model_control import cmd_model
-from deploy.plan import endpoints, metrics_ports, plan_stages, thread_split
+from deploy.model_control import cmd_model, config_target
+from deploy.model_control import routes as model_routes
+from deploy.plan import endpoints, metrics_ports, plan_stages, port_layout, thread_split
 from deploy.status import StatusPrinter
 from deploy.supervisor import FatalStageError, Supervisor
 from emostream.health import HEALTH
@@ -49,6 +53,8 @@ def positive_seconds(text: str) -> float:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    if config.control.enabled:
+        print(f"control API: {config.control.url}/ (GET /openapi.json)")
     threads = thread_split(config)
     print(threads.describe())
     if threads.warning():
@@ -60,9 +66,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    if args.persist and not args.config:
+        raise ConfigError("--persist writes the changed cameras back to --config FILE: give one")
+    data, origin = read_config_data(args.config)
+    config = parse_config(data, origin)
+    if args.persist and not config.control.enabled:
+        raise ConfigError(f"{origin}: control.enabled: false, so nothing can change: --persist needs the control API")
     threads = thread_split(config)
-    stages = plan_stages(config, threads)
+    layout = port_layout(config)
+    stages = plan_stages(config, threads, layout)
     sup = config.supervisor
     supervisor = Supervisor(
         stages,
@@ -93,8 +105,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     keys = load_client_keys(config.security.curve_keys) if config.security.curve_keys else None
     cameras = [camera.id for camera in config.cameras]
     status = StatusPrinter(events, 0 if args.quiet else sup.status_interval_s, keys, cameras=cameras)
+    removed: list[str] = []  # cameras removed while running: their frame rings are cleaned up at the end
+
+    def on_change(new: PipelineConfig, gone: list[str]) -> None:
+        status.set_cameras([camera.id for camera in new.cameras])
+        removed.extend(gone)
+        for camera_id in gone:
+            remove_stale_rings(camera_id)
+
+    api = None
+    if config.control.enabled:
+        controller = control.CameraController(
+            supervisor, data, origin, config, threads, layout,
+            persist=Path(args.config) if args.persist else None, on_change=on_change,
+        )  # fmt: skip
+        try:
+            api = control.ControlThread(
+                control.ControlServer(controller.routes() + model_routes(*config_target(config)), config.control.token),
+                config.control.host,
+                config.control.port,
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"{origin}: control.port: cannot serve on {config.control.host}:{config.control.port}: "
+                f"{exc.strerror or exc} (another launcher? set control.port, or control.enabled: false)"
+            ) from None
     status.start()
     supervisor.start()
+    if api is not None:
+        api.start()
     HEALTH.set_ready(reason="stages started")
     deadline = time.monotonic() + args.duration if args.duration is not None else None
     code, reason = 0, ""
@@ -108,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 break
             if supervisor.sources_finished():
                 failed = supervisor.failed_sources()
-                if len(failed) == len([s for s in stages if not s.essential]):
+                if len(failed) == len(supervisor.sources()):
                     reason = f"every camera failed for good ({', '.join(failed)})"
                     log.error("%s; stopping", reason)
                     code = 1
@@ -121,10 +160,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("%s; stopping the pipeline", reason)
         code = 1
     finally:
+        if api is not None:
+            api.stop()  # no change starts while the stages stop
         supervisor.stop()
         # A capture killed because it outlived the stop timeout could not remove its frame ring.
-        for camera in config.cameras:
-            remove_stale_rings(camera.id)
+        for camera_id in {*(s.labels["camera"] for s in supervisor.specs().values() if "camera" in s.labels), *removed}:
+            remove_stale_rings(camera_id)
         status.stop_event.set()
         status.join(timeout=2)
     for line in status.summary():
@@ -166,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
         help="stop after this many seconds (> 0); omitted: run until Ctrl-C or SIGTERM",
     )
     run.add_argument("--quiet", action="store_true", help="no periodic status lines (the final summary stays)")
+    run.add_argument(
+        "--persist",
+        action="store_true",
+        help="write each camera change made through the control API back to --config (atomically; "
+        "YAML comments are lost)",
+    )
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help="validate a config and print the stage commands")
     check.add_argument("--config", default=None, help="pipeline YAML (default: the embedded demo)")
@@ -197,6 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_model_arguments(model)
     model.set_defaults(func=cmd_model)
+    cameras = sub.add_parser(
+        "cameras",
+        help="list, add, update or remove cameras of a running launcher (its control API)",
+        description="Talks to the control API of `python -m deploy run` (docs/operations.md, Cameras at runtime). "
+        "A server error is printed as one line and the exit status is 1.",
+    )
+    control.add_arguments(cameras)
+    cameras.set_defaults(func=control.cmd_cameras)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

@@ -160,6 +160,29 @@ class WebRTCIngestConfig(Section):
         return self
 
 
+class ControlConfig(Section):
+    """The launcher's HTTP control API (deploy/control.py, docs/operations.md, "Cameras at runtime"):
+    list, add, update and remove cameras while the pipeline runs."""
+
+    enabled: bool = True
+    #: Address the API binds; anything but a loopback address needs ``token``.
+    host: str = "127.0.0.1"
+    port: Port = 8070
+    #: Access token: every request then needs ``Authorization: Bearer`` (or ``?token=``), else 401.
+    token: str | None = None
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> ControlConfig:
+        if self.enabled and not _is_loopback(self.host) and not self.token:
+            raise ValueError(f"host {self.host!r} is not a loopback address: set control.token")
+        return self
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
 class PipelineConfig(Section):
     cameras: list[CameraConfig] = Field(min_length=1)
     detector: DetectorConfig = DetectorConfig()
@@ -172,6 +195,7 @@ class PipelineConfig(Section):
     recorder: RecorderConfig | None = None
     viewer: ViewerConfig | None = None
     webrtc_ingest: WebRTCIngestConfig = WebRTCIngestConfig()
+    control: ControlConfig = ControlConfig()
 
     @field_validator("cameras")
     @classmethod
@@ -250,15 +274,20 @@ def parse_config(data: Any, origin: str = "config") -> PipelineConfig:
     return config
 
 
-def load_config(path: str | Path | None) -> PipelineConfig:
-    """Read and validate a YAML config; ``None`` means the embedded demo."""
+def read_config_data(path: str | Path | None) -> tuple[Any, str]:
+    """The YAML config as read, not validated, and its origin for :func:`parse_config` (``None``: the demo)."""
     path = Path(path) if path else DEMO_CONFIG
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text), str(path)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_config(data, str(path))
+
+
+def load_config(path: str | Path | None) -> PipelineConfig:
+    """Read and validate a YAML config; ``None`` means the embedded demo."""
+    data, origin = read_config_data(path)
+    return parse_config(data, origin)

@@ -16,9 +16,11 @@ from urllib.parse import urlsplit, urlunsplit
 import zmq
 
 from deploy.config import ConfigError, PipelineConfig, load_config
+from deploy.control import Reply, Request, Route
 from deploy.plan import endpoints
 from emostream.endpoint import normalize_endpoint
 from emostream.security import CurveKeys, SecurityError, load_client_keys, secure_client
+from emostream.webrtc import HttpError
 
 PREVIOUS = "previous"
 #: Loading, checking and timing a model on a busy machine takes seconds; the reply comes after the switch.
@@ -141,3 +143,35 @@ def cmd_model(args: argparse.Namespace) -> int:
         print(f"serving {describe(reply.get('serving'))}")
         print(f"previous {describe(reply.get('previous'))}")
     return 0
+
+
+def routes(endpoint: str, keys: CurveKeys | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[Route]:
+    """The launcher's control API routes for the model: ``GET /model`` (what serves) and ``POST /model``
+    with ``{"file": F}`` (F a path on the classifier's host, or "previous"), each one :func:`request`."""
+
+    def ask(op: str, file: str | None = None) -> Reply:
+        try:
+            reply = request(endpoint, op, file, keys, timeout_s)
+        except ModelControlError as exc:
+            raise HttpError(503, str(exc)) from None
+        if not reply["ok"]:
+            raise HttpError(422, f"refused ({reply.get('reason')}): {reply.get('error')}")
+        return 200, reply
+
+    def use(req: Request) -> Reply:
+        body = req.body
+        if not isinstance(body, dict) or not isinstance(body.get("file"), str) or not body["file"]:
+            raise HttpError(
+                400,
+                'the body must be {"file": "PATH"} (a model file on the classifier\'s host) or {"file": "previous"}',
+            )
+        return ask("use", body["file"])
+
+    return [
+        Route("GET", "/model", lambda _: ask("show"), "the model file the classifier serves, and the previous one",
+              responses={200: "OK", 503: "the classifier does not answer"}),
+        Route("POST", "/model", use, "check a model file and serve it, or roll back with {\"file\": \"previous\"}",
+              body={"type": "object", "required": ["file"], "properties": {"file": {"type": "string"}}},
+              responses={200: "serving it", 400: "bad body", 422: "refused: the old model keeps serving",
+                         503: "the classifier does not answer"}),
+    ]  # fmt: skip

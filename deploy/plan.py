@@ -7,6 +7,7 @@ a setting added to a stage's model reaches the stage without a line here.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from enum import Enum
@@ -40,10 +41,18 @@ class StageSpec:
     labels: dict[str, str] = field(default_factory=dict)
     #: Set in the stage's environment on top of the launcher's own (thread counts, see THREAD_ENV).
     env: dict[str, str] = field(default_factory=dict)
+    #: A stage that follows camera changes (``--follow-stdin``): the line that tells it the current cameras'
+    #: inputs (:func:`camera_update`), written to its stdin when the camera set changes.
+    update: str | None = None
 
     @property
     def argv(self) -> list[str]:
         return [sys.executable, "-m", self.module, *self.args]
+
+
+def camera_update(inputs: dict[str, str]) -> str:
+    """The line a ``--follow-stdin`` stage reads (emostream/follow.py): camera id -> the endpoint it reads."""
+    return json.dumps({"cameras": inputs}, sort_keys=True) + "\n"
 
 
 #: Thread-count variables of the libraries a stage may load (OpenMP inside torch, MKL, OpenBLAS under
@@ -149,6 +158,10 @@ class PortLayout:
     From ``metrics.base_port`` (M): launcher M, sink M+1, classifier M+2, recorder M+3, viewer M+4,
     webrtc_ingest M+5, detector i M+10+i, camera i M+100+i. Ports B+2..B+48 stay free without previews
     (the bench publishes its events there).
+
+    "Camera i" is the camera's slot: its place in the config at start. A camera added while the pipeline
+    runs (deploy/control.py) takes the lowest free slot, and the others keep theirs, so no running capture
+    has to move to another port.
     """
 
     host: str
@@ -161,6 +174,8 @@ class PortLayout:
     bridges: dict[str, int]
     #: Process name ("launcher", "sink", "detector-0", "capture-<id>", ...) -> its /metrics port.
     metrics: dict[str, int]
+    #: Camera id -> its slot (i above).
+    slots: dict[str, int] = field(default_factory=dict)
 
     def internal_ports(self) -> list[int]:
         """The ZeroMQ ports the stages bind on ``network.host``."""
@@ -172,20 +187,51 @@ class PortLayout:
         return [*self.internal_ports(), *self.metrics.values()]
 
 
-def port_layout(config: PipelineConfig) -> PortLayout:
-    """The config's ports; a recorder or viewer with more cameras than preview ports is a ConfigError."""
+def _slots(cameras: list[CameraConfig], keep: PortLayout | None) -> dict[str, int]:
+    """Each camera's slot: its index without ``keep``; else the one it has in ``keep``, or for a camera new
+    since, the lowest slot neither taken nor under a webrtc bridge (the ingest binds those from its start)."""
+    if keep is None:
+        return {camera.id: i for i, camera in enumerate(cameras)}
+    slots = {camera.id: keep.slots[camera.id] for camera in cameras if camera.id in keep.slots}
+    base = keep.faces
+    blocked = {port - base - FRAMES_OFFSET for port in keep.bridges.values()}
+    for i, camera in enumerate(cameras):
+        if camera.id in slots:
+            continue
+        if camera.is_webrtc:
+            raise ConfigError(
+                f"cameras[{i}].source: a webrtc camera cannot be added while the pipeline runs "
+                "(the ingest page learns its cameras at start); add it to the config and restart"
+            )
+        slot = 0
+        while slot in blocked or slot in slots.values():
+            slot += 1
+        slots[camera.id] = slot
+    return slots
+
+
+def port_layout(config: PipelineConfig, keep: PortLayout | None = None) -> PortLayout:
+    """The config's ports; a recorder or viewer with more cameras than preview ports is a ConfigError.
+
+    ``keep``: the layout of the running pipeline, whose cameras keep their ports (see :class:`PortLayout`).
+    """
     net, cameras = config.network, config.cameras
+    slots = _slots(cameras, keep)
     previews: dict[str, int] = {}
     if config.recorder is not None or config.viewer is not None:
-        if len(cameras) > MAX_PREVIEW_CAMERAS:
+        if len(cameras) > MAX_PREVIEW_CAMERAS or max(slots.values()) >= MAX_PREVIEW_CAMERAS:
             section = "recorder" if config.recorder is not None else "viewer"
             raise ConfigError(
                 f"{section}: handles at most {MAX_PREVIEW_CAMERAS} cameras (their previews take ports "
                 f"network.base_port+{PREVIEW_OFFSET}..+{CONTROL_OFFSET - 1}), the config has {len(cameras)}"
             )
-        previews = {c.id: net.base_port + PREVIEW_OFFSET + i for i, c in enumerate(cameras)}
-    first_bridge = net.base_port + FRAMES_OFFSET + len(cameras)
+        previews = {c.id: net.base_port + PREVIEW_OFFSET + slots[c.id] for c in cameras}
     webrtc = [c for c in cameras if c.is_webrtc]
+    if keep is not None:
+        bridges = {c.id: keep.bridges[c.id] for c in webrtc}
+    else:
+        first_bridge = net.base_port + FRAMES_OFFSET + len(cameras)
+        bridges = {c.id: first_bridge + j for j, c in enumerate(webrtc)}
     base = config.metrics.base_port
     metrics = {"launcher": base, "sink": base + 1, "classifier": base + 2}
     if config.recorder is not None:
@@ -195,16 +241,17 @@ def port_layout(config: PipelineConfig) -> PortLayout:
     if webrtc:
         metrics["webrtc_ingest"] = base + 5
     metrics.update({f"detector-{i}": base + 10 + i for i in range(config.detector.workers)})
-    metrics.update({f"capture-{c.id}": base + 100 + i for i, c in enumerate(cameras)})
+    metrics.update({f"capture-{c.id}": base + 100 + slots[c.id] for c in cameras})
     return PortLayout(
         host=net.host,
         faces=net.base_port,
         events_in=net.base_port + 1,
         control=net.base_port + CONTROL_OFFSET,
-        frames={c.id: net.base_port + FRAMES_OFFSET + i for i, c in enumerate(cameras)},
+        frames={c.id: net.base_port + FRAMES_OFFSET + slots[c.id] for c in cameras},
         previews=previews,
-        bridges={c.id: first_bridge + j for j, c in enumerate(webrtc)},
+        bridges=bridges,
         metrics=metrics,
+        slots=slots,
     )
 
 
@@ -222,8 +269,8 @@ class Endpoints:
     bridges: dict[str, str] = field(default_factory=dict)
 
 
-def endpoints(config: PipelineConfig) -> Endpoints:
-    layout = port_layout(config)
+def endpoints(config: PipelineConfig, layout: PortLayout | None = None) -> Endpoints:
+    layout = layout or port_layout(config)
 
     def tcp(port: int) -> str:
         return f"tcp://{layout.host}:{port}"
@@ -257,11 +304,20 @@ def metrics_ports(config: PipelineConfig) -> dict[str, int]:
 class _Stages:
     """Builds each stage's spec: its own arguments, then the flags every stage takes (metrics, keys)."""
 
-    def __init__(self, config: PipelineConfig, threads: ThreadSplit) -> None:
+    def __init__(self, config: PipelineConfig, threads: ThreadSplit, layout: PortLayout | None = None) -> None:
         self.config = config
         self.threads = threads
-        self.ends = endpoints(config)
-        self.ports = metrics_ports(config) if config.metrics.enabled else {}
+        layout = layout or port_layout(config)
+        self.ends = endpoints(config, layout)
+        self.ports = layout.metrics if config.metrics.enabled else {}
+        #: Stages that follow camera changes read them from stdin (the control API is on).
+        self.follow = config.control.enabled
+
+    def following(self, args: list[str], inputs: dict[str, str]) -> tuple[list[str], str | None]:
+        """``args`` and the update line of a stage that follows the camera set (camera id -> its input)."""
+        if not self.follow:
+            return args, None
+        return [*args, "--follow-stdin"], camera_update(inputs)
 
     def spec(self, name: str, module: str, args: list[str], **kwargs: Any) -> StageSpec:
         port = self.ports.get(name)
@@ -284,7 +340,8 @@ class _Stages:
             args.append("--blur-faces")
         if rec.fps:
             args += ["--fps", str(rec.fps)]
-        return self.spec("recorder", "sink.record", args)
+        args, update = self.following(args, self.ends.previews)
+        return self.spec("recorder", "sink.record", args, update=update)
 
     def viewer(self, view: ViewerConfig) -> StageSpec:
         # Like the recorder: SUB sockets only, so it may start first and stops last; essential, because a
@@ -296,7 +353,8 @@ class _Stages:
             args += ["--token", view.token]
         if view.blur_faces:
             args.append("--blur-faces")
-        return self.spec("viewer", "sink.viewer", args)
+        args, update = self.following(args, self.ends.previews)
+        return self.spec("viewer", "sink.viewer", args, update=update)
 
     def webrtc_ingest(self) -> StageSpec:
         # Binds every bridge (the captures connect) and the page; essential: a page that cannot bind its
@@ -325,15 +383,13 @@ class _Stages:
         frames = [arg for endpoint in self.ends.frames.values() for arg in ("--frames", endpoint)]
         settings = settings_cli.to_argv(self.config.detector.model_copy(update={"threads": threads}), DetectorSettings)
         env = {**thread_env(threads), OPENCV_THREAD_ENV: str(threads)}
-        return [
-            self.spec(
-                f"detector-{i}",
-                "detector",
-                ["--worker", str(i), *frames, "--push", self.ends.faces, *settings],
-                env=env,
+        specs = []
+        for i in range(self.config.detector.workers):
+            args, update = self.following(
+                ["--worker", str(i), *frames, "--push", self.ends.faces, *settings], self.ends.frames
             )
-            for i in range(self.config.detector.workers)
-        ]
+            specs.append(self.spec(f"detector-{i}", "detector", args, env=env, update=update))
+        return specs
 
     def capture(self, camera: CameraConfig) -> StageSpec:
         if camera.id in self.ends.bridges:
@@ -355,12 +411,15 @@ class _Stages:
         )
 
 
-def plan_stages(config: PipelineConfig, threads: ThreadSplit | None = None) -> list[StageSpec]:
+def plan_stages(
+    config: PipelineConfig, threads: ThreadSplit | None = None, layout: PortLayout | None = None
+) -> list[StageSpec]:
     """Stages in start order: downstream first, so every socket a stage connects to is already bound.
 
     ``threads``: the split of the CPUs between the pools (None: :func:`thread_split` on this machine).
+    ``layout``: the ports (None: :func:`port_layout` of the config).
     """
-    build = _Stages(config, threads or thread_split(config))
+    build = _Stages(config, threads or thread_split(config), layout)
     stages: list[StageSpec] = []
     if config.recorder is not None:
         stages.append(build.recorder(config.recorder))

@@ -76,6 +76,9 @@ class StatusPrinter(threading.Thread):
         self.ever_up: set[str] = set()
         #: Cameras whose capture failed for good (set by the launcher) -> its last stderr line.
         self.failed: dict[str, str] = {}
+        #: Cameras removed while running (the control API): no longer reported.
+        self.removed: set[str] = set()
+        self._new_cameras: list[str] | None = None
 
     def run(self) -> None:
         sub: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
@@ -86,6 +89,7 @@ class StatusPrinter(threading.Thread):
         window: dict[str, CameraStats] = defaultdict(CameraStats)
         window_start = time.monotonic()
         while not self.stop_event.is_set():
+            self._apply_cameras()
             if sub.poll(200):
                 try:
                     event = decode_event(sub.recv_multipart())
@@ -114,7 +118,27 @@ class StatusPrinter(threading.Thread):
                 window_start = time.monotonic()
         sub.close()
 
+    def set_cameras(self, cameras: list[str]) -> None:
+        """Follow a new camera set (the control API): removed cameras leave the status lines. Any thread;
+        applied by the status thread, which owns the per-camera state."""
+        self._new_cameras = list(cameras)
+        if not self.is_alive():
+            self._apply_cameras()
+
+    def _apply_cameras(self) -> None:
+        cameras, self._new_cameras = self._new_cameras, None
+        if cameras is None:
+            return
+        gone = set(self.cameras) - set(cameras)
+        self.removed = (self.removed | gone) - set(cameras)
+        self.cameras = list(cameras)
+        for cam in gone:
+            self.states.pop(cam, None)
+            self.failed.pop(cam, None)
+
     def on_camera_event(self, event: CameraEvent, now: float) -> None:
+        if event.camera in self.removed:
+            return  # a removed camera's "down" as its capture stopped
         previous = self.states.get(event.camera)
         since = previous[2] if previous and previous[0] == event.status else now
         self.states[event.camera] = (event.status, event.reason, since)

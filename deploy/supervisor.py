@@ -95,6 +95,12 @@ class StageState:
         return f"; its last line: {self.last_line}" if self.last_line else ""
 
 
+def _close_stdin(process: subprocess.Popen | None) -> None:
+    if process is not None and process.stdin is not None:
+        with contextlib.suppress(OSError):
+            process.stdin.close()
+
+
 class FatalStageError(RuntimeError):
     """An essential stage failed for good: the run ends with a non-zero status and this one line."""
 
@@ -148,9 +154,19 @@ class Supervisor:
 
     def _spawn(self, state: StageState) -> None:
         env = {**os.environ, **state.spec.env} if state.spec.env else None
+        # A stage that follows camera changes reads them from a pipe; the others keep the launcher's stdin.
+        stdin = subprocess.PIPE if state.spec.update is not None else None
         state.process = subprocess.Popen(
-            state.spec.argv, start_new_session=True, preexec_fn=_die_with_parent, env=env, stderr=subprocess.PIPE
+            state.spec.argv,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            env=env,
+            stdin=stdin,
+            stderr=subprocess.PIPE,
         )
+        if state.process.stdin is not None:
+            # Never block the supervisor on a stage that does not read (hung): a full pipe fails the write.
+            os.set_blocking(state.process.stdin.fileno(), False)
         state.last_line = ""
         assert state.process.stderr is not None
         state.relay = threading.Thread(
@@ -171,6 +187,77 @@ class Supervisor:
             self._spawn(state)
         if watch and self.hang_timeout_s > 0:
             threading.Thread(target=self._watch, name="watchdog", daemon=True).start()
+
+    # -- changes while running (deploy/control.py) -----------------------------------------------
+
+    def add_stage(self, spec: StageSpec) -> None:
+        """Start one more stage (a camera added while the pipeline runs); it is supervised like the others."""
+        with self._lock:
+            if self._stopping.is_set():
+                raise RuntimeError("the pipeline is stopping")
+            if spec.name in self.states:
+                raise ValueError(f"stage {spec.name} runs already")
+            state = self.states[spec.name] = StageState(spec)
+            self._spawn(state)
+
+    def remove_stage(self, name: str) -> bool:
+        """Stop one stage for good (a camera removed): SIGTERM, SIGKILL after ``stop_timeout_s``; its
+        series are dropped so no "stage down" alert fires for it. False when there is no such stage."""
+        with self._lock:
+            state = self.states.pop(name, None)
+        if state is None:
+            return False
+        # Out of the lock: the others' supervision goes on while this one stops. It is no longer in
+        # self.states, so poll() will not restart it nor take its exit for a failure.
+        process = state.process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            self._wait(process, time.monotonic() + self.stop_timeout_s)
+            if process.poll() is None:
+                log.warning("%s did not stop in time; killing it", name)
+                process.kill()
+                process.wait()
+        _close_stdin(process)
+        if state.relay is not None:
+            state.relay.join(RELAY_JOIN_S)
+        for series in (metrics.STAGE_UP, metrics.STAGE_RESTARTS, metrics.STAGE_HANGS):
+            with contextlib.suppress(KeyError):  # never exported (a finished source has none either)
+                series.remove(name)
+        log.info("removed %s", name)
+        return True
+
+    def update_spec(self, spec: StageSpec) -> None:
+        """Replace a running stage's spec without restarting it: a restart uses the new command line, and
+        a stage that follows camera changes gets the new update line on its stdin now."""
+        with self._lock:
+            state = self.states[spec.name]
+            changed = spec.update is not None and spec.update != state.spec.update
+            state.spec = spec
+            process = state.process
+            if changed and process is not None and process.stdin is not None and process.poll() is None:
+                assert spec.update is not None
+                try:
+                    os.write(process.stdin.fileno(), spec.update.encode())
+                except OSError as exc:  # died meanwhile: its restart gets the new command line
+                    log.warning("%s: could not pass the new camera set: %s", spec.name, exc)
+
+    def specs(self) -> dict[str, StageSpec]:
+        with self._lock:
+            return {name: state.spec for name, state in self.states.items()}
+
+    def stage_info(self) -> dict[str, dict[str, object]]:
+        """Per stage: pid (None while down), restarts, whether it finished or failed for good, its last line."""
+        with self._lock:
+            return {
+                name: {
+                    "pid": state.process.pid if state.process and state.process.poll() is None else None,
+                    "restarts": state.restarts,
+                    "finished": state.finished,
+                    "failed": state.fatal,
+                    "last_line": state.last_line,
+                }
+                for name, state in self.states.items()
+            }
 
     # -- hung stages -----------------------------------------------------------------------------
 
@@ -227,6 +314,7 @@ class Supervisor:
 
     def _on_exit(self, state: StageState, code: int, now: float) -> None:
         name = state.spec.name
+        _close_stdin(state.process)
         state.process = None
         if state.relay is not None:
             state.relay.join(RELAY_JOIN_S)  # its last lines, the error among them, are still in the pipe
@@ -265,23 +353,32 @@ class Supervisor:
         """True when no camera will deliver another frame: each ended (a file without loop) or failed
         for good (a fatal exit: a broken file, looping or not, or bad arguments; or max_restarts
         quick restarts that died again)."""
-        sources = [s for s in self.states.values() if not s.spec.essential]
-        return bool(sources) and all(s.finished or s.fatal for s in sources)
+        with self._lock:  # cameras come and go from the control API's thread
+            sources = [s for s in self.states.values() if not s.spec.essential]
+            return bool(sources) and all(s.finished or s.fatal for s in sources)
+
+    def sources(self) -> list[str]:
+        """The cameras' stages now."""
+        with self._lock:
+            return [n for n, s in self.states.items() if not s.spec.essential]
 
     def failed_sources(self) -> list[str]:
         """Cameras that failed for good (not restarted)."""
-        return [n for n, s in self.states.items() if not s.spec.essential and s.fatal]
+        with self._lock:
+            return [n for n, s in self.states.items() if not s.spec.essential and s.fatal]
 
     def failed_cameras(self) -> dict[str, str]:
         """Camera id -> the last stderr line of its capture, for the cameras that failed for good."""
-        return {
-            s.spec.labels.get("camera", n): s.last_line
-            for n, s in self.states.items()
-            if not s.spec.essential and s.fatal
-        }
+        with self._lock:
+            return {
+                s.spec.labels.get("camera", n): s.last_line
+                for n, s in self.states.items()
+                if not s.spec.essential and s.fatal
+            }
 
     def running(self) -> dict[str, int]:
-        return {n: s.process.pid for n, s in self.states.items() if s.process and s.process.poll() is None}
+        with self._lock:
+            return {n: s.process.pid for n, s in self.states.items() if s.process and s.process.poll() is None}
 
     def stop(self) -> None:
         """SIGTERM sources first, then downstream stages in order; SIGKILL what outlives the timeout."""

@@ -18,6 +18,7 @@ from detector.pipeline import build_extractor
 from detector.settings import DetectorSettings
 from detector.worker import DetectorWorker
 from emostream.cpu import CpuBudget, thread_budget
+from emostream.follow import add_follow_arg, follow_stdin
 from emostream.runtime import EXIT_FATAL, add_common_args, start_process
 from emostream.settings_cli import SettingsParser
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--frames", action="append", required=True, help="a camera's frames endpoint to connect to (repeat per camera)"
     )
     parser.add_argument("--push", required=True, help="the classifier's endpoint to connect to")
+    add_follow_arg(parser)
     add_common_args(parser)
     return parser
 
@@ -67,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             worker_id=args.worker,
             settings=settings,
             keys=args.curve_keys,
+            updates=follow_stdin(args.follow_stdin),
         )
     except zmq.ZMQError as exc:
         log.error("worker %d: bad endpoint in --frames/--push: %s", args.worker, exc)

@@ -31,6 +31,7 @@ import zmq
 from detector.pipeline import FaceExtractor
 from detector.settings import DetectorSettings
 from emostream import shm
+from emostream.follow import CameraUpdates
 from emostream.health import HEALTH
 from emostream.metrics import FACES, FRAMES, FRAMES_DROPPED, FRAMES_RECEIVED, STAGE_SECONDS, declare_drops
 from emostream.runtime import FRAME_SOCKET_BUFFER, ThrottledLog
@@ -71,6 +72,7 @@ class DetectorWorker:
         worker_id: int = 0,
         settings: DetectorSettings | None = None,
         keys: CurveKeys | None = None,
+        updates: CameraUpdates | None = None,
     ) -> None:
         # Only the credit window and the interval matter here; the extractor holds the detection settings.
         settings = settings or DetectorSettings()
@@ -83,19 +85,14 @@ class DetectorWorker:
         self.name = f"detector-{worker_id}-{os.getpid()}"
         self.shared = shm.SharedFrames()
         self.shm_domain = shm.domain()
+        self.context = context
+        self.keys = keys
+        self.updates = updates
         self.links: list[CameraLink] = []
         self.poller = zmq.Poller()
+        self._by_socket: dict[zmq.Socket, CameraLink] = {}
         for endpoint in camera_endpoints:
-            # Connect, not bind: cameras come and go, each binds its own endpoint.
-            sock = context.socket(zmq.DEALER)
-            secure_client(sock, keys)  # plain without keys
-            sock.setsockopt(zmq.RCVBUF, FRAME_SOCKET_BUFFER)
-            sock.setsockopt(zmq.SNDHWM, 4)  # credits only; newer ones supersede older ones
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(endpoint)
-            self.links.append(CameraLink(endpoint, sock))
-            self.poller.register(sock, zmq.POLLIN)
-        self._by_socket = {link.socket: link for link in self.links}
+            self._connect(endpoint)
         self.push = context.socket(zmq.PUSH)
         secure_client(self.push, keys)
         self.push.setsockopt(zmq.SNDHWM, SNDHWM)
@@ -107,6 +104,37 @@ class DetectorWorker:
         self._stage_seconds = STAGE_SECONDS.labels(stage="detector")
         self._malformed_log = ThrottledLog(log)
         self._last_heartbeat = 0.0
+
+    def _connect(self, endpoint: str) -> CameraLink:
+        # Connect, not bind: cameras come and go, each binds its own endpoint.
+        sock = self.context.socket(zmq.DEALER)
+        secure_client(sock, self.keys)  # plain without keys
+        sock.setsockopt(zmq.RCVBUF, FRAME_SOCKET_BUFFER)
+        sock.setsockopt(zmq.SNDHWM, 4)  # credits only; newer ones supersede older ones
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        link = CameraLink(endpoint, sock)
+        self.links.append(link)
+        self.poller.register(sock, zmq.POLLIN)
+        self._by_socket[sock] = link
+        return link
+
+    def set_cameras(self, endpoints: list[str]) -> None:
+        """Follow a new camera set (``--follow-stdin``): connect to new cameras, close removed ones.
+
+        Frames of a removed camera already queued here are still processed: their events are due."""
+        wanted = set(endpoints)
+        for link in [link for link in self.links if link.endpoint not in wanted]:
+            self.poller.unregister(link.socket)
+            del self._by_socket[link.socket]
+            self.links.remove(link)
+            link.socket.close()
+            log.info("worker %d: camera at %s removed", self.worker_id, link.endpoint)
+        known = {link.endpoint for link in self.links}
+        for endpoint in endpoints:
+            if endpoint not in known:
+                self._credit(self._connect(endpoint))
+                log.info("worker %d: taking frames from %s too", self.worker_id, endpoint)
 
     @property
     def load(self) -> int:
@@ -140,6 +168,8 @@ class DetectorWorker:
         self._credit_all()
         while not self.stop.is_set():
             HEALTH.beat()
+            if self.updates is not None and (cameras := self.updates.take()) is not None:
+                self.set_cameras(list(cameras.values()))
             self._receive(0 if self.queue else POLL_MS)
             if time.monotonic() - self._last_heartbeat >= HEARTBEAT_S:
                 self._credit_all()

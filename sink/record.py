@@ -24,10 +24,12 @@ the files play. Exit codes: 0 on a clean stop, 2 when ``--out`` cannot be create
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +38,7 @@ import numpy as np
 import zmq
 
 from emostream import metrics
+from emostream.follow import CameraUpdates, add_follow_arg, follow_stdin
 from emostream.health import HEALTH
 from emostream.runtime import EXIT_FATAL, ThrottledLog, add_common_args, start_process
 from emostream.security import CurveKeys, secure_client
@@ -96,6 +99,21 @@ class FrameJoiner:
         self.max_wait_s = max_wait_s
         self.max_pending = max_pending
         self.cameras: dict[str, _Camera] = {}
+        #: The launcher's camera set when following it (``--follow-stdin``); None: every camera seen.
+        self.followed: set[str] | None = None
+
+    def follows(self, name: str) -> bool:
+        return self.followed is None or name in self.followed
+
+    def set_cameras(self, names: Iterable[str]) -> None:
+        """Follow a new camera set: forget the cameras not in it (frames still waiting for their event are
+        dropped, counted); previews of cameras outside it are dropped from now on (counted, camera_removed)."""
+        self.followed = set(names)
+        for name in [n for n in self.cameras if n not in self.followed]:
+            self._forget(self.cameras.pop(name))
+
+    def _forget(self, cam: _Camera) -> None:
+        self._flush_camera(cam, time.monotonic(), final=True)
 
     def _camera(self, name: str) -> _Camera:
         cam = self.cameras.get(name)
@@ -106,6 +124,10 @@ class FrameJoiner:
         return cam
 
     def add_preview(self, preview: Preview, now: float) -> None:
+        if not self.follows(preview.camera):
+            # A removed camera's last previews, still in flight.
+            metrics.FRAMES_DROPPED.labels(self.stage, preview.camera, "camera_removed").inc()
+            return
         cam = self._camera(preview.camera)
         metrics.FRAMES_RECEIVED.labels(self.stage, cam.name).inc()
         if cam.last_seq is not None and preview.seq <= cam.last_seq:
@@ -119,7 +141,7 @@ class FrameJoiner:
             self._emit(cam, cam.pending.popitem(last=False)[1])
 
     def add_event(self, event: Event) -> None:
-        if not isinstance(event, EmotionEvent):
+        if not isinstance(event, EmotionEvent) or not self.follows(event.camera):
             return
         cam = self._camera(event.camera)
         frame = event.frame
@@ -236,16 +258,24 @@ class Recorder(FrameJoiner):
         """Drop what still waits for an event and finish every file (playable afterwards)."""
         super().close()
         for cam in self.cameras.values():
-            if cam.writer is not None:
-                cam.writer.release()
-                cam.writer = None
-                log.info(
-                    "camera %s: %s closed, %d frames written, %d dropped without an event",
-                    cam.name,
-                    cam.path,
-                    cam.written,
-                    cam.dropped,
-                )
+            self._release(cam)
+
+    def _forget(self, cam: _Camera) -> None:
+        super()._forget(cam)
+        self._release(cam)
+
+    @staticmethod
+    def _release(cam: _Camera) -> None:
+        if cam.writer is not None:
+            cam.writer.release()
+            cam.writer = None
+            log.info(
+                "camera %s: %s closed, %d frames written, %d dropped without an event",
+                cam.name,
+                cam.path,
+                cam.written,
+                cam.dropped,
+            )
 
 
 class RecorderService:
@@ -259,8 +289,11 @@ class RecorderService:
         events: str,
         keys: CurveKeys | None = None,
         context: zmq.Context | None = None,
+        updates: CameraUpdates | None = None,
     ) -> None:
         self.recorder = recorder
+        self.updates = updates
+        self.endpoints = list(previews)
         ctx = context or zmq.Context.instance()
         self.stage = recorder.stage
         metrics.declare_drops(self.stage, "unknown", REJECT_REASONS)
@@ -303,11 +336,26 @@ class RecorderService:
                     self.recorder.add_event(message)
         return count
 
+    def set_previews(self, cameras: dict[str, str]) -> None:
+        """Follow a new camera set (camera id -> preview endpoint): subscribe to new previews, let go of
+        removed ones, and forget the removed cameras (the recorder closes their files)."""
+        wanted = list(cameras.values())
+        for endpoint in [e for e in self.endpoints if e not in wanted]:
+            with contextlib.suppress(zmq.ZMQError):  # ENOENT: never connected
+                self.previews.disconnect(endpoint)
+        for endpoint in [e for e in wanted if e not in self.endpoints]:
+            self.previews.connect(endpoint)
+        self.endpoints = wanted
+        self.recorder.set_cameras(cameras)
+        log.info("following cameras %s", ", ".join(sorted(cameras)) or "(none)")
+
     def run(self, stop) -> None:
         HEALTH.set_ready(reason="subscribed")
         try:
             while not stop.is_set():
                 HEALTH.beat()
+                if self.updates is not None and (cameras := self.updates.take()) is not None:
+                    self.set_previews(cameras)
                 if self.poller.poll(100):
                     self._drain()
                 self.recorder.flush(time.monotonic())
@@ -347,6 +395,7 @@ def joiner_parser(prog: str, description: str | None, max_wait_s: float) -> argp
         metavar="S",
         help="how long a frame waits for its event (default: %(default)s)",
     )
+    add_follow_arg(parser)
     return parser
 
 
@@ -364,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = start_process("record", args)
     try:
         recorder = Recorder(args.out, args.blur_faces, args.fps, args.format, args.max_wait)
-        RecorderService(recorder, args.preview, args.events, args.curve_keys).run(stop)
+        updates = follow_stdin(args.follow_stdin)
+        RecorderService(recorder, args.preview, args.events, args.curve_keys, updates=updates).run(stop)
     except RecorderError as exc:
         log.error("%s", exc)
         return EXIT_FATAL

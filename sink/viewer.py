@@ -38,6 +38,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from emostream.follow import follow_stdin
 from emostream.runtime import EXIT_FATAL, add_common_args, start_process
 from emostream.webrtc import HttpApp, HttpError, add_http_args, parse_offer, prepare_http, serve
 from emostream.wire import CameraEvent, EmotionEvent, Event, Preview
@@ -82,11 +83,19 @@ class ViewerJoiner(FrameJoiner):
         return view
 
     def add_preview(self, preview: Preview, now: float) -> None:
-        with self.lock:
-            self._view(preview.camera)
+        if self.follows(preview.camera):
+            with self.lock:
+                self._view(preview.camera)
         super().add_preview(preview, now)
 
+    def _forget(self, cam: _Camera) -> None:
+        super()._forget(cam)
+        with self.lock:
+            self.views.pop(cam.name, None)
+
     def add_event(self, event: Event) -> None:
+        if not self.follows(event.camera):
+            return
         now = time.monotonic()
         with self.lock:
             view = self._view(event.camera)
@@ -365,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FATAL
     stop = start_process("viewer", args)
     joiner = ViewerJoiner(args.blur_faces, args.max_wait)
-    service = RecorderService(joiner, args.preview, args.events, args.curve_keys)
+    updates = follow_stdin(args.follow_stdin)
+    service = RecorderService(joiner, args.preview, args.events, args.curve_keys, updates=updates)
     thread = threading.Thread(target=service.run, args=(stop,), name="zmq", daemon=True)
     thread.start()
     try:

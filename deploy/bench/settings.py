@@ -150,6 +150,8 @@ def config_dict(video: str | Path, yunet: str | Path, spec: PipelineSpec, base_p
         "sink": {"publish": f"tcp://127.0.0.1:{base_port + 2}"},
         "network": {"base_port": base_port, "shared_memory": spec.shared_memory},
         "metrics": {"base_port": base_port + 200},
+        # The camera set is fixed for a measured run; and the default port may be a running launcher's.
+        "control": {"enabled": False},
     }
 
 

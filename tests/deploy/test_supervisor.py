@@ -113,3 +113,56 @@ def test_max_restarts_0_restarts_forever(tmp_path):
         wait_for(lambda: supervisor.poll() or supervisor.states["sink"].restarts >= 4, timeout=60, what="4 restarts")
     finally:
         supervisor.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# stages added, removed and told of a new camera set while the others run (the control API)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_a_stage_added_and_removed_while_running_leaves_the_others_alone_and_drops_its_series():
+    kept = idle_process_spec("sink")
+    supervisor = Supervisor([kept], hang_timeout_s=0)
+    supervisor.start(watch=False)
+    try:
+        kept_pid = supervisor.running()["sink"]
+        idle = idle_process_spec("x")
+        camera = StageSpec("capture-new", idle.module, idle.args, essential=False)
+        supervisor.add_stage(camera)
+        with pytest.raises(ValueError, match="runs already"):
+            supervisor.add_stage(camera)
+        new_pid = supervisor.running()["capture-new"]
+        assert metrics.STAGE_UP.labels("capture-new")._value.get() == 1
+        assert supervisor.remove_stage("capture-new") is True
+        assert not pid_alive(new_pid)
+        supervisor.poll()
+        assert supervisor.running() == {"sink": kept_pid}, "no restart of the removed one, the other untouched"
+        exported = {s.labels["stage"] for m in metrics.STAGE_UP.collect() for s in m.samples}
+        assert "capture-new" not in exported and "sink" in exported
+        assert supervisor.remove_stage("capture-new") is False
+    finally:
+        supervisor.stop()
+    assert not pid_alive(kept_pid)
+
+
+def test_update_spec_writes_the_new_camera_set_to_a_following_stage_without_restarting_it(tmp_path):
+    out = tmp_path / "lines.json"
+    # json.tool --json-lines reads JSON lines from stdin ("-") and writes them out at EOF: a real
+    # process that shows what reached its stdin.
+    spec = StageSpec(
+        "detector-0", "json.tool", ["--json-lines", "--compact", "-", str(out)], update='{"cameras": {}}\n'
+    )
+    supervisor = Supervisor([spec], hang_timeout_s=0)
+    supervisor.start(watch=False)
+    try:
+        pid = supervisor.running()["detector-0"]
+        changed = StageSpec(spec.name, spec.module, spec.args, update='{"cameras": {"a": "tcp://h:1"}}\n')
+        supervisor.update_spec(changed)
+        supervisor.update_spec(changed)  # the same set again: nothing written
+        assert supervisor.specs()["detector-0"] is changed, "a restart would use the new command line"
+        supervisor.states["detector-0"].process.stdin.close()  # EOF: json.tool writes what it read and exits
+        wait_for(lambda: supervisor.states["detector-0"].process.poll() is not None, what="json.tool's exit")
+        assert out.read_text().splitlines() == ['{"cameras":{"a":"tcp://h:1"}}']
+        assert supervisor.states["detector-0"].process.pid == pid
+    finally:
+        supervisor.stop()

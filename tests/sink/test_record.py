@@ -224,3 +224,35 @@ def test_recorder_section_plans_previews_and_a_recorder_that_stops_last():
     many = parse_config({"cameras": [{"id": f"c{i}", "source": "demo"} for i in range(48)], "recorder": {"out": "v"}})
     with pytest.raises(ConfigError, match="at most 47 cameras"):
         plan_stages(many)
+
+
+def test_a_camera_removed_from_the_followed_set_gets_its_file_closed_and_its_late_previews_counted(tmp_path):
+    from emostream import metrics
+
+    recorder = Recorder(tmp_path / "out", fps=10.0, max_wait_s=2.0)
+    image = np.zeros((90, 160, 3), np.uint8)
+    for seq in range(3):
+        for camera in ("cam0", "door"):
+            recorder.add_preview(Preview(camera, seq, 1.0 + seq, image, 1.0), 0.0)
+            recorder.add_event(_event([10, 10, 30, 30], frame=seq, camera=camera))
+    recorder.flush(0.0)
+    door = recorder.cameras["door"]
+    assert door.writer is not None and door.written == 3
+    recorder.set_cameras(["cam0"])
+    assert "door" not in recorder.cameras and door.writer is None, "its file is closed"
+    assert len(_read_frames(door.path)) == 3, "and plays"
+    dropped = metrics.FRAMES_DROPPED.labels("recorder", "door", "camera_removed")
+    before = dropped._value.get()
+    recorder.add_preview(Preview("door", 3, 4.0, image, 1.0), 0.0)  # in flight when it was removed
+    assert dropped._value.get() == before + 1 and "door" not in recorder.cameras
+    recorder.close()
+    assert recorder.cameras["cam0"].written == 3
+
+
+def _read_frames(path) -> list[np.ndarray]:
+    video, frames = cv2.VideoCapture(str(path)), []
+    while True:
+        ok, image = video.read()
+        if not ok:
+            return frames
+        frames.append(image)

@@ -161,3 +161,20 @@ def test_viewer_section_plans_previews_and_an_essential_viewer():
     assert public[0].args[public[0].args.index("--token") + 1] == "t"
     with pytest.raises(ConfigError, match=r"viewer\.blur: unknown key"):
         parse_config({"cameras": cameras, "viewer": {"blur": True}})
+
+
+def test_following_a_camera_set_forgets_removed_cameras_and_counts_their_late_previews():
+    from emostream import metrics
+
+    joiner = ViewerJoiner()
+    _feed(joiner, "cam0", [["happy"]])
+    _feed(joiner, "door", [["angry"]])
+    joiner.set_cameras(["cam0", "lobby"])
+    assert [c["id"] for c in joiner.camera_list()] == ["cam0"]
+    dropped = metrics.FRAMES_DROPPED.labels("viewer", "door", "camera_removed")
+    before = dropped._value.get()
+    _feed(joiner, "door", [["angry"], ["sad"]])  # its last previews and events, still in flight
+    assert dropped._value.get() == before + 2
+    assert [c["id"] for c in joiner.camera_list()] == ["cam0"]
+    _feed(joiner, "lobby", [["happy"]])  # a camera added: followed from its first preview
+    assert [c["id"] for c in joiner.camera_list()] == ["cam0", "lobby"]

@@ -19,13 +19,13 @@ from support import PYTHON, REPO, free_port, free_port_range
 
 
 class Pipeline:
-    def __init__(self, config: dict, tmp_path: Path) -> None:
+    def __init__(self, config: dict, tmp_path: Path, extra_args: list[str] | None = None) -> None:
         self.config_path = tmp_path / "pipeline.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = tmp_path / "launcher.log"
         self.log = self.log_path.open("w")
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "deploy", "run", "--config", str(self.config_path)],
+            [PYTHON, "-m", "deploy", "run", "--config", str(self.config_path), *(extra_args or [])],
             cwd=REPO,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -82,6 +82,7 @@ def pipeline_config(cameras: list[dict], tmp_path: Path, **sections) -> dict:
         "network": {"base_port": net_base},
         "metrics": {"base_port": free_port_range(100 + len(cameras) + 1)},
         "supervisor": {"restart_backoff_s": 0.2, "status_interval_s": 2},
+        "control": {"port": free_port()},  # the default 8070 may be another launcher's
     }
     for key, value in sections.items():
         config[key].update(value)

@@ -67,6 +67,7 @@ def test_secured_pipeline_under_the_launcher_delivers_events_to_an_authorized_su
         "metrics": {"base_port": free_port_range(102)},
         "supervisor": {"restart_backoff_s": 0.2, "status_interval_s": 2},
         "security": {"curve_keys": "keys"},  # relative to the config file
+        "control": {"port": free_port()},
     }
     config_path = tmp_path / "pipeline.yaml"
     config_path.write_text(yaml.safe_dump(config))

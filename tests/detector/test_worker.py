@@ -1,0 +1,55 @@
+"""A detector worker follows a new camera set (``--follow-stdin``) on its live sockets: it asks a new
+camera for frames with real credits, and lets go of a removed one, without a restart."""
+
+from __future__ import annotations
+
+import threading
+
+import zmq
+
+from detector.pipeline import build_extractor
+from detector.settings import DetectorSettings
+from detector.worker import DetectorWorker
+from emostream.wire import decode_credit
+from support import free_ports
+
+
+def _credit_from(router: zmq.Socket) -> str:
+    assert router.poll(5000), "no credit within 5 s"
+    identity, *parts = router.recv_multipart()
+    return decode_credit(parts).worker
+
+
+def test_a_worker_credits_a_camera_added_to_its_set_and_closes_a_removed_one():
+    context = zmq.Context()
+    first, second, push = (f"tcp://127.0.0.1:{p}" for p in free_ports(3))
+    routers = []
+    for endpoint in (first, second):
+        router = context.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.bind(endpoint)
+        routers.append(router)
+    worker = DetectorWorker(
+        context, [first], push, build_extractor(DetectorSettings(backend="haar")), threading.Event(), worker_id=3
+    )
+    try:
+        worker._credit_all()
+        assert _credit_from(routers[0]).startswith("detector-3-")
+        assert not routers[1].poll(300), "not connected to the second camera yet"
+
+        worker.set_cameras([first, second])
+        assert [link.endpoint for link in worker.links] == [first, second]
+        assert _credit_from(routers[1]).startswith("detector-3-"), "a new camera is asked for frames at once"
+
+        worker.set_cameras([second])
+        assert [link.endpoint for link in worker.links] == [second]
+        while routers[0].poll(100):
+            routers[0].recv_multipart()
+        worker._credit_all()
+        assert _credit_from(routers[1])
+        assert not routers[0].poll(300), "a removed camera gets no more credits"
+    finally:
+        worker.close()
+        for router in routers:
+            router.close()
+        context.term()
