@@ -121,7 +121,7 @@ def test_cameras_added_and_removed_while_the_launcher_runs(tmp_path):
         # The model through the same API: what serves, a bad body, a file that is no model (refused, and
         # the model that served keeps serving).
         status, shown = api(f"{url}/model")
-        assert status == 200 and shown["ok"] and Path(shown["serving"]["file"]).name == "emotion.pt2", shown
+        assert status == 200 and shown["ok"] and Path(shown["serving"]["source"]).name == "emotion.pt2", shown
         status, body = api(f"{url}/model", "POST", {"path": "x.pt2"})
         assert status == 400 and '{"file": "PATH"}' in body["error"], body
         not_a_model = tmp_path / "notes.pt2"
