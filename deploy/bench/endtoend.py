@@ -359,7 +359,7 @@ def run_end_to_end(
             error = run.run(sub, startup_timeout_s)
         finally:
             sub.close()
-            code = _stop(proc)
+            code = stop_launcher(proc)
         start, end = run.snapshots.get("start"), run.snapshots.get("end")
         info = RunInfo(
             label=label,
@@ -381,7 +381,7 @@ def run_end_to_end(
         )
 
 
-def _stop(proc: subprocess.Popen) -> int:
+def stop_launcher(proc: subprocess.Popen) -> int:
     """SIGTERM the launcher (it stops its stages in order); kill it if it does not end in 30 s."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):

@@ -28,11 +28,9 @@ machine, and a leak shows in the plot.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -46,6 +44,7 @@ from typing import Any
 import yaml
 import zmq
 
+from deploy.bench.endtoend import stop_launcher
 from deploy.bench.procstats import Sample, scrape, stage_pids
 from deploy.bench.report import align
 from deploy.bench.settings import REPO, BenchSettings, pipeline_config
@@ -337,7 +336,7 @@ def run_soak(
                 events.receive(max(1, int(1000 * min(0.2, next_at - (time.monotonic() - t0)))))
         finally:
             events.close()
-            code = _stop(proc)
+            code = stop_launcher(proc)
             log_text = log_path.read_text()
     # The launcher's own account of restarts, hangs and stage errors, whatever the verdict.
     warnings = [line for line in log_text.splitlines() if " WARNING " in line or " ERROR " in line]
@@ -357,17 +356,6 @@ def run_soak(
         "launcher_warnings": warnings[:LOG_LINES] + (["..."] if len(warnings) > LOG_LINES else []),
         "log_tail": log_text[-3000:] if error or code else None,
     }
-
-
-def _stop(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
 
 
 def _short(name: str) -> str:
