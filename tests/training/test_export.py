@@ -67,8 +67,11 @@ def test_int8_export_writes_a_self_describing_file_in_out(int8_export: tuple[int
     assert export["source_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
     q = export["quantization"]
     assert q["calibration"]["split"] == "Training" and q["calibration"]["faces"] == 128
-    assert q["chosen_on"] == "PublicTest" and set(q["trials"]) == {"MinMax", "Percentile"}
-    assert q["calibration"]["method"] == max(q["trials"], key=lambda m: q["trials"][m]["publictest_accuracy"])
+    assert q["chosen_on"] == "PublicTest" and q["chosen_by"] == "agreement"
+    assert set(q["trials"]) == {f"{w}/{m}" for w in ("s8-7bit", "u8") for m in ("MinMax", "Percentile")}
+    trials = q["trials"]
+    best = max(trials, key=lambda t: (trials[t]["publictest_argmax_agreement"], trials[t]["publictest_accuracy"]))
+    assert best == f"{q['weight_scheme']}/{q['calibration']['method']}"
     assert len(q["float_nodes"]) == 2  # the first convolution and the logits' linear layer
     assert "int8 OK" in err
 
