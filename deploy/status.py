@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 import zmq
 
 from emostream.security import CurveKeys, secure_client
-from emostream.stats import WARMUP_S, percentiles
+from emostream.stats import WARMUP_S, Reservoir, percentiles
 from emostream.wire import CameraEvent, EmotionEvent, WireError, decode_event
 
 log = logging.getLogger("deploy")
-MAX_SAMPLES = 1_000_000  # latency samples kept per camera for the final summary
+#: Latency samples kept per camera for the final summary: a uniform sample of the whole run, so the
+#: launcher's memory stays flat however long it runs (a list of every latency grew without end).
+LATENCY_SAMPLES = 10_000
 
 
 @dataclass
@@ -28,7 +30,7 @@ class CameraStats:
     faces: int = 0
     first_event: float = 0.0
     last_event: float = 0.0
-    latencies: list[float] = field(default_factory=list)
+    latencies: Reservoir = field(default_factory=lambda: Reservoir(LATENCY_SAMPLES))
     emotions: Counter[str] = field(default_factory=Counter)
     skip_before: float | None = None  # events arriving earlier are ignored (warm-up)
 
@@ -40,8 +42,7 @@ class CameraStats:
         self.last_event = now
         self.frames += 1
         self.faces += len(event.faces)
-        if len(self.latencies) < MAX_SAMPLES:
-            self.latencies.append(event.ts_event - event.ts_capture)
+        self.latencies.add(event.ts_event - event.ts_capture)
         self.emotions.update(f.emotion for f in event.faces)
 
     def describe(self, seconds: float) -> str:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import random
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -22,3 +23,33 @@ def percentiles(
     if not data.size:
         return {f"p{p:g}": float("nan") for p in ps}
     return {f"p{p:g}": float(v) for p, v in zip(ps, np.percentile(data, list(ps)), strict=True)}
+
+
+class Reservoir:
+    """A uniform random sample of at most ``capacity`` values out of every value added (Vitter's
+    algorithm R): percentiles over a run of any length in bounded memory. Seeded, so a summary is
+    reproducible for the same stream of values."""
+
+    def __init__(self, capacity: int = 10_000, seed: int = 0) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        self.capacity = capacity
+        self.values: list[float] = []
+        #: Values added so far, sampled or not.
+        self.seen = 0
+        self._rng = random.Random(seed)
+
+    def add(self, value: float) -> None:
+        self.seen += 1
+        if len(self.values) < self.capacity:
+            self.values.append(value)
+            return
+        slot = self._rng.randrange(self.seen)
+        if slot < self.capacity:
+            self.values[slot] = value
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)

@@ -12,7 +12,7 @@ import pytest
 
 from emostream.boxes import box_corners, clip_boxes, iou_matrix, scale_boxes
 from emostream.jsonutil import json_ready
-from emostream.stats import percentiles
+from emostream.stats import Reservoir, percentiles
 
 
 def test_iou_of_hand_made_boxes() -> None:
@@ -67,3 +67,24 @@ def test_json_ready_gives_strict_json() -> None:
         "t": [1, 2],
         "r": {"fps": 2.0, "where": "/x"},
     }
+
+
+def test_a_reservoir_keeps_a_bounded_uniform_sample_whose_percentiles_track_the_whole_stream() -> None:
+    values = np.random.default_rng(1).exponential(0.05, 200_000)
+    reservoir = Reservoir(capacity=5_000, seed=3)
+    for v in values:
+        reservoir.add(float(v))
+    assert len(reservoir) == 5_000 and reservoir.seen == 200_000
+    # Uniform over the stream: as many late values as early ones, not only the first 5,000.
+    late = set(values[100_000:].tolist())
+    assert sum(1 for v in reservoir if v in late) > 2_000
+    sampled, exact = percentiles(reservoir), percentiles(values)
+    for key in ("p50", "p95", "p99"):
+        assert sampled[key] == pytest.approx(exact[key], rel=0.08), key
+    # Below capacity it holds every value, in order.
+    small = Reservoir(capacity=10)
+    for v in (3.0, 1.0, 2.0):
+        small.add(v)
+    assert list(small) == [3.0, 1.0, 2.0]
+    with pytest.raises(ValueError, match="capacity must be at least 1"):
+        Reservoir(capacity=0)
