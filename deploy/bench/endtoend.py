@@ -344,16 +344,7 @@ def run_end_to_end(
         safety_duration = startup_timeout_s + warmup_s + measure_s + 30.0
         sub = _events_socket(endpoints(parsed).events)
         launched = time.time()
-        with log_path.open("w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "deploy", "run", "--config", str(config_path)]
-                + ["--duration", f"{safety_duration:.0f}", "--quiet"],
-                cwd=REPO,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={**os.environ, **(env or {})},
-            )
+        proc = start_launcher(config_path, safety_duration, log_path, env)
         run = _Collector(proc, log_path, metrics_ports(parsed), warmup_s, measure_s, launched)
         try:
             error = run.run(sub, startup_timeout_s)
@@ -378,6 +369,23 @@ def run_end_to_end(
             load=stage_load(start, end) if start is not None and end is not None else None,
             info=info,
             log_tail=log_path.read_text()[-3000:] if error else None,
+        )
+
+
+def start_launcher(
+    config_path: Path, duration_s: float, log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """``python -m deploy run`` on ``config_path`` for at most ``duration_s`` (a safety bound), quiet, its
+    output in ``log_path``, in a session of its own; ``env`` on top of this process's environment."""
+    with log_path.open("w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "deploy", "run", "--config", str(config_path)]
+            + ["--duration", f"{duration_s:.0f}", "--quiet"],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,10 +43,10 @@ from typing import Any
 import yaml
 import zmq
 
-from deploy.bench.endtoend import stop_launcher
+from deploy.bench.endtoend import start_launcher, stop_launcher
 from deploy.bench.procstats import Sample, scrape, stage_pids
 from deploy.bench.report import align
-from deploy.bench.settings import REPO, BenchSettings, pipeline_config
+from deploy.bench.settings import BenchSettings, pipeline_config
 from deploy.config import ClassifierConfig
 from deploy.plan import endpoints, metrics_ports
 
@@ -294,15 +293,7 @@ def run_soak(
         log_path = Path(workdir) / "launcher.log"
         events = _Events(endpoints(parsed).events)
         safety_s = settings.startup_timeout_s + duration_s + 60.0
-        with log_path.open("w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "deploy", "run", "--config", str(config_path)]
-                + ["--duration", f"{safety_s:.0f}", "--quiet"],
-                cwd=REPO,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        proc = start_launcher(config_path, safety_s, log_path)
         note(
             f"soak: {SOAK_CAMERAS} cameras of {settings.video.name} at 25 fps ({spec.drop_policy}) for "
             f"{minutes:g} min, a sample every {interval_s:g} s, warm-up {WARMUP_SHARE * duration_s:.0f} s"

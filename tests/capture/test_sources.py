@@ -10,17 +10,13 @@ import pytest
 
 from capture.settings import CameraSettings
 from capture.sources import FFMPEG_OPTIONS_ENV, SourceKind, VideoCaptureSource, ffmpeg_capture_options
-from support import shared_path
-from support.rtsp_server import RtspServer, started_or_skip
+from support.rtsp_server import RtspServer, faces_rtsp_server
 
 
 @pytest.fixture
 def rtsp_server(tmp_path) -> Iterator[RtspServer]:
-    server = started_or_skip(shared_path("media", "faces.mp4"), tmp_path / "rtsp-server.log")
-    try:
+    with faces_rtsp_server(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_ffmpeg_options_name_the_transport_and_keep_the_users_own() -> None:

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -235,3 +236,16 @@ def serve(port: int, media: str) -> None:
 
 if __name__ == "__main__":
     serve(int(sys.argv[1]), sys.argv[2])
+
+
+@contextlib.contextmanager
+def faces_rtsp_server(log_dir: Path) -> Iterator[RtspServer]:
+    """``../shared/media/faces.mp4`` served on rtsp://127.0.0.1:PORT/live for the ``with`` block (the test
+    skips when the server or the video is missing); its log in ``log_dir``."""
+    from support import shared_path
+
+    server = started_or_skip(shared_path("media", "faces.mp4"), Path(log_dir) / "rtsp-server.log")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -14,20 +14,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from support import metric_value, scrape, shared_path, wait_for
+from support import metric_value, scrape, wait_for
 from support.pipeline import Pipeline, pipeline_config
-from support.rtsp_server import RtspServer, started_or_skip
+from support.rtsp_server import RtspServer, faces_rtsp_server
 
 CAMERAS = {"tcpcam": "tcp", "udpcam": "udp"}
 
 
 @pytest.fixture
 def rtsp_server(tmp_path) -> Iterator[RtspServer]:
-    server = started_or_skip(shared_path("media", "faces.mp4"), tmp_path / "rtsp-server.log")
-    try:
+    with faces_rtsp_server(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def logged(tmp_path) -> list[dict]:
