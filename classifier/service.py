@@ -40,19 +40,27 @@ def _probabilities(class_names: list[str], probs: np.ndarray) -> dict[str, float
 
 
 def events_for_batch(
-    batch: Batch, probs: np.ndarray, class_names: list[str], tracker: Tracker | None = None
+    batch: Batch,
+    probs: np.ndarray,
+    class_names: list[str],
+    tracker: Tracker | None = None,
+    classified: np.ndarray | None = None,
 ) -> list[EmotionEvent]:
     """One event per frame of the batch, faces in detector order, in the batch's frame order.
 
     With a ``tracker`` (what the service passes) frames go through it in that order: every face gets
     its track id and smoothed scores, and ``emotion``/``confidence`` follow the smoothed scores;
-    without one, faces carry the raw scores only.
+    without one, faces carry the raw scores only. ``classified`` (faces,) bool marks the faces the model
+    scored in this batch (default: all); the others carry scores reused from their track.
     """
     now = time.time()
     events = []
-    for frame, frame_probs in zip(batch.frames, batch.split(probs), strict=True):
+    fresh = np.ones(batch.face_count, dtype=bool) if classified is None else classified
+    for frame, frame_probs, frame_fresh in zip(batch.frames, batch.split(probs), batch.split(fresh), strict=True):
         if tracker is not None:
-            ids, smoothed = tracker.update(frame.camera, frame.seq, frame.boxes, frame_probs, frame.ts_capture)
+            ids, smoothed = tracker.update(
+                frame.camera, frame.seq, frame.boxes, frame_probs, frame.ts_capture, frame_fresh
+            )
         faces = []
         for i, (box, det_score, p) in enumerate(zip(frame.boxes, frame.scores, frame_probs, strict=True)):
             raw_top = int(np.argmax(p))
@@ -98,7 +106,9 @@ class ClassifierService:
         settings = settings or ClassifierSettings()
         self.model = model
         #: One tracker for every camera (tracks are per camera inside it); fed in each batch's frame order.
-        self.tracker = Tracker(settings.smoothing_window, settings.track_iou, settings.track_max_age)
+        self.tracker = Tracker(
+            settings.smoothing_window, settings.track_iou, settings.track_max_age, settings.classify_every
+        )
         self.max_age_s = settings.max_age_ms / 1000.0
         self._malformed_log = ThrottledLog(log)
         metrics.register_classifier_metrics()
@@ -169,6 +179,7 @@ class ClassifierService:
         if model is None:
             return
         self.model = model
+        self.tracker.forget_scores()  # no face is shown the old model's scores after the switch
         try:
             self.publish_model_info()
             metrics.MODEL_SWAPS.inc()
@@ -179,14 +190,21 @@ class ClassifierService:
 
     def _classify(self, batch: Batch) -> None:
         started = time.perf_counter()
-        probs = self.model.predict(batch.crops)
-        if self.control is not None and batch.face_count:
+        plan = self.tracker.plan(batch.frames)
+        crops = batch.crops[plan.classify] if plan.reused else batch.crops
+        if len(crops):
+            probs = plan.fill(self.model.predict(crops))
+        else:  # every face reuses its track's scores
+            probs = plan.fill(np.empty((0, len(self.model.class_names)), dtype=np.float32))
+        if self.control is not None and len(crops):
             # The canary of the next swap: real crops. A view is enough: nothing writes to a batch's crops again.
-            self.control.recent = batch.crops[:CANARY_FACES]
-        events = events_for_batch(batch, probs, self.model.class_names, self.tracker)
+            self.control.recent = crops[:CANARY_FACES]
+        events = events_for_batch(batch, probs, self.model.class_names, self.tracker, plan.classify)
         metrics.STAGE_SECONDS.labels(STAGE).observe(time.perf_counter() - started)
-        if batch.face_count:
-            metrics.BATCH_SIZE.observe(batch.face_count)
+        if len(crops):
+            metrics.BATCH_SIZE.observe(len(crops))
+        if plan.reused:
+            metrics.FACES_REUSED.inc(plan.reused)
         for event in events:
             # Count before sending: whoever sees the event then also sees it in /metrics.
             metrics.FRAMES.labels(STAGE, event.camera).inc()

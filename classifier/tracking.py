@@ -36,21 +36,33 @@ faces take the track's id and the smoothed vector one EMA step from the track's 
 their raw scores. A frame with a lower ``seq`` but a *later* capture time means the camera restarted
 (its sequence starts again at 0): its tracks are dropped and tracking starts over (ids keep
 increasing).
+
+Scores reused along a track (``classify_every`` N > 1): a face that continues a track whose face was
+classified fewer than N frames earlier takes that classification's scores instead of a model call
+(:meth:`Tracker.plan`, before the batch goes through the model). Faces of new tracks, and of tracks whose
+last classification is N or more frames old, are classified. The plan matches each frame's boxes against
+the tracks as they stood before the batch, and a face may also take the scores of an earlier face of its
+track in the same batch; so every track is classified at least every N frames of its camera, and with N
+= 2 about half the faces of steady tracks cost a model call. Frames from the past (see above) are always
+classified.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from classifier.settings import ClassifierSettings
 from emostream.boxes import iou_matrix
+from emostream.wire import Faces
 
 #: The classifier settings' defaults (classifier/settings.py), for trackers built without settings.
 DEFAULT_WINDOW: int = ClassifierSettings.model_fields["smoothing_window"].default
 DEFAULT_IOU: float = ClassifierSettings.model_fields["track_iou"].default
 DEFAULT_MAX_AGE: int = ClassifierSettings.model_fields["track_max_age"].default
+DEFAULT_CLASSIFY_EVERY: int = ClassifierSettings.model_fields["classify_every"].default
 
 
 def match(previous: np.ndarray, current: np.ndarray, iou_threshold: float) -> list[tuple[int, int]]:
@@ -78,6 +90,38 @@ class Track:
     box: np.ndarray  # float64 (4,) xywh, the last matched box
     smoothed: np.ndarray  # float64 (classes,)
     last_seq: int
+    #: The raw scores of the track's last classified face and that frame's seq (see ``classify_every``).
+    raw: np.ndarray
+    raw_seq: int
+
+
+@dataclass
+class ScorePlan:
+    """Which faces of a batch go through the model and where the others take their scores from.
+
+    ``classify`` (faces,) bool marks the faces the model scores, in batch order. A face not classified
+    takes either ``stored[i]``, the raw scores of its track's classification in an earlier batch, or
+    ``same_batch[i]``, the batch index of an earlier face of its track that is classified.
+    """
+
+    classify: np.ndarray
+    stored: dict[int, np.ndarray] = field(default_factory=dict)
+    same_batch: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def reused(self) -> int:
+        return len(self.classify) - int(self.classify.sum())
+
+    def fill(self, model_probs: np.ndarray) -> np.ndarray:
+        """Scores (faces, classes) for every face from the model's rows for the classified faces."""
+        model_probs = np.asarray(model_probs)
+        probs = np.empty((len(self.classify), model_probs.shape[-1]), dtype=model_probs.dtype)
+        probs[self.classify] = model_probs
+        for i, scores in self.stored.items():
+            probs[i] = scores
+        for i, source in self.same_batch.items():
+            probs[i] = probs[source]
+        return probs
 
 
 class CameraTracks:
@@ -106,12 +150,43 @@ class CameraTracks:
         a = 1.0 - (1.0 - self.alpha) ** max(1, gap)
         return state + a * (raw - state)
 
+    def plan_frame(
+        self, seq: int, boxes: np.ndarray, every: int, planned: dict[int, tuple[int, int]]
+    ) -> list[tuple[int | None, np.ndarray | int | None]]:
+        """For each face of a frame: (the id of the track it continues or None, where its scores come
+        from: the track's stored raw scores, the batch index of an earlier face of the track classified
+        in this batch, or None to classify it). ``planned`` maps track id -> (seq, batch index) of the
+        track's classifications planned so far in this batch. The tracks are not changed."""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        plan: list[tuple[int | None, np.ndarray | int | None]] = [(None, None)] * len(boxes)
+        if every <= 1 or (self.newest is not None and seq <= self.newest[0]):
+            return plan
+        for ti, fi in match(np.array([t.box for t in self.tracks]), boxes, self.iou_threshold):
+            track = self.tracks[ti]
+            source: np.ndarray | int | None = None
+            if track.id in planned:
+                planned_seq, index = planned[track.id]
+                source = index if 0 < seq - planned_seq < every else None
+            elif 0 < seq - track.raw_seq < every:
+                source = track.raw
+            plan[fi] = (track.id, source)
+        return plan
+
     def update(
-        self, seq: int, boxes: np.ndarray, probs: np.ndarray, ts_capture: float | None = None
+        self,
+        seq: int,
+        boxes: np.ndarray,
+        probs: np.ndarray,
+        ts_capture: float | None = None,
+        classified: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Track ids (N,) int64 and smoothed probabilities (N, classes) float32 for one frame's faces."""
+        """Track ids (N,) int64 and smoothed probabilities (N, classes) float32 for one frame's faces.
+
+        ``classified`` (N,) bool: which faces the model scored on this frame (default all); the others'
+        ``probs`` are reused scores, which do not renew their track's classification."""
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         n = len(boxes)
+        fresh = np.ones(n, dtype=bool) if classified is None else np.asarray(classified, dtype=bool)
         probs = np.asarray(probs, dtype=np.float64)
         probs = probs.reshape(n, -1) if n else probs.reshape(0, probs.shape[-1] if probs.ndim == 2 else 0)
         ids = np.zeros(n, dtype=np.int64)
@@ -129,14 +204,24 @@ class CameraTracks:
             track = self.tracks[ti]
             track.smoothed = self._step(track.smoothed, probs[fi], seq - track.last_seq)
             track.box, track.last_seq = boxes[fi].copy(), seq
+            if fresh[fi]:
+                track.raw, track.raw_seq = probs[fi].copy(), seq
             ids[fi], smoothed[fi] = track.id, track.smoothed
             matched.add(fi)
         for fi in range(n):
             if fi not in matched:
-                track = Track(self._new_id(), boxes[fi].copy(), probs[fi].copy(), seq)
+                # A reused face that starts a track after all (the tracks moved within its batch): its
+                # scores are not this frame's, so the track's next face is classified.
+                raw_seq = seq if fresh[fi] else seq - 1_000_000
+                track = Track(self._new_id(), boxes[fi].copy(), probs[fi].copy(), seq, probs[fi].copy(), raw_seq)
                 self.tracks.append(track)
                 ids[fi] = track.id
         return ids, smoothed.astype(np.float32)
+
+    def forget_scores(self) -> None:
+        """Classify every track's next face (a new model serves: no scores of the old one are reused)."""
+        for track in self.tracks:
+            track.raw_seq = -1_000_000
 
     def _late(
         self, boxes: np.ndarray, probs: np.ndarray, ids: np.ndarray, smoothed: np.ndarray
@@ -157,18 +242,62 @@ class Tracker:
     """:class:`CameraTracks` for every camera, created on a camera's first frame."""
 
     def __init__(
-        self, window: int = DEFAULT_WINDOW, iou_threshold: float = DEFAULT_IOU, max_age: int = DEFAULT_MAX_AGE
+        self,
+        window: int = DEFAULT_WINDOW,
+        iou_threshold: float = DEFAULT_IOU,
+        max_age: int = DEFAULT_MAX_AGE,
+        classify_every: int = DEFAULT_CLASSIFY_EVERY,
     ) -> None:
         CameraTracks(window, iou_threshold, max_age)  # validate the settings now, not on the first frame
+        if classify_every < 1:
+            raise ValueError(f"classify_every {classify_every} is not at least 1 frame")
         self.window = window
         self.iou_threshold = iou_threshold
         self.max_age = max_age
+        self.classify_every = classify_every
         self.cameras: dict[str, CameraTracks] = {}
 
-    def update(
-        self, camera: str, seq: int, boxes: np.ndarray, probs: np.ndarray, ts_capture: float | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def _camera(self, camera: str) -> CameraTracks:
         tracks = self.cameras.get(camera)
         if tracks is None:
             tracks = self.cameras[camera] = CameraTracks(self.window, self.iou_threshold, self.max_age)
-        return tracks.update(seq, boxes, probs, ts_capture)
+        return tracks
+
+    def plan(self, frames: Sequence[Faces]) -> ScorePlan:
+        """Which faces of a batch (``frames`` in batch order) the model must score; see the module docstring."""
+        result = ScorePlan(np.ones(sum(len(f) for f in frames), dtype=bool))
+        if self.classify_every <= 1:
+            return result
+        planned: dict[str, dict[int, tuple[int, int]]] = {}
+        start = 0
+        for frame in frames:
+            tracks = self.cameras.get(frame.camera)
+            if tracks is not None:
+                camera_planned = planned.setdefault(frame.camera, {})
+                decisions = tracks.plan_frame(frame.seq, frame.boxes, self.classify_every, camera_planned)
+                for i, (track_id, source) in enumerate(decisions, start):
+                    if isinstance(source, int):
+                        result.same_batch[i] = source
+                    elif source is not None:
+                        result.stored[i] = source
+                    elif track_id is not None:  # classified here: later frames of the batch may reuse it
+                        camera_planned[track_id] = (frame.seq, i)
+                    result.classify[i] = source is None
+            start += len(frame)
+        return result
+
+    def update(
+        self,
+        camera: str,
+        seq: int,
+        boxes: np.ndarray,
+        probs: np.ndarray,
+        ts_capture: float | None = None,
+        classified: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return self._camera(camera).update(seq, boxes, probs, ts_capture, classified)
+
+    def forget_scores(self) -> None:
+        """Classify every track's next face: a new model serves."""
+        for tracks in self.cameras.values():
+            tracks.forget_scores()

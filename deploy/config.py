@@ -76,6 +76,26 @@ class MetricsConfig(Section):
     base_port: Port = 9100
 
 
+Nice = Annotated[int, Field(ge=0, le=19)]
+
+
+class NiceConfig(Section):
+    """Scheduling priority of each kind of stage: Unix nice values (0-19, added to the launcher's own).
+
+    When the stages want more CPU than the machine has, the kernel gives a stage of nice N about 1.25^-N
+    the share of one at 0. Downstream stages come first by default: work a detector already did is not
+    thrown away in a classifier queue (``stale``), and an overload is shed where it is cheapest, as
+    counted capture drops, instead of as queues that add latency to every event.
+    """
+
+    capture: Nice = 0
+    detector: Nice = 5
+    classifier: Nice = 0
+    sink: Nice = 0
+    #: The recorder, viewer and WebRTC page: what people watch comes after the events.
+    viewers: Nice = 5
+
+
 class SupervisorConfig(Section):
     restart_backoff_s: PositiveFloat = 0.5
     restart_backoff_max_s: PositiveFloat = 10.0
@@ -87,6 +107,7 @@ class SupervisorConfig(Section):
     #: the sink, classifier or a detector then ends the run with status 1, a camera stops being restarted.
     #: 0: restart forever.
     max_restarts: Annotated[int, Field(ge=0)] = 5
+    nice: NiceConfig = NiceConfig()
 
 
 class SecurityConfig(Section):

@@ -44,6 +44,8 @@ class StageSpec:
     #: A stage that follows camera changes (``--follow-stdin``): the line that tells it the current cameras'
     #: inputs (:func:`camera_update`), written to its stdin when the camera set changes.
     update: str | None = None
+    #: Unix nice value the stage runs at (supervisor.nice), on top of the launcher's.
+    nice: int = 0
 
     @property
     def argv(self) -> list[str]:
@@ -312,6 +314,7 @@ class _Stages:
         self.ports = layout.metrics if config.metrics.enabled else {}
         #: Stages that follow camera changes read them from stdin (the control API is on).
         self.follow = config.control.enabled
+        self.nice = config.supervisor.nice
 
     def following(self, args: list[str], inputs: dict[str, str]) -> tuple[list[str], str | None]:
         """``args`` and the update line of a stage that follows the camera set (camera id -> its input)."""
@@ -341,7 +344,7 @@ class _Stages:
         if rec.fps:
             args += ["--fps", str(rec.fps)]
         args, update = self.following(args, self.ends.previews)
-        return self.spec("recorder", "sink.record", args, update=update)
+        return self.spec("recorder", "sink.record", args, update=update, nice=self.nice.viewers)
 
     def viewer(self, view: ViewerConfig) -> StageSpec:
         # Like the recorder: SUB sockets only, so it may start first and stops last; essential, because a
@@ -354,7 +357,7 @@ class _Stages:
         if view.blur_faces:
             args.append("--blur-faces")
         args, update = self.following(args, self.ends.previews)
-        return self.spec("viewer", "sink.viewer", args, update=update)
+        return self.spec("viewer", "sink.viewer", args, update=update, nice=self.nice.viewers)
 
     def webrtc_ingest(self) -> StageSpec:
         # Binds every bridge (the captures connect) and the page; essential: a page that cannot bind its
@@ -365,18 +368,18 @@ class _Stages:
             args += ["--camera", f"{camera}={bridge}"]
         if ing.token:
             args += ["--token", ing.token]
-        return self.spec("webrtc_ingest", "capture.webrtc_ingest", args)
+        return self.spec("webrtc_ingest", "capture.webrtc_ingest", args, nice=self.nice.viewers)
 
     def sink(self) -> StageSpec:
         args = ["--pull", self.ends.events_in, *settings_cli.to_argv(self.config.sink, SinkSettings)]
-        return self.spec("sink", "sink", args)
+        return self.spec("sink", "sink", args, nice=self.nice.sink)
 
     def classifier(self) -> StageSpec:
         threads = self.threads.classifier
         args = ["--pull", self.ends.faces, "--push", self.ends.events_in]
         settings = self.config.classifier.model_copy(update={"threads": threads, "control": self.ends.control})
         args += settings_cli.to_argv(settings, ClassifierSettings)
-        return self.spec("classifier", "classifier", args, env=thread_env(threads))
+        return self.spec("classifier", "classifier", args, env=thread_env(threads), nice=self.nice.classifier)
 
     def detectors(self) -> list[StageSpec]:
         threads = self.threads.detector
@@ -388,7 +391,7 @@ class _Stages:
             args, update = self.following(
                 ["--worker", str(i), *frames, "--push", self.ends.faces, *settings], self.ends.frames
             )
-            specs.append(self.spec(f"detector-{i}", "detector", args, env=env, update=update))
+            specs.append(self.spec(f"detector-{i}", "detector", args, env=env, update=update, nice=self.nice.detector))
         return specs
 
     def capture(self, camera: CameraConfig) -> StageSpec:
@@ -408,6 +411,7 @@ class _Stages:
             restart=Restart.ON_FAILURE if finite else Restart.ALWAYS,
             essential=False,
             labels={"camera": camera.id},
+            nice=self.nice.capture,
         )
 
 

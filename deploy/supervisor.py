@@ -74,6 +74,18 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _child_setup(nice: int) -> Callable[[], None]:
+    """What a stage's child process does before it runs the stage: die with the launcher, take its
+    nice value (before any thread starts, so every thread of the stage has it)."""
+
+    def setup() -> None:
+        _die_with_parent()
+        if nice:
+            os.nice(nice)
+
+    return setup
+
+
 @dataclass
 class StageState:
     spec: StageSpec
@@ -159,7 +171,7 @@ class Supervisor:
         state.process = subprocess.Popen(
             state.spec.argv,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_child_setup(state.spec.nice),
             env=env,
             stdin=stdin,
             stderr=subprocess.PIPE,

@@ -83,6 +83,11 @@ OUTPUT_UP = Gauge(
     "emostream_output_up", "1 while an output's last connection or delivery succeeded, else 0.", ["output"]
 )
 MODEL_INFO = Info("emostream_model", "The emotion model the classifier serves.", registry=None)
+FACES_REUSED = Counter(
+    "emostream_classifier_faces_reused",
+    "Faces that took their track's last scores instead of a model call (classifier.classify_every).",
+    registry=None,
+)
 MODEL_SWAPS = Counter(
     "emostream_model_swaps",
     "Models the classifier switched to while serving (python -m deploy model use FILE or previous).",
@@ -98,7 +103,7 @@ MODEL_SWAP_REFUSALS = Counter(
 
 def register_classifier_metrics() -> None:
     """Add the classifier's unlabelled metrics to the default registry (idempotent)."""
-    for metric in (BATCH_SIZE, QUEUE_DEPTH, MODEL_INFO, MODEL_SWAPS):
+    for metric in (BATCH_SIZE, QUEUE_DEPTH, FACES_REUSED, MODEL_INFO, MODEL_SWAPS):
         with contextlib.suppress(ValueError):  # already registered in this process
             REGISTRY.register(metric)
 

@@ -30,27 +30,35 @@ CAMERA = "video"
 SHEET_FRAMES = 6
 
 
-def label_video(video: Path, extractor: Any, model: Any, window: int) -> tuple[list[EmotionEvent], list[np.ndarray]]:
-    """The event of every frame of ``video``, and the frames themselves for pictures."""
+def label_video(
+    video: Path, extractor: Any, model: Any, window: int, classify_every: int = 1
+) -> tuple[list[EmotionEvent], list[np.ndarray], int]:
+    """The event of every frame of ``video``, the frames themselves for pictures, and the faces the model
+    scored (with ``classify_every`` > 1 tracked faces reuse their track's scores, as the classifier does)."""
     from classifier.service import DIGITS
-    from classifier.tracking import CameraTracks
+    from classifier.tracking import Tracker
+    from emostream.wire import Faces
 
     capture = cv2.VideoCapture(str(video))
     if not capture.isOpened():
         raise SystemExit(f"error: cannot open video {video}")
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    tracks = CameraTracks(window=window)
+    tracker = Tracker(window=window, classify_every=classify_every)
     names = list(model.class_names)
     events: list[EmotionEvent] = []
     frames: list[np.ndarray] = []
+    scored = 0
     while True:
         ok, image = capture.read()
         if not ok:
             break
         seq, ts = len(frames), len(frames) / fps
         found, crops = extractor.extract(image, CAMERA)
-        probs = model.predict(crops)
-        ids, smoothed = tracks.update(seq, found.boxes, probs, ts)
+        faces_message = Faces(CAMERA, seq, ts, ts, image.shape[:2], found.boxes, found.scores, crops)
+        plan = tracker.plan([faces_message])
+        probs = plan.fill(model.predict(crops[plan.classify]) if plan.classify.any() else np.empty((0, len(names))))
+        scored += int(plan.classify.sum())
+        ids, smoothed = tracker.update(CAMERA, seq, found.boxes, probs, ts, plan.classify)
         faces = []
         for i, (x, y, w, h) in enumerate(found.boxes.tolist()):
             top = int(np.argmax(smoothed[i]))
@@ -71,7 +79,7 @@ def label_video(video: Path, extractor: Any, model: Any, window: int) -> tuple[l
     capture.release()
     if not frames:
         raise SystemExit(f"error: {video} has no frames that OpenCV can decode")
-    return events, frames
+    return events, frames, scored
 
 
 def contact_sheet(frames: Sequence[np.ndarray], events: Sequence[Any], path: Path, title: str) -> None:
@@ -116,6 +124,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=ClassifierSettings.model_fields["smoothing_window"].default,
         help="frames each face track's scores are smoothed over, as the classifier serves them",
     )
+    p.add_argument(
+        "--classify-every",
+        type=int,
+        default=ClassifierSettings.model_fields["classify_every"].default,
+        help="classify a tracked face at least every N frames, reusing its track's scores between, as the "
+        "classifier serves them; 1: every face of every frame",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for events.jsonl, report.json and pictures")
     add_arguments(p.add_argument_group("detector (as python -m detector)"), DetectorSettings)
     return p
@@ -132,8 +147,12 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str,
         parser.error(f"--video {args.video}: no such file")
     if args.smoothing_window < 1:
         parser.error("--smoothing-window must be at least 1")
+    if args.classify_every < 1:
+        parser.error("--classify-every must be at least 1")
     model = EmotionModel(args.emotion_model, device="cpu")
-    events, frames = label_video(args.video, build_extractor(settings), model, args.smoothing_window)
+    events, frames, scored = label_video(
+        args.video, build_extractor(settings), model, args.smoothing_window, args.classify_every
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     events_path = args.out / "events.jsonl"
     events_path.write_text("".join(json.dumps(e.to_dict()) + "\n" for e in events))
@@ -151,6 +170,8 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str,
         "model_version": model.version,
         "detector": settings.model_dump(mode="json"),
         "smoothing_window": args.smoothing_window,
+        "classify_every": args.classify_every,
+        "faces_scored_by_the_model": scored,
         **{
             key: overall[key]
             for key in (

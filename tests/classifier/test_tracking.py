@@ -204,12 +204,96 @@ def test_smoothing_settings_reach_the_classifier_command_line():
         return build_parser().parse_args(stage.args)
 
     default = classifier_args({})
-    assert (default.smoothing_window, default.track_iou, default.track_max_age) == (8, 0.3, 25)
-    custom = classifier_args({"smoothing_window": 1, "track_iou": 0.5, "track_max_age": 3})
-    assert (custom.smoothing_window, custom.track_iou, custom.track_max_age) == (1, 0.5, 3)
+    assert (default.smoothing_window, default.track_iou, default.track_max_age, default.classify_every) == (
+        8, 0.3, 25, 2,
+    )  # fmt: skip
+    custom = classifier_args({"smoothing_window": 1, "track_iou": 0.5, "track_max_age": 3, "classify_every": 1})
+    assert (custom.smoothing_window, custom.track_iou, custom.track_max_age, custom.classify_every) == (1, 0.5, 3, 1)
     with pytest.raises(ConfigError, match="classifier.smoothing_window"):
         classifier_args({"smoothing_window": 0})
     with pytest.raises(ConfigError, match="classifier.track_iou"):
         classifier_args({"track_iou": 0})
+    with pytest.raises(ConfigError, match="classifier.classify_every"):
+        classifier_args({"classify_every": 0})
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--pull", "x", "--push", "y", "--smoothing-window", "0"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores reused along a track (classifier.classify_every)
+# ---------------------------------------------------------------------------------------------
+
+
+def model_of(crops: np.ndarray) -> np.ndarray:
+    """A stand-in for the model: the class is the crop's pixel value, so each crop's scores are known."""
+    return onehot(*[int(c[0, 0]) % C for c in crops])
+
+
+def run_batches(tracker: Tracker, batches: list[list[Faces]]) -> tuple[list[np.ndarray], list[EmotionEvent]]:
+    """What ClassifierService._classify does: plan, score the classified crops, fill, make events."""
+    classified, events = [], []
+    for frames in batches:
+        batch = Batch(frames=frames, crops=np.concatenate([f.crops for f in frames]))
+        plan = tracker.plan(frames)
+        probs = plan.fill(model_of(batch.crops[plan.classify]))
+        classified.append(plan.classify)
+        events += events_for_batch(batch, probs, list(EMOTIONS), tracker, plan.classify)
+    return classified, events
+
+
+def face_at(camera: str, seq: int, x: int, label: int) -> Faces:
+    """One face at (x, 0), its crop filled with ``label`` (what :func:`model_of` reads)."""
+    return Faces(
+        camera, seq, 100.0 + seq, 100.0 + seq, (480, 640), boxes((x, 0, 40, 40)), np.ones(1, np.float32),
+        np.full((1, 48, 48), label, np.uint8),
+    )  # fmt: skip
+
+
+def test_a_steady_face_is_classified_every_other_frame_and_carries_the_last_scores_between():
+    tracker = Tracker(window=1, classify_every=2)
+    # One frame per batch; the crop's label changes every frame, so a reused score is visible.
+    classified, events = run_batches(tracker, [[face_at("cam0", seq, seq, seq)] for seq in range(6)])
+    assert [bool(c[0]) for c in classified] == [True, False, True, False, True, False]
+    shown = [e.faces[0].emotion for e in events]
+    assert shown == [EMOTIONS[s - s % 2] for s in range(6)]  # frame 1 shows frame 0's class, 3 shows 2's, ...
+    assert len({e.faces[0].track for e in events}) == 1
+
+
+def test_within_one_batch_a_face_takes_the_scores_of_its_tracks_earlier_face():
+    tracker = Tracker(window=1, classify_every=2)
+    run_batches(tracker, [[face_at("cam0", 0, 0, 0)]])  # track 1, classified on frame 0
+    frames = [face_at("cam0", seq, seq, seq) for seq in range(1, 6)]
+    plan = tracker.plan(frames)
+    assert plan.classify.tolist() == [False, True, False, True, False]
+    assert set(plan.stored) == {0} and plan.same_batch == {2: 1, 4: 3}
+    classified, events = run_batches(Tracker(window=1, classify_every=2), [[face_at("cam0", 0, 0, 0)], frames])
+    assert [e.faces[0].emotion for e in events] == [EMOTIONS[c] for c in (0, 0, 2, 2, 4, 4)]
+
+
+def test_new_faces_late_frames_and_every_1_are_always_classified_and_a_swap_forgets_scores():
+    tracker = Tracker(window=1, classify_every=3)
+    run_batches(tracker, [[face_at("cam0", 0, 0, 0)]])
+    newcomer = Faces(
+        "cam0", 1, 101.0, 101.0, (480, 640), boxes((1, 0, 40, 40), (300, 0, 40, 40)), np.ones(2, np.float32),
+        np.stack([np.full((48, 48), 1, np.uint8), np.full((48, 48), 5, np.uint8)]),
+    )  # fmt: skip
+    assert tracker.plan([newcomer]).classify.tolist() == [False, True]  # the new face at x=300 needs the model
+    run_batches(tracker, [[newcomer]])
+    assert tracker.plan([face_at("cam0", 1, 1, 1)]).classify.tolist() == [True]  # not newer than frame 1
+    assert tracker.plan([face_at("cam1", 2, 2, 2)]).classify.tolist() == [True]  # another camera: no track yet
+    assert tracker.plan([face_at("cam0", 2, 2, 2)]).classify.tolist() == [False]
+    tracker.forget_scores()
+    assert tracker.plan([face_at("cam0", 2, 2, 2)]).classify.tolist() == [True]
+    every_frame = Tracker(window=1, classify_every=1)
+    classified, _ = run_batches(every_frame, [[face_at("cam0", seq, seq, seq)] for seq in range(4)])
+    assert all(c.all() for c in classified)
+    with pytest.raises(ValueError, match="classify_every"):
+        Tracker(classify_every=0)
+
+
+def test_a_batch_of_only_reused_faces_needs_no_model_call():
+    tracker = Tracker(window=1, classify_every=2)
+    run_batches(tracker, [[face_at("cam0", 0, 0, 3)]])
+    plan = tracker.plan([face_at("cam0", 1, 1, 6)])
+    assert plan.reused == 1 and not plan.classify.any()
+    assert plan.fill(np.empty((0, C))).tolist() == onehot(3).tolist()

@@ -3,11 +3,12 @@ thread counts reaching every stage's command line and environment."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from deploy.config import parse_config
+from deploy.config import ConfigError, parse_config
 from deploy.plan import THREAD_ENV, StageSpec, plan_stages, split_threads, thread_split
 from deploy.supervisor import Supervisor
 from emostream.cpu import CpuBudget, cpu_budget
@@ -119,5 +120,33 @@ def test_the_supervisor_starts_a_stage_with_its_environment_on_top_of_the_launch
 
         wait_for(read, what="the stage's environment")
         assert environ["OMP_NUM_THREADS"] == "3" and "PATH" in environ
+    finally:
+        supervisor.stop()
+
+
+def test_stages_run_at_their_nice_values_downstream_first_and_the_config_sets_them():
+    cameras = [{"id": "cam0", "source": "demo"}]
+    two = {"workers": 2}
+    nice = {s.name: s.nice for s in plan_stages(parse_config({"cameras": cameras, "detector": two, "viewer": {}}))}
+    assert nice == {"viewer": 5, "sink": 0, "classifier": 0, "detector-0": 5, "detector-1": 5, "capture-cam0": 0}
+    custom = parse_config(
+        {"cameras": cameras, "detector": two, "supervisor": {"nice": {"capture": 3, "detector": 0, "sink": 1}}}
+    )
+    assert {s.name: s.nice for s in plan_stages(custom)} == {
+        "sink": 1, "classifier": 0, "detector-0": 0, "detector-1": 0, "capture-cam0": 3,
+    }  # fmt: skip
+    with pytest.raises(ConfigError, match="supervisor.nice.detector"):
+        parse_config({"cameras": cameras, "supervisor": {"nice": {"detector": 20}}})
+
+
+def test_the_supervisor_starts_a_stage_at_its_nice_value_on_top_of_the_launchers():
+    spec = StageSpec("idle", "http.server", [str(free_port()), "--bind", "127.0.0.1"], nice=7)
+    supervisor = Supervisor([spec], hang_timeout_s=0)
+    supervisor.start(watch=False)
+    try:
+        pid = supervisor.states["idle"].process.pid
+        # /proc/PID/stat: the 19th field is the nice value (fields counted after the command name's ")").
+        nice = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+        assert nice == os.nice(0) + 7
     finally:
         supervisor.stop()

@@ -109,6 +109,7 @@ CUSTOM = {
         "smoothing_window": 1,
         "track_iou": 0.45,
         "track_max_age": 3,
+        "classify_every": 3,
         "control": "tcp://127.0.0.1:7001",
     },
     "sink": {"publish": "tcp://127.0.0.1:7000", "jsonl": "events.jsonl"},
