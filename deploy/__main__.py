@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import signal
 import sys
 import threading
@@ -34,21 +33,15 @@ from deploy.supervisor import FatalStageError, Supervisor
 from emostream.health import HEALTH
 from emostream.metrics import serve_metrics
 from emostream.security import SecurityError, create_keys, load_client_keys
+from emostream.settings_cli import positive_number
 from emostream.shm import remove_stale_rings
 
 log = logging.getLogger("deploy")
 EXIT_CONFIG = 2
 
 
-def positive_seconds(text: str) -> float:
-    """``--duration``: a finite number of seconds above 0 (omit the option to run until stopped)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0 (omit it to run until Ctrl-C)")
-    return value
+#: ``--duration``: a finite number of seconds above 0 (omit the option to run until stopped).
+positive_seconds = positive_number("a number of seconds", " (omit it to run until Ctrl-C)")
 
 
 def cmd_check(args: argparse.Namespace) -> int:

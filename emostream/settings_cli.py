@@ -15,6 +15,7 @@ A field is spelled ``--field-name`` (a bool that defaults to true: ``--no-field-
 from __future__ import annotations
 
 import argparse
+import math
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -25,6 +26,22 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def positive_number(what: str = "a number", hint: str = "") -> Callable[[str], float]:
+    """An argparse ``type``: a finite number above 0, else a usage error that quotes the text, e.g.
+    ``'-5' is not a number of seconds > 0 (omit it to run until Ctrl-C)``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what} > 0{hint}")
+        return value
+
+    return parse
 
 
 @dataclass(frozen=True)

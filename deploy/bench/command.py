@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shlex
@@ -48,6 +47,7 @@ from deploy.plan import split_threads
 from emostream.cpu import CpuBudget, cpu_budget, cpu_info, thread_budget
 from emostream.jsonutil import json_ready
 from emostream.runtime import tune_malloc
+from emostream.settings_cli import positive_number
 
 if TYPE_CHECKING:
     from detector.settings import DetectorBackend
@@ -335,7 +335,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--soak",
-        type=_positive_number,
+        type=positive_number(),
         metavar="MINUTES",
         help=f"instead of the measurements: {SOAK_CAMERAS} live cameras for this long, every process's RSS, CPU "
         "and open fds over time (table, --json, --plot) and a verdict: RSS growth after warm-up, restarts, "
@@ -343,7 +343,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--soak-interval",
-        type=_positive_number,
+        type=positive_number(),
         default=DEFAULT_INTERVAL_S,
         metavar="SECONDS",
         help="with --soak: seconds between samples (default %(default)s; at most a tenth of the run)",
@@ -356,16 +356,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "EMOSTREAM_TUNE_MALLOC=0 to compare against glibc's default allocator (the launcher sets the stages' "
         "OMP_NUM_THREADS and the like itself: change thread counts in the config)",
     )
-
-
-def _positive_number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0")
-    return value
 
 
 def _soak(args: argparse.Namespace, settings: BenchSettings) -> int:
