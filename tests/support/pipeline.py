@@ -85,7 +85,7 @@ def pipeline_config(cameras: list[dict], tmp_path: Path, **sections) -> dict:
         "control": {"port": free_port()},  # the default 8070 may be another launcher's
     }
     for key, value in sections.items():
-        config[key].update(value)
+        config.setdefault(key, {}).update(value)
     return config
 
 

@@ -15,7 +15,6 @@ from itertools import groupby
 from pathlib import Path
 
 import pytest
-import yaml
 import zmq
 
 from classifier.model import SHIPPED_MODEL
@@ -25,8 +24,6 @@ from support import (
     PYTHON,
     REPO,
     faces,
-    free_port,
-    free_port_range,
     free_ports,
     metric_samples,
     sample,
@@ -34,6 +31,7 @@ from support import (
     wait_for,
 )
 from support.models import FAVOURED, tiny_model_file
+from support.pipeline import Pipeline, pipeline_config
 
 FERPLUS = SHIPPED_MODEL.with_name("emotion_ferplus.pt2")
 
@@ -182,26 +180,11 @@ def serving_in_metrics(port: int, samples: dict | None = None) -> tuple[str, str
 
 @pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
 def test_deploy_model_swaps_and_rolls_back_a_secured_pipeline_found_through_its_config(tmp_path, keys_dir) -> None:
-    base = free_port_range(52)
-    metrics_base = free_port_range(102)
-    config = {
-        "cameras": [{"id": "demo", "source": "demo", "fps": 10}],
-        "detector": {"workers": 1, "backend": "haar", "min_face": 40},
-        "classifier": {"model": str(SHIPPED_MODEL), "max_batch": 32, "device": "cpu"},
-        "sink": {"publish": f"tcp://127.0.0.1:{free_port()}"},
-        "network": {"base_port": base},
-        "metrics": {"base_port": metrics_base},
-        "supervisor": {"restart_backoff_s": 0.2, "status_interval_s": 2},
-        "security": {"curve_keys": "keys"},  # relative to the config file
-    }
-    config_path = tmp_path / "pipeline.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    log_path = tmp_path / "launcher.log"
-    with log_path.open("w") as log:
-        launcher = subprocess.Popen(
-            [PYTHON, "-m", "deploy", "run", "--config", str(config_path), "--duration", "240"],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    # The keys fixture's folder, relative to the config file.
+    config = pipeline_config([{"id": "demo", "source": "demo", "fps": 10}], tmp_path, security={"curve_keys": "keys"})
+    base, metrics_base = config["network"]["base_port"], config["metrics"]["base_port"]
+    pipeline = Pipeline(config, tmp_path, ["--duration", "240"])
+    config_path = pipeline.config_path
     try:
         shown = wait_for(
             lambda: (
@@ -227,7 +210,6 @@ def test_deploy_model_swaps_and_rolls_back_a_secured_pipeline_found_through_its_
         reply = json.loads(rolled_back.stdout)
         assert reply["serving"]["source"] == str(SHIPPED_MODEL) and reply["previous"]["file"] == str(FERPLUS)
         assert serving_in_metrics(metrics_base + 2)[1] == shown["serving"]["version"]
-        assert "serving " in log_path.read_text() and launcher.poll() is None
+        assert "serving " in pipeline.log_text() and pipeline.proc.poll() is None
     finally:
-        launcher.terminate()
-        launcher.wait(timeout=60)
+        pipeline.stop()

@@ -10,16 +10,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import signal
 import subprocess
 import threading
 import time
 
 import pytest
-import yaml
 import zmq
 
-from classifier.model import SHIPPED_MODEL
 from emostream.security import CurveKeys, load_client_keys, load_keys, secure_client
 from emostream.wire import Credit, EmotionEvent, FaceEmotion, decode_event, decode_frame, encode_credit, encode_event
 from sink.subscribe import events
@@ -27,8 +24,6 @@ from support import (
     PYTHON,
     REPO,
     CreditingWorker,
-    free_port,
-    free_port_range,
     free_ports,
     http_get,
     make_keys,
@@ -37,6 +32,7 @@ from support import (
     start_stage,
     wait_for,
 )
+from support.pipeline import Pipeline, pipeline_config
 
 pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq without CURVE")
 
@@ -57,29 +53,10 @@ def stranger(tmp_path, keys_dir) -> CurveKeys:
 
 
 def test_secured_pipeline_under_the_launcher_delivers_events_to_an_authorized_subscriber(tmp_path, keys_dir):
-    publish = f"tcp://127.0.0.1:{free_port()}"
-    config = {
-        "cameras": [{"id": "demo", "source": "demo", "fps": 10}],
-        "detector": {"workers": 1, "backend": "haar", "min_face": 40},
-        "classifier": {"model": str(SHIPPED_MODEL), "max_batch": 32, "device": "cpu"},
-        "sink": {"publish": publish},
-        "network": {"base_port": free_port_range(52)},
-        "metrics": {"base_port": free_port_range(102)},
-        "supervisor": {"restart_backoff_s": 0.2, "status_interval_s": 2},
-        "security": {"curve_keys": "keys"},  # relative to the config file
-        "control": {"port": free_port()},
-    }
-    config_path = tmp_path / "pipeline.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    log_path = tmp_path / "launcher.log"
-    with log_path.open("w") as log:
-        launcher = subprocess.Popen(
-            [PYTHON, "-m", "deploy", "run", "--config", str(config_path), "--duration", "240"],
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    # The keys fixture's folder, relative to the config file.
+    config = pipeline_config([{"id": "demo", "source": "demo", "fps": 10}], tmp_path, security={"curve_keys": "keys"})
+    publish = config["sink"]["publish"]
+    pipeline = Pipeline(config, tmp_path, ["--duration", "240"])
     keyless = zmq.Context.instance().socket(zmq.SUB)
     try:
         keyless.setsockopt(zmq.LINGER, 0)
@@ -95,14 +72,12 @@ def test_secured_pipeline_under_the_launcher_delivers_events_to_an_authorized_su
                 if any(isinstance(e, EmotionEvent) and e.faces for e in received):
                     break
         with_faces = [e for e in received if isinstance(e, EmotionEvent) and e.faces]
-        assert with_faces, f"no event with a face\n{log_path.read_text()[-3000:]}"
+        assert with_faces, f"no event with a face\n{pipeline.log_text()[-3000:]}"
         assert not keyless.poll(0), "a subscriber without keys received an event"
     finally:
         keyless.close()
-        if launcher.poll() is None:
-            launcher.send_signal(signal.SIGTERM)
-        code = launcher.wait(timeout=60)
-    assert code == 0, log_path.read_text()[-3000:]
+        code = pipeline.stop()
+    assert code == 0, pipeline.log_text()[-3000:]
 
 
 # (c) the sink's publish endpoint -----------------------------------------------------------------
