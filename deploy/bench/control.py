@@ -3,11 +3,11 @@ removed one is gone.
 
 A launcher with one live camera of the bench video (realtime, at 10 fps so that the cameras added stay
 within what two cores serve: a frame-number gap then means a disturbance, not an overload) and its
-control API on a free port. When its events flow, ``--add`` more cameras are added one after the other with the CLI a user
-would type (``python -m deploy cameras add``, a subprocess); for each the seconds from starting that
-command to the camera's first event on the PUB socket. Then each added camera is removed with ``python -m
-deploy cameras remove``: the seconds until its capture process has exited. Meanwhile the first camera's
-frame numbers are checked for gaps (a gap would mean the change disturbed a running camera).
+control API on a free port. When its events flow, ``--add`` more cameras are added one after the other
+with the CLI a user would type (``python -m deploy cameras add``, a subprocess); for each the seconds from
+starting that command to the camera's first event on the PUB socket. Then each added camera is removed
+with ``python -m deploy cameras remove``: the seconds until its capture process has exited. Meanwhile the
+first camera's frame numbers are checked for gaps (a gap would mean the change disturbed a running camera).
 """
 
 from __future__ import annotations
