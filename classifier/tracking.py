@@ -63,6 +63,8 @@ DEFAULT_WINDOW: int = ClassifierSettings.model_fields["smoothing_window"].defaul
 DEFAULT_IOU: float = ClassifierSettings.model_fields["track_iou"].default
 DEFAULT_MAX_AGE: int = ClassifierSettings.model_fields["track_max_age"].default
 DEFAULT_CLASSIFY_EVERY: int = ClassifierSettings.model_fields["classify_every"].default
+#: ``Track.raw_seq`` of a track whose scores must not be reused: its next face is classified.
+UNCLASSIFIED = -(2**62)
 
 
 def match(previous: np.ndarray, current: np.ndarray, iou_threshold: float) -> list[tuple[int, int]]:
@@ -212,7 +214,7 @@ class CameraTracks:
             if fi not in matched:
                 # A reused face that starts a track after all (the tracks moved within its batch): its
                 # scores are not this frame's, so the track's next face is classified.
-                raw_seq = seq if fresh[fi] else seq - 1_000_000
+                raw_seq = seq if fresh[fi] else UNCLASSIFIED
                 track = Track(self._new_id(), boxes[fi].copy(), probs[fi].copy(), seq, probs[fi].copy(), raw_seq)
                 self.tracks.append(track)
                 ids[fi] = track.id
@@ -221,7 +223,7 @@ class CameraTracks:
     def forget_scores(self) -> None:
         """Classify every track's next face (a new model serves: no scores of the old one are reused)."""
         for track in self.tracks:
-            track.raw_seq = -1_000_000
+            track.raw_seq = UNCLASSIFIED
 
     def _late(
         self, boxes: np.ndarray, probs: np.ndarray, ids: np.ndarray, smoothed: np.ndarray
