@@ -129,3 +129,18 @@ class ThrottledLog:
 #: consumer received them seconds old; 128 KiB keeps them fresh at little cost in messages/s
 #: (measured: docs/benchmarks.md, "Measurements behind defaults and constants").
 FRAME_SOCKET_BUFFER = 128 * 1024
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: it exists and is not a zombie (exited, not yet reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # it ended meanwhile, or there is no /proc (not Linux: kill said it runs)
+        return not os.path.isdir("/proc")

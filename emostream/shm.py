@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from emostream.runtime import pid_alive
+
 log = logging.getLogger("emostream.shm")
 
 SHM_DIR = Path("/dev/shm")
@@ -66,23 +68,13 @@ def ring_name(camera: str, pid: int | None = None) -> str:
     return f"{PREFIX}{camera}-{os.getpid() if pid is None else pid}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_rings(camera: str) -> list[str]:
     """Unlink the rings of this camera's earlier processes that no longer run; returns their names."""
     removed = []
     with contextlib.suppress(OSError):
         for path in SHM_DIR.glob(f"{PREFIX}{camera}-*"):
             pid_text = path.name[len(PREFIX) + len(camera) + 1 :]
-            if not pid_text.isdigit() or int(pid_text) == os.getpid() or _pid_alive(int(pid_text)):
+            if not pid_text.isdigit() or int(pid_text) == os.getpid() or pid_alive(int(pid_text)):
                 continue
             with contextlib.suppress(OSError):
                 path.unlink()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -24,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-import zmq
 
-from deploy.bench.endtoend import start_launcher, stop_launcher
+from deploy.bench.endtoend import events_socket, start_launcher, stop_launcher, waiting_face_events
 from deploy.bench.procstats import stage_pids
 from deploy.bench.settings import REPO, BenchSettings, pipeline_config
 from deploy.plan import endpoints
+from emostream.runtime import pid_alive
 
 #: Every camera's rate (see the module docstring).
 FPS = 10.0
@@ -41,41 +40,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by the launcher) is gone for this purpose.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 class _Frames:
     """Frame numbers seen per camera on the pipeline's PUB socket."""
 
     def __init__(self, endpoint: str) -> None:
-        self.socket: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
-        self.socket.setsockopt(zmq.SUBSCRIBE, b"")
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.RCVHWM, 0)
-        self.socket.connect(endpoint)
+        self.socket = events_socket(endpoint)
         self.frames: dict[str, list[int]] = {}
 
     def receive(self, wait_ms: int) -> None:
-        if not self.socket.poll(wait_ms):
-            return
-        while True:
-            try:
-                parts = self.socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            event = json.loads(parts[-1])
-            if event.get("type") == "faces":
+        if self.socket.poll(wait_ms):
+            for event in waiting_face_events(self.socket):
                 self.frames.setdefault(event["camera"], []).append(int(event["frame"]))
 
     def wait_for(self, camera: str, timeout_s: float) -> bool:
@@ -155,13 +129,13 @@ def run_control_bench(settings: BenchSettings, add: int, timeout_s: float = 60.0
                 returned = time.monotonic() - start
                 if result.returncode != 0:
                     raise RuntimeError(f"cameras remove {camera}: {result.stderr.strip() or result.stdout.strip()}")
-                while pid is not None and _alive(pid) and time.monotonic() - start < timeout_s:
+                while pid is not None and pid_alive(pid) and time.monotonic() - start < timeout_s:
                     frames.receive(20)
                 removed.append(
                     {
                         "camera": camera,
                         "cli_returned_s": returned,
-                        "process_gone_s": time.monotonic() - start if pid is not None and not _alive(pid) else None,
+                        "process_gone_s": time.monotonic() - start if pid is not None and not pid_alive(pid) else None,
                     }
                 )
                 print(

@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -256,15 +256,8 @@ class _Collector:
 
     def receive(self, sub: zmq.Socket) -> None:
         """Every event waiting on ``sub``; the first one opens the window ``warmup_s`` later."""
-        while True:
-            try:
-                parts = sub.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for event in waiting_face_events(sub):
             received = time.time()
-            event = json.loads(parts[1])
-            if event.get("type") != "faces":
-                continue
             if self.first_at is None:
                 self.first_at = received
                 self.window_start = received + self.warmup_s
@@ -301,7 +294,20 @@ class _Collector:
         return None
 
 
-def _events_socket(publish: str) -> zmq.Socket:
+def waiting_face_events(sub: zmq.Socket) -> Iterator[dict[str, Any]]:
+    """Every ``faces`` event waiting on the SUB socket ``sub`` now, decoded; returns when none is left."""
+    while True:
+        try:
+            parts = sub.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        event = json.loads(parts[1])
+        if event.get("type") == "faces":
+            yield event
+
+
+def events_socket(publish: str) -> zmq.Socket:
+    """The bench's subscriber to the sink's events: every event, none lost on this side."""
     sub: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.setsockopt(zmq.LINGER, 0)
@@ -342,7 +348,7 @@ def run_end_to_end(
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         log_path = workdir / f"launcher-{label}.log"
         safety_duration = startup_timeout_s + warmup_s + measure_s + 30.0
-        sub = _events_socket(endpoints(parsed).events)
+        sub = events_socket(endpoints(parsed).events)
         launched = time.time()
         proc = start_launcher(config_path, safety_duration, log_path, env)
         run = _Collector(proc, log_path, metrics_ports(parsed), warmup_s, measure_s, launched)

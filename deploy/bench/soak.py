@@ -28,7 +28,6 @@ machine, and a leak shows in the plot.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -41,9 +40,8 @@ from statistics import median
 from typing import Any
 
 import yaml
-import zmq
 
-from deploy.bench.endtoend import start_launcher, stop_launcher
+from deploy.bench.endtoend import events_socket, start_launcher, stop_launcher, waiting_face_events
 from deploy.bench.procstats import Sample, scrape, stage_pids
 from deploy.bench.report import align
 from deploy.bench.settings import BenchSettings, pipeline_config
@@ -242,25 +240,14 @@ class _Events:
     """The bench's subscriber: events per camera and the highest frame number, as they arrive."""
 
     def __init__(self, endpoint: str) -> None:
-        self.socket: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
-        self.socket.setsockopt(zmq.SUBSCRIBE, b"")
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.RCVHWM, 0)  # never lose events on our side: the count is the measurement
-        self.socket.connect(endpoint)
+        self.socket = events_socket(endpoint)
         self.seen: dict[str, tuple[int, int]] = {}
         self.total = 0
 
     def receive(self, wait_ms: int) -> None:
         if not self.socket.poll(wait_ms):
             return
-        while True:
-            try:
-                parts = self.socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            event = json.loads(parts[1])
-            if event.get("type") != "faces":
-                continue
+        for event in waiting_face_events(self.socket):
             count, last = self.seen.get(event["camera"], (0, -1))
             self.seen[event["camera"]] = (count + 1, max(last, int(event["frame"])))
             self.total += 1

@@ -14,8 +14,8 @@ import pytest
 from deploy.plan import StageSpec
 from deploy.supervisor import FatalStageError, Supervisor
 from emostream import metrics
+from emostream.runtime import pid_alive
 from support import free_port, free_ports, wait_for
-from support.pipeline import pid_alive
 
 # ------------------------------------------------------------------------------------------------
 # the watchdog, as plain logic on real (non-emostream) processes

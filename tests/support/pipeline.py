@@ -4,7 +4,6 @@ ports, the launcher process and the events it publishes."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -87,16 +86,3 @@ def pipeline_config(cameras: list[dict], tmp_path: Path, **sections) -> dict:
     for key, value in sections.items():
         config.setdefault(key, {}).update(value)
     return config
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); it counts as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

@@ -18,8 +18,9 @@ import pytest
 import zmq
 
 from deploy.config import load_config
+from emostream.runtime import pid_alive
 from support import PYTHON, REPO, metric_samples, sample, wait_for
-from support.pipeline import Pipeline, pid_alive, pipeline_config
+from support.pipeline import Pipeline, pipeline_config
 
 pytestmark = pytest.mark.system
 

@@ -20,9 +20,10 @@ import cv2
 import pytest
 import zmq
 
+from emostream.runtime import pid_alive
 from emostream.wire import EMOTIONS, EmotionEvent, FaceEmotion, decode_event, encode_event
 from support import REPO, free_port, free_ports, metric_value, scrape, shared_path, wait_for
-from support.pipeline import Pipeline, pid_alive, pipeline_config
+from support.pipeline import Pipeline, pipeline_config
 
 STAGES = ("capture-demo", "detector-0", "classifier", "sink")
 

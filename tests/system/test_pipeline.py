@@ -16,8 +16,9 @@ import urllib.request
 import cv2
 import pytest
 
+from emostream.runtime import pid_alive
 from support import metric_value, scrape, shared_path, wait_for
-from support.pipeline import Pipeline, pid_alive, pipeline_config
+from support.pipeline import Pipeline, pipeline_config
 
 STAGE_METRICS = {
     "capture": [
