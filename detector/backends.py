@@ -193,11 +193,12 @@ class RolledPasses:
         self.iou = iou
         self.min_size = inner.min_size
 
-    def detect(self, image_bgr: np.ndarray) -> Detections:
+    def detect(self, image_bgr: np.ndarray, angles: tuple[float, ...] | None = None) -> Detections:
+        """The upright pass plus a turned pass for each of ``angles`` (None: all of :attr:`angles`)."""
         found = [self.inner.detect(image_bgr)]
         height, width = image_bgr.shape[:2]
         size = (max(1, round(width * self.downscale)), max(1, round(height * self.downscale)))
-        for angle in self.angles:
+        for angle in self.angles if angles is None else angles:
             to_turned = cv2.getRotationMatrix2D((width / 2, height / 2), -angle, self.downscale)
             to_turned[:, 2] += np.array([size[0] / 2 - width / 2, size[1] / 2 - height / 2])
             turned = cv2.warpAffine(image_bgr, to_turned, size, borderMode=cv2.BORDER_REPLICATE)

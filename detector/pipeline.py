@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from functools import partial
 
 import cv2
 import numpy as np
@@ -33,14 +35,14 @@ def downscale_image(image: np.ndarray, factor: float) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def detect_downscaled(detector: FaceDetector, image_bgr: np.ndarray, factor: float) -> Detections:
-    """Detect on ``image_bgr`` shrunk by ``factor`` and return boxes in full-resolution pixels.
+def detect_downscaled(detect: Callable[[np.ndarray], Detections], image_bgr: np.ndarray, factor: float) -> Detections:
+    """``detect`` (a detector's ``detect``) on ``image_bgr`` shrunk by ``factor``: boxes in full-resolution pixels.
 
     Detection cost grows with the pixel count, the classifier needs only 48x48 crops, and faces
     from a camera across a room are still 40+ px at half resolution: 0.5 is a good trade.
     """
     small = downscale_image(image_bgr, factor)
-    found = detector.detect(small)
+    found = detect(small)
     if small is not image_bgr and len(found):
         found = found.scaled(small.shape, image_bgr.shape)
     return found
@@ -56,11 +58,13 @@ class FaceExtractor:
     detector's faces the held boxes keep. A non-key frame of a camera this extractor has not seen a
     key frame of (e.g. after a restart) is detected anyway.
 
-    Rolled passes (a :class:`RolledPasses` detector) run on one key frame in ``roll_every`` per
-    camera, starting with its first; on the key frames between, the upright pass runs, and each face
-    of the camera's previous key frame that it did not find again (a rolled head, which the upright
-    pass misses) is looked for on an upright patch around its last box (:func:`detect_upright_patch`):
-    a face found rolled stays found at the cost of a small patch, not of whole turned frames.
+    Rolled passes (a :class:`RolledPasses` detector): a camera's first key frame runs every one; after
+    it, each turned pass runs on one key frame in ``roll_every`` of the camera, the passes spread over
+    those ``roll_every`` key frames (:meth:`turned_angles`) so that no key frame pays for all of them at
+    once. On every key frame each face of the camera's previous key frame that was not found again (a
+    rolled head, which the upright pass misses) is looked for on an upright patch around its last box
+    (:func:`detect_upright_patch`): a face found rolled stays found at the cost of a small patch, not
+    of whole turned frames.
     """
 
     def __init__(
@@ -101,15 +105,33 @@ class FaceExtractor:
         """Run the detector on one key frame of ``camera``: faces in full-resolution pixels."""
         count = self._key_frames.get(camera, 0)
         self._key_frames[camera] = count + 1
-        rolled_passes = self._rolled is not None and count % self.roll_every == 0
-        detector = self._upright if self._rolled is not None and not rolled_passes else self.detector
-        found = detect_downscaled(detector, image, self.downscale)
+        if self._rolled is None:
+            found = detect_downscaled(self.detector.detect, image, self.downscale)
+        else:
+            angles = self.turned_angles(count)
+            found = detect_downscaled(partial(self._rolled.detect, angles=angles), image, self.downscale)
         if self.align:
             found = refine_landmarks(image, found, self._upright)
         previous = self._key_faces.get(camera)
-        if self._rolled is not None and not rolled_passes and previous is not None:
+        if self._rolled is not None and count and previous is not None:
             found = self._follow(image, found, previous, self._rolled.iou)
         return found
+
+    def turned_angles(self, count: int) -> tuple[float, ...]:
+        """The turned passes of a camera's key frame number ``count`` (0: its first, which runs all).
+
+        Pass ``j`` of ``n`` runs when ``count % roll_every == j * roll_every // n``: with the default
+        two passes and ``roll_every`` 4, +30 on key frames 4, 8, ... and -30 on 2, 6, ..., so a key frame
+        costs at most one turned pass more than an upright one, not two: the bursts of work that four
+        cameras' simultaneous rolled key frames made were the pipeline's latency tail.
+        """
+        if self._rolled is None:
+            return ()
+        angles = self._rolled.angles
+        if count == 0:
+            return angles
+        phase = count % self.roll_every
+        return tuple(a for j, a in enumerate(angles) if j * self.roll_every // len(angles) == phase)
 
     def _follow(self, image: np.ndarray, found: Detections, previous: Detections, iou: float) -> Detections:
         """``found`` plus each face of ``previous`` it lacks (no box overlapping by ``iou``) that an

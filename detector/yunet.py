@@ -33,11 +33,8 @@ class OnnxYuNet:
 
         from emostream.onnxmodel import session_options
 
-        # One frame at a time on ``threads`` cores, as the classifier's sessions run. A worker given one
-        # thread must not spin a pool beside the others.
+        # One frame at a time on ``threads`` cores, as the classifier's sessions run.
         options = session_options(max(0, int(threads)))
-        if threads == 1:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
         names = [o.name for o in self.session.get_outputs()]
         expected = [f"{kind}_{s}" for kind in ("cls", "obj", "bbox", "kps") for s in STRIDES]

@@ -54,10 +54,16 @@ def read_onnx_info(path: str | Path) -> ModelInfo:
         raise ModelFileError(f"{path}: {exc}") from exc
 
 
+#: onnxruntime's session config entry for whether idle intra-op threads spin ("1", its default) or sleep.
+SPINNING_ENTRY = "session.intra_op.allow_spinning"
+
+
 def session_options(threads: int = 0) -> Any:
     """Serving options: ``threads`` intra-op threads (0: onnxruntime's default, one per core), one
     sequential inter-op stream (a chain of convolutions has no parallel branches worth a pool), all
-    graph optimisations (they fuse the int8 file's QuantizeLinear/DequantizeLinear pairs into integer kernels)."""
+    graph optimisations (they fuse the int8 file's QuantizeLinear/DequantizeLinear pairs into integer kernels),
+    and pool threads that sleep when idle instead of spinning: the stages share the cores, and a pool that
+    spins between batches burns CPU the other stages need, for no gain in speed (docs/benchmarks.md)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -66,6 +72,7 @@ def session_options(threads: int = 0) -> Any:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry(SPINNING_ENTRY, "0")
     return options
 
 

@@ -31,10 +31,13 @@ SHEET_FRAMES = 6
 
 
 def label_video(
-    video: Path, extractor: Any, model: Any, window: int, classify_every: int = 1
+    video: Path, extractor: Any, model: Any, window: int, classify_every: int = 1, interval: int = 1
 ) -> tuple[list[EmotionEvent], list[np.ndarray], int]:
     """The event of every frame of ``video``, the frames themselves for pictures, and the faces the model
-    scored (with ``classify_every`` > 1 tracked faces reuse their track's scores, as the classifier does)."""
+    scored (with ``classify_every`` > 1 tracked faces reuse their track's scores, as the classifier does).
+
+    ``interval`` is the detector's: faces are detected on frames 0, N, 2N... and the frames between take
+    the last key frame's boxes with crops of their own, as a pipeline's detector worker does."""
     from classifier.service import DIGITS
     from classifier.tracking import Tracker
     from emostream.wire import Faces
@@ -53,7 +56,7 @@ def label_video(
         if not ok:
             break
         seq, ts = len(frames), len(frames) / fps
-        found, crops = extractor.extract(image, CAMERA)
+        found, crops = extractor.extract(image, CAMERA, key=seq % interval == 0)
         faces_message = Faces(CAMERA, seq, ts, ts, image.shape[:2], found.boxes, found.scores, crops)
         plan = tracker.plan([faces_message])
         probs = plan.fill(model.predict(crops[plan.classify]) if plan.classify.any() else np.empty((0, len(names))))
@@ -151,7 +154,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str,
         parser.error("--classify-every must be at least 1")
     model = EmotionModel(args.emotion_model, device="cpu")
     events, frames, scored = label_video(
-        args.video, build_extractor(settings), model, args.smoothing_window, args.classify_every
+        args.video, build_extractor(settings), model, args.smoothing_window, args.classify_every, settings.interval
     )
     args.out.mkdir(parents=True, exist_ok=True)
     events_path = args.out / "events.jsonl"

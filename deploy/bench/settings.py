@@ -42,8 +42,9 @@ class PipelineSpec:
     downscale: float = 0.5
     #: Full-resolution pixels, as in deploy/examples/three_cameras.yaml: the meeting video's far faces are small.
     min_face: int = 20
-    #: detector.interval: detect on 1 frame in 3, track on the others (see interval_study).
-    interval: int = 3
+    #: detector.interval: detect on 1 frame in 4, hold the boxes on the others (see interval_study; the
+    #: faces kept and the labels shown on faces.mp4 are those of interval 3: docs/benchmarks.md).
+    interval: int = 4
     #: OpenCV threads per detector worker; 0: the launcher's split of the usable CPUs (deploy/plan.py).
     detector_threads: int = 0
     max_batch: int = _CLASSIFIER.max_batch

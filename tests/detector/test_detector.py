@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import zmq
 
-from detector.backends import DetectorConfigError, HaarDetector, YuNetDetector
+from detector.backends import DetectorConfigError, HaarDetector, RolledPasses, YuNetDetector
 from detector.crops import crop_squares, face_crops
 from detector.detections import Detections
 from detector.pipeline import FaceExtractor, build_extractor, detect_downscaled
@@ -143,7 +143,10 @@ def test_an_image_without_faces_gives_empty_typed_arrays(yunet_model: str) -> No
 def test_downscaled_detection_maps_boxes_back_to_full_resolution(backend: str, name: str, yunet_model: str) -> None:
     image = read_image(name)
     detector = HaarDetector(min_size=24) if backend == "haar" else YuNetDetector(yunet_model)
-    full_found, half_found = detect_downscaled(detector, image, 1.0), detect_downscaled(detector, image, 0.5)
+    full_found, half_found = (
+        detect_downscaled(detector.detect, image, 1.0),
+        detect_downscaled(detector.detect, image, 0.5),
+    )
     (full,), (half,) = full_found.boxes, half_found.boxes
     assert iou(full, half) > 0.75, (full, half)
     assert abs(int(half[2]) - int(full[2])) < 0.15 * full[2]
@@ -229,22 +232,48 @@ def test_rolled_passes_run_on_one_key_frame_in_roll_every_and_the_faces_they_fin
     rolled = cv2.warpAffine(lena, turn, (width, height), borderMode=cv2.BORDER_REFLECT)
     blank = np.full_like(lena, 128)
     assert len(YuNetDetector(yunet_model).detect(rolled)) == 0, "the upright pass alone must miss this face"
-    extractor = build_extractor(DetectorSettings(model=yunet_model, roll_every=3, threads=1))
-    # Key frames 0, 3, 6... run the rolled passes. Frames 1-2: upright only, nothing held to follow,
-    # so a face that comes in rolled waits for frame 3; from there it is followed on a patch.
+    extractor = build_extractor(DetectorSettings(model=yunet_model, roll_every=4, threads=1))
+    # This face needs the -30 pass, which runs on key frames 2, 6, 10... (the +30 one on 4, 8...).
+    # Frame 1: upright only, nothing held to follow, so a face that comes in rolled waits for frame 2;
+    # from there it is followed on a patch.
     found = [extractor.extract(image, "cam")[0] for image in (blank, rolled, rolled, rolled, rolled, rolled)]
-    assert [len(f) for f in found] == [0, 0, 0, 1, 1, 1]
-    for followed in found[4:]:
+    assert [len(f) for f in found] == [0, 0, 1, 1, 1, 1]
+    for followed in found[3:]:
         assert followed.landmarks is not None
-        assert iou(followed.boxes[0], found[3].boxes[0]) > 0.6
-        np.testing.assert_allclose(followed.landmarks, found[3].landmarks, atol=6.0)
-    # Another camera keeps a schedule of its own: its first key frame runs the rolled passes.
+        assert iou(followed.boxes[0], found[2].boxes[0]) > 0.6
+        np.testing.assert_allclose(followed.landmarks, found[2].landmarks, atol=6.0)
+    # Another camera keeps a schedule of its own: its first key frame runs every rolled pass.
     assert len(extractor.extract(rolled, "other")[0]) == 1
-    # The face leaves: frame 6 (rolled passes) finds nothing, so frame 7 has nothing to follow.
-    assert [len(extractor.extract(image, "cam")[0]) for image in (blank, rolled)] == [0, 0]
+    # The face leaves: frame 6 (the -30 pass) finds nothing, so frames 7-9 have nothing to follow and
+    # no -30 pass; frame 10 has it again.
+    assert [len(extractor.extract(image, "cam")[0]) for image in (blank, rolled, rolled, rolled, rolled)] == [
+        0,
+        0,
+        0,
+        0,
+        1,
+    ]
     # A forgotten camera starts again: its next key frame is a first one.
     extractor.forget("cam")
     assert len(extractor.extract(rolled, "cam")[0]) == 1
+
+
+def test_turned_passes_are_spread_over_roll_every_key_frames_all_on_a_cameras_first() -> None:
+    extractor = FaceExtractor(RolledPasses(HaarDetector(), angles=(30.0, -30.0)), roll_every=4)
+    assert [extractor.turned_angles(k) for k in range(9)] == [
+        (30.0, -30.0),
+        (),
+        (-30.0,),
+        (),
+        (30.0,),
+        (),
+        (-30.0,),
+        (),
+        (30.0,),
+    ]
+    three = FaceExtractor(RolledPasses(HaarDetector(), angles=(15.0, 30.0, 45.0)), roll_every=3)
+    assert [three.turned_angles(k) for k in range(1, 7)] == [(30.0,), (45.0,), (15.0,), (30.0,), (45.0,), (15.0,)]
+    assert FaceExtractor(HaarDetector()).turned_angles(0) == ()
 
 
 def test_roll_every_1_runs_the_rolled_passes_on_every_key_frame(yunet_model: str) -> None:

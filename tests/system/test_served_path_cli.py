@@ -93,3 +93,9 @@ def test_video_labels_cli_labels_every_frame_and_reports_tracks(tmp_path: Path) 
     assert summary["label_flips_per_track"] == flips
     assert 0 < summary["mean_confidence"] <= 1
     assert (out / "frames.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --interval 4: boxes found on frames 0 and 4, held on the frames between (the face moves 2 px a frame).
+    held = tmp_path / "held"
+    proc = run_cli("video-labels", "--video", str(video), "--no-align", "--interval", "4", "--out", str(held))
+    assert proc.returncode == 0, proc.stderr
+    boxes = [json.loads(line)["faces"][0]["box"] for line in (held / "events.jsonl").read_text().splitlines()]
+    assert boxes[1:4] == [boxes[0]] * 3 and boxes[5:8] == [boxes[4]] * 3 and boxes[4] != boxes[0]
