@@ -121,9 +121,8 @@ class FaceExtractor:
         """The turned passes of a camera's key frame number ``count`` (0: its first, which runs all).
 
         Pass ``j`` of ``n`` runs when ``count % roll_every == j * roll_every // n``: with the default
-        two passes and ``roll_every`` 4, +30 on key frames 4, 8, ... and -30 on 2, 6, ..., so a key frame
-        costs at most one turned pass more than an upright one, not two: the bursts of work that four
-        cameras' simultaneous rolled key frames made were the pipeline's latency tail.
+        two passes and ``roll_every`` 8, +30 on key frames 8, 16, ... and -30 on 4, 12, ..., so a key frame
+        costs at most one turned pass more than an upright one, not two (docs/video.md).
         """
         if self._rolled is None:
             return ()
