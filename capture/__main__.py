@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         camera=camera.id,
         source=source,
         loop=camera.loop,
+        start_s=camera.start_s,
         pacing=Pacing(camera.pacing),
         max_fps=camera.fps,
         resize=camera.resize,

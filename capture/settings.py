@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from capture.sources import DEFAULT_DECODE_THREADS, DEFAULT_RTSP_TRANSPORT, RtspTransport, SourceKind, classify_source
 from capture.stream import parse_size
@@ -43,6 +43,15 @@ class CameraSettings(BaseModel):
         ),
     ]
     loop: Annotated[bool, Field(description="restart a video file when it ends")] = False
+    start_s: Annotated[
+        float,
+        Field(
+            ge=0,
+            allow_inf_nan=False,
+            description="video files: start this many seconds in (a looping file's later passes start at 0)",
+        ),
+        Cli(metavar="SECONDS"),
+    ] = 0.0
     pacing: Annotated[
         Literal["realtime", "fast"],
         Field(
@@ -93,6 +102,12 @@ class CameraSettings(BaseModel):
         if problem:
             raise ValueError(problem)
         return value
+
+    @model_validator(mode="after")
+    def _start_only_in_files(self) -> CameraSettings:
+        if self.start_s and not self.is_file:
+            raise ValueError(f"start_s: only a video file can start {self.start_s:g} s in, not {self.source!r}")
+        return self
 
     @property
     def is_file(self) -> bool:

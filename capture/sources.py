@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import cv2
@@ -122,6 +123,16 @@ def _nominal_fps(cap: cv2.VideoCapture) -> float | None:
     return float(fps)
 
 
+def file_seconds(path: str | Path) -> float | None:
+    """How long a video file plays (frame count over nominal fps), or None when the file does not say."""
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    try:
+        fps, count = _nominal_fps(cap), cap.get(cv2.CAP_PROP_FRAME_COUNT)
+    finally:
+        cap.release()
+    return count / fps if fps and math.isfinite(count) and count > 0 else None
+
+
 #: FFmpeg decoder threads per file or stream camera. One: a 1280x720 H.264 file then decodes far faster
 #: than real time on one core, with less CPU per frame than FFmpeg's default of one thread per core
 #: (measured: docs/benchmarks.md, "Measurements behind defaults and constants"), and a pipeline runs
@@ -206,6 +217,16 @@ class VideoCaptureSource:
                 os.environ.pop(FFMPEG_OPTIONS_ENV, None)
             else:
                 os.environ[FFMPEG_OPTIONS_ENV] = saved
+
+    def seek(self, seconds: float) -> None:
+        """Move an open file to ``seconds`` in: the next frame grabbed is the one shown then."""
+        if self._cap is None:
+            raise SourceError(f"{self.kind.value} source {self.source!r} is not open")
+        if self.frame_count and self.fps and seconds >= self.frame_count / self.fps:
+            length = self.frame_count / self.fps
+            raise SourceError(f"start_s {seconds:g} is past the end of {self.source!r} ({length:.2f} s long)")
+        if not self._cap.set(cv2.CAP_PROP_POS_MSEC, seconds * 1000.0):
+            raise SourceError(f"cannot seek {self.source!r} to {seconds:g} s")
 
     def _thread_params(self) -> list[int]:
         return [cv2.CAP_PROP_N_THREADS, self.decode_threads] if self.decode_threads else []

@@ -33,6 +33,7 @@ from capture.sources import (
     RtspTransport,
     SourceError,
     SourceKind,
+    VideoCaptureSource,
     classify_source,
     make_source,
 )
@@ -209,6 +210,8 @@ class CaptureConfig:
     camera: str
     source: str
     loop: bool = False
+    #: Files: seconds into the file where the first pass starts (later passes of a looping file start at 0).
+    start_s: float = 0.0
     #: Realtime by default, so a file or the demo behaves like the camera it stands in for. Sources
     #: that pace themselves (camera index, live URL) ignore it.
     pacing: Pacing = Pacing.REALTIME
@@ -288,6 +291,8 @@ class FrameStream:
                     f"{self.source.fps:g}" if self.source.fps else "unknown",
                     "own" if self.source.self_paced else self.pacing.value,
                 )
+            if not opened_once and self.config.start_s:
+                self._seek_start()
             opened_once = True
             fps = self.source.fps or FALLBACK_FPS
             if self.config.max_fps and self.limiter is None:
@@ -313,6 +318,12 @@ class FrameStream:
                 return
             log.debug("camera %s: end of file, looping", self.config.camera)
         self.source.close()
+
+    def _seek_start(self) -> None:
+        if not isinstance(self.source, VideoCaptureSource) or self.kind is not SourceKind.FILE:
+            raise SourceError(f"start_s: only a video file can start {self.config.start_s:g} s in")
+        self.source.seek(self.config.start_s)
+        log.info("camera %s: starting %g s into %r", self.config.camera, self.config.start_s, self.config.source)
 
     def _read_open_source(self, pacer: Pacer | None, fps: float) -> Generator[Frame, None, int]:
         """Yield frames until the open source ends or fails; returns how many frames it delivered

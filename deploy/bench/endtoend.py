@@ -108,7 +108,7 @@ class StageLoad(JsonResult):
 
 
 #: What a run's JSON repeats of its PipelineSpec.
-RUN_SPEC_FIELDS = ("cameras", "pacing", "drop_policy", "workers", "interval", "shared_memory")
+RUN_SPEC_FIELDS = ("cameras", "pacing", "drop_policy", "workers", "interval", "shared_memory", "stagger")
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,7 @@ class RunInfo(JsonResult):
     workers: int
     interval: int
     shared_memory: bool
+    stagger: bool
     offered_fps: float | None
     warmup_s: float
     startup_s: float | None

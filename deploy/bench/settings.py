@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from capture.sources import file_seconds
 from deploy.config import ClassifierConfig, PipelineConfig, parse_config
 from deploy.plan import endpoints, metrics_ports
 from detector.backends import YUNET_MODEL
@@ -51,10 +52,15 @@ class PipelineSpec:
     max_wait_ms: float = _CLASSIFIER.max_wait_ms
     #: network.shared_memory: frames to the detectors through /dev/shm (True) or over their sockets.
     shared_memory: bool = True
+    #: Camera i of n starts i/n of the way into the video (cameras[].start_s), so the cameras' scene
+    #: cuts, among them the video's loop, come at different moments as those of independent cameras do;
+    #: False: every camera plays the same frame at once, all faces of all cameras new at each loop.
+    stagger: bool = True
 
     @property
     def label(self) -> str:
-        return f"{self.cameras}cam-{self.pacing}-{self.drop_policy}" + ("" if self.shared_memory else "-socket")
+        suffix = ("" if self.shared_memory else "-socket") + ("" if self.stagger or self.cameras == 1 else "-in-step")
+        return f"{self.cameras}cam-{self.pacing}-{self.drop_policy}{suffix}"
 
 
 _SPEC = PipelineSpec(cameras=1)
@@ -126,6 +132,7 @@ class BenchSettings:
 
 def config_dict(video: str | Path, yunet: str | Path, spec: PipelineSpec, base_port: int) -> dict[str, Any]:
     """The launcher config (as written to YAML) of one run, its ports from ``base_port`` on."""
+    length = file_seconds(video) if spec.stagger else None
     return {
         "cameras": [
             {
@@ -134,6 +141,7 @@ def config_dict(video: str | Path, yunet: str | Path, spec: PipelineSpec, base_p
                 "loop": True,
                 "pacing": spec.pacing,
                 "drop_policy": spec.drop_policy,
+                **({"start_s": round(i * length / spec.cameras, 3)} if length and i else {}),
             }
             for i in range(spec.cameras)
         ],

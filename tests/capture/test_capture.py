@@ -18,6 +18,7 @@ import pytest
 import zmq
 
 from capture.sender import DropPolicy, FrameSender, default_drop_policy
+from capture.settings import CameraSettings
 from capture.sources import DemoSource, SourceError, SourceKind, VideoCaptureSource, classify_source
 from capture.stream import CaptureConfig, FpsLimiter, FrameStream, Pacer, Pacing, parse_size
 from detector.backends import HaarDetector
@@ -135,6 +136,41 @@ def test_looping_file_restarts_from_its_first_frame(clip_25fps_50: str) -> None:
     frames = take(stream, 120)
     assert [frame_number(f.image) for f in frames] == [*range(50), *range(50), *range(20)]
     assert [f.seq for f in frames] == list(range(120))  # seq keeps counting across loops
+
+
+def test_a_file_started_seconds_in_begins_there_and_its_later_passes_start_at_its_first_frame(
+    clip_25fps_50: str,
+) -> None:
+    config = CaptureConfig(camera="cam", source=clip_25fps_50, loop=True, start_s=1.2, pacing=Pacing.FAST)
+    frames = take(FrameStream(config), 90)
+    assert [frame_number(f.image) for f in frames] == [*range(30, 50), *range(50), *range(20)]
+    assert [f.seq for f in frames] == list(range(90))
+
+
+def test_a_start_inside_a_group_of_pictures_gives_the_frame_shown_then(faces_mp4: str) -> None:
+    # H.264 seeks land on a key frame; the frames decoded from there to the start are not delivered.
+    first = take(FrameStream(CaptureConfig(camera="cam", source=faces_mp4, start_s=5.0, pacing=Pacing.FAST)), 1)[0]
+    cap = cv2.VideoCapture(faces_mp4, cv2.CAP_FFMPEG)
+    for _ in range(125):  # 5.0 s at 25 fps
+        cap.grab()
+    ok, expected = cap.read()
+    cap.release()
+    assert ok and np.array_equal(first.image, expected)
+
+
+def test_a_start_past_the_end_of_the_file_stops_the_camera_with_an_error_naming_both(clip_25fps_50: str) -> None:
+    config = CaptureConfig(camera="cam", source=clip_25fps_50, start_s=2.5, pacing=Pacing.FAST)
+    with pytest.raises(SourceError, match=r"start_s 2.5 is past the end of .*numbered25.avi.* \(2.00 s long\)"):
+        take(FrameStream(config), 1)
+
+
+def test_only_a_file_camera_accepts_a_start() -> None:
+    assert CameraSettings(id="c", source="clip.mp4", start_s=3).start_s == 3.0
+    for source in ("demo", "rtsp://camera.local/stream", 0):
+        with pytest.raises(ValueError, match="start_s: only a video file can start 3 s in"):
+            CameraSettings(id="c", source=source, start_s=3)
+    with pytest.raises(ValueError, match="start_s"):
+        CameraSettings(id="c", source="clip.mp4", start_s=-1)
 
 
 def test_file_without_loop_ends_after_its_last_frame(clip_25fps_50: str) -> None:

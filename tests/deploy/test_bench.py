@@ -73,6 +73,11 @@ def test_settings_keep_their_json_keys_and_reach_each_run_through_a_validated_co
     assert len(ports) == len(set(ports)) == 14
     assert set(metrics_ports(parsed).values()) <= set(ports)
     assert int(endpoints(parsed).events.rsplit(":", 1)[1]) in ports
+    # The replays start spread over the video (faces.mp4: 241 frames at 25 fps), unless asked in step.
+    assert [c.start_s for c in parsed.cameras] == [0.0, 4.82]
+    in_step = settings.spec(4, "realtime", "drop_oldest", stagger=False)
+    assert in_step.label == "4cam-realtime-drop_oldest-in-step"
+    assert [c.start_s for c in pipeline_config(video, yunet, in_step)[1].cameras] == [0.0] * 4
 
 
 def test_rate_is_the_median_over_chunks_and_keeps_the_mean():
@@ -272,6 +277,7 @@ def test_a_failed_run_keeps_the_old_json_shape_without_stage_numbers():
         workers=1,
         interval=1,
         shared_memory=True,
+        stagger=True,
         offered_fps=25.0,
         warmup_s=1.0,
         startup_s=None,
