@@ -125,6 +125,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="test-time augmentation of the teacher's logits (multicrop: ten shifted and mirrored views)",
     )
 
+    g = p.add_argument_group("int8")
+    g.add_argument(
+        "--qat",
+        action="store_true",
+        help="quantisation-aware: round weights and activations in training as the int8 export does "
+        "(training/qat.py); PublicTest selects with the rounding on, the model file stays float32",
+    )
+
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
