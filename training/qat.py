@@ -10,18 +10,22 @@ rounding costs least. The weights themselves stay float32: the model file and it
 unchanged in form, ``detach`` restores the plain modules, and the int8 file is made from the result by
 the usual export.
 
-Rounded, as in the exported graph: the weights of every ``Conv2d`` but the first (the recipe keeps the
-convolution reading the input in float32; BatchNorm folds into a convolution's output channels, which
-commutes with a per-channel grid, so the unfolded weights are rounded), the inputs of those
-convolutions, and the output of every ``BatchNorm2d`` but the first's (the two inputs of each residual
-sum). Activation ranges follow a moving average of each batch's min and max while training and hold
-still in eval mode; they are buffers, kept in checkpoints (:func:`float_state` drops them).
+Rounded, as in the exported graph of a ``resnet_fer`` network (its QuantizeLinear nodes): the weights of
+every convolution but the stem's (the recipe keeps the convolution reading the input in float32;
+BatchNorm folds into a convolution's output channels, which commutes with a per-channel grid, so the
+unfolded weights are rounded); the stem's output; in each residual block the first convolution's output
+after its ReLU, the second's output and the shortcut's (the two terms of the sum), and the block's
+output after its ReLU (the graph folds each ReLU into the rounding that follows it). Activation ranges
+follow a moving average of each batch's min and max while training and hold still in eval mode; they
+are buffers, kept in checkpoints (:func:`float_state` drops them).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from training.models import BasicBlock, ResNetFER
 
 #: onnxruntime's int8 weights with reduce_range, symmetric: integers in [-64, 64], scale max|w| / 64.
 WEIGHT_STEPS = 64
@@ -54,18 +58,22 @@ def fake_quant_activation(x: torch.Tensor, low: float, high: float) -> torch.Ten
     return _straight_through(x, (q - zero_point) * scale)
 
 
-#: The buffer of each rounding module's activation range, (2,) low and high; NaN before the first batch.
-RANGE = "range"
+#: The activation ranges' buffer names start with this (``float_state`` drops them).
+RANGE = "qat_range"
+_OUT = f"{RANGE}_out"
+_MID = f"{RANGE}_mid"
+_MAIN = f"{RANGE}_main"
+_SHORTCUT = f"{RANGE}_shortcut"
 
 
-def _init_range(module: nn.Module) -> None:
+def _add_range(module: nn.Module, name: str) -> None:
     # Persistent: checkpoints keep the ranges, so a resumed run and the weight average go on from them.
-    module.register_buffer(RANGE, torch.full((2,), float("nan")))
+    module.register_buffer(name, torch.full((2,), float("nan")))
 
 
-def _observe_and_round(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Update ``module``'s moving min/max of ``x`` while training (frozen in eval mode); ``x`` rounded to it."""
-    observed = module.get_buffer(RANGE)
+def _observe_and_round(module: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded to ``module``'s range ``name``, a moving min/max of ``x`` while training, frozen in eval mode."""
+    observed = module.get_buffer(name)
     if module.training:
         seen = torch.stack([x.detach().min(), x.detach().max()]).float()
         if torch.isnan(observed).any():
@@ -79,52 +87,62 @@ def _observe_and_round(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class QatConv2d(nn.Conv2d):
-    """A Conv2d that rounds its input and its weights as the int8 file does."""
+    """A Conv2d whose weights are rounded as the int8 file's are."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(_observe_and_round(self, x), fake_quant_weight(self.weight), self.bias)
+        return self._conv_forward(x, fake_quant_weight(self.weight), self.bias)
 
 
-class QatBatchNorm2d(nn.BatchNorm2d):
-    """A BatchNorm2d whose output (a folded convolution's output in the int8 file) is rounded."""
+class QatStem(nn.Sequential):
+    """The stem (float32 in the int8 file) with its output rounded."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _observe_and_round(self, super().forward(x))
+        return _observe_and_round(self, _OUT, super().forward(x))
 
 
-_SWAPS: dict[type[nn.Module], type[nn.Module]] = {nn.Conv2d: QatConv2d, nn.BatchNorm2d: QatBatchNorm2d}
-_PLAIN = {qat: plain for plain, qat in _SWAPS.items()}
+class QatBasicBlock(BasicBlock):
+    """A residual block rounding the tensors the int8 file rounds (see the module docstring)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = _observe_and_round(self, _MID, self.relu(self.bn1(self.conv1(x))))
+        out = _observe_and_round(self, _MAIN, self.bn2(self.conv2(out)))
+        shortcut = (
+            x if isinstance(self.shortcut, nn.Identity) else _observe_and_round(self, _SHORTCUT, self.shortcut(x))
+        )
+        return _observe_and_round(self, _OUT, self.relu(out + shortcut))
 
 
 def attach(model: nn.Module) -> int:
     """Round ``model``'s weights and activations as the int8 file does (see the module docstring), in place;
-    returns how many modules now round. The first Conv2d and the first BatchNorm2d stay as they are."""
-    firsts: set[type[nn.Module]] = set()
-    swapped = 0
-    for module in model.modules():
-        plain = type(module)
-        if plain not in _SWAPS:
-            continue
-        if plain not in firsts:
-            firsts.add(plain)
-            continue
-        module.__class__ = _SWAPS[plain]
-        _init_range(module)
-        swapped += 1
-    if not swapped:
-        raise ValueError(f"{type(model).__name__} has no second Conv2d or BatchNorm2d to train for int8")
+    returns how many modules now round. Only ``resnet_fer`` networks: the rounding follows their graph."""
+    if not isinstance(model, ResNetFER):
+        raise ValueError(f"--qat follows the int8 graph of resnet_fer networks, not of {type(model).__name__}")
+    model.stem.__class__ = QatStem
+    _add_range(model.stem, _OUT)
+    swapped = 1
+    for block in model.layers:
+        block.__class__ = QatBasicBlock
+        names = (_MID, _MAIN, _OUT) if isinstance(block.shortcut, nn.Identity) else (_MID, _MAIN, _SHORTCUT, _OUT)
+        for name in names:
+            _add_range(block, name)
+        convs = [m for m in block.modules() if type(m) is nn.Conv2d]
+        for conv in convs:
+            conv.__class__ = QatConv2d
+        swapped += 1 + len(convs)
     return swapped
 
 
 def detach(model: nn.Module) -> None:
     """Plain modules again (the weights as trained), so the model exports and serves in float32."""
     for module in model.modules():
-        plain = _PLAIN.get(type(module))
-        if plain is not None:
-            del module._buffers[RANGE]
-            module.__class__ = plain
+        plain = {QatStem: nn.Sequential, QatBasicBlock: BasicBlock, QatConv2d: nn.Conv2d}.get(type(module))
+        if plain is None:
+            continue
+        for name in [n for n in module._buffers if n.startswith(RANGE)]:
+            del module._buffers[name]
+        module.__class__ = plain
 
 
 def float_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A state dict of an attached model without its activation ranges: what the plain model loads."""
-    return {key: value for key, value in state.items() if key.rsplit(".", 1)[-1] != RANGE}
+    return {key: value for key, value in state.items() if not key.rsplit(".", 1)[-1].startswith(RANGE)}

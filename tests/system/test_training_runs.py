@@ -214,7 +214,7 @@ def test_quantisation_aware_training_resumes_with_its_ranges_and_writes_a_plain_
     assert first.returncode == 0, first.stderr
     assert "modules round as the int8 export does" in first.stdout
     written = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=False)
-    ranges = [k for k in written["model"] if k.endswith(".range")]
+    ranges = [k for k in written["model"] if ".qat_range" in k]
     assert ranges and all(torch.isfinite(written["model"][k]).all() for k in ranges)
     # The average's ranges are averaged like BatchNorm's statistics: finite, so PublicTest selects with rounding.
     assert all(torch.isfinite(written["model_ema"]["module." + k]).all() for k in ranges)
@@ -224,7 +224,7 @@ def test_quantisation_aware_training_resumes_with_its_ranges_and_writes_a_plain_
     assert any(not torch.equal(resumed["model"][k], written["model"][k]) for k in ranges)  # they went on moving
     # The model file is the plain network: no ranges, the selected weights, loadable and exportable as usual.
     shipped = torch.export.load(tmp_path / "model.pt2").state_dict
-    assert not any(k.endswith(".range") for k in shipped)
+    assert not any(".qat_range" in k for k in shipped)
     best = resumed["best"]["state"]
     for key, value in shipped.items():
         torch.testing.assert_close(value, best[key])

@@ -45,44 +45,45 @@ def test_gradients_pass_the_rounding_unchanged() -> None:
     assert x.grad is not None and torch.equal(x.grad, torch.ones_like(x))
 
 
-def test_attach_rounds_all_but_the_first_layers_learns_ranges_in_training_and_detach_gives_the_plain_model_back() -> (
+def test_attach_rounds_what_the_int8_graph_rounds_learns_ranges_in_training_and_detach_gives_the_plain_model_back() -> (
     None
 ):
     torch.manual_seed(0)
-    model = build_model("resnet_fer", 7, 0.0)
+    model = build_model("resnet_fer_tiny", 7, 0.0)
     plain_keys = set(model.state_dict())
     x = torch.randn(8, 1, 48, 48)
-    model.eval()
-    with torch.no_grad():
-        before = model(x)
     rounded = qat.attach(model)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert rounded == len(convs) - 1 + len(norms) - 1
-    assert type(convs[0]) is nn.Conv2d and type(norms[0]) is nn.BatchNorm2d
-    assert all(type(m) is qat.QatConv2d for m in convs[1:]) and all(type(m) is qat.QatBatchNorm2d for m in norms[1:])
+    assert type(convs[0]) is nn.Conv2d and all(type(m) is qat.QatConv2d for m in convs[1:])  # the stem's stays
+    assert type(model.stem) is qat.QatStem and all(type(b) is qat.QatBasicBlock for b in model.layers)
+    assert rounded == 1 + len(model.layers) + len(convs) - 1
+    ranges = [n for n, _ in model.named_buffers() if n.rsplit(".", 1)[-1].startswith(qat.RANGE)]
+    # Per block: after the first ReLU, the second convolution, the shortcut where it has one, the output.
+    with_shortcut = sum(not isinstance(b.shortcut, nn.Identity) for b in model.layers)
+    assert len(ranges) == 1 + 3 * len(model.layers) + with_shortcut
     with torch.no_grad():
-        assert all(torch.isnan(b).all() for n, b in model.named_buffers() if n.endswith(qat.RANGE))
+        model.eval()
+        unrounded = model(x)  # no range seen yet: only the weights round
         model.train()
         model(x)  # a training batch sets every range
         model.eval()
-        ranges = {name: b.clone() for name, b in model.named_buffers() if name.endswith(qat.RANGE)}
-        assert len(ranges) == rounded and not any(torch.isnan(r).any() for r in ranges.values())
+        seen = {n: b.clone() for n, b in model.named_buffers() if n in ranges}
+        assert not any(torch.isnan(r).any() for r in seen.values())
         after = model(x)
         model(x * 100)  # eval mode: the ranges hold still
-    assert all(torch.equal(b, ranges[n]) for n, b in model.named_buffers() if n in ranges)
-    assert not torch.equal(after, before) and torch.allclose(after, before, atol=0.5)
+    assert all(torch.equal(b, seen[n]) for n, b in model.named_buffers() if n in seen)
+    assert not torch.equal(after, unrounded) and torch.allclose(after, unrounded, atol=0.5)
     state = model.state_dict()
     assert set(state) == plain_keys | set(ranges)  # checkpoints keep the ranges, ...
     qat.detach(model)
     assert set(qat.float_state(state)) == plain_keys == set(model.state_dict())  # ... the model file does not
-    assert not any(type(m) in (qat.QatConv2d, qat.QatBatchNorm2d) for m in model.modules())
-    fresh = build_model("resnet_fer", 7, 0.0).eval()
+    assert not any(type(m) in (qat.QatConv2d, qat.QatStem, qat.QatBasicBlock) for m in model.modules())
+    fresh = build_model("resnet_fer_tiny", 7, 0.0).eval()
     fresh.load_state_dict(qat.float_state(state))
     with torch.no_grad():
         assert torch.equal(model(x), fresh(x))  # plain float32 again (the batch moved BatchNorm's statistics)
 
 
-def test_a_model_without_layers_to_round_is_refused() -> None:
-    with pytest.raises(ValueError, match="no second Conv2d or BatchNorm2d"):
+def test_only_resnet_fer_networks_are_rounded() -> None:
+    with pytest.raises(ValueError, match="int8 graph of resnet_fer networks, not of Sequential"):
         qat.attach(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2, 2)))
