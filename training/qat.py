@@ -22,7 +22,11 @@ are buffers, kept in checkpoints (:func:`float_state` drops them).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from training.models import BasicBlock, ResNetFER
@@ -73,6 +77,8 @@ def _add_range(module: nn.Module, name: str) -> None:
 
 def _observe_and_round(module: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
     """``x`` rounded to ``module``'s range ``name``, a moving min/max of ``x`` while training, frozen in eval mode."""
+    if not getattr(module, "rounding", True):
+        return x
     observed = module.get_buffer(name)
     if module.training:
         seen = torch.stack([x.detach().min(), x.detach().max()]).float()
@@ -90,7 +96,8 @@ class QatConv2d(nn.Conv2d):
     """A Conv2d whose weights are rounded as the int8 file's are."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, fake_quant_weight(self.weight), self.bias)
+        weight = fake_quant_weight(self.weight) if getattr(self, "rounding", True) else self.weight
+        return self._conv_forward(x, weight, self.bias)
 
 
 class QatStem(nn.Sequential):
@@ -130,6 +137,30 @@ def attach(model: nn.Module) -> int:
             conv.__class__ = QatConv2d
         swapped += 1 + len(convs)
     return swapped
+
+
+@contextlib.contextmanager
+def unrounded(model: nn.Module) -> Iterator[None]:
+    """Within: ``model`` runs as the plain float32 network (no rounding, no range updates)."""
+    modules = [m for m in model.modules() if isinstance(m, QatConv2d | QatStem | QatBasicBlock)]
+    for module in modules:
+        setattr(module, "rounding", False)  # noqa: B010 (an attribute nn.Module does not declare)
+    try:
+        yield
+    finally:
+        for module in modules:
+            setattr(module, "rounding", True)  # noqa: B010
+
+
+def consistency_loss(rounded_logits: torch.Tensor, float_logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(float) || softmax(rounded)), batch mean, gradients into both: the same weights learn to
+    give the same answer with and without the int8 file's rounding."""
+    return F.kl_div(
+        F.log_softmax(rounded_logits.float(), 1),
+        F.log_softmax(float_logits.float(), 1),
+        reduction="batchmean",
+        log_target=True,
+    )
 
 
 def detach(model: nn.Module) -> None:

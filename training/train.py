@@ -488,6 +488,10 @@ def train_one_epoch(
         with autocast(device, amp_dtype):
             output = t.model(images)
             loss = t.criterion(output.float(), target if soft_target is None else soft_target)
+            if args.qat and args.qat_consistency > 0:
+                with qat.unrounded(t.model):
+                    float_output = t.model(images)
+                loss = loss + args.qat_consistency * qat.consistency_loss(output, float_output)
             if teacher_logits is not None:
                 soft = distillation_loss(output, teacher_logits, args.distill_temperature)
                 loss = (1.0 - args.distill_weight) * loss + args.distill_weight * soft

@@ -210,6 +210,7 @@ def test_quantisation_aware_training_resumes_with_its_ranges_and_writes_a_plain_
     data_csv: Path, tmp_path: Path
 ) -> None:
     flags = ["--data", str(data_csv), "--out", str(tmp_path), *FAST_FLAGS, "--model-ema-decay", "0.9", "--qat"]
+    flags += ["--qat-consistency", "2"]
     first = run_cli("train", *flags, "--epochs", "1")
     assert first.returncode == 0, first.stderr
     assert "modules round as the int8 export does" in first.stdout
@@ -228,7 +229,8 @@ def test_quantisation_aware_training_resumes_with_its_ranges_and_writes_a_plain_
     best = resumed["best"]["state"]
     for key, value in shipped.items():
         torch.testing.assert_close(value, best[key])
-    assert json.loads((tmp_path / "report.json").read_text())["config"]["qat"] is True
+    config = json.loads((tmp_path / "report.json").read_text())["config"]
+    assert config["qat"] is True and config["qat_consistency"] == 2.0
 
 
 def test_ferplus_soft_targets_train_from_vote_files(tmp_path: Path) -> None:

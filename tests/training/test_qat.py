@@ -87,3 +87,34 @@ def test_attach_rounds_what_the_int8_graph_rounds_learns_ranges_in_training_and_
 def test_only_resnet_fer_networks_are_rounded() -> None:
     with pytest.raises(ValueError, match="int8 graph of resnet_fer networks, not of Sequential"):
         qat.attach(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2, 2)))
+
+
+def test_unrounded_runs_the_plain_network_and_leaves_the_ranges_alone() -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet_fer_tiny", 7, 0.0)
+    qat.attach(model)
+    x = torch.randn(4, 1, 48, 48)
+    model.train()
+    with torch.no_grad():
+        model(x)
+    model.eval()
+    plain = build_model("resnet_fer_tiny", 7, 0.0).eval()
+    plain.load_state_dict(qat.float_state(model.state_dict()))
+    ranges = {n: b.clone() for n, b in model.named_buffers() if qat.RANGE in n}
+    with torch.no_grad(), qat.unrounded(model):
+        assert torch.equal(model(x), plain(x))
+        model.train()
+        model(x * 10)
+        model.eval()
+    assert all(torch.equal(b, ranges[n]) for n, b in model.named_buffers() if n in ranges)
+    with torch.no_grad():
+        assert not torch.equal(model(x), plain(x))  # rounding again after the block
+
+
+def test_consistency_loss_is_the_kl_divergence_of_the_rounded_from_the_float_softmax() -> None:
+    rounded = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    plain = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    p, q = plain.softmax(1), rounded.softmax(1)
+    by_hand = float((p * (p.log() - q.log())).sum() / 2)
+    assert float(qat.consistency_loss(rounded, plain)) == pytest.approx(by_hand, rel=1e-6)
+    assert float(qat.consistency_loss(plain, plain)) == pytest.approx(0.0, abs=1e-7)
