@@ -481,6 +481,18 @@ def test_capture_process_drops_oldest_frames_when_nobody_reads(
     assert worker.receive(100) is None
 
 
+def test_capture_process_exits_2_naming_a_start_past_the_end_of_its_file(
+    clip_25fps_50: str, processes: list[subprocess.Popen]
+) -> None:
+    proc = start_capture(
+        "--camera", "c", "--source", clip_25fps_50, "--start-s", "100", "--frames", f"tcp://127.0.0.1:{free_port()}"
+    )
+    processes.append(proc)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 2, stderr
+    assert "start_s 100 is past the end of" in stderr and "numbered25.avi" in stderr
+
+
 def test_capture_process_exits_2_when_the_file_cannot_be_opened(
     tmp_path: Path, processes: list[subprocess.Popen]
 ) -> None:
