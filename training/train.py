@@ -41,7 +41,7 @@ from emostream.cpu import cpu_info, thread_budget
 from emostream.jsonutil import json_ready
 from emostream.modelfile import ModelFileError, ModelInfo, forward_with_tta, load_model, save_model
 from emostream.wire import EMOTIONS
-from training import presets, qat
+from training import presets
 from training.cli_support import run_subcommand
 from training.data import SPLITS, DataError, Fer2013, Split, load_dataset
 from training.metrics import (
@@ -295,8 +295,6 @@ def build_trainer(
         init_weights(model, args.init_from)
     # Module.to takes memory_format at run time; torch's overloads of it leave the keyword out.
     model = model.to(device, memory_format=memory_format(amp_dtype))  # type: ignore[call-overload]
-    if args.qat:  # before the average copies the model: it rounds alike
-        print(f"qat: {qat.attach(model)} modules round as the int8 export does", flush=True)
     weights = class_weights(train_split.class_counts(), args.class_weights)
     criterion = nn.CrossEntropyLoss(
         weight=None if weights is None else weights.to(device), label_smoothing=args.label_smoothing
@@ -488,10 +486,6 @@ def train_one_epoch(
         with autocast(device, amp_dtype):
             output = t.model(images)
             loss = t.criterion(output.float(), target if soft_target is None else soft_target)
-            if args.qat and args.qat_consistency > 0:
-                with qat.unrounded(t.model):
-                    float_output = t.model(images)
-                loss = loss + args.qat_consistency * qat.consistency_loss(output, float_output)
             if teacher_logits is not None:
                 soft = distillation_loss(output, teacher_logits, args.distill_temperature)
                 loss = (1.0 - args.distill_weight) * loss + args.distill_weight * soft
@@ -824,10 +818,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     )
     ev = Evaluator(presets.EvalPreset(args.mean, args.std), device, amp_dtype, args.eval_batch_size)
     progress = fit(args, trainer, loaded, ev, progress, out)
-    if args.qat:  # the model file holds the float32 network; its int8 file is exported from it
-        qat.detach(trainer.model)
-        if progress.best["state"] is not None:
-            progress.best["state"] = qat.float_state(progress.best["state"])
     final = finalize(args, trainer.model, progress, loaded, ev, out)
     return write_report(args, out, loaded, progress, final, ev, t_start)
 

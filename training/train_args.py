@@ -125,22 +125,6 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="test-time augmentation of the teacher's logits (multicrop: ten shifted and mirrored views)",
     )
 
-    g = p.add_argument_group("int8")
-    g.add_argument(
-        "--qat",
-        action="store_true",
-        help="quantisation-aware: round weights and activations in training as the int8 export does "
-        "(training/qat.py); PublicTest selects with the rounding on, the model file stays float32",
-    )
-    g.add_argument(
-        "--qat-consistency",
-        type=float,
-        default=0.0,
-        metavar="W",
-        help="with --qat: add W x KL(float32 || rounded) of the same weights on each batch, so that the float "
-        "network and its int8 file agree (a second forward pass per step)",
-    )
-
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -227,7 +211,6 @@ _RANGES: tuple[tuple[str, float, float], ...] = (
     ("mix_prob", 0.0, 1.0),
     ("ferplus_soft", 0.0, 1.0),
     ("served_prob", 0.0, 1.0),
-    ("qat_consistency", 0.0, 100.0),
     ("distill_weight", 0.0, 1.0),
     ("model_ema_decay", 0.0, 1.0),
     ("train_limit", 0, 10**9),

@@ -206,33 +206,6 @@ def test_init_from_starts_from_a_model_files_weights(data_csv: Path, tmp_path: P
     assert wrong.returncode != 0 and "--init-from" in wrong.stderr and "does not fit --arch" in wrong.stderr
 
 
-def test_quantisation_aware_training_resumes_with_its_ranges_and_writes_a_plain_float_model(
-    data_csv: Path, tmp_path: Path
-) -> None:
-    flags = ["--data", str(data_csv), "--out", str(tmp_path), *FAST_FLAGS, "--model-ema-decay", "0.9", "--qat"]
-    flags += ["--qat-consistency", "2"]
-    first = run_cli("train", *flags, "--epochs", "1")
-    assert first.returncode == 0, first.stderr
-    assert "modules round as the int8 export does" in first.stdout
-    written = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=False)
-    ranges = [k for k in written["model"] if ".qat_range" in k]
-    assert ranges and all(torch.isfinite(written["model"][k]).all() for k in ranges)
-    # The average's ranges are averaged like BatchNorm's statistics: finite, so PublicTest selects with rounding.
-    assert all(torch.isfinite(written["model_ema"]["module." + k]).all() for k in ranges)
-    second = run_cli("train", *flags, "--epochs", "2", "--resume")
-    assert second.returncode == 0, second.stderr
-    resumed = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=False)
-    assert any(not torch.equal(resumed["model"][k], written["model"][k]) for k in ranges)  # they went on moving
-    # The model file is the plain network: no ranges, the selected weights, loadable and exportable as usual.
-    shipped = torch.export.load(tmp_path / "model.pt2").state_dict
-    assert not any(".qat_range" in k for k in shipped)
-    best = resumed["best"]["state"]
-    for key, value in shipped.items():
-        torch.testing.assert_close(value, best[key])
-    config = json.loads((tmp_path / "report.json").read_text())["config"]
-    assert config["qat"] is True and config["qat_consistency"] == 2.0
-
-
 def test_ferplus_soft_targets_train_from_vote_files(tmp_path: Path) -> None:
     rows = synthetic_rows()
     data = write_csv(tmp_path / "fer2013.csv", rows)
