@@ -67,8 +67,9 @@ CUSTOM = {
     "cameras": [
         {
             "id": "a",
-            "source": "demo",
+            "source": "(a video file, set by custom_config: start_s needs one)",
             "loop": True,
+            "start_s": 2.5,
             "pacing": "fast",
             "fps": 7.5,
             "resize": [320, 240],
@@ -118,7 +119,9 @@ CUSTOM = {
 
 def custom_config() -> dict:
     yunet = shared_path("models", "face_detection_yunet_2026may.onnx")
-    return {**CUSTOM, "detector": {**CUSTOM["detector"], "model": str(yunet)}}
+    video = shared_path("media", "faces.mp4")
+    cameras = [{**CUSTOM["cameras"][0], "source": str(video)}, *CUSTOM["cameras"][1:]]
+    return {**CUSTOM, "cameras": cameras, "detector": {**CUSTOM["detector"], "model": str(yunet)}}
 
 
 def _as(model: type[BaseModel], section: BaseModel) -> BaseModel:
