@@ -17,11 +17,15 @@ beside the ``.pt2`` it is given, so ship one with ``--out classifier/models``.
 int8 (``--quantize int8``, needs ``--data``): static QDQ quantisation with onnxruntime.quantization,
 calibrated on ``--calibration-size`` real faces drawn (seeded) from the **Training** split and
 preprocessed as served. uint8 activations; per-channel weights; the first convolution (one input
-channel, little compute) and the final linear layer (its logits decide the class) stay float32. Two
-weight schemes (``--weight-schemes``): ``s8-7bit`` (the default), symmetric int8 with ``reduce_range``
-(7 bits: without VNNI, x86 multiplies uint8 activations by int8 weights with ``vpmaddubsw``, whose int16
-pair sums saturate on full-range int8 weights), the fast kernel; and ``u8``, full-range uint8 weights
-(no saturation, closer to float32, but a much slower kernel). Every scheme asked for is tried with every method of
+channel, little compute) and the final linear layer (its logits decide the class) stay float32. Three
+weight schemes (``--weight-schemes``; the first two are the default candidates, both on the fast kernel):
+``s8``, symmetric full-range int8; ``s8-7bit``, the same with ``reduce_range`` (7 bits); and ``u8``,
+full-range uint8 weights (close to float32, but a much slower kernel). Why 7 bits exist: without
+VNNI, x86 multiplies uint8 activations by int8 weights with ``vpmaddubsw``, whose int16 pair sums
+saturate when two neighbouring inputs and their weights are all large -- the stem's neighbouring
+pixels were (docs/model.md), so the stem stays float32, and the export measures the rest on the CPU it
+runs on: a scheme that saturates there loses the agreement vote below. (CPUs with VNNI or AMX add in
+int32 and never saturate.) Every scheme asked for is tried with every method of
 ``--calibration-methods`` (MinMax, Entropy, Percentile), and the candidate whose **PublicTest** argmax
 agrees best with the float model's is kept (``--choose-by agreement``: the int8 file stands in for the
 float model; ``accuracy`` picks on PublicTest accuracy instead; PrivateTest is never used to choose).
@@ -59,7 +63,8 @@ from training.inference import file_digest, load, predict_logits, preprocess
 QUANTIZE_MODES = ("none", "int8")
 CALIBRATION_METHODS = ("MinMax", "Entropy", "Percentile")
 #: Weight scheme -> (uint8 weights?, reduce_range): see the module docstring.
-WEIGHT_SCHEMES = {"s8-7bit": (False, True), "u8": (True, False)}
+WEIGHT_SCHEMES = {"s8": (False, False), "s8-7bit": (False, True), "u8": (True, False)}
+DEFAULT_WEIGHT_SCHEMES = ("s8", "s8-7bit")
 CHOOSE_BY = ("agreement", "accuracy")
 DEFAULT_OUT = "runs/export"
 #: Faces per calibration batch: every batch the same size (onnxruntime's histogram calibrators stack them).
@@ -137,7 +142,7 @@ def quantize_int8(
     calibration: np.ndarray,
     method: str,
     keep_float: list[str],
-    weights: str = "s8-7bit",
+    weights: str = DEFAULT_WEIGHT_SCHEMES[0],
 ) -> Path:
     """Static QDQ int8 of ``float_path`` calibrated on ``calibration`` (see the module docstring for the recipe)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -210,6 +215,7 @@ def make_int8(
     quantization = {
         "format": "QDQ",
         "weights": {
+            "s8": "int8 per-channel symmetric (8 bits)",
             "s8-7bit": "int8 per-channel symmetric, reduce_range (7 bits)",
             "u8": "uint8 per-channel (8 bits)",
         }[weights],
@@ -310,10 +316,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--weight-schemes",
         nargs="+",
-        default=["s8-7bit"],
+        default=list(DEFAULT_WEIGHT_SCHEMES),
         choices=list(WEIGHT_SCHEMES),
-        help="weight formats tried with each calibration method (module docstring); u8 agrees better with "
-        "float32 but its kernel is slower",
+        help="weight formats tried with each calibration method (module docstring); u8's kernel is much slower",
     )
     g.add_argument(
         "--choose-by",
