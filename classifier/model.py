@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from classifier.runtimes import check_runtime, select_runtime
-from classifier.settings import ClassifierSettings
+from classifier.settings import SHIPPED_MODEL, ClassifierSettings
 from emostream.cpu import cpu_info, thread_budget
 from emostream.modelfile import ModelFileError, ModelInfo, check_tta, forward_with_tta
 from emostream.onnxmodel import is_onnx
@@ -27,10 +27,6 @@ class ModelMismatchError(ModelFileError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-#: The model trained by ``python -m training`` and shipped with the repository.
-SHIPPED_MODEL = Path(__file__).resolve().parent / "models" / "emotion.pt2"
 
 
 def pick_device(requested: str = "auto") -> torch.device:

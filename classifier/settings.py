@@ -8,6 +8,7 @@ section is :class:`ClassifierSettings` (``deploy.config.ClassifierConfig``).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -15,6 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from emostream.endpoint import normalize_endpoint
 from emostream.modelfile import MAX_BATCH, TtaMode
 from emostream.settings_cli import Cli
+
+#: The models trained by ``python -m training`` and shipped with the repository: the default, and the
+#: accurate operating point (an ensemble, served with ``classifier.model``) when one is shipped.
+SHIPPED_MODEL = Path(__file__).resolve().parent / "models" / "emotion.pt2"
+SHIPPED_ACCURATE_MODEL = SHIPPED_MODEL.with_name("emotion_accurate.pt2")
 
 #: What runs the model (classifier/runtimes.py); here, not there, so that reading settings imports no torch.
 RuntimeName = Literal["auto", "torch", "onnxruntime"]

@@ -79,7 +79,7 @@ def run_baseline(
     # imported by the launcher's CLI, which must not pay torch's import time for `deploy run`.
     import torch
 
-    from classifier.model import SHIPPED_MODEL
+    from classifier.settings import SHIPPED_MODEL
     from emostream.modelfile import load_model
 
     video = Path(video)

@@ -22,7 +22,7 @@ from emostream.onnxmodel import is_onnx
 
 def shipped_model_path() -> Path:
     """The model the classifier serves by default (classifier/models/emotion.pt2)."""
-    from classifier.model import SHIPPED_MODEL
+    from classifier.settings import SHIPPED_MODEL
 
     return SHIPPED_MODEL
 

@@ -56,6 +56,7 @@ from deploy.bench.report import (
 from deploy.bench.settings import DEFAULT_VIDEO, DEFAULT_YUNET, BenchSettings, PipelineSpec, pipeline_config
 from deploy.bench.soak import format_soak, run_soak, soak_verdict, write_soak_plot
 from deploy.bench.standalone import (
+    AccurateResult,
     ClassifierResult,
     DecodeResult,
     DetectorResult,
@@ -63,6 +64,7 @@ from deploy.bench.standalone import (
     MatmulPeak,
     count_flops_per_face,
     interval_study,
+    measure_accurate,
     measure_classifier,
     measure_detector,
     measure_matmul_peak,
@@ -76,6 +78,7 @@ __all__ = [
     "DEFINITIONS",
     "EXIT_MISSING",
     "GAP_GRACE_S",
+    "AccurateResult",
     "BenchSettings",
     "ClassifierResult",
     "CpuLoad",
@@ -108,6 +111,7 @@ __all__ = [
     "machine_info",
     "machine_text",
     "machine_ticks",
+    "measure_accurate",
     "measure_classifier",
     "measure_detector",
     "measure_matmul_peak",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from classifier.settings import SHIPPED_ACCURATE_MODEL
 from deploy.baseline import merge_baselines, run_baseline
 from deploy.bench.endtoend import RunResult, run_end_to_end
 from deploy.bench.procstats import CpuWatch
@@ -30,12 +31,13 @@ from deploy.bench.report import (
     write_json,
     write_plot,
 )
-from deploy.bench.settings import BenchSettings
+from deploy.bench.settings import REPO, BenchSettings
 from deploy.bench.soak import DEFAULT_INTERVAL_S, SOAK_CAMERAS, format_soak, run_soak, write_soak_plot
 from deploy.bench.standalone import (
     DetectorResult,
     Measured,
     interval_study,
+    measure_accurate,
     measure_classifier,
     measure_detector,
     measure_matmul_peak,
@@ -78,7 +80,7 @@ def machine_info(model_path: str | Path | None = None, budget: CpuBudget | None 
     count and the usable CPUs with what decided them, library versions and their thread counts."""
     import torch
 
-    from classifier.model import SHIPPED_MODEL
+    from classifier.settings import SHIPPED_MODEL
 
     model = Path(model_path) if model_path else SHIPPED_MODEL
     cpu = cpu_info()
@@ -189,6 +191,26 @@ def _standalone(
         )
     )
 
+    accurate = None
+    if settings.accurate_model:
+        progress.step(
+            f"accurate model: {settings.accurate_model.name} against the default at batch {settings.max_batch}, "
+            "side by side, each as served"
+        )
+        with CpuWatch() as watch:
+            accurate = measure_accurate(
+                all_crops,
+                settings.accurate_model,
+                max_batch=settings.max_batch,
+                rounds=settings.classifier_rounds,
+                max_seconds=settings.classifier_max_s,
+            )
+        accurate = replace(accurate, cpu_watch=watch.result)
+        progress.note(
+            f"{accurate.runtime} {accurate.faces_per_s:.0f} faces/s against the default's "
+            f"{accurate.default_runtime} {accurate.default_faces_per_s:.0f}: {accurate.over_default:.2f}x"
+        )
+
     matmul_threads = thread_budget(settings.matmul_threads, budget)
     size = settings.matmul_size
     progress.step(f"matmul peak (bf16 where native, else float32): {size}^2 on {matmul_threads} threads")
@@ -200,6 +222,7 @@ def _standalone(
         "stages": {name: stage.to_json() for name, stage in stages.items()},
         "interval_study": [row.to_json() for row in study],
         "classifier": cls.to_json(),
+        "accurate_classifier": accurate.to_json() if accurate else None,
         "peak": peak.to_json(),
     }
 
@@ -244,6 +267,16 @@ def _end_to_end(settings: BenchSettings, progress: Progress) -> dict[str, Any]:
             out["what_if"] = run(
                 f"what-if: the max-throughput run again with {env_text} (environment only)", fast, settings.what_if_env
             )
+        out["accurate_run"] = None
+        if settings.accurate_model:
+            cams = max(settings.cameras)
+            out["accurate_run"] = run(
+                f"end to end with the accurate model {settings.accurate_model.name}: {cams} camera(s) at 25 fps, "
+                f"{settings.realtime_drop_policy}",
+                settings.spec(
+                    cams, "realtime", settings.realtime_drop_policy, emotion_model=str(settings.accurate_model)
+                ),
+            )
     return out
 
 
@@ -251,7 +284,8 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
     """Every measurement in order; returns the bench's JSON document (``headline``: the derived numbers)."""
     import torch
 
-    progress = progress or Progress(6 + len(settings.cameras) + 2 + (1 if settings.what_if_env else 0))
+    extra_steps = (1 if settings.what_if_env else 0) + (2 if settings.accurate_model else 0)
+    progress = progress or Progress(6 + len(settings.cameras) + 2 + extra_steps)
     started = time.time()
     budget = cpu_budget()
     # The standalone classifier on the usable CPUs, not torch's count of the host's cores.
@@ -349,6 +383,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --soak: seconds between samples (default %(default)s; at most a tenth of the run)",
     )
     parser.add_argument(
+        "--accurate-model",
+        metavar="FILE",
+        help="the accurate operating point (an ensemble model file, python -m training ensemble): its faces/s "
+        "side by side with the default model's, and the largest realtime run again serving it (default: "
+        f"{SHIPPED_ACCURATE_MODEL.relative_to(REPO)} when it is shipped; 'none' skips it)",
+    )
+    parser.add_argument(
         "--what-if",
         action="append",
         metavar="NAME=VALUE",
@@ -423,6 +464,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     }
     if args.measure_seconds:
         overrides["measure_s"] = args.measure_seconds
+    accurate = args.accurate_model or (str(SHIPPED_ACCURATE_MODEL) if SHIPPED_ACCURATE_MODEL.is_file() else "none")
+    if accurate != "none":
+        if not Path(accurate).is_file():
+            print(f"bench: --accurate-model file not found: {Path(accurate).resolve()}", file=sys.stderr)
+            return EXIT_MISSING
+        overrides["accurate_model"] = Path(accurate).resolve()
     if args.what_if:
         pairs = [item.partition("=") for item in args.what_if]
         if any(not name or not sep for name, sep, _ in pairs):

@@ -108,7 +108,16 @@ class StageLoad(JsonResult):
 
 
 #: What a run's JSON repeats of its PipelineSpec.
-RUN_SPEC_FIELDS = ("cameras", "pacing", "drop_policy", "workers", "interval", "shared_memory", "stagger")
+RUN_SPEC_FIELDS = (
+    "cameras",
+    "pacing",
+    "drop_policy",
+    "workers",
+    "interval",
+    "shared_memory",
+    "stagger",
+    "emotion_model",
+)
 
 
 @dataclass(frozen=True)
@@ -123,6 +132,7 @@ class RunInfo(JsonResult):
     interval: int
     shared_memory: bool
     stagger: bool
+    emotion_model: str | None
     offered_fps: float | None
     warmup_s: float
     startup_s: float | None

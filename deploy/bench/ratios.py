@@ -66,6 +66,11 @@ DEFINITIONS = {
         "with --what-if NAME=VALUE: the max-throughput run again with only the stages' environment changed "
         "(no code or config change); what_if_over_max_throughput = what_if_fps / max_throughput_fps"
     ),
+    "accurate_over_default": (
+        "accurate_classifier: the accurate model's faces/s over the default model's at max_batch, each served as "
+        "the classifier serves it (classifier.runtime auto), in alternating rounds, medians; accurate_run: the "
+        "largest realtime run again with classifier.model the accurate file (--accurate-model)"
+    ),
     "drops": "emostream_frames_dropped_total from every stage's /metrics: total at the end and delta in the window",
     "usable_cpus": (
         "the CPUs the bench may use: min(its affinity mask, its cgroup CPU quota rounded up), what sizes the "
@@ -124,6 +129,10 @@ class Headline(JsonResult):
     pipeline_over_cpu_budget: float | None
     detector_interval: int
     faces_kept_at_interval: float | None
+    accurate_faces_per_s: float | None
+    accurate_over_default: float | None
+    accurate_events_per_s: float | None
+    accurate_p99_latency_ms: float | None
 
 
 def _fps(run: dict[str, Any] | None) -> float | None:
@@ -213,6 +222,19 @@ def _stages(results: dict[str, Any], max_fps: float | None) -> dict[str, Any]:
     }
 
 
+def _accurate(results: dict[str, Any]) -> dict[str, Any]:
+    """The accurate operating point's numbers, None without ``--accurate-model`` (older files have neither key)."""
+    measured = results.get("accurate_classifier") or {}
+    run = results.get("accurate_run")
+    fps = _fps(run)
+    return {
+        "accurate_faces_per_s": measured.get("faces_per_s"),
+        "accurate_over_default": measured.get("over_default"),
+        "accurate_events_per_s": fps,
+        "accurate_p99_latency_ms": run["latency_ms"]["p99"] if run and fps else None,
+    }
+
+
 def derive(results: dict[str, Any]) -> Headline:
     """The headline numbers and ratios, computed from the raw measurements in ``results`` only.
 
@@ -228,4 +250,5 @@ def derive(results: dict[str, Any]) -> Headline:
         **runs,
         **_classifier(results["classifier"], results["peak"]["gflops"]),
         **_stages(results, runs["max_throughput_fps"]),
+        **_accurate(results),
     )

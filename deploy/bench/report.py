@@ -76,7 +76,7 @@ def noisy_steps(results: dict[str, Any]) -> list[str]:
 
 def all_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Every end-to-end run of the bench in the order they ran (those that did run)."""
-    extra = [results.get(key) for key in ("max_throughput", "max_throughput_socket", "what_if")]
+    extra = [results.get(key) for key in ("max_throughput", "max_throughput_socket", "what_if", "accurate_run")]
     return [r for r in [*results.get("runs", []), *extra] if r]
 
 
@@ -84,6 +84,8 @@ def _run_name(run: dict[str, Any]) -> str:
     name = f"{run['cameras']} cam {run['pacing']}" + (" block" if run["drop_policy"] == "block" else "")
     if run.get("shared_memory") is False:
         name += " socket"
+    if run.get("emotion_model"):
+        name += f" {Path(run['emotion_model']).stem}"
     return name + "".join(f" {k}={v}" for k, v in (run.get("env") or {}).items())
 
 
@@ -154,6 +156,13 @@ def _stage_lines(results: dict[str, Any]) -> list[str]:
         threads = f", {runtime['threads']} threads" if runtime.get("threads") else ""
         for size, value in runtime.get("faces_per_s_by_batch", {}).items():
             rows.append([f"classifier {runtime['runtime']} batch {size}{threads}", _fmt(value), "faces/s", "", "", ""])
+    acc = results.get("accurate_classifier")
+    if acc:  # the accurate operating point and the default, side by side (standalone.measure_accurate)
+        batch = acc["max_batch"]
+        rows.append([f"accurate {Path(acc['model']).name}, {acc['runtime']}, batch {batch}", _fmt(acc["faces_per_s"])])
+        rows[-1] += ["faces/s", "", "", _others(acc)]
+        rows.append([f"  the default beside it, {acc['default_runtime']}", _fmt(acc["default_faces_per_s"])])
+        rows[-1] += ["faces/s", "", "", ""]
     return [
         "Stages standalone (this process, same frames; rate = median over chunks)",
         *align(["stage", "rate", "unit", "cores used", "faces/frame", "others"], rows),
@@ -265,6 +274,15 @@ def _headline_lines(results: dict[str, Any]) -> list[str]:
         ],
         *what_if_rows,
     ]
+    if h.get("accurate_faces_per_s") is not None:  # only with an accurate model
+        rows += [
+            ["accurate_faces_per_s (the accurate model as served)", _fmt(h["accurate_faces_per_s"], 0)],
+            ["accurate_over_default", _ratio(h.get("accurate_over_default"))],
+            [
+                "accurate model's realtime run: events/s, p99 ms",
+                f"{_fmt(h.get('accurate_events_per_s'))}, {_fmt(h.get('accurate_p99_latency_ms'), 0)}",
+            ],
+        ]
     return ["Headline", *align(["", "value"], rows)]
 
 

@@ -56,10 +56,14 @@ class PipelineSpec:
     #: cuts, among them the video's loop, come at different moments as those of independent cameras do;
     #: False: every camera plays the same frame at once, all faces of all cameras new at each loop.
     stagger: bool = True
+    #: classifier.model: the emotion model file the classifier serves (None: the shipped default).
+    emotion_model: str | None = None
 
     @property
     def label(self) -> str:
         suffix = ("" if self.shared_memory else "-socket") + ("" if self.stagger or self.cameras == 1 else "-in-step")
+        if self.emotion_model:
+            suffix += f"-{Path(self.emotion_model).stem}"
         return f"{self.cameras}cam-{self.pacing}-{self.drop_policy}{suffix}"
 
 
@@ -106,6 +110,9 @@ class BenchSettings:
     realtime_drop_policy: str = "drop_oldest"
     #: One more max-throughput run with these extra environment variables (none: skipped).
     what_if_env: dict[str, str] | None = None
+    #: The accurate operating point (an ensemble model file): its faces/s side by side with the default
+    #: model's, and the largest realtime run again serving it (None: skipped).
+    accurate_model: Path | None = None
 
     def spec(self, cameras: int, pacing: str, drop_policy: str, **changes: Any) -> PipelineSpec:
         """The pipeline of one end-to-end run under these settings (``changes``: other PipelineSpec fields)."""
@@ -154,7 +161,12 @@ def config_dict(video: str | Path, yunet: str | Path, spec: PipelineSpec, base_p
             "interval": spec.interval,
             "threads": spec.detector_threads,
         },
-        "classifier": {"max_batch": spec.max_batch, "max_wait_ms": spec.max_wait_ms, "device": "cpu"},
+        "classifier": {
+            "max_batch": spec.max_batch,
+            "max_wait_ms": spec.max_wait_ms,
+            "device": "cpu",
+            **({"model": spec.emotion_model} if spec.emotion_model else {}),
+        },
         # base+2..base+48 hold previews only, which a pipeline without recorder or viewer does not have.
         "sink": {"publish": f"tcp://127.0.0.1:{base_port + 2}"},
         "network": {"base_port": base_port, "shared_memory": spec.shared_memory},

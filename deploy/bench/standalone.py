@@ -114,6 +114,25 @@ class ClassifierResult(Measured):
 
 
 @dataclass(frozen=True)
+class AccurateResult(Measured):
+    """The accurate model against the default one, each as the classifier serves it, timed side by side
+    (see :func:`measure_accurate`)."""
+
+    model: str
+    runtime: str
+    default_model: str
+    default_runtime: str
+    max_batch: int
+    rounds: int
+    #: Faces/s at ``max_batch``, each the median over the rounds, and their ratio.
+    faces_per_s: float
+    default_faces_per_s: float
+    over_default: float
+    flops_per_face: float
+    cpu_watch: CpuLoad | None = None
+
+
+@dataclass(frozen=True)
 class MatmulPeak(Measured):
     """The machine's matmul throughput (``dtype``): the best repetition (``gflops``) and the median."""
 
@@ -348,8 +367,8 @@ def measure_runtimes(
     """Faces/s of torch fp32, torch bf16 and onnxruntime on the int8 file beside the model (when there is
     one), at batch 1 and ``max_batch``, on each of ``threads``, interleaved in one run
     (:func:`classifier.runtimes.side_by_side`); one entry per runtime and thread count."""
-    from classifier.model import SHIPPED_MODEL
     from classifier.runtimes import int8_beside, side_by_side
+    from classifier.settings import SHIPPED_MODEL
 
     source = Path(model_path) if model_path else SHIPPED_MODEL
     onnx_files = [f for f in (int8_beside(source),) if f.is_file()]
@@ -515,4 +534,61 @@ def measure_classifier(
         batch1_gflops=batch1 * flops / 1e9,
         cpu_parallelism=batched_cpu / batched_wall if batched_wall > 0 else 0.0,
         cpu_s_per_face=batched_cpu / batched_faces if batched_faces else 0.0,
+    )
+
+
+def measure_accurate(
+    crops: np.ndarray,
+    model_path: str | Path,
+    default_path: str | Path | None = None,
+    max_batch: int = ClassifierSettings().max_batch,
+    calls_per_round: int = 5,
+    rounds: int = 8,
+    max_seconds: float | None = None,
+) -> AccurateResult:
+    """Faces/s of ``model_path`` (the accurate operating point) and of ``default_path`` (None: the shipped
+    model) at ``max_batch`` on the same real crops, both served as the classifier serves them
+    (``classifier.runtime: auto``), in alternating rounds of ``calls_per_round`` calls; each rate is its
+    median over the rounds, so their ratio shares the machine's conditions. ``max_seconds`` ends it after
+    the round that passes it (two rounds at least)."""
+    import torch
+
+    from classifier.model import EmotionModel
+    from emostream.modelfile import load_model
+
+    if len(crops) == 0:
+        raise ValueError("no face crops to classify (the detector found no face in the frames)")
+    threads = torch.get_num_threads()
+    served = [
+        EmotionModel(path, device="cpu", runtime="auto", threads=threads, batch=max_batch)
+        for path in (model_path, default_path)
+    ]
+    n = len(crops)
+    batches = [np.ascontiguousarray(crops[(i * max_batch + np.arange(max_batch)) % n]) for i in range(calls_per_round)]
+    for model in served:  # untimed: the first calls allocate and pick kernels
+        model.predict(batches[0])
+    rates: list[list[float]] = [[], []]
+    started = time.perf_counter()
+    done = 0
+    for _ in range(max(1, rounds)):
+        if max_seconds is not None and done >= 2 and time.perf_counter() - started > max_seconds:
+            break
+        done += 1
+        for model, model_rates in zip(served, rates, strict=True):
+            t0 = time.perf_counter()
+            for batch in batches:
+                model.predict(batch)
+            model_rates.append(len(batches) * max_batch / (time.perf_counter() - t0))
+    accurate, default = (statistics.median(r) for r in rates)
+    return AccurateResult(
+        model=str(served[0].source),
+        runtime=served[0].runtime.label,
+        default_model=str(served[1].source),
+        default_runtime=served[1].runtime.label,
+        max_batch=max_batch,
+        rounds=done,
+        faces_per_s=accurate,
+        default_faces_per_s=default,
+        over_default=accurate / default if default > 0 else 0.0,
+        flops_per_face=count_flops_per_face(load_model(served[0].source)[0], served[0].info.input_size),
     )

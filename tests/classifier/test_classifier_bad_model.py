@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from classifier.model import SHIPPED_MODEL
+from classifier.settings import SHIPPED_MODEL
 from emostream.modelfile import INFO_FILE, ModelFileError, ModelInfo, load_model, save_model
 from emostream.wire import (
     EMOTIONS,

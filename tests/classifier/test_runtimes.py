@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from classifier.model import SHIPPED_MODEL, EmotionModel
+from classifier.model import EmotionModel
 from classifier.runtimes import int8_beside, select_runtime
-from classifier.settings import ClassifierSettings
+from classifier.settings import SHIPPED_MODEL, ClassifierSettings
 from emostream.modelfile import ModelFileError
 from support import shared_path
 from training.data import load_dataset

@@ -278,6 +278,7 @@ def test_a_failed_run_keeps_the_old_json_shape_without_stage_numbers():
         interval=1,
         shared_memory=True,
         stagger=True,
+        emotion_model=None,
         offered_fps=25.0,
         warmup_s=1.0,
         startup_s=None,
@@ -300,6 +301,9 @@ def test_missing_video_is_a_clear_error(tmp_path, capsys):
     missing = tmp_path / "nope.mp4"
     assert deploy_main(["bench", "--video", str(missing)]) == 2
     assert str(missing) in capsys.readouterr().err
+    no_model = tmp_path / "emotion_accurate.pt2"
+    assert deploy_main(["bench", "--quick", "--accurate-model", str(no_model)]) == 2
+    assert f"--accurate-model file not found: {no_model}" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------
@@ -338,7 +342,7 @@ def test_the_report_names_the_cpu_its_flags_and_usable_cpus_and_checks_the_targe
     assert "maximum throughput ≥ 10x the study's loop" in targets and "3.00x (60.0 against 20.0 frames/s)" in targets
     assert "pipeline ≥ 0.85 of its CPU budget" in targets and "0.80 (budget 75.5 frames/s)" in targets
     verdicts = [t.verdict for t in check_targets(fixed_results(MACHINE))]
-    assert verdicts == ["not met", "not measured"] + ["not met"] * 4 + ["not measured"]
+    assert verdicts == ["not met", "not measured"] + ["not met"] * 4 + ["not measured"] * 2
     # The runtimes measured side by side give the served runtime against torch bf16, at the most threads.
     with_runtimes = fixed_results(MACHINE)
     with_runtimes["classifier"]["runtime"] = "onnxruntime int8"
@@ -354,6 +358,66 @@ def test_the_report_names_the_cpu_its_flags_and_usable_cpus_and_checks_the_targe
     without = fixed_results(MACHINE)
     without["runs"] = without["runs"][:2]
     assert "no realtime run offered 100 frames/s" in format_report(without)
+
+
+ACCURATE = "/models/emotion_accurate.pt2"
+
+
+def test_the_accurate_model_runs_as_the_classifier_model_and_meets_its_target_only_when_fast_and_real_time(
+    video, yunet, tmp_path
+):
+    model = tmp_path / "emotion_accurate.pt2"
+    model.write_bytes(b"the launcher's config checks that the file exists")
+    spec = BenchSettings().spec(4, "realtime", "drop_oldest", emotion_model=str(model))
+    assert spec.label == "4cam-realtime-drop_oldest-emotion_accurate"
+    config, parsed = pipeline_config(video, yunet, spec)
+    assert config["classifier"]["model"] == str(model) and parsed.classifier.model == str(model)
+    assert (
+        "model"
+        not in pipeline_config(video, yunet, BenchSettings().spec(4, "realtime", "drop_oldest"))[0]["classifier"]
+    )
+
+    results = fixed_results(MACHINE)
+    results["accurate_classifier"] = {
+        "model": ACCURATE,
+        "runtime": "onnxruntime int8",
+        "default_model": "emotion.pt2",
+        "default_runtime": "onnxruntime int8",
+        "max_batch": 64,
+        "faces_per_s": 600.0,
+        "default_faces_per_s": 1500.0,
+        "over_default": 0.4,
+    }
+    results["accurate_run"] = {**_run(4, 99.8, 60.0, 140.0), "emotion_model": ACCURATE}
+    h = derive(results)
+    assert (h.accurate_faces_per_s, h.accurate_over_default) == (600.0, 0.4)
+    assert (h.accurate_events_per_s, h.accurate_p99_latency_ms) == (99.8, 140.0)
+    results["headline"] = dataclasses.asdict(h)
+    target = next(t for t in check_targets(results) if t.target.startswith("accurate model"))
+    assert target.met is True
+    assert target.measured == (
+        "emotion_accurate.pt2 on onnxruntime int8: 600 faces/s, 0.40x the default's; "
+        "4 cameras: 99.8 events/s, p99 140 ms"
+    )
+    # The end-to-end target still reads the default model's four-camera run.
+    end_to_end = next(t for t in check_targets(results) if "end to end" in t.target)
+    assert end_to_end.measured.startswith("4 cameras: 44.0 events/s")
+    report = format_report(results)
+    for text in ("4 cam realtime emotion_accurate", "accurate emotion_accurate.pt2, onnxruntime int8, batch 64"):
+        assert text in report, f"{text!r} missing from\n{report}"
+
+    def verdict(over_default: float, p99: float, error: str | None = None) -> bool | None:
+        changed = json.loads(json.dumps(results))
+        changed["accurate_classifier"]["over_default"] = over_default
+        changed["accurate_run"] = {**_run(4, 99.8, 60.0, p99, error=error), "emotion_model": ACCURATE}
+        changed["headline"] = dataclasses.asdict(derive(changed))
+        return next(t for t in check_targets(changed) if t.target.startswith("accurate model")).met
+
+    assert verdict(0.29, 140.0) is False  # too slow against the default
+    assert verdict(0.4, 151.0) is False  # four cameras, but the tail is late
+    assert verdict(0.4, 140.0, error="the launcher exited early with code 1") is False
+    # A saved JSON keeps all of it.
+    assert derive(json.loads(json.dumps(results))) == h
 
 
 def test_older_files_without_flags_or_usable_cpus_say_so():

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 import zmq
 
-from classifier.model import SHIPPED_MODEL
+from classifier.settings import SHIPPED_MODEL
 from support import PYTHON, REPO, free_port, free_port_range
 
 

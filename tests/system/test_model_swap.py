@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from classifier.model import SHIPPED_MODEL
+from classifier.settings import SHIPPED_MODEL
 from deploy.model_control import request
 from emostream.wire import EMOTIONS, encode_faces
 from support import (
