@@ -285,7 +285,8 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
     import torch
 
     extra_steps = (1 if settings.what_if_env else 0) + (2 if settings.accurate_model else 0)
-    progress = progress or Progress(6 + len(settings.cameras) + 2 + extra_steps)
+    # Baseline twice, decode, detectors, classifier, runtimes, matmul; the realtime runs; max throughput twice.
+    progress = progress or Progress(7 + len(settings.cameras) + 2 + extra_steps)
     started = time.time()
     budget = cpu_budget()
     # The standalone classifier on the usable CPUs, not torch's count of the host's cores.
