@@ -7,7 +7,9 @@ for each backend: ``haar``, ``yunet`` and ``yunet-align`` (YuNet with aligned cr
 and backend it reports the detection rate, the accuracy on the detected faces, the end-to-end
 accuracy (a missed face counts as wrong) and both as a ratio to the model's direct accuracy on the
 same 48x48 images. Tune on PublicTest; report PrivateTest. One JSON object on stdout; with
-``--out``, also ``pipeline_eval.json``, ``pipeline_eval.md`` (the table) and ``pipeline_eval.png``.
+``--out``, also ``pipeline_eval.json``, ``pipeline_eval.md`` (the table), ``pipeline_eval.png`` and,
+per condition and backend that missed any, ``missed_<condition>_<backend>.png``: a sheet of the
+faces it did not find, each labelled with its index in the split (the JSON lists them as ``missed``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +165,8 @@ class Cell:
     accuracy_end_to_end: float
     direct_accuracy: float
     ratio_end_to_end: float
+    #: Index in the split (from its first face) of each face the backend did not find.
+    missed: list[int] = field(default_factory=list)
 
 
 def run_condition(
@@ -210,6 +214,7 @@ def run_condition(
                 accuracy_end_to_end=float(correct.mean()),
                 direct_accuracy=float(direct_ok.mean()),
                 ratio_end_to_end=float(correct.mean() / direct_ok.mean()) if direct_ok.any() else float("nan"),
+                missed=[int(i) for i in np.flatnonzero(~mask)],
             )
         )
     return cells
@@ -227,6 +232,28 @@ def format_table(cells: Sequence[Cell]) -> str:
             f"{c.ratio_end_to_end:.3f} |"
         )
     return "\n".join(lines)
+
+
+#: The missed-faces sheet: tile side (the 48x48 face upscaled), tiles per row, faces shown at most.
+SHEET_TILE, SHEET_COLUMNS, SHEET_MAX = 96, 10, 100
+
+
+def missed_sheet(images: np.ndarray, missed: Sequence[int], path: Path) -> Path:
+    """A PNG of the 48x48 ``images[missed]`` (the first SHEET_MAX), each with its index in a corner."""
+    tiles = []
+    for index in list(missed)[:SHEET_MAX]:
+        tile = cv2.cvtColor(
+            cv2.resize(images[index], (SHEET_TILE, SHEET_TILE), interpolation=cv2.INTER_CUBIC), cv2.COLOR_GRAY2BGR
+        )
+        cv2.putText(tile, str(index), (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(tile, str(index), (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 255, 255), 1, cv2.LINE_AA)
+        tiles.append(tile)
+    blank = np.zeros((SHEET_TILE, SHEET_TILE, 3), np.uint8)
+    tiles += [blank] * (-len(tiles) % SHEET_COLUMNS)
+    rows = [np.hstack(tiles[i : i + SHEET_COLUMNS]) for i in range(0, len(tiles), SHEET_COLUMNS)]
+    if not cv2.imwrite(str(path), np.vstack(rows)):
+        raise OSError(f"cannot write {path}")
+    return path
 
 
 def plot(cells: Sequence[Cell], path: Path, title: str) -> None:
@@ -339,7 +366,10 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str,
         (out / "pipeline_eval.json").write_text(json.dumps(json_ready(result), indent=1))
         (out / "pipeline_eval.md").write_text(format_table(cells) + "\n")
         plot(cells, out / "pipeline_eval.png", f"{split}, {len(images)} faces per condition, {model.path.name}")
-        log(f"wrote pipeline_eval.json, pipeline_eval.md, pipeline_eval.png in {out}")
+        sheets = [
+            missed_sheet(images, c.missed, out / f"missed_{c.condition}_{c.backend}.png") for c in cells if c.missed
+        ]
+        log(f"wrote pipeline_eval.json, .md, .png and {len(sheets)} missed-face sheets in {out}")
     log(format_table(cells))
     return result
 

@@ -58,11 +58,24 @@ def test_pipeline_eval_cli_on_a_few_real_faces(tmp_path: Path) -> None:
     assert result["faces_per_condition"] == 3 and result["direct_accuracy"] == 1.0
     for cell in cells.values():
         assert cell["faces"] == 3 and 0 <= cell["detected"] <= 3
+        # The faces a backend missed, by index, and their sheet: one 96-px tile each, ten to a row.
+        assert len(cell["missed"]) == 3 - cell["detected"] and set(cell["missed"]) <= {0, 1, 2}
+        sheet = out / f"missed_{cell['condition']}_{cell['backend']}.png"
+        if cell["missed"]:
+            image = cv2.imread(str(sheet))
+            assert image is not None and image.shape == (96, 960, 3)
+            # Tile k is face missed[k], upscaled: its lower half (below the index label) matches.
+            k, face = 0, faces[cell["missed"][0]]
+            expected = cv2.resize(face, (96, 96), interpolation=cv2.INTER_CUBIC)[48:]
+            assert np.abs(image[48:, k * 96 : (k + 1) * 96, 0].astype(int) - expected).max() <= 1
+        else:
+            assert not sheet.exists()
         # A missed face counts as wrong: end to end is the detected faces' accuracy times the detection rate.
         if cell["detected"]:
             expected = cell["accuracy_detected"] * cell["detection_rate"]
             assert cell["accuracy_end_to_end"] == pytest.approx(expected)
             assert cell["ratio_detected"] == pytest.approx(cell["accuracy_detected"] / cell["direct_accuracy_detected"])
+    assert any(cell["missed"] for cell in cells.values())  # Haar misses some: a sheet is checked
     # YuNet finds these real, upright faces; turned 30 degrees, the rolled passes still find most of them.
     assert cells[("upright", "yunet-align")]["detected"] == 3
     assert cells[("roll30", "yunet-align")]["detected"] >= 2
