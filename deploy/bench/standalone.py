@@ -435,6 +435,17 @@ def measure_matmul_peak(size: int = 4096, reps: int = 8, threads: int = 2, dtype
     )
 
 
+def budgeted_rounds(rounds: int, max_seconds: float | None) -> Iterator[int]:
+    """Round numbers 0, 1, ... below ``rounds`` (one at least). Once ``max_seconds`` have passed since
+    the first began, it stops after the second round at the earliest, so a slowed-down machine cannot
+    stretch a measurement."""
+    started = time.perf_counter()
+    for index in range(max(1, rounds)):
+        if max_seconds is not None and index >= 2 and time.perf_counter() - started > max_seconds:
+            return
+        yield index
+
+
 def measure_classifier(
     crops: np.ndarray,
     model_path: str | Path | None = None,
@@ -490,12 +501,7 @@ def measure_classifier(
             wall += time.perf_counter() - t0
         return wall
 
-    started = time.perf_counter()
-    done = 0
-    for _ in range(max(1, rounds)):
-        if max_seconds is not None and done >= 2 and time.perf_counter() - started > max_seconds:
-            break
-        done += 1
+    for _ in budgeted_rounds(rounds, max_seconds):
         for size in sizes:
             faces = batch1_faces if size == 1 else batched_batches * max_batch
             calls = max(1, round(faces / rounds / size))
@@ -523,7 +529,7 @@ def measure_classifier(
         torch_threads=torch.get_num_threads(),
         crops=int(n),
         max_batch=max_batch,
-        rounds=done,
+        rounds=len(flip_rates),
         batch1_faces_per_s=batch1,
         batched_faces_per_s=batched,
         batched_over_batch1=batched / batch1 if batch1 > 0 else 0.0,
@@ -568,12 +574,7 @@ def measure_accurate(
     for model in served:  # untimed: the first calls allocate and pick kernels
         model.predict(batches[0])
     rates: list[list[float]] = [[], []]
-    started = time.perf_counter()
-    done = 0
-    for _ in range(max(1, rounds)):
-        if max_seconds is not None and done >= 2 and time.perf_counter() - started > max_seconds:
-            break
-        done += 1
+    for _ in budgeted_rounds(rounds, max_seconds):
         for model, model_rates in zip(served, rates, strict=True):
             t0 = time.perf_counter()
             for batch in batches:
@@ -586,7 +587,7 @@ def measure_accurate(
         default_model=str(served[1].source),
         default_runtime=served[1].runtime.label,
         max_batch=max_batch,
-        rounds=done,
+        rounds=len(rates[0]),
         faces_per_s=accurate,
         default_faces_per_s=default,
         over_default=accurate / default if default > 0 else 0.0,
