@@ -1,5 +1,10 @@
 """The sink process: PULL events from the classifier, validate, PUB them, append them to JSON Lines and
-queue them for the configured outputs (``sink/outputs.py``)."""
+queue them for the configured outputs (``sink/outputs.py``).
+
+The public socket is an XPUB that keeps each camera's last ``camera`` event (ZeroMQ's last-value cache):
+whenever a subscriber subscribes, every camera's current state is published again, so a program that
+joins late still learns that a camera is down instead of waiting for its next change of state.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from emostream import metrics
 from emostream.health import HEALTH
 from emostream.runtime import ThrottledLog
 from emostream.security import CurveKeys, secure_server
-from emostream.wire import REJECT_REASONS, EmotionEvent, Event, WireError, decode_event
+from emostream.wire import REJECT_REASONS, CameraEvent, EmotionEvent, Event, WireError, decode_event
 from sink.outputs import Outputs, event_json, output_paths
 from sink.settings import SinkSettings
 
@@ -28,6 +33,8 @@ STAGE = "sink"
 PUB_HWM = 10_000
 #: Events of one burst after which the outputs' outboxes are written anyway (bounds what a crash loses).
 OUTPUT_FLUSH_EVENTS = 256
+#: Cameras whose last state is kept for late subscribers; the least recently changed go first beyond it.
+CAMERA_STATES_KEPT = 4096
 
 
 class OutputPathError(OSError):
@@ -119,7 +126,11 @@ class SinkService:
             raise OutputPathError(f"cannot open an outbox in {settings.outbox_dir}: {exc}", "--outbox-dir") from exc
         ctx = context or zmq.Context.instance()
         self.pull = ctx.socket(zmq.PULL)
-        self.pub = ctx.socket(zmq.PUB)
+        self.pub = ctx.socket(zmq.XPUB)
+        # Every subscription reaches us, not only a topic's first, so each late subscriber gets the states.
+        self.pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        #: camera -> its last camera event as sent (topic, payload), oldest change first
+        self.camera_states: dict[bytes, tuple[bytes, bytes]] = {}
         try:
             secure_server(self.pull, keys, STAGE)  # plain without keys
             _bind(self.pull, pull_endpoint, "--pull")
@@ -145,7 +156,13 @@ class SinkService:
         is_frame = isinstance(event, EmotionEvent)  # camera up/down events are not frames
         if is_frame:
             metrics.FRAMES_RECEIVED.labels(STAGE, camera).inc()
-        self.pub.send_multipart([bytes(parts[0]), bytes(parts[1])])
+        message = [bytes(parts[0]), bytes(parts[1])]
+        self.pub.send_multipart(message)
+        if isinstance(event, CameraEvent):
+            self.camera_states.pop(message[0], None)
+            self.camera_states[message[0]] = (message[0], message[1])
+            if len(self.camera_states) > CAMERA_STATES_KEPT:
+                del self.camera_states[next(iter(self.camera_states))]
         if self.writer or self.outputs:
             line = event_json(event)
             if self.writer:
@@ -155,11 +172,31 @@ class SinkService:
             metrics.FRAMES.labels(STAGE, camera).inc()
             metrics.EVENT_LATENCY.labels(camera).observe(max(0.0, time.time() - event.ts_capture))
 
+    def on_subscriptions(self) -> None:
+        """Read what subscribers sent the XPUB; on any new subscription publish every camera's last state
+        again (subscribers already listening get it twice: a state, not a change, so harmless)."""
+        subscribed = False
+        while True:
+            try:
+                message = self.pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            subscribed = subscribed or message[:1] == b"\x01"
+        if subscribed:
+            for topic, payload in self.camera_states.values():
+                self.pub.send_multipart([topic, payload])
+
     def run(self, stop: threading.Event) -> None:
         HEALTH.set_ready()
+        poller = zmq.Poller()
+        poller.register(self.pull, zmq.POLLIN)
+        poller.register(self.pub, zmq.POLLIN)
         while not stop.is_set():
             HEALTH.beat()
-            if self.pull.poll(100):
+            ready = dict(poller.poll(100))
+            if self.pub in ready:
+                self.on_subscriptions()
+            if self.pull in ready:
                 for n in itertools.count(1):
                     try:
                         parts = self.pull.recv_multipart(zmq.NOBLOCK, copy=False)

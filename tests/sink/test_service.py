@@ -1,13 +1,16 @@
-"""The sink process's start-up errors: one line each, fatal (status 2, not restarted) when no restart can
-help, status 1 (restarted by the launcher) when one can."""
+"""The sink process: its start-up errors (one line each, fatal (status 2, not restarted) when no restart can
+help, status 1 (restarted by the launcher) when one can), and what a subscriber that joins late learns."""
 
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
+import zmq
 
+from emostream.wire import CameraEvent, EmotionEvent, camera_event, decode_event, encode_event
 from sink.service import JsonlWriter, OutputPathError, output_file_problem
 from support import free_ports, start_stage
 
@@ -51,3 +54,57 @@ def test_the_sink_exits_1_with_one_line_when_its_publish_port_is_taken(processes
     assert proc.returncode == 1, stderr  # a crash: a port held by a previous run frees up, so restarts may help
     assert "Traceback" not in stderr
     assert stderr.splitlines()[-1].startswith(f"sink: cannot bind publish tcp://127.0.0.1:{pub}: ")
+
+
+def _receive(sub: zmq.Socket, seconds: float) -> list:
+    events, deadline = [], time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if sub.poll(int(left * 1000)):
+            events.append(decode_event(sub.recv_multipart()))
+    return events
+
+
+def _subscriber(context: zmq.Context, port: int, topic: bytes = b"") -> zmq.Socket:
+    sub = context.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, topic)
+    sub.connect(f"tcp://127.0.0.1:{port}")
+    return sub
+
+
+def test_a_late_subscriber_is_sent_each_cameras_last_state_and_no_old_frames(processes: list) -> None:
+    pull, pub = free_ports(2)
+    processes.append(start_stage("sink", "--pull", f"tcp://127.0.0.1:{pull}", "--publish", f"tcp://127.0.0.1:{pub}"))
+    context = zmq.Context.instance()
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(f"tcp://127.0.0.1:{pull}")
+    early = _subscriber(context, pub)
+    sent = [
+        camera_event("door", "up", "delivering frames", ts_event=1.0),
+        EmotionEvent("door", 0, 1.0, 1.1),
+        camera_event("lobby", "down", "cannot open: no such device", ts_event=2.0),
+        camera_event("door", "down", "stopped delivering frames", ts_event=3.0),
+    ]
+    seen: list = []
+    for _ in range(300):  # until the sink runs and the early subscriber is joined: it sees the live stream
+        push.send_multipart(encode_event(sent[0]))
+        seen = _receive(early, 0.1)
+        if seen:
+            break
+    assert seen, "the sink published nothing within 30 s"
+    for event in sent[1:]:
+        push.send_multipart(encode_event(event))
+    live = _receive(early, 1.0)
+    assert live[-3:] == sent[1:], live
+
+    late = _subscriber(context, pub)
+    states = _receive(late, 1.5)
+    assert sorted(states, key=lambda e: e.camera) == [sent[3], sent[2]], states  # the last state per camera only
+    lobby_only = _subscriber(context, pub, b"lobby")
+    assert _receive(lobby_only, 1.5) == [sent[2]]  # a topic filter holds for the states too
+    # Those already listening get the states again on each new subscription: a state, not a change.
+    again = _receive(early, 0.5)
+    assert again and all(isinstance(event, CameraEvent) for event in again), again
+    for sock in (push, early, late, lobby_only):
+        sock.close()
