@@ -86,9 +86,9 @@ class StatusPrinter(threading.Thread):
         secure_client(sub, self.keys)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.setsockopt(zmq.LINGER, 0)
-        # The sink binds after the launcher starts, and publishes at once what captures queued meanwhile
-        # (a camera that never opens sends its one "down" event first thing). Retrying the connection
-        # every 10 ms instead of ZeroMQ's 100 ms narrows the window in which such an event goes unseen.
+        # The sink binds after the launcher starts; a camera's "down" event published before this socket
+        # joined is not lost: the sink sends every camera's last state again to each new subscription.
+        # Retrying the connection every 10 ms instead of ZeroMQ's 100 ms just joins sooner.
         sub.setsockopt(zmq.RECONNECT_IVL, 10)
         sub.connect(self.endpoint)
         window: dict[str, CameraStats] = defaultdict(CameraStats)
