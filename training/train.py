@@ -467,22 +467,26 @@ def train_one_epoch(
     )
     for step in bar:
         idx = order[step * bs : (step + 1) * bs]
-        batch = split.images[idx]
+        batch = original = split.images[idx]
         if split.served is not None and args.served_prob > 0:
             use_served = torch.rand(len(idx), generator=g) < args.served_prob
             batch = torch.where(use_served[:, None, None, None], split.served[idx], batch)
-        images = t.transform(batch, generator=g)
-        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format(amp_dtype))
         target = split.labels[idx].to(device, non_blocking=True)
         soft_target = None
         if args.ferplus_soft > 0 and split.votes is not None:
             soft_target = blend_votes(target, split.votes[idx].to(device), args.ferplus_soft)
+        teacher_sees = original if t.teacher is not None and args.teacher_view == "original" else None
+        images, mixed_target, teacher_images = augment_batch(
+            t.transform, t.mixer, batch, target if soft_target is None else soft_target, g, device, amp_dtype,
+            also=teacher_sees,
+        )  # fmt: skip
         if t.mixer.enabled:
-            images, soft_target = t.mixer(images, target if soft_target is None else soft_target, generator=g)
+            soft_target = mixed_target
         teacher_logits = None
         if t.teacher is not None:
             with torch.no_grad(), autocast(device, amp_dtype):
-                teacher_logits = forward_with_tta(t.teacher, images, args.teacher_tta).float()
+                seen_by_teacher = images if teacher_images is None else teacher_images
+                teacher_logits = forward_with_tta(t.teacher, seen_by_teacher, args.teacher_tta).float()
         with autocast(device, amp_dtype):
             output = t.model(images)
             loss = t.criterion(output.float(), target if soft_target is None else soft_target)
@@ -515,6 +519,42 @@ def train_one_epoch(
         "acc": correct.item() / max(seen, 1),
         "lr": t.optimizer.param_groups[0]["lr"],
     }
+
+
+def augment_batch(
+    transform: presets.EvalPreset,
+    mixer: presets.MixupCutmix,
+    batch: torch.Tensor,
+    targets: torch.Tensor,
+    generator: torch.Generator,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    also: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The batch as the model trains on it: augmented, on ``device``, then mixed when ``mixer`` is enabled.
+
+    Returns the images, the targets (the mixer's soft targets when it is enabled, else ``targets``
+    unchanged) and, when ``also`` is given (another uint8 batch of the same faces, e.g. their data-set
+    crops where ``batch`` holds served crops), ``also`` under exactly the same random draws: the same
+    affine, light, erasing, mixing partner and CutMix box, face for face."""
+
+    def replay(state: torch.Tensor) -> torch.Generator:
+        return torch.Generator().set_state(state)
+
+    fmt = memory_format(amp_dtype)
+    state = generator.get_state()
+    images = transform(batch, generator=generator).to(device, non_blocking=True).contiguous(memory_format=fmt)
+    also_images = None
+    if also is not None:
+        also_images = transform(also, generator=replay(state)).to(device, non_blocking=True)
+        also_images = also_images.contiguous(memory_format=fmt)
+    if mixer.enabled:
+        state = generator.get_state()
+        images, mixed = mixer(images, targets, generator=generator)
+        if also_images is not None:
+            also_images, _ = mixer(also_images, targets, generator=replay(state))
+        targets = mixed
+    return images, targets, also_images
 
 
 @torch.no_grad()

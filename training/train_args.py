@@ -124,6 +124,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         choices=TTA_MODES,
         help="test-time augmentation of the teacher's logits (multicrop: ten shifted and mirrored views)",
     )
+    g.add_argument(
+        "--teacher-view",
+        default="same",
+        choices=("same", "original"),
+        help="what the teacher sees: the student's images (same), or, for a face the student sees as its served "
+        "crop (--served-crops), the face's own data-set crop under the same augmentation and mixing "
+        "(original): the student learns to read a served crop as the teacher reads the face as it was framed",
+    )
 
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0)
@@ -192,6 +200,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for required in ("data", "out"):
         if not getattr(args, required):
             parser.error(f"--{required} is required (on the command line or in --config)")
+    if args.teacher_view == "original" and not (args.teacher and args.served_crops):
+        parser.error("--teacher-view original needs --teacher and --served-crops (what else would differ?)")
     # Checked before the data loads: a wrong number should not cost the load, or read as another error.
     for dest, low, high in _RANGES:
         value = getattr(args, dest)

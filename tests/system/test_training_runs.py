@@ -243,6 +243,21 @@ def test_served_crops_take_the_place_of_training_images(tmp_path: Path) -> None:
         assert f"served crops: {blank}, {n} of {n} faces" in proc.stdout
         scores[prob] = json.loads((out / "report.json").read_text())["PublicTest"]["accuracy"]
     assert scores["0"] > 2.0 / len(EMOTIONS) and scores["1"] < scores["0"] - 0.2
+    # A teacher trained on the real images, the student on the blank crops alone, the loss all the
+    # teacher's: seeing the same blanks, the teacher gives every face one (out-of-distribution) answer;
+    # seeing each face's own image (--teacher-view original), an answer per face. Same seed, same draws:
+    # only what the teacher sees differs between the two runs, and the loss they train on tells it.
+    losses = {}
+    for view in ("same", "original"):
+        out = tmp_path / f"view_{view}"
+        args = ("--data", str(data), "--out", str(out), "--epochs", "1", *FAST_FLAGS, "--served-crops", str(blank))
+        proc = run_cli(*args, "--served-prob", "1", "--teacher", str(tmp_path / "p0" / "model.pt2"),
+                       "--distill-weight", "1", "--teacher-view", view)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads((out / "report.json").read_text())
+        assert report["config"]["teacher_view"] == view
+        losses[view] = report["history"][-1]["train_loss"]
+    assert abs(losses["original"] - losses["same"]) > 0.1 * losses["same"], losses
     np.savez(blank, crops=np.zeros((3, 48, 48), np.uint8), found=np.ones(3, bool), meta=np.array(json.dumps(meta)))
     bad = run_cli("--data", str(data), "--out", str(tmp_path / "bad"), "--epochs", "1", "--served-crops", str(blank))
     assert bad.returncode != 0 and f"holds 3 Training faces; the Training split has {n}" in bad.stderr

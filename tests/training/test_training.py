@@ -238,6 +238,59 @@ def test_out_of_range_options_fail_before_the_data_loads(
     assert flag in err and "out of range" in err and "resume" not in err
 
 
+@pytest.mark.parametrize("mix", [False, True])
+def test_the_teachers_view_of_a_batch_gets_the_students_draws_face_for_face(mix: bool) -> None:
+    from training.presets import MixupCutmix, TrainPreset
+    from training.train import augment_batch
+
+    rng = np.random.default_rng(0)
+    served = torch.from_numpy(rng.integers(0, 256, (8, 1, 48, 48), dtype=np.uint8))
+    original = torch.from_numpy(rng.integers(0, 256, (8, 1, 48, 48), dtype=np.uint8))
+    labels = torch.arange(8) % 7
+    transform = TrainPreset(erase=1.0)  # every random step, erasing included, draws for every face
+    mixer = MixupCutmix(7, mixup_alpha=0.2, cutmix_alpha=1.0, prob=1.0 if mix else 0.0)
+    cpu = torch.device("cpu")
+
+    def alone(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images, targets, none = augment_batch(
+            transform, mixer, batch, labels, torch.Generator().manual_seed(5), cpu, None
+        )
+        assert none is None
+        return images, targets
+
+    images, targets, teacher = augment_batch(
+        transform, mixer, served, labels, torch.Generator().manual_seed(5), cpu, None, also=original
+    )
+    # Each view is exactly what that batch alone would have become with the same seed: same affine,
+    # light, erasing, partner and box; the student's targets are the mix's, the labels when unmixed.
+    assert torch.equal(images, alone(served)[0]) and torch.equal(targets, alone(served)[1])
+    assert teacher is not None and torch.equal(teacher, alone(original)[0])
+    assert not torch.equal(teacher, images)
+    assert torch.equal(targets, labels) != mix
+    # Where a face's served crop is its original (a face the student sees as it was framed), both agree.
+    same = served.clone()
+    same[:4] = original[:4]
+    student, _, teacher = augment_batch(
+        transform, mixer, same, labels, torch.Generator().manual_seed(5), cpu, None, also=original
+    )
+    assert teacher is not None
+    # Faces 1-3: they and their mixing partners (the face before) are the same in both views.
+    assert torch.equal(student[1:4], teacher[1:4]) and not torch.equal(student[4:], teacher[4:])
+
+
+def test_teacher_view_original_needs_a_teacher_and_served_crops(tmp_path: Path, capsys) -> None:
+    from training.train_args import parse_args
+
+    base = ["--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "o"), "--teacher-view", "original"]
+    for extra in ([], ["--teacher", "t.pt2"], ["--served-crops", "s.npz"]):
+        with pytest.raises(SystemExit) as exit_info:
+            parse_args([*base, *extra])
+        assert exit_info.value.code == 2
+        assert "--teacher-view original needs --teacher and --served-crops" in capsys.readouterr().err
+    args = parse_args([*base, "--teacher", "t.pt2", "--served-crops", "s.npz"])
+    assert args.teacher_view == "original"
+
+
 def test_distillation_loss_matches_a_hand_computation() -> None:
     from training.train import distillation_loss
 
