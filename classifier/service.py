@@ -14,7 +14,7 @@ from classifier.batching import Batch, FaceBatcher
 from classifier.model import EmotionModel
 from classifier.settings import ClassifierSettings
 from classifier.swap import CANARY_FACES, ModelControl
-from classifier.tracking import Tracker
+from classifier.tracking import ReuseGovernor, Tracker, batch_lateness
 from emostream import metrics
 from emostream.health import HEALTH
 from emostream.runtime import ThrottledLog
@@ -109,9 +109,13 @@ class ClassifierService:
         self.tracker = Tracker(
             settings.smoothing_window, settings.track_iou, settings.track_max_age, settings.classify_every
         )
+        self.reuse = ReuseGovernor(
+            settings.classify_every, settings.classify_every_max, settings.load_latency_ms / 1000
+        )
         self.max_age_s = settings.max_age_ms / 1000.0
         self._malformed_log = ThrottledLog(log)
         metrics.register_classifier_metrics()
+        metrics.CLASSIFY_EVERY.set(self.reuse.every)
         metrics.declare_drops(STAGE, "unknown", REJECT_REASONS)
         self.batcher = FaceBatcher(settings.max_batch, settings.max_wait_ms, adaptive=settings.adaptive_wait)
         ctx = context or zmq.Context.instance()
@@ -190,7 +194,7 @@ class ClassifierService:
 
     def _classify(self, batch: Batch) -> None:
         started = time.perf_counter()
-        plan = self.tracker.plan(batch.frames)
+        plan = self.tracker.plan(batch.frames, self._reuse_interval(batch))
         crops = batch.crops[plan.classify] if plan.reused else batch.crops
         if len(crops):
             probs = plan.fill(self.model.predict(crops))
@@ -211,6 +215,22 @@ class ClassifierService:
             for face in event.faces:
                 metrics.EMOTIONS.labels(event.camera, face.emotion).inc()
             self.push.send_multipart(encode_event(event))
+
+    def _reuse_interval(self, batch: Batch) -> int:
+        before = self.reuse.every
+        every = self.reuse.observe(batch_lateness(batch.frames, time.time()))
+        if every != before:
+            metrics.CLASSIFY_EVERY.set(every)
+            if before == self.reuse.base or every == self.reuse.base:
+                # One line as load shedding starts and one as it ends; the steps between are in the gauge.
+                log.info(
+                    "classify_every %d -> %d: batches %s %.0f ms after capture",
+                    before,
+                    every,
+                    "arrive more than" if every > before else "are back within",
+                    self.reuse.late_s * 1000 if every > before else self.reuse.late_s * 500,
+                )
+        return every
 
     def run(self, stop: threading.Event) -> None:
         HEALTH.set_ready(reason=f"model {self.model.path.name} loaded")

@@ -145,6 +145,30 @@ class ClassifierSettings(BaseModel):
         ),
         Cli(metavar="N"),
     ] = 2
+    # Under load, reusing a steady face's scores for a few more frames costs less than the alternatives:
+    # queues (latency on every event) or stale drops (events lost). The smoothing spans eight frames anyway.
+    classify_every_max: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=100,
+            description="under load, classify a tracked face only every up to N frames: while batches of live "
+            "cameras' faces arrive later than load_latency_ms after capture, the interval grows from "
+            "classify_every one frame at a time, and steps back once they are on time (classifier/tracking.py); "
+            "classify_every or less: never",
+        ),
+        Cli(metavar="N"),
+    ] = 4
+    load_latency_ms: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=60_000,
+            description="capture-to-classifier age of a batch's oldest live face above which the classifier is "
+            "behind and reuses scores longer (classify_every_max)",
+        ),
+        Cli(metavar="MS"),
+    ] = 100.0
 
     @field_validator("control")
     @classmethod

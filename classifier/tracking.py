@@ -45,11 +45,22 @@ the tracks as they stood before the batch, and a face may also take the scores o
 track in the same batch; so every track is classified at least every N frames of its camera, and with N
 = 2 about half the faces of steady tracks cost a model call. Frames from the past (see above) are always
 classified.
+
+Under load (``classify_every_max``, :class:`ReuseGovernor`): N is not fixed. Each batch reports how late
+it is, the capture-to-now age of its oldest live face (files' frames are never late). While batches are
+later than ``load_latency_ms``, N grows by one frame, at most once per ``load_latency_ms`` so that each
+step has time to show, up to ``classify_every_max``; after ``CALM_BATCHES`` batches in a row under half
+that age it steps back by one, down to ``classify_every``. A machine short of CPU then spends less of it
+on steady faces instead of queueing every event or dropping frames as stale; new faces are still
+classified at once. The lateness counts every stage before the classifier: on shared cores whatever
+the classifier saves goes to them too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,6 +74,10 @@ DEFAULT_WINDOW: int = ClassifierSettings.model_fields["smoothing_window"].defaul
 DEFAULT_IOU: float = ClassifierSettings.model_fields["track_iou"].default
 DEFAULT_MAX_AGE: int = ClassifierSettings.model_fields["track_max_age"].default
 DEFAULT_CLASSIFY_EVERY: int = ClassifierSettings.model_fields["classify_every"].default
+#: Batches in a row on time (oldest live face younger than half of load_latency_ms) before the reuse
+#: interval steps back by one frame: about a second at four cameras' batch rate, so that a load that
+#: comes and goes does not make it swing.
+CALM_BATCHES = 25
 #: ``Track.raw_seq`` of a track whose scores must not be reused: its next face is classified.
 UNCLASSIFIED = -(2**62)
 
@@ -265,10 +280,12 @@ class Tracker:
             tracks = self.cameras[camera] = CameraTracks(self.window, self.iou_threshold, self.max_age)
         return tracks
 
-    def plan(self, frames: Sequence[Faces]) -> ScorePlan:
-        """Which faces of a batch (``frames`` in batch order) the model must score; see the module docstring."""
+    def plan(self, frames: Sequence[Faces], every: int | None = None) -> ScorePlan:
+        """Which faces of a batch (``frames`` in batch order) the model must score; see the module docstring.
+        ``every``: the reuse interval for this batch (:class:`ReuseGovernor`), default ``classify_every``."""
+        every = self.classify_every if every is None else every
         result = ScorePlan(np.ones(sum(len(f) for f in frames), dtype=bool))
-        if self.classify_every <= 1:
+        if every <= 1:
             return result
         planned: dict[str, dict[int, tuple[int, int]]] = {}
         start = 0
@@ -276,7 +293,7 @@ class Tracker:
             tracks = self.cameras.get(frame.camera)
             if tracks is not None:
                 camera_planned = planned.setdefault(frame.camera, {})
-                decisions = tracks.plan_frame(frame.seq, frame.boxes, self.classify_every, camera_planned)
+                decisions = tracks.plan_frame(frame.seq, frame.boxes, every, camera_planned)
                 for i, (track_id, source) in enumerate(decisions, start):
                     if isinstance(source, int):
                         result.same_batch[i] = source
@@ -303,3 +320,46 @@ class Tracker:
         """Classify every track's next face: a new model serves."""
         for tracks in self.cameras.values():
             tracks.forget_scores()
+
+
+class ReuseGovernor:
+    """The reuse interval (``classify_every``) for the next batch, from how late batches are; see the
+    module docstring ("Under load"). Plain logic with an injectable clock."""
+
+    def __init__(self, base: int, most: int, late_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if base < 1:
+            raise ValueError(f"classify_every {base} is not at least 1 frame")
+        if late_s <= 0:
+            raise ValueError(f"load latency {late_s} s is not positive")
+        self.base = base
+        self.most = max(base, most)
+        self.late_s = late_s
+        self.clock = clock
+        self.every = base
+        self._calm = 0
+        self._raised_at = -math.inf
+
+    def observe(self, lateness_s: float | None) -> int:
+        """Take one batch's lateness (None: it holds no live camera's face) and return the interval."""
+        if lateness_s is None:
+            return self.every
+        if lateness_s > self.late_s:
+            self._calm = 0
+            now = self.clock()
+            if self.every < self.most and now - self._raised_at >= self.late_s:
+                self.every += 1
+                self._raised_at = now
+        elif lateness_s < self.late_s / 2:
+            self._calm += 1
+            if self._calm >= CALM_BATCHES and self.every > self.base:
+                self.every -= 1
+                self._calm = 0
+        else:
+            self._calm = 0
+        return self.every
+
+
+def batch_lateness(frames: Sequence[Faces], now: float) -> float | None:
+    """Capture-to-``now`` age (s) of the oldest live camera's frame among ``frames``; None if there is none."""
+    live = [frame.ts_capture for frame in frames if frame.droppable]
+    return now - min(live) if live else None

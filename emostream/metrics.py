@@ -88,6 +88,12 @@ FACES_REUSED = Counter(
     "Faces that took their track's last scores instead of a model call (classifier.classify_every).",
     registry=None,
 )
+CLASSIFY_EVERY = Gauge(
+    "emostream_classifier_classify_every",
+    "Frames a tracked face's scores may be reused right now: classifier.classify_every, more while the "
+    "classifier is behind (classifier.classify_every_max).",
+    registry=None,
+)
 MODEL_SWAPS = Counter(
     "emostream_model_swaps",
     "Models the classifier switched to while serving (python -m deploy model use FILE or previous).",
@@ -103,7 +109,7 @@ MODEL_SWAP_REFUSALS = Counter(
 
 def register_classifier_metrics() -> None:
     """Add the classifier's unlabelled metrics to the default registry (idempotent)."""
-    for metric in (BATCH_SIZE, QUEUE_DEPTH, FACES_REUSED, MODEL_INFO, MODEL_SWAPS):
+    for metric in (BATCH_SIZE, QUEUE_DEPTH, FACES_REUSED, CLASSIFY_EVERY, MODEL_INFO, MODEL_SWAPS):
         with contextlib.suppress(ValueError):  # already registered in this process
             REGISTRY.register(metric)
 

@@ -11,7 +11,7 @@ import pytest
 
 from classifier.batching import Batch
 from classifier.service import events_for_batch
-from classifier.tracking import CameraTracks, Tracker, smoothing_alpha
+from classifier.tracking import CALM_BATCHES, CameraTracks, ReuseGovernor, Tracker, batch_lateness, smoothing_alpha
 from emostream.boxes import iou_matrix
 from emostream.wire import EMOTIONS, EmotionEvent, FaceEmotion, Faces, WireError, decode_event, encode_event
 
@@ -297,3 +297,72 @@ def test_a_batch_of_only_reused_faces_needs_no_model_call():
     plan = tracker.plan([face_at("cam0", 1, 1, 6)])
     assert plan.reused == 1 and not plan.classify.any()
     assert plan.fill(np.empty((0, C))).tolist() == onehot(3).tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# The reuse interval under load (classifier.classify_every_max)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_batch_planned_with_a_longer_interval_reuses_scores_for_that_many_frames():
+    tracker = Tracker(window=1, classify_every=2)
+    classified = []
+    for seq in range(9):
+        frames = [face_at("cam0", seq, seq, seq)]
+        plan = tracker.plan(frames, every=4)
+        classified.append(bool(plan.classify[0]))
+        probs = plan.fill(model_of(np.concatenate([f.crops for f in frames])[plan.classify]))
+        events_for_batch(Batch(frames, frames[0].crops), probs, list(EMOTIONS), tracker, plan.classify)
+    assert classified == [True, False, False, False, True, False, False, False, True]
+
+
+def test_the_governor_stretches_the_interval_while_batches_are_late_and_eases_back_when_calm():
+    now = [0.0]
+    governor = ReuseGovernor(base=2, most=4, late_s=0.1, clock=lambda: now[0])
+    assert governor.observe(None) == 2 and governor.observe(0.2) == 3  # late: one frame more at once
+    now[0] = 0.05
+    assert governor.observe(0.2) == 3  # not again before the last step had late_s to show
+    now[0] = 0.15
+    assert governor.observe(0.2) == 4
+    now[0] = 1.0
+    assert governor.observe(5.0) == 4  # never beyond classify_every_max
+    for _ in range(CALM_BATCHES - 1):
+        assert governor.observe(0.01) == 4
+    assert governor.observe(0.07) == 4  # neither late nor calm: the count of calm batches starts over
+    for _ in range(CALM_BATCHES - 1):
+        assert governor.observe(0.01) == 4
+    assert governor.observe(0.01) == 3  # CALM_BATCHES in a row under half of late_s: one frame back
+    assert [governor.observe(0.01) for _ in range(CALM_BATCHES)][-1] == 2
+    assert all(governor.observe(0.0) == 2 for _ in range(3 * CALM_BATCHES))  # never under classify_every
+    fixed = ReuseGovernor(base=2, most=2, late_s=0.1, clock=lambda: now[0])
+    assert fixed.observe(9.0) == 2  # classify_every_max at classify_every: off
+    with pytest.raises(ValueError, match="classify_every"):
+        ReuseGovernor(base=0, most=4, late_s=0.1)
+
+
+def test_a_batch_is_as_late_as_its_oldest_live_frame_and_files_are_never_late():
+    live_old = Faces(
+        "a",
+        0,
+        100.0,
+        100.0,
+        (480, 640),
+        boxes(),
+        np.ones(0, np.float32),
+        np.zeros((0, 48, 48), np.uint8),
+        droppable=True,
+    )
+    live_new = Faces(
+        "b",
+        0,
+        100.2,
+        100.2,
+        (480, 640),
+        boxes(),
+        np.ones(0, np.float32),
+        np.zeros((0, 48, 48), np.uint8),
+        droppable=True,
+    )
+    from_file = Faces("c", 0, 50.0, 50.0, (480, 640), boxes(), np.ones(0, np.float32), np.zeros((0, 48, 48), np.uint8))
+    assert batch_lateness([live_new, live_old, from_file], now=100.5) == pytest.approx(0.5)
+    assert batch_lateness([from_file], now=100.5) is None

@@ -151,3 +151,59 @@ def test_old_faces_of_live_cameras_are_dropped_as_stale_and_files_lose_nothing(c
     cls_text = scrape(env["cls_metrics"])
     assert metric_value(cls_text, "emostream_frames_dropped_total", camera="live", reason="stale") == 5
     assert metric_value(cls_text, "emostream_frames_dropped_total", camera="file", reason="stale") == 0
+
+
+def test_a_classifier_behind_its_live_cameras_reuses_scores_longer_and_eases_back(classifier_and_sink):
+    env = classifier_and_sink
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"door")
+    sub.connect(f"tcp://127.0.0.1:{env['pub']}")
+    push = ctx.socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{env['faces']}")
+
+    def every() -> float:
+        return metric_value(scrape(env["cls_metrics"]), "emostream_classifier_classify_every")
+
+    def send(seq: int, age_s: float) -> tuple[float, ...]:
+        """One tracked face (the same box every frame, a new random crop) of a live camera, captured
+        age_s ago; returns the scores its event carries."""
+        fresh = faces("door", seq, 1)
+        late = dataclasses.replace(fresh, ts_capture=fresh.ts_capture - age_s, droppable=True)
+        push.send_multipart(encode_faces(late))
+        while True:
+            assert sub.poll(10_000), f"no event for frame {seq}"
+            event = json.loads(sub.recv_multipart()[1])
+            if event["frame"] == seq:
+                return tuple(event["faces"][0]["scores"].values())
+
+    wait_for(lambda: sub.poll(0) or push.send_multipart(encode_faces(faces("door", 0, 1))) or sub.poll(200),
+             what="first event through classifier and sink")  # fmt: skip
+    while sub.poll(300):
+        sub.recv_multipart()
+    assert every() == 2  # classify_every
+    seq = 0
+    # 0.4 s after capture (late: over load_latency_ms 100; not stale: under max_age_ms 1000), one frame
+    # per batch, spaced so that each step of the interval may come.
+    while every() < 4:
+        seq += 1
+        assert seq < 200, "the interval never reached classify_every_max under late batches"
+        send(seq, 0.4)
+        time.sleep(0.12)
+    scores = [send(seq + i, 0.4) for i in range(1, 9)]
+    seq += 8
+
+    # Each crop is new, so a face the model scored has new scores; a face that reused its track's has the
+    # previous frame's. With the interval at 4, three frames in four reuse (where the run starts shifts one).
+    def reused_pairs(scores: list[tuple[float, ...]]) -> int:
+        return sum(a == b for a, b in zip(scores, scores[1:], strict=False))
+
+    assert 5 <= reused_pairs(scores) <= 6, scores
+    while every() > 2:  # on time again: back to classify_every after enough calm batches
+        seq += 1
+        assert seq < 1000, "the interval never came back to classify_every"
+        send(seq, 0.0)
+    scores = [send(seq + i, 0.0) for i in range(1, 9)]
+    assert 3 <= reused_pairs(scores) <= 4, scores  # every other frame again
+    for sock in (sub, push):
+        sock.close(linger=0)
