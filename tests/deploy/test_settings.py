@@ -111,6 +111,8 @@ CUSTOM = {
         "track_iou": 0.45,
         "track_max_age": 3,
         "classify_every": 3,
+        "classify_every_max": 5,
+        "load_latency_ms": 80.0,
         "control": "tcp://127.0.0.1:7001",
     },
     "sink": {"publish": "tcp://127.0.0.1:7000", "jsonl": "events.jsonl"},
