@@ -49,8 +49,8 @@ classified.
 Under load (``classify_every_max``, :class:`ReuseGovernor`): N is not fixed. Each batch reports how late
 it is, the capture-to-now age of its oldest live face (files' frames are never late). While batches are
 later than ``load_latency_ms``, N grows by one frame, at most once per ``load_latency_ms`` so that each
-step has time to show, up to ``classify_every_max``; after ``CALM_BATCHES`` batches in a row under half
-that age it steps back by one, down to ``classify_every``. A machine short of CPU then spends less of it
+step has time to show, up to ``classify_every_max``; after ``CALM_S`` of batches all under half that
+age it steps back by one, down to ``classify_every``. A machine short of CPU then spends less of it
 on steady faces instead of queueing every event or dropping frames as stale; new faces are still
 classified at once. The lateness counts every stage before the classifier: on shared cores whatever
 the classifier saves goes to them too.
@@ -74,10 +74,10 @@ DEFAULT_WINDOW: int = ClassifierSettings.model_fields["smoothing_window"].defaul
 DEFAULT_IOU: float = ClassifierSettings.model_fields["track_iou"].default
 DEFAULT_MAX_AGE: int = ClassifierSettings.model_fields["track_max_age"].default
 DEFAULT_CLASSIFY_EVERY: int = ClassifierSettings.model_fields["classify_every"].default
-#: Batches in a row on time (oldest live face younger than half of load_latency_ms) before the reuse
-#: interval steps back by one frame: about a second at four cameras' batch rate, so that a load that
-#: comes and goes does not make it swing.
-CALM_BATCHES = 25
+#: Seconds of batches all on time (oldest live face younger than half of load_latency_ms) before the
+#: reuse interval steps back by one frame: slower down than up, so that a load that comes and goes
+#: does not make it swing.
+CALM_S = 1.0
 #: ``Track.raw_seq`` of a track whose scores must not be reused: its next face is classified.
 UNCLASSIFIED = -(2**62)
 
@@ -336,26 +336,27 @@ class ReuseGovernor:
         self.late_s = late_s
         self.clock = clock
         self.every = base
-        self._calm = 0
         self._raised_at = -math.inf
+        self._calm_since: float | None = None
 
     def observe(self, lateness_s: float | None) -> int:
         """Take one batch's lateness (None: it holds no live camera's face) and return the interval."""
         if lateness_s is None:
             return self.every
+        now = self.clock()
         if lateness_s > self.late_s:
-            self._calm = 0
-            now = self.clock()
+            self._calm_since = None
             if self.every < self.most and now - self._raised_at >= self.late_s:
                 self.every += 1
                 self._raised_at = now
         elif lateness_s < self.late_s / 2:
-            self._calm += 1
-            if self._calm >= CALM_BATCHES and self.every > self.base:
+            if self._calm_since is None:
+                self._calm_since = now
+            elif now - self._calm_since >= CALM_S and self.every > self.base:
                 self.every -= 1
-                self._calm = 0
+                self._calm_since = now
         else:
-            self._calm = 0
+            self._calm_since = None
         return self.every
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from classifier.batching import Batch
 from classifier.service import events_for_batch
-from classifier.tracking import CALM_BATCHES, CameraTracks, ReuseGovernor, Tracker, batch_lateness, smoothing_alpha
+from classifier.tracking import CALM_S, CameraTracks, ReuseGovernor, Tracker, batch_lateness, smoothing_alpha
 from emostream.boxes import iou_matrix
 from emostream.wire import EMOTIONS, EmotionEvent, FaceEmotion, Faces, WireError, decode_event, encode_event
 
@@ -319,21 +319,22 @@ def test_a_batch_planned_with_a_longer_interval_reuses_scores_for_that_many_fram
 def test_the_governor_stretches_the_interval_while_batches_are_late_and_eases_back_when_calm():
     now = [0.0]
     governor = ReuseGovernor(base=2, most=4, late_s=0.1, clock=lambda: now[0])
-    assert governor.observe(None) == 2 and governor.observe(0.2) == 3  # late: one frame more at once
-    now[0] = 0.05
-    assert governor.observe(0.2) == 3  # not again before the last step had late_s to show
-    now[0] = 0.15
-    assert governor.observe(0.2) == 4
-    now[0] = 1.0
-    assert governor.observe(5.0) == 4  # never beyond classify_every_max
-    for _ in range(CALM_BATCHES - 1):
-        assert governor.observe(0.01) == 4
-    assert governor.observe(0.07) == 4  # neither late nor calm: the count of calm batches starts over
-    for _ in range(CALM_BATCHES - 1):
-        assert governor.observe(0.01) == 4
-    assert governor.observe(0.01) == 3  # CALM_BATCHES in a row under half of late_s: one frame back
-    assert [governor.observe(0.01) for _ in range(CALM_BATCHES)][-1] == 2
-    assert all(governor.observe(0.0) == 2 for _ in range(3 * CALM_BATCHES))  # never under classify_every
+
+    def at(t: float, lateness: float | None) -> int:
+        now[0] = t
+        return governor.observe(lateness)
+
+    assert at(0.0, None) == 2 and at(0.0, 0.2) == 3  # late: one frame more at once
+    assert at(0.05, 0.2) == 3  # not again before the last step had late_s to show
+    assert at(0.15, 0.2) == 4
+    assert at(1.0, 5.0) == 4  # never beyond classify_every_max
+    assert at(1.1, 0.01) == 4 and at(1.1 + CALM_S - 0.01, 0.01) == 4  # on time, not yet for CALM_S
+    assert at(2.25, 0.07) == 4  # neither late nor calm: the calm period starts over
+    assert at(2.5, 0.01) == 4 and at(2.5 + CALM_S * 0.9, 0.01) == 4
+    assert at(2.5 + CALM_S, 0.01) == 3  # CALM_S of batches under half of late_s: one frame back
+    assert at(2.5 + 2 * CALM_S, 0.0) == 2
+    assert at(2.5 + 9 * CALM_S, 0.0) == 2  # never under classify_every
+    assert at(20.0, None) == 2  # a batch of files' frames only says nothing
     fixed = ReuseGovernor(base=2, most=2, late_s=0.1, clock=lambda: now[0])
     assert fixed.observe(9.0) == 2  # classify_every_max at classify_every: off
     with pytest.raises(ValueError, match="classify_every"):
