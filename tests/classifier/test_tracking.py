@@ -342,28 +342,10 @@ def test_the_governor_stretches_the_interval_while_batches_are_late_and_eases_ba
 
 
 def test_a_batch_is_as_late_as_its_oldest_live_frame_and_files_are_never_late():
-    live_old = Faces(
-        "a",
-        0,
-        100.0,
-        100.0,
-        (480, 640),
-        boxes(),
-        np.ones(0, np.float32),
-        np.zeros((0, 48, 48), np.uint8),
-        droppable=True,
-    )
-    live_new = Faces(
-        "b",
-        0,
-        100.2,
-        100.2,
-        (480, 640),
-        boxes(),
-        np.ones(0, np.float32),
-        np.zeros((0, 48, 48), np.uint8),
-        droppable=True,
-    )
-    from_file = Faces("c", 0, 50.0, 50.0, (480, 640), boxes(), np.ones(0, np.float32), np.zeros((0, 48, 48), np.uint8))
+    def frame(camera: str, ts_capture: float, live: bool) -> Faces:
+        empty = np.zeros((0, 48, 48), np.uint8)
+        return Faces(camera, 0, ts_capture, ts_capture, (480, 640), boxes(), np.ones(0, np.float32), empty, live)
+
+    live_old, live_new, from_file = frame("a", 100.0, True), frame("b", 100.2, True), frame("c", 50.0, False)
     assert batch_lateness([live_new, live_old, from_file], now=100.5) == pytest.approx(0.5)
     assert batch_lateness([from_file], now=100.5) is None
