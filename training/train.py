@@ -447,7 +447,9 @@ def train_one_epoch(
 
     The weight average is updated after every optimizer step. ``trainer.mixer``: mixup/CutMix on each
     batch, the loss then takes soft targets. ``trainer.teacher``: its logits (under ``args.teacher_tta``)
-    on the same, augmented and mixed, images add ``args.distill_weight`` of :func:`distillation_loss`."""
+    on the same, augmented and mixed, images (with ``args.teacher_view`` "original": on each face's own
+    crop where the student sees its served crop, under the same draws, :func:`augment_batch`) add
+    ``args.distill_weight`` of :func:`distillation_loss`."""
     t = trainer
     t.model.train()
     g = torch.Generator().manual_seed(args.seed * 100_003 + epoch + 7_919)  # augmentation randomness
