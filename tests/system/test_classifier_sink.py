@@ -13,22 +13,29 @@ from emostream.wire import EMOTIONS, encode_faces
 from support import PYTHON, REPO, faces, metric_value, scrape, wait_for
 
 
-def test_faces_from_three_cameras_become_one_event_per_frame(classifier_and_sink):
-    env = classifier_and_sink
+def connected_sockets(env: dict, camera: str = "probe") -> tuple[zmq.Socket, zmq.Socket]:
+    """A SUB on the sink's events of every camera, or of ``camera`` alone when one is named, and a PUSH
+    into the classifier; returned once a probe frame of ``camera`` came through, its events drained.
+    The classifier loads its model before binding, so the probe repeats until an event comes."""
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.setsockopt(zmq.SUBSCRIBE, b"" if camera == "probe" else camera.encode())
     sub.connect(f"tcp://127.0.0.1:{env['pub']}")
     push = ctx.socket(zmq.PUSH)
     push.connect(f"tcp://127.0.0.1:{env['faces']}")
-    wait_for(lambda: scrape(env["cls_metrics"]) and scrape(env["sink_metrics"]), what="metrics servers")
-    # The classifier loads its model before binding, so probe until the first event comes through.
     wait_for(
-        lambda: push.send_multipart(encode_faces(faces("probe", 0, 1))) or sub.poll(200),
+        lambda: push.send_multipart(encode_faces(faces(camera, 0, 1))) or sub.poll(200),
         what="first event through classifier and sink",
     )
     while sub.poll(300):
         sub.recv_multipart()
+    return sub, push
+
+
+def test_faces_from_three_cameras_become_one_event_per_frame(classifier_and_sink):
+    env = classifier_and_sink
+    wait_for(lambda: scrape(env["cls_metrics"]) and scrape(env["sink_metrics"]), what="metrics servers")
+    sub, push = connected_sockets(env)
 
     sent = {(cam, seq): (seq % 4) for cam in ("cam0", "cam1", "cam2") for seq in range(1, 11)}
     for (cam, seq), n in sent.items():
@@ -123,18 +130,7 @@ def test_subscribe_cli_filters_one_camera_and_stops_after_count(classifier_and_s
 
 def test_old_faces_of_live_cameras_are_dropped_as_stale_and_files_lose_nothing(classifier_and_sink):
     env = classifier_and_sink
-    ctx = zmq.Context.instance()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(f"tcp://127.0.0.1:{env['pub']}")
-    push = ctx.socket(zmq.PUSH)
-    push.connect(f"tcp://127.0.0.1:{env['faces']}")
-    wait_for(
-        lambda: push.send_multipart(encode_faces(faces("probe", 0, 1))) or sub.poll(200),
-        what="first event through classifier and sink",
-    )
-    while sub.poll(300):
-        sub.recv_multipart()
+    sub, push = connected_sockets(env)
     # Captured 5 s ago (the classifier's max age is 1 s): too old for a live camera, not for a file.
     for seq in range(1, 6):
         for camera, droppable in (("live", True), ("file", False)):
@@ -155,12 +151,7 @@ def test_old_faces_of_live_cameras_are_dropped_as_stale_and_files_lose_nothing(c
 
 def test_a_classifier_behind_its_live_cameras_reuses_scores_longer_and_eases_back(classifier_and_sink):
     env = classifier_and_sink
-    ctx = zmq.Context.instance()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"door")
-    sub.connect(f"tcp://127.0.0.1:{env['pub']}")
-    push = ctx.socket(zmq.PUSH)
-    push.connect(f"tcp://127.0.0.1:{env['faces']}")
+    sub, push = connected_sockets(env, "door")  # the probe is the door's frame 0
 
     def every() -> float:
         return metric_value(scrape(env["cls_metrics"]), "emostream_classifier_classify_every")
@@ -177,10 +168,6 @@ def test_a_classifier_behind_its_live_cameras_reuses_scores_longer_and_eases_bac
             if event["frame"] == seq:
                 return tuple(event["faces"][0]["scores"].values())
 
-    wait_for(lambda: sub.poll(0) or push.send_multipart(encode_faces(faces("door", 0, 1))) or sub.poll(200),
-             what="first event through classifier and sink")  # fmt: skip
-    while sub.poll(300):
-        sub.recv_multipart()
     assert every() == 2  # classify_every
     seq = 0
     # 0.4 s after capture (late: over load_latency_ms 100; not stale: under max_age_ms 1000), one frame
