@@ -30,7 +30,8 @@ int32 and never saturate.) Every scheme asked for is tried with every method of
 agrees best with the float model's is kept (``--choose-by agreement``: the int8 file stands in for the
 float model; ``accuracy`` picks on PublicTest accuracy instead; PrivateTest is never used to choose).
 The export fails (status 1) when the kept candidate's accuracy falls more than ``--max-accuracy-drop``
-points below the float model's. Figures: docs/model.md.
+points below the float model's; its file is then written as ``<stem>.int8.failed.onnx``, a name the
+classifier never serves, and a ``<stem>.int8.onnx`` already there is left as it was. Figures: docs/model.md.
 
 Parity: onnxruntime (CPU) and torch run the same preprocessed inputs -- seeded random uint8 crops,
 or real images with ``--data`` -- at several batch sizes (checks the dynamic batch too); float32
@@ -370,6 +371,11 @@ def output_path(args: argparse.Namespace, model_path: Path) -> Path:
     return Path(args.out) / (model_path.stem + suffix)
 
 
+def failed_path(onnx_path: Path) -> Path:
+    """Where an int8 file that failed its accuracy check goes: beside, under a name nothing serves."""
+    return onnx_path.with_name(onnx_path.name.removesuffix(".onnx") + ".failed.onnx")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     _require_onnx_packages()
     if args.quantize == "int8" and not args.data:
@@ -387,7 +393,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         float_parity = parity_check(module, float_path, inputs, args.batch_sizes, args.atol, args.rtol)
         quantization = None
         if args.quantize == "int8":
-            quantization = make_int8(args, module, info, model_path, float_path, onnx_path)
+            # Written in place only once it passes: the classifier serves <stem>.int8.onnx beside its model.
+            made = Path(tmp) / onnx_path.name
+            quantization = make_int8(args, module, info, model_path, float_path, made)
+            if not quantization["ok"]:
+                onnx_path = failed_path(onnx_path)
+                log(f"int8 accuracy drop too large: kept at {onnx_path} to look at, not where it would be served")
+            shutil.move(made, onnx_path)
     result: dict[str, Any] = {
         "model": str(model_path),
         "onnx": str(onnx_path),

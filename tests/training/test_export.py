@@ -77,6 +77,27 @@ def test_int8_export_writes_a_self_describing_file_in_out(int8_export: tuple[int
     assert "int8 OK" in err
 
 
+def test_an_int8_file_that_fails_its_accuracy_check_is_not_left_where_the_classifier_serves_it(
+    real_csv: Path, tmp_path: Path
+) -> None:
+    from training.export import cli
+
+    served = tmp_path / "emotion.int8.onnx"
+    served.write_bytes(b"an earlier export")
+    args = ["--model", str(shipped_model_path()), "--quantize", "int8", "--data", str(real_csv), "--out", str(tmp_path)]
+    args += ["--calibration-size", "64", "--calibration-methods", "MinMax", "--weight-schemes", "s8-7bit"]
+    args += ["--batch-sizes", "1", "--max-accuracy-drop", "-50"]  # int8 would have to gain 50 points
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        status = cli(args)
+    err = stderr.getvalue()
+    assert status == 1 and "int8 FAILED" in err, err
+    failed = tmp_path / "emotion.int8.failed.onnx"
+    assert json.loads(stdout.getvalue())["onnx"] == str(failed) and str(failed) in err
+    assert read_onnx_info(failed).extra["export"]["quantization"]["weight_scheme"] == "s8-7bit"
+    assert served.read_bytes() == b"an earlier export"
+
+
 def test_int8_export_agrees_with_torch_on_real_faces(int8_export: tuple[int, dict, str, Path]) -> None:
     status, result, err, _ = int8_export
     assert status == 0, err
