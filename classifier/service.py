@@ -86,7 +86,12 @@ def events_for_batch(
             faces.append(face)
         events.append(
             EmotionEvent(
-                camera=frame.camera, frame=frame.seq, ts_capture=frame.ts_capture, ts_event=now, faces=tuple(faces)
+                camera=frame.camera,
+                frame=frame.seq,
+                ts_capture=frame.ts_capture,
+                ts_event=now,
+                faces=tuple(faces),
+                ts_detect=frame.ts_detect,
             )
         )
     return events

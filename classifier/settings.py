@@ -21,6 +21,10 @@ from emostream.settings_cli import Cli
 #: accurate operating point (an ensemble, served with ``classifier.model``) when one is shipped.
 SHIPPED_MODEL = Path(__file__).resolve().parent / "models" / "emotion.pt2"
 SHIPPED_ACCURATE_MODEL = SHIPPED_MODEL.with_name("emotion_accurate.pt2")
+#: classifier.classify_every_max to serve the accurate model with on a small CPU: its members cost several
+#: times the default's, and only reusing steady faces' scores longer keeps live cameras in real time
+#: (docs/benchmarks.md). The bench's accurate run uses it.
+ACCURATE_CLASSIFY_EVERY_MAX = 8
 
 #: What runs the model (classifier/runtimes.py); here, not there, so that reading settings imports no torch.
 RuntimeName = Literal["auto", "torch", "onnxruntime"]

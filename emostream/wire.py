@@ -632,6 +632,8 @@ class EmotionEvent(_JsonValue):
     ts_event: float = _doc("Unix seconds when the frame was classified", **_TIMESTAMP)
     #: Required on the wire (``[]`` for a frame without faces); the default is for building events.
     faces: tuple[FaceEmotion, ...] = _doc("the faces found in the frame, in detector order", (), required=True)
+    #: Splits an event's latency into the part before the classifier and the part in it.
+    ts_detect: float | None = _doc("Unix seconds when the detector finished the frame", None, **_TIMESTAMP)
     extra: Mapping[str, Any] = _extra()
 
     def __post_init__(self) -> None:
@@ -639,6 +641,8 @@ class EmotionEvent(_JsonValue):
         _check_int(self.frame, "frame")
         _check_time(self.ts_capture, "ts_capture")
         _check_time(self.ts_event, "ts_event")
+        if self.ts_detect is not None:
+            _check_time(self.ts_detect, "ts_detect")
         if not isinstance(self.faces, (list, tuple)) or not all(isinstance(f, FaceEmotion) for f in self.faces):
             raise WireError("bad_field", "faces must be a list of faces")
         object.__setattr__(self, "faces", tuple(self.faces))

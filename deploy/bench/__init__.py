@@ -31,6 +31,7 @@ from deploy.bench.command import EXIT_MISSING, Progress, add_arguments, cmd_benc
 from deploy.bench.endtoend import (
     GAP_GRACE_S,
     DropStats,
+    Record,
     RunInfo,
     RunResult,
     StageLoad,
@@ -58,6 +59,7 @@ from deploy.bench.soak import format_soak, run_soak, soak_verdict, write_soak_pl
 from deploy.bench.standalone import (
     AccurateResult,
     ClassifierResult,
+    CpuSteadiness,
     DecodeResult,
     DetectorResult,
     IntervalRow,
@@ -66,9 +68,11 @@ from deploy.bench.standalone import (
     interval_study,
     measure_accurate,
     measure_classifier,
+    measure_cpu_steadiness,
     measure_detector,
     measure_matmul_peak,
     read_frames,
+    steadiness,
 )
 from deploy.bench.targets import TargetResult, check_targets, machine_text
 
@@ -81,6 +85,7 @@ __all__ = [
     "AccurateResult",
     "BenchSettings",
     "ClassifierResult",
+    "CpuSteadiness",
     "CpuLoad",
     "CpuWatch",
     "DecodeResult",
@@ -91,6 +96,7 @@ __all__ = [
     "MatmulPeak",
     "PipelineSpec",
     "Progress",
+    "Record",
     "RunInfo",
     "RunResult",
     "Snapshot",
@@ -113,6 +119,7 @@ __all__ = [
     "machine_ticks",
     "measure_accurate",
     "measure_classifier",
+    "measure_cpu_steadiness",
     "measure_detector",
     "measure_matmul_peak",
     "noisy_steps",
@@ -124,6 +131,7 @@ __all__ = [
     "run_end_to_end",
     "run_soak",
     "seq_gaps",
+    "steadiness",
     "soak_verdict",
     "stage_capacity",
     "take_snapshot",

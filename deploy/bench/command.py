@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from classifier.settings import SHIPPED_ACCURATE_MODEL
+from classifier.settings import ACCURATE_CLASSIFY_EVERY_MAX, SHIPPED_ACCURATE_MODEL
 from deploy.baseline import merge_baselines, run_baseline
 from deploy.bench.endtoend import RunResult, run_end_to_end
 from deploy.bench.procstats import CpuWatch
@@ -27,6 +27,7 @@ from deploy.bench.report import (
     drops_text,
     format_report,
     read_json,
+    steadiness_text,
     update_readme,
     write_json,
     write_plot,
@@ -39,6 +40,7 @@ from deploy.bench.standalone import (
     interval_study,
     measure_accurate,
     measure_classifier,
+    measure_cpu_steadiness,
     measure_detector,
     measure_matmul_peak,
     measure_runtimes,
@@ -227,6 +229,17 @@ def _standalone(
     }
 
 
+def _steadiness(settings: BenchSettings, progress: Progress, when: str) -> dict[str, Any]:
+    """The CPU's steadiness (standalone.measure_cpu_steadiness) ``when``, as JSON."""
+    progress.step(
+        f"CPU steadiness {when}: one fixed single-thread workload in 0.2 s windows for {settings.steadiness_s:g} s"
+    )
+    with CpuWatch() as watch:
+        steady = replace(measure_cpu_steadiness(settings.steadiness_s), cpu_watch=watch.result)
+    progress.note(steadiness_text(steady.to_json()))
+    return steady.to_json()
+
+
 def _end_to_end(settings: BenchSettings, progress: Progress) -> dict[str, Any]:
     """The realtime runs, the max-throughput run over shared memory and over sockets, and the what-if."""
 
@@ -272,10 +285,8 @@ def _end_to_end(settings: BenchSettings, progress: Progress) -> dict[str, Any]:
             cams = max(settings.cameras)
             out["accurate_run"] = run(
                 f"end to end with the accurate model {settings.accurate_model.name}: {cams} camera(s) at 25 fps, "
-                f"{settings.realtime_drop_policy}",
-                settings.spec(
-                    cams, "realtime", settings.realtime_drop_policy, emotion_model=str(settings.accurate_model)
-                ),
+                f"{settings.realtime_drop_policy}, classify_every_max {ACCURATE_CLASSIFY_EVERY_MAX}",
+                settings.accurate_spec(cams),
             )
     return out
 
@@ -284,7 +295,8 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
     """Every measurement in order; returns the bench's JSON document (``headline``: the derived numbers)."""
     import torch
 
-    extra_steps = (1 if settings.what_if_env else 0) + (2 if settings.accurate_model else 0)
+    steady = settings.steadiness_s > 0
+    extra_steps = (1 if settings.what_if_env else 0) + (2 if settings.accurate_model else 0) + (2 if steady else 0)
     # Baseline twice, decode, detectors, classifier, runtimes, matmul; the realtime runs; max throughput twice.
     progress = progress or Progress(7 + len(settings.cameras) + 2 + extra_steps)
     started = time.time()
@@ -306,7 +318,12 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
     }
     first = _baseline_slice(settings, progress, "first")
     results.update(_standalone(settings, progress, budget, split.detector))
+    # Right before and after the end-to-end runs: how steady the CPU was around them.
+    steadiness = {"before_runs": _steadiness(settings, progress, "before the runs")} if steady else None
     results.update(_end_to_end(settings, progress))
+    if steadiness is not None:
+        steadiness["after_runs"] = _steadiness(settings, progress, "after the runs")
+    results["cpu_steadiness"] = steadiness
     results["baseline"] = merge_baselines([first, _baseline_slice(settings, progress, "last")])
     results["machine"]["loadavg_end"] = list(os.getloadavg())
     results["elapsed_s"] = time.time() - started
@@ -318,9 +335,12 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
 def _run_note(run: RunResult) -> str:
     if run.error:
         return f"FAILED: {run.error}"
-    lat = run.window.latency_ms
+    lat, before, inside = run.window.latency_ms, run.window.to_detector_ms, run.window.in_classifier_ms
     drops = drops_text(run.drops.to_json() if run.drops else {})
-    return f"{run.window.events_per_s:.1f} events/s, p50/p99 {lat['p50']:.0f}/{lat['p99']:.0f} ms, drops {drops}"
+    return (
+        f"{run.window.events_per_s:.1f} events/s, p50/p99 {lat['p50']:.0f}/{lat['p99']:.0f} ms "
+        f"(p99 to detector {before['p99']:.0f}, in classifier {inside['p99']:.0f}), drops {drops}"
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import yaml
@@ -33,8 +33,28 @@ from emostream.stats import percentiles
 #: numbers): with several detector workers, frames of one camera can overtake each other.
 GAP_GRACE_S = 1.0
 
-#: One event as received: (received at, camera, frame, ts_capture, ts_event, faces).
-Record = tuple[float, str, int, float, float, int]
+
+class Record(NamedTuple):
+    """One event as received by the bench."""
+
+    received: float
+    camera: str
+    frame: int
+    ts_capture: float
+    #: None from a classifier that does not stamp it.
+    ts_detect: float | None
+    ts_event: float
+    faces: int
+
+    @property
+    def to_detector_s(self) -> float | None:
+        """Capture to the detector done with the frame: queues, transport and detection."""
+        return None if self.ts_detect is None else self.ts_detect - self.ts_capture
+
+    @property
+    def in_classifier_s(self) -> float | None:
+        """Detector done to classified: transport, the classifier's queue and batch."""
+        return None if self.ts_detect is None else self.ts_event - self.ts_detect
 
 
 def seq_gaps(window_frames: Sequence[int], delivered: set[int]) -> int:
@@ -50,20 +70,31 @@ def seq_gaps(window_frames: Sequence[int], delivered: set[int]) -> int:
     return sum(1 for f in range(first, last + 1) if f not in delivered)
 
 
-def timeline(records: Sequence[Record], origin: float, bin_s: float = 1.0) -> list[dict[str, float]]:
-    """Events/s and p50/max latency per ``bin_s`` from ``origin``: shows whether warm-up was long enough."""
-    bins: dict[int, list[float]] = defaultdict(list)
-    for received, _cam, _frame, ts_capture, ts_event, _faces in records:
-        bins[int((received - origin) // bin_s)].append(ts_event - ts_capture)
-    return [
-        {
-            "t_s": k * bin_s,
-            "events_per_s": len(v) / bin_s,
-            "p50_ms": float(np.median(v) * 1000),
-            "max_ms": float(max(v) * 1000),
-        }
-        for k, v in sorted(bins.items())
-    ]
+def _max_ms(values: Iterator[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(max(known) * 1000) if known else None
+
+
+def timeline(records: Sequence[Record], origin: float, bin_s: float = 1.0) -> list[dict[str, float | None]]:
+    """Events/s and p50/max latency per ``bin_s`` from ``origin``: shows whether warm-up was long enough,
+    and in a slow second, whether the time went before the classifier or in it (the max of each part)."""
+    bins: dict[int, list[Record]] = defaultdict(list)
+    for record in records:
+        bins[int((record.received - origin) // bin_s)].append(record)
+    out: list[dict[str, float | None]] = []
+    for k, rows in sorted(bins.items()):
+        latency = [r.ts_event - r.ts_capture for r in rows]
+        out.append(
+            {
+                "t_s": k * bin_s,
+                "events_per_s": len(rows) / bin_s,
+                "p50_ms": float(np.median(latency) * 1000),
+                "max_ms": float(max(latency) * 1000),
+                "max_to_detector_ms": _max_ms(r.to_detector_s for r in rows),
+                "max_in_classifier_ms": _max_ms(r.in_classifier_s for r in rows),
+            }
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -76,9 +107,12 @@ class WindowStats(JsonResult):
     per_camera_events_per_s: dict[str, float]
     faces_per_frame: float
     latency_ms: dict[str, float]
+    #: The two parts of latency_ms (percentiles of each part, so they need not add up).
+    to_detector_ms: dict[str, float]
+    in_classifier_ms: dict[str, float]
     sink_latency_ms: dict[str, float]
     seq_gaps: int
-    timeline: list[dict[str, float]]
+    timeline: list[dict[str, float | None]]
 
 
 @dataclass(frozen=True)
@@ -117,6 +151,7 @@ RUN_SPEC_FIELDS = (
     "shared_memory",
     "stagger",
     "emotion_model",
+    "classify_every_max",
 )
 
 
@@ -133,6 +168,7 @@ class RunInfo(JsonResult):
     shared_memory: bool
     stagger: bool
     emotion_model: str | None
+    classify_every_max: int | None
     offered_fps: float | None
     warmup_s: float
     startup_s: float | None
@@ -172,23 +208,26 @@ def window_stats(all_records: Sequence[Record], window_start: float, window_s: f
     ``all_records`` holds every event since the first one; those outside the window appear in the
     timeline only.
     """
-    records = [r for r in all_records if window_start <= r[0] < window_start + window_s]
+    records = [r for r in all_records if window_start <= r.received < window_start + window_s]
     per_camera: dict[str, list[int]] = defaultdict(list)
-    for _, camera, frame, *_ in records:
-        per_camera[camera].append(frame)
+    for record in records:
+        per_camera[record.camera].append(record.frame)
     events = len(records)
     return WindowStats(
         events=events,
         window_s=window_s,
         events_per_s=events / window_s if window_s > 0 else 0.0,
         per_camera_events_per_s={c: len(f) / window_s for c, f in sorted(per_camera.items())},
-        faces_per_frame=sum(r[5] for r in records) / events if events else 0.0,
-        latency_ms=percentiles((r[4] - r[3] for r in records), scale=1000.0),
-        sink_latency_ms=percentiles((r[0] - r[3] for r in records), scale=1000.0),
+        faces_per_frame=sum(r.faces for r in records) / events if events else 0.0,
+        latency_ms=percentiles((r.ts_event - r.ts_capture for r in records), scale=1000.0),
+        to_detector_ms=percentiles((v for r in records if (v := r.to_detector_s) is not None), scale=1000.0),
+        in_classifier_ms=percentiles((v for r in records if (v := r.in_classifier_s) is not None), scale=1000.0),
+        sink_latency_ms=percentiles((r.received - r.ts_capture for r in records), scale=1000.0),
         seq_gaps=sum(
-            seq_gaps(frames, {r[2] for r in all_records if r[1] == camera}) for camera, frames in per_camera.items()
+            seq_gaps(frames, {r.frame for r in all_records if r.camera == camera})
+            for camera, frames in per_camera.items()
         ),
-        timeline=timeline(all_records, all_records[0][0]) if all_records else [],
+        timeline=timeline(all_records, all_records[0].received) if all_records else [],
     )
 
 
@@ -273,12 +312,14 @@ class _Collector:
                 self.first_at = received
                 self.window_start = received + self.warmup_s
                 self.window_end = self.window_start + self.measure_s
+            ts_detect = event.get("ts_detect")
             self.records.append(
-                (
+                Record(
                     received,
                     event["camera"],
                     int(event["frame"]),
                     float(event["ts_capture"]),
+                    None if ts_detect is None else float(ts_detect),
                     float(event["ts_event"]),
                     len(event["faces"]),
                 )

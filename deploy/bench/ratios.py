@@ -69,7 +69,18 @@ DEFINITIONS = {
     "accurate_over_default": (
         "accurate_classifier: the accurate model's faces/s over the default model's at max_batch, each served as "
         "the classifier serves it (classifier.runtime auto), in alternating rounds, medians; accurate_run: the "
-        "largest realtime run again with classifier.model the accurate file (--accurate-model)"
+        "largest realtime run again with classifier.model the accurate file (--accurate-model) and "
+        "classifier.classify_every_max ACCURATE_CLASSIFY_EVERY_MAX (classifier/settings.py)"
+    ),
+    "cpu_steadiness": (
+        "one fixed single-thread workload (OpenCV blur of a 720p frame) timed in 0.2 s windows, nothing else of "
+        "the bench running, right before the end-to-end runs and right after them (before_runs, after_runs): "
+        "below[P] = share of windows slower than P% of the median window, slowest = the "
+        "slowest window / the median. A host's other tenants slow a VM's CPU this way without steal time"
+    ),
+    "to_detector_ms": (
+        "percentiles of ts_detect - ts_capture (capture to the detector done with the frame) over the window's "
+        "events; in_classifier_ms: of ts_event - ts_detect. Percentiles of each part: they need not add up"
     ),
     "drops": "emostream_frames_dropped_total from every stage's /metrics: total at the end and delta in the window",
     "usable_cpus": (

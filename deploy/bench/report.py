@@ -191,13 +191,31 @@ def _interval_lines(study: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def steadiness_text(steady: dict[str, Any]) -> str:
+    """The CPU steadiness measurement (standalone.CpuSteadiness as JSON) in one phrase."""
+    below = steady["below"]
+    return (
+        f"{100 * below['80']:.0f}% of {steady['window_s']:g} s windows below 80% of the median speed "
+        f"({100 * below['70']:.0f}% below 70%), the slowest at {100 * steady['slowest']:.0f}%"
+    )
+
+
+def _steadiness_lines(steadiness: dict[str, Any]) -> list[str]:
+    lines = [f"    {when.replace('_', ' ')}: {steadiness_text(steady)}" for when, steady in steadiness.items()]
+    return (
+        ["  CPU steadiness, one fixed single-thread workload, nothing else of the bench running:", *lines]
+        if lines
+        else []
+    )
+
+
 def _run_lines(results: dict[str, Any]) -> list[str]:
     """The end-to-end runs: throughput, latency and drops, then CPU cores per stage."""
     runs = all_runs(results)
     rows = []
     for run in runs:
         if run.get("error"):
-            rows.append([_run_name(run), "-", "-", "-", "-", "-", "-", "-", "-", "FAILED: " + run["error"][:50]])
+            rows.append([_run_name(run), *["-"] * 10, "FAILED: " + run["error"][:50]])
             continue
         lat, sink = run["latency_ms"], run["sink_latency_ms"]
         rows.append(
@@ -209,13 +227,18 @@ def _run_lines(results: dict[str, Any]) -> list[str]:
                 _fmt(lat["p50"], 0),
                 _fmt(lat["p95"], 0),
                 _fmt(lat["p99"], 0),
+                # The two parts of the latency: JSON written before events carried ts_detect lacks them.
+                _fmt((run.get("to_detector_ms") or {}).get("p99"), 0),
+                _fmt((run.get("in_classifier_ms") or {}).get("p99"), 0),
                 _fmt(sink["p99"], 0),
                 _fmt(run.get("classifier_mean_batch"), 1),
                 drops_text(run),
             ]
         )
-    header = ["run", "offered", "events/s", "faces/fr", "p50 ms", "p95 ms", "p99 ms", "sink p99", "batch"]
+    header = ["run", "offered", "events/s", "faces/fr", "p50 ms", "p95 ms", "p99 ms", "to det", "in cls"]
+    header += ["sink p99", "batch"]
     lines = align([*header, "drops in window (stage/reason)"], rows, left=(0, len(header)))
+    lines.append("  to det / in cls: p99 of capture to detector done / detector done to classified, ms")
     rows = []
     for run in runs:
         if run.get("error"):
@@ -315,6 +338,7 @@ def format_report(results: dict[str, Any]) -> str:
         f"  {100 * (h['classifier_share_of_peak'] or 0):.0f}% of this machine's measured "
         f"{results['peak'].get('dtype', 'bfloat16')} matmul peak "
         f"({_fmt(h['bf16_peak_gflops'], 0)} GFLOP/s on {results['peak']['threads']} threads)",
+        *_steadiness_lines(results.get("cpu_steadiness") or {}),
         "",
         f"End to end: python -m deploy run, YuNet {s['downscale']:g}x at interval {s.get('interval', 1)}, "
         f"{s['workers']} detector workers, max_batch {s['max_batch']}; {s['warmup_s']:g} s warm-up, "

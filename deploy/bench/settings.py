@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from capture.sources import file_seconds
+from classifier.settings import ACCURATE_CLASSIFY_EVERY_MAX
 from deploy.config import ClassifierConfig, PipelineConfig, parse_config
 from deploy.plan import endpoints, metrics_ports
 from detector.backends import YUNET_MODEL
@@ -58,6 +59,8 @@ class PipelineSpec:
     stagger: bool = True
     #: classifier.model: the emotion model file the classifier serves (None: the shipped default).
     emotion_model: str | None = None
+    #: classifier.classify_every_max (None: the classifier's default).
+    classify_every_max: int | None = None
 
     @property
     def label(self) -> str:
@@ -104,6 +107,8 @@ class BenchSettings:
     matmul_reps: int = 8
     #: Threads of the matmul peak; 0: the usable CPUs (emostream.cpu.cpu_budget).
     matmul_threads: int = 0
+    #: How long the CPU's steadiness is sampled (standalone.measure_cpu_steadiness); 0: not measured.
+    steadiness_s: float = 20.0
     warmup_s: float = 5.0
     measure_s: float = 40.0
     startup_timeout_s: float = 120.0
@@ -119,6 +124,18 @@ class BenchSettings:
         stage = {name: getattr(self, name) for name in STAGE_FIELDS}
         return PipelineSpec(cameras=cameras, pacing=pacing, drop_policy=drop_policy, **{**stage, **changes})
 
+    def accurate_spec(self, cameras: int) -> PipelineSpec:
+        """``cameras`` live cameras with the classifier serving ``accurate_model`` as it is meant to be served."""
+        if self.accurate_model is None:
+            raise ValueError("no accurate model to run")
+        return self.spec(
+            cameras,
+            "realtime",
+            self.realtime_drop_policy,
+            emotion_model=str(self.accurate_model),
+            classify_every_max=ACCURATE_CLASSIFY_EVERY_MAX,
+        )
+
     @classmethod
     def quick_settings(cls, **overrides: Any) -> BenchSettings:
         base = cls(
@@ -132,6 +149,7 @@ class BenchSettings:
             classifier_max_s=10.0,
             baseline_slice_s=8.0,
             matmul_reps=4,
+            steadiness_s=5.0,
             measure_s=10.0,
         )
         return replace(base, **overrides)
@@ -166,6 +184,7 @@ def config_dict(video: str | Path, yunet: str | Path, spec: PipelineSpec, base_p
             "max_wait_ms": spec.max_wait_ms,
             "device": "cpu",
             **({"model": spec.emotion_model} if spec.emotion_model else {}),
+            **({"classify_every_max": spec.classify_every_max} if spec.classify_every_max else {}),
         },
         # base+2..base+48 hold previews only, which a pipeline without recorder or viewer does not have.
         "sink": {"publish": f"tcp://127.0.0.1:{base_port + 2}"},

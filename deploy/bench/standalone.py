@@ -146,6 +146,62 @@ class MatmulPeak(Measured):
 
 
 @dataclass(frozen=True)
+class CpuSteadiness(Measured):
+    """How steady this CPU's speed is: one fixed single-thread workload timed in ``window_s`` windows.
+
+    On a virtual machine the host's other tenants can take a share of a core's cycles (caches, memory
+    bandwidth, a sibling hyperthread) without the guest counting it as steal time; a pipeline loaded near
+    its CPU budget then queues in those windows. ``below`` maps 90 / 80 / 70 (percent of the median window's
+    speed) to the share of windows slower than that; ``slowest`` is the slowest window over the median.
+    """
+
+    window_s: float
+    windows: int
+    median_ops_per_s: float
+    below: dict[str, float]
+    slowest: float
+    cpu_watch: CpuLoad | None = None
+
+
+#: Percent of the median window's speed below which steadiness counts a window as slow.
+STEADINESS_THRESHOLDS = (90, 80, 70)
+
+
+def steadiness(rates: Sequence[float], window_s: float) -> CpuSteadiness:
+    """The steadiness figures of per-window rates (operations per second of each window)."""
+    if not rates:
+        raise ValueError("no window was timed")
+    values = np.asarray(rates, dtype=np.float64)
+    median = float(np.median(values))
+    return CpuSteadiness(
+        window_s=window_s,
+        windows=len(values),
+        median_ops_per_s=median,
+        below={str(p): float((values < median * p / 100).mean()) for p in STEADINESS_THRESHOLDS},
+        slowest=float(values.min() / median),
+    )
+
+
+def measure_cpu_steadiness(seconds: float, window_s: float = 0.2) -> CpuSteadiness:
+    """Blur one 720p frame (OpenCV, one thread) over and over for ``seconds`` and rate each ``window_s``."""
+    image = np.random.default_rng(0).integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    previous = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    rates: list[float] = []
+    try:
+        end = time.perf_counter() + seconds
+        while not rates or time.perf_counter() < end:
+            started, count = time.perf_counter(), 0
+            while time.perf_counter() - started < window_s:
+                cv2.GaussianBlur(image, (7, 7), 0)
+                count += 1
+            rates.append(count / (time.perf_counter() - started))
+    finally:
+        cv2.setNumThreads(previous)
+    return steadiness(rates, window_s)
+
+
+@dataclass(frozen=True)
 class IntervalRow(JsonResult):
     """How well detection interval ``interval`` keeps the faces (see :func:`interval_study`)."""
 

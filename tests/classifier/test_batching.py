@@ -24,7 +24,7 @@ class FakeClock:
 def faces(camera: str, seq: int, n: int) -> Faces:
     crops = np.full((n, 48, 48), seq % 256, dtype=np.uint8)
     boxes = np.array([[seq, i, 10, 10] for i in range(n)], dtype=np.int32).reshape(n, 4)
-    return Faces(camera, seq, float(seq), float(seq), (480, 640), boxes, np.ones(n, np.float32), crops)
+    return Faces(camera, seq, float(seq), seq + 0.25, (480, 640), boxes, np.ones(n, np.float32), crops)
 
 
 def test_batch_fills_from_several_cameras_up_to_max_batch():
@@ -96,6 +96,8 @@ def test_results_per_camera_keep_frame_order_and_face_alignment():
     for event in events:
         expected_n = next(n for c, s, n in arrivals if c == event.camera and s == event.frame)
         assert len(event.faces) == expected_n
+        # The frame's own capture and detection times, whatever batch it travelled in.
+        assert (event.ts_capture, event.ts_detect) == (event.frame, event.frame + 0.25)
         assert all(f.emotion == EMOTIONS[event.frame % 7] for f in event.faces)
         assert [f.box[1] for f in event.faces] == list(range(expected_n))
 

@@ -13,11 +13,13 @@ import json
 import numpy as np
 import pytest
 
+from classifier.settings import ACCURATE_CLASSIFY_EVERY_MAX
 from deploy.__main__ import main as deploy_main
 from deploy.baseline import merge_baselines, rate
 from deploy.bench import (
     BenchSettings,
     PipelineSpec,
+    Record,
     RunInfo,
     RunResult,
     derive,
@@ -27,6 +29,7 @@ from deploy.bench import (
     machine_ticks,
     pipeline_config,
     seq_gaps,
+    steadiness,
     window_stats,
     write_json,
     write_plot,
@@ -267,6 +270,41 @@ def test_derived_ratios_table_json_and_plot_on_fixed_results(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+def test_a_windows_latency_is_split_at_the_detector_and_events_without_the_stamp_stay_out_of_the_parts():
+    records = []
+    for i in range(10):
+        t = 100.0 + i * 0.05
+        detected, classified = t + 0.030, t + 0.050
+        if i == 5:  # a frame held up before the classifier
+            detected, classified = t + 0.300, t + 0.320
+        records.append(Record(classified + 0.001, "c", i, t, None if i == 7 else detected, classified, 1))
+    records[7] = records[7]._replace(ts_event=records[7].ts_capture + 0.5)  # from a classifier without ts_detect
+    stats = window_stats(records, 100.0, 2.0)
+    assert stats.events == 10 and stats.latency_ms["p50"] == pytest.approx(50)
+    assert stats.to_detector_ms["p50"] == pytest.approx(30) and stats.in_classifier_ms["p50"] == pytest.approx(20)
+    assert stats.to_detector_ms["p99"] > 250 and stats.in_classifier_ms["p99"] == pytest.approx(20)
+    (second,) = stats.timeline
+    assert second["max_ms"] == pytest.approx(500) and second["events_per_s"] == 10
+    assert second["max_to_detector_ms"] == pytest.approx(300) and second["max_in_classifier_ms"] == pytest.approx(20)
+
+
+def test_steadiness_counts_the_windows_slower_than_each_share_of_the_median():
+    rates = [100.0] * 7 + [85.0, 75.0, 50.0]
+    steady = steadiness(rates, 0.2)
+    assert (steady.windows, steady.median_ops_per_s, steady.slowest) == (10, 100.0, 0.5)
+    assert steady.below == {"90": 0.3, "80": 0.2, "70": 0.1}
+    assert steadiness([5.0], 0.2).below == {"90": 0.0, "80": 0.0, "70": 0.0}
+    with pytest.raises(ValueError):
+        steadiness([], 0.2)
+    results = fixed_results(MACHINE)
+    results["cpu_steadiness"] = {"before_runs": steady.to_json(), "after_runs": steadiness([1.0, 1.0], 0.2).to_json()}
+    report = format_report(results)
+    assert (
+        "before runs: 20% of 0.2 s windows below 80% of the median speed (10% below 70%), the slowest at 50%" in report
+    )
+    assert "after runs: 0% of 0.2 s windows below 80% of the median speed (0% below 70%), the slowest at 100%" in report
+
+
 def test_a_failed_run_keeps_the_old_json_shape_without_stage_numbers():
     window = window_stats([], float("inf"), 3.0)
     info = RunInfo(
@@ -279,6 +317,7 @@ def test_a_failed_run_keeps_the_old_json_shape_without_stage_numbers():
         shared_memory=True,
         stagger=True,
         emotion_model=None,
+        classify_every_max=None,
         offered_fps=25.0,
         warmup_s=1.0,
         startup_s=None,
@@ -368,14 +407,19 @@ def test_the_accurate_model_runs_as_the_classifier_model_and_meets_its_target_on
 ):
     model = tmp_path / "emotion_accurate.pt2"
     model.write_bytes(b"the launcher's config checks that the file exists")
-    spec = BenchSettings().spec(4, "realtime", "drop_oldest", emotion_model=str(model))
+    spec = BenchSettings(accurate_model=model).accurate_spec(4)
     assert spec.label == "4cam-realtime-drop_oldest-emotion_accurate"
     config, parsed = pipeline_config(video, yunet, spec)
     assert config["classifier"]["model"] == str(model) and parsed.classifier.model == str(model)
+    # Served as it is meant to be: steady faces' scores reused longer under load.
+    assert parsed.classifier.classify_every_max == ACCURATE_CLASSIFY_EVERY_MAX > ClassifierConfig().classify_every_max
+    default = pipeline_config(video, yunet, BenchSettings().spec(4, "realtime", "drop_oldest"))[1].classifier
     assert (
-        "model"
-        not in pipeline_config(video, yunet, BenchSettings().spec(4, "realtime", "drop_oldest"))[0]["classifier"]
+        default.model == ClassifierConfig().model
+        and default.classify_every_max == ClassifierConfig().classify_every_max
     )
+    with pytest.raises(ValueError, match="no accurate model"):
+        BenchSettings().accurate_spec(4)
 
     results = fixed_results(MACHINE)
     results["accurate_classifier"] = {

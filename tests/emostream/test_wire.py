@@ -142,6 +142,9 @@ def test_event_round_trip_matches_documented_shape():
     assert decoded.to_dict() == body
     assert list(body) == ["schema", "type", "camera", "frame", "ts_capture", "ts_event", "faces"]
     assert body["schema"] == 1 and body["type"] == "faces" and body["frame"] == 17
+    # ts_detect is optional: left out above, carried when the classifier sets it.
+    stamped = EmotionEvent("cam0", 17, 10.0, 10.05, [], ts_detect=10.02)
+    assert decode_event(encode_event(stamped)) == stamped and json.loads(encode_event(stamped)[1])["ts_detect"] == 10.02
     assert body["faces"][0] == {"box": [1, 2, 3, 4], "emotion": "happy", "confidence": 0.9, "scores": scores,
                                 "detector_score": 0.8}  # fmt: skip
 
@@ -252,6 +255,8 @@ GOOD_FACE = {"box": [0, 0, 1, 1], "emotion": "happy", "confidence": 0.5, "scores
         ({"faces": None}, "bad_field"),
         ({"frame": -1}, "bad_field"),
         ({"ts_capture": "now"}, "bad_field"),
+        ({"ts_detect": -1}, "bad_field"),
+        ({"ts_detect": None}, "bad_field"),
         ({"faces": [{**GOOD_FACE, "emotion": "bored"}]}, "bad_field"),
         ({"faces": [{**GOOD_FACE, "confidence": "high"}]}, "bad_field"),
         ({"faces": [{**GOOD_FACE, "scores": {"bored": 0.5}}]}, "bad_field"),

@@ -18,6 +18,7 @@ from deploy.bench import (
     PipelineSpec,
     measure_accurate,
     measure_classifier,
+    measure_cpu_steadiness,
     measure_detector,
     measure_matmul_peak,
     read_frames,
@@ -111,6 +112,11 @@ def test_standalone_stages_on_a_few_frames(video, yunet, tmp_path):
     assert peak.gflops >= peak.median_gflops > 0
     assert list(peak.to_json()) == documented_keys(DOCUMENTED["peak"])
 
+    steady = measure_cpu_steadiness(0.5, window_s=0.1)
+    assert steady.windows >= 2 and steady.median_ops_per_s > 0 and 0 < steady.slowest <= 1
+    assert set(steady.below) == {"90", "80", "70"} and all(0 <= v <= 1 for v in steady.below.values())
+    assert list(steady.to_json()) == documented_keys(DOCUMENTED["cpu_steadiness"]["before_runs"])
+
 
 def test_end_to_end_runner_on_one_camera_reads_events_and_drops(video, yunet):
     spec = PipelineSpec(cameras=1, workers=1, interval=2)
@@ -119,6 +125,9 @@ def test_end_to_end_runner_on_one_camera_reads_events_and_drops(video, yunet):
     assert run.drops is not None and run.load is not None
     assert run.window.events > 0 and run.window.events_per_s > 0
     assert all(math.isfinite(v) and v > 0 for v in run.window.latency_ms.values())
+    # Every event carries the detector's time: the latency splits into its two parts.
+    for part in (run.window.to_detector_ms, run.window.in_classifier_ms):
+        assert all(math.isfinite(v) and 0 < v < run.window.latency_ms["p99"] + 1 for v in part.values()), part
     assert set(run.drops.metrics_scraped) == {"launcher", "sink", "classifier", "detector-0", "capture-cam0"}
     assert not run.drops.metrics_errors
     assert run.drops.drop_series > 0, "emostream_frames_dropped_total was not read from /metrics"
