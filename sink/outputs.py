@@ -208,6 +208,7 @@ def parquet_schema() -> Any:
             ("frame", pa.int64()),
             ("ts_capture", pa.float64()),
             ("ts_event", pa.float64()),
+            ("ts_detect", pa.float64()),
             ("faces", pa.list_(face)),
             ("status", pa.string()),
             ("reason", pa.string()),

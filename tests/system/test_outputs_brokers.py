@@ -39,7 +39,7 @@ def real(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 #: The Parquet columns as docs/events.md ("Events in MQTT, Redis, webhooks and Parquet") documents them.
-EVENT_COLUMNS = ["camera", "type", "frame", "ts_capture", "ts_event", "faces", "status", "reason", "extra"]
+EVENT_COLUMNS = ["camera", "type", "frame", "ts_capture", "ts_event", "ts_detect", "faces", "status", "reason", "extra"]
 FACE_COLUMNS = ["box", "emotion", "confidence", "scores", "detector_score", "track", "smoothed", "raw_emotion", "extra"]
 
 
@@ -218,7 +218,7 @@ def test_parquet_rows_read_back_with_pandas_equal_the_json_lines_events(tmp_path
     newer = FaceEmotion(box=(1, 2, 3, 4), emotion="sad", confidence=0.5, scores=scores, extra={"age": 31})
     events = [
         face_event("cam0", 0),  # a tracked face, as the classifier sends it
-        EmotionEvent(camera="cam1", frame=7, ts_capture=now - 0.1, ts_event=now, faces=()),
+        EmotionEvent(camera="cam1", frame=7, ts_capture=now - 0.1, ts_event=now, faces=(), ts_detect=now - 0.04),
         EmotionEvent(camera="cam0", frame=1, ts_capture=now, ts_event=now, faces=(untracked, newer),
                      extra={"zone": "door"}),  # keys of a newer producer
         camera_event("cam1", "down", "cannot open: no such file", now),
@@ -240,6 +240,7 @@ def test_parquet_rows_read_back_with_pandas_equal_the_json_lines_events(tmp_path
     assert rows == [documented_row(e) for e in lines]
     assert rows[2]["extra"] == {"zone": "door"} and rows[2]["faces"][1]["extra"] == {"age": 31}
     assert rows[3]["faces"] is None and rows[3]["frame"] is None and rows[3]["status"] == "down"
+    assert rows[1]["ts_detect"] == pytest.approx(now - 0.04) and rows[1]["extra"] is None  # a column, not extra
 
 
 class PacedSender:
