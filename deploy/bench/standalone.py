@@ -150,8 +150,8 @@ class CpuSteadiness(Measured):
     """How steady this CPU's speed is: one fixed single-thread workload timed in ``window_s`` windows.
 
     On a virtual machine the host's other tenants can take a share of a core's cycles (caches, memory
-    bandwidth, a sibling hyperthread) without the guest counting it as steal time; a pipeline loaded near
-    its CPU budget then queues in those windows. ``below`` maps 90 / 80 / 70 (percent of the median window's
+    bandwidth, a sibling hyperthread) without the guest counting it as steal time: this says how much, to
+    describe the machine a bench ran on. ``below`` maps 90 / 80 / 70 (percent of the median window's
     speed) to the share of windows slower than that; ``slowest`` is the slowest window over the median.
     """
 
