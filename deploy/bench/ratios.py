@@ -76,7 +76,8 @@ DEFINITIONS = {
         "one fixed single-thread workload (OpenCV blur of a 720p frame) timed in 0.2 s windows, nothing else of "
         "the bench running, right before the end-to-end runs and right after them (before_runs, after_runs): "
         "below[P] = share of windows slower than P% of the median window, slowest = the "
-        "slowest window / the median. A host's other tenants slow a VM's CPU this way without steal time"
+        "slowest window / the median. It describes the machine (a VM's host can slow its CPUs this way without "
+        "steal time); it did not foretell a run's p99 (docs/benchmarks.md)"
     ),
     "to_detector_ms": (
         "percentiles of ts_detect - ts_capture (capture to the detector done with the frame) over the window's "
