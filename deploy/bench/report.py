@@ -212,10 +212,13 @@ def _steadiness_lines(steadiness: dict[str, Any]) -> list[str]:
 def _run_lines(results: dict[str, Any]) -> list[str]:
     """The end-to-end runs: throughput, latency and drops, then CPU cores per stage."""
     runs = all_runs(results)
+    header = ["run", "offered", "events/s", "faces/fr", "p50 ms", "p95 ms", "p99 ms", "to det", "in cls"]
+    header += ["sink p99", "batch"]
     rows = []
     for run in runs:
         if run.get("error"):
-            rows.append([_run_name(run), *["-"] * 10, "FAILED: " + run["error"][:50]])
+            # A dash in every figure's column; the failure in the drops column.
+            rows.append([_run_name(run), *["-"] * (len(header) - 1), "FAILED: " + run["error"][:50]])
             continue
         lat, sink = run["latency_ms"], run["sink_latency_ms"]
         rows.append(
@@ -235,8 +238,6 @@ def _run_lines(results: dict[str, Any]) -> list[str]:
                 drops_text(run),
             ]
         )
-    header = ["run", "offered", "events/s", "faces/fr", "p50 ms", "p95 ms", "p99 ms", "to det", "in cls"]
-    header += ["sink p99", "batch"]
     lines = align([*header, "drops in window (stage/reason)"], rows, left=(0, len(header)))
     lines.append("  to det / in cls: p99 of capture to detector done / detector done to classified, ms")
     rows = []
