@@ -41,7 +41,10 @@ class LogitEnsemble(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([member(x).float() for member in self.members]).mean(0)
+        # Summed in float32 by the sum's own dtype, not by casting each member's logits: an exported
+        # graph keeps a cast traced on float32 as a check that its input is float32, which then fails
+        # under bf16 autocast (a .pt2 served with bf16).
+        return torch.stack([member(x) for member in self.members]).sum(0, dtype=torch.float32) / len(self.members)
 
 
 def check_compatible(infos: Sequence[ModelInfo], paths: Sequence[Path]) -> None:

@@ -38,6 +38,12 @@ def test_ensemble_logits_are_the_members_mean_and_it_is_calibrated(tmp_path: Pat
     with torch.no_grad():
         expected = torch.stack([load_model(p)[0](x) for p in paths]).mean(0)
         torch.testing.assert_close(module(x), expected, rtol=1e-5, atol=1e-5)
+    # Served as the classifier serves a .pt2 on a CPU with bf16 (classifier/runtimes.py TorchRuntime):
+    # the members' bf16 logits are averaged into float32 logits.
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        served = module(x)
+    assert served.dtype == torch.float32
+    torch.testing.assert_close(served, expected, rtol=0.05, atol=0.05)
     assert info.arch == "ensemble(small-1, small-2, small-3)"
     assert (info.class_names, info.mean, info.std) == (list(EMOTIONS), 0.5, 0.25)
     # Calibrated as a whole: its own temperatures, fitted on PublicTest, recorded with the members.
