@@ -42,8 +42,8 @@ class EmotionModel:
 
     ``runtime`` (see classifier/runtimes.py): ``torch`` serves the ``.pt2`` -- CPU: channels-last, with
     bfloat16 autocast where the CPU has it in hardware (AMX, AVX-512 bf16); CUDA: pinned host memory,
-    non-blocking copy, bfloat16 autocast. ``onnxruntime`` serves an ``.onnx`` file, or the int8 file
-    beside the ``.pt2``, on the CPU with ``threads`` threads; ``auto`` times the candidates at start-up.
+    non-blocking copy, bfloat16 autocast. ``onnxruntime`` or ``openvino`` serves an ``.onnx`` file, or the
+    int8 file beside the ``.pt2``, on the CPU with ``threads`` threads; ``auto`` times the candidates at start-up.
     Preprocessing (scale, normalise, resize if the crop size differs) is one vectorised op over the
     whole batch. ``tta="flip"`` averages each face's logits with its mirror image's (see emostream.modelfile).
     ``path`` and ``version`` name the file that serves (an int8 file when that won), ``source`` the one given.
@@ -64,7 +64,7 @@ class EmotionModel:
         check_runtime(runtime)
         self.source = Path(path) if path else SHIPPED_MODEL
         if is_onnx(self.source) and device == "auto":
-            device = "cpu"  # onnxruntime serves on the CPU
+            device = "cpu"  # the ONNX engines serve on the CPU
         self.device = pick_device(device)
         #: None: where bf16 runs in hardware (CUDA, AMX, AVX-512 bf16); emulated bf16 is slower than float32.
         use_bf16 = bf16 if bf16 is not None else self.device.type == "cuda" or cpu_info().native_bf16
@@ -113,7 +113,7 @@ class EmotionModel:
 
     @property
     def module(self) -> Any:
-        """The torch module when torch serves (Grad-CAM, FLOP counts), else the onnxruntime runtime."""
+        """The torch module when torch serves (Grad-CAM, FLOP counts), else the ONNX engine's runtime."""
         return getattr(self.runtime, "module", self.runtime)
 
     def _to_input(self, crops: np.ndarray) -> torch.Tensor:
@@ -151,7 +151,7 @@ def serving_model(settings: ClassifierSettings, path: str | Path | None = None) 
         bf16=settings.bf16,
         tta=settings.tta,
         runtime=settings.runtime,
-        # 0 (auto) resolved to the budget: onnxruntime's own default is one thread per host core.
+        # 0 (auto) resolved to the budget: the ONNX engines' own default is one thread per host core.
         threads=thread_budget(settings.threads),
         batch=settings.max_batch,
         announce=path is None,

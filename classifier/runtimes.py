@@ -2,9 +2,11 @@
 
 Every runtime is a callable taking the preprocessed float32 batch (a torch tensor (N, 1, H, W)) and
 returning float32 logits, so :func:`emostream.modelfile.forward_with_tta` runs TTA on any of them.
-``classifier.runtime`` picks one: ``torch``; ``onnxruntime`` (an ``.onnx`` model file, or the
-``<stem>.int8.onnx`` beside a ``.pt2``, made by ``python -m training export --quantize int8``); ``auto``:
-torch on CUDA, and on the CPU the fastest of the candidates, each timed on a few batches at start-up.
+``classifier.runtime`` picks one: ``torch``; ``onnxruntime`` or ``openvino`` (an ``.onnx`` model file, or
+the ``<stem>.int8.onnx`` beside a ``.pt2``, made by ``python -m training export --quantize int8``);
+``auto``: torch on CUDA, and on the CPU the fastest of the candidates, each timed on a few batches at
+start-up. Which engine runs a given int8 file fastest depends on the CPU's instructions, so none is
+assumed: they are timed.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from classifier.settings import RUNTIMES
 from emostream.modelfile import ModelFileError, ModelInfo, load_model
-from emostream.onnxmodel import OnnxModule, is_onnx
+from emostream.onnxmodel import OnnxModule, is_onnx, read_onnx_info
 
 INT8_SUFFIX = ".int8.onnx"
 #: Start-up timing of ``auto``: untimed warm-up calls, then timed calls, per candidate, interleaved.
@@ -50,6 +53,11 @@ class TorchRuntime:
             return self.module(x.contiguous(memory_format=torch.channels_last))
 
 
+def _onnx_label(engine: str, info: ModelInfo) -> str:
+    fmt = info.extra.get("export", {}).get("format", "onnx") if isinstance(info.extra, dict) else "onnx"
+    return f"{engine} {'int8' if fmt == 'onnx-int8' else 'fp32'}"
+
+
 class OrtRuntime(OnnxModule):
     """An ``.onnx`` file on onnxruntime's CPU provider (``threads`` intra-op threads)."""
 
@@ -59,11 +67,58 @@ class OrtRuntime(OnnxModule):
 
     @property
     def label(self) -> str:
-        fmt = self.info.extra.get("export", {}).get("format", "onnx") if isinstance(self.info.extra, dict) else "onnx"
-        return f"onnxruntime {'int8' if fmt == 'onnx-int8' else 'fp32'}"
+        return _onnx_label(self.name, self.info)
 
 
-Runtime = TorchRuntime | OrtRuntime
+class OpenVinoRuntime:
+    """An ``.onnx`` file compiled by OpenVINO for the CPU: ``threads`` inference threads (0: OpenVINO's
+    choice), one stream, any batch size. Its threads are not pinned to cores (the stages share them), and
+    the file's float layers run in float32, as on onnxruntime, on every CPU (OpenVINO's default on a CPU
+    with bf16 would be bf16, and the logits would then depend on the machine)."""
+
+    name = "openvino"
+    device = torch.device("cpu")
+    bf16 = False
+
+    def __init__(self, path: Path, threads: int = 0) -> None:
+        try:
+            import openvino
+        except ImportError as exc:
+            raise ModelFileError(f"classifier.runtime openvino: the openvino package is not installed ({exc})") from exc
+        self.path = Path(path)
+        self.info = read_onnx_info(self.path)
+        self.threads = threads
+        config: dict[str, Any] = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+            "ENABLE_CPU_PINNING": False,
+            "INFERENCE_PRECISION_HINT": "f32",
+        }
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            compiled = openvino.Core().compile_model(str(self.path), "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
+            raise ModelFileError(f"{self.path}: openvino cannot compile it: {exc}") from exc
+        self._request = compiled.create_infer_request()
+
+    @property
+    def label(self) -> str:
+        return _onnx_label(self.name, self.info)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # As OnnxModule: channels-last or strided views (TTA's crops) become plain NCHW float32.
+        batch = np.ascontiguousarray(x.detach().cpu().float().numpy())
+        # infer() copies its outputs out of the request (share_outputs=False), so they outlive the next call.
+        return torch.from_numpy(self._request.infer({0: batch})[0])
+
+
+Runtime = TorchRuntime | OrtRuntime | OpenVinoRuntime
+#: The engines that run an ``.onnx`` file, by ``classifier.runtime`` name.
+ONNX_ENGINES: dict[str, type[OrtRuntime] | type[OpenVinoRuntime]] = {
+    OrtRuntime.name: OrtRuntime,
+    OpenVinoRuntime.name: OpenVinoRuntime,
+}
 
 
 def check_runtime(name: str) -> str:
@@ -100,36 +155,49 @@ def candidates(
     if is_onnx(path):
         if runtime == "torch":
             raise ModelFileError(
-                f"classifier.runtime torch serves .pt2 files; {path} is ONNX (use onnxruntime or auto)"
+                f"classifier.runtime torch serves .pt2 files; {path} is ONNX (use onnxruntime, openvino or auto)"
             )
         if device.type != "cpu":
-            raise ModelFileError(f"{path}: an .onnx model file is served on the CPU (onnxruntime), not on {device}")
-        return [OrtRuntime(path, threads)], []
+            raise ModelFileError(f"{path}: an .onnx model file is served on the CPU, not on {device}")
+        if runtime in ONNX_ENGINES:
+            return [ONNX_ENGINES[runtime](path, threads)], []
+        engines, skipped = _engines_for(path, threads, source=None)
+        if not engines:
+            raise ModelFileError(f"no engine can serve {path}: {'; '.join(skipped)}")
+        return engines, skipped
     if runtime == "torch" or (runtime == "auto" and device.type != "cpu"):
         return [TorchRuntime(path, device, bf16)], []
     int8 = int8_beside(path)
-    if runtime == "onnxruntime":
+    if runtime in ONNX_ENGINES:
         if device.type != "cpu":
-            raise ModelFileError(f"classifier.runtime onnxruntime runs on the CPU, not on {device}")
+            raise ModelFileError(f"classifier.runtime {runtime} runs on the CPU, not on {device}")
         if not int8.is_file():
             raise ModelFileError(
-                f"classifier.runtime onnxruntime: no int8 file {int8} beside {path.name}; make it with "
+                f"classifier.runtime {runtime}: no int8 file {int8} beside {path.name}; make it with "
                 f"python -m training export --model {path} --quantize int8 --data D --out {path.parent}"
             )
-        ort_runtime = OrtRuntime(int8, threads)
-        check_made_from(int8, ort_runtime.info, path)
-        return [ort_runtime], []
+        engine = ONNX_ENGINES[runtime](int8, threads)
+        check_made_from(int8, engine.info, path)
+        return [engine], []
     found: list[Runtime] = [TorchRuntime(path, device, bf16)]
-    skipped = []
-    if int8.is_file():
+    if not int8.is_file():
+        return found, [f"no {int8.name} beside {path.name}"]
+    engines, skipped = _engines_for(int8, threads, source=path)
+    return found + engines, skipped
+
+
+def _engines_for(onnx_path: Path, threads: int, source: Path | None) -> tuple[list[Runtime], list[str]]:
+    """Every engine that loads ``onnx_path`` (made from ``source``, when given), and why the others did not."""
+    found: list[Runtime] = []
+    skipped: list[str] = []
+    for name, engine_type in ONNX_ENGINES.items():
         try:
-            ort_runtime = OrtRuntime(int8, threads)
-            check_made_from(int8, ort_runtime.info, path)
-            found.append(ort_runtime)
+            engine = engine_type(onnx_path, threads)
+            if source is not None:
+                check_made_from(onnx_path, engine.info, source)
+            found.append(engine)
         except ModelFileError as exc:
-            skipped.append(f"{int8.name} left out: {exc}")
-    else:
-        skipped.append(f"no {int8.name} beside {path.name}")
+            skipped.append(f"{name} on {onnx_path.name} left out: {exc}")
     return found, skipped
 
 
@@ -213,7 +281,7 @@ def side_by_side(
     rounds: int = 5,
     faces_per_call: int = 256,
 ) -> list[dict[str, Any]]:
-    """Faces/s of torch fp32, torch bf16 and onnxruntime on each of ``onnx_files``, at each batch size and
+    """Faces/s of torch fp32, torch bf16 and every ONNX engine on each of ``onnx_files``, at each batch size and
     thread count, interleaved in rounds (medians), all in one run so that their ratios share the machine.
     For docs/benchmarks.md; ``python -m classifier.runtimes --help``."""
     rows = []
@@ -223,7 +291,7 @@ def side_by_side(
             TorchRuntime(model, torch.device("cpu"), bf16=False),
             TorchRuntime(model, torch.device("cpu"), bf16=True),
         ]
-        runtimes += [OrtRuntime(path, n_threads) for path in onnx_files]
+        runtimes += [engine(path, n_threads) for path in onnx_files for engine in ONNX_ENGINES.values()]
         for batch in batches:
             calls = max(1, faces_per_call // batch)
             for runtime in runtimes:

@@ -27,7 +27,7 @@ SHIPPED_ACCURATE_MODEL = SHIPPED_MODEL.with_name("emotion_accurate.pt2")
 ACCURATE_CLASSIFY_EVERY_MAX = 8
 
 #: What runs the model (classifier/runtimes.py); here, not there, so that reading settings imports no torch.
-RuntimeName = Literal["auto", "torch", "onnxruntime"]
+RuntimeName = Literal["auto", "torch", "onnxruntime", "openvino"]
 RUNTIMES: tuple[str, ...] = get_args(RuntimeName)
 
 
@@ -80,9 +80,9 @@ class ClassifierSettings(BaseModel):
     runtime: Annotated[
         RuntimeName,
         Field(
-            description="what runs the model: torch (the .pt2), onnxruntime (an .onnx model file, or the "
-            "<stem>.int8.onnx beside the .pt2), or auto: torch on CUDA, on the CPU the fastest candidate timed "
-            "at start-up (logged)"
+            description="what runs the model: torch (the .pt2), onnxruntime or openvino (an .onnx model file, or "
+            "the <stem>.int8.onnx beside the .pt2), or auto: torch on CUDA, on the CPU the fastest candidate "
+            "timed at start-up (logged)"
         ),
     ] = "auto"
     bf16: Annotated[
