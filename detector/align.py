@@ -37,23 +37,34 @@ FER2013_TEMPLATE = np.array(
 )
 
 
-def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """The 2x3 matrix of the rotation + uniform scale + shift that maps points ``src`` (K, 2) closest to
-    ``dst`` (K, 2) in least squares (Umeyama's method, reflections excluded)."""
-    src = np.asarray(src, dtype=np.float64).reshape(-1, 2)
-    dst = np.asarray(dst, dtype=np.float64).reshape(-1, 2)
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    s, d = src - mu_s, dst - mu_d
-    var_s = (s**2).sum() / len(src)
-    cov = d.T @ s / len(src)
+def similarity_transforms(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """(N, 2, 3) matrices, one per point set: the rotation + uniform scale + shift that maps points
+    ``src`` closest to ``dst`` in least squares (Umeyama's method, reflections excluded). ``src`` and
+    ``dst`` are (K, 2) or (N, K, 2); a (K, 2) set is used for every one of the N."""
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    src, dst = np.broadcast_arrays(src.reshape((-1, *src.shape[-2:])), dst.reshape((-1, *dst.shape[-2:])))
+    count, points = src.shape[:2]
+    if not count:
+        return np.zeros((0, 2, 3))
+    mu_s, mu_d = src.mean(1), dst.mean(1)
+    s, d = src - mu_s[:, None], dst - mu_d[:, None]
+    var_s = (s**2).sum((1, 2)) / points
+    cov = np.einsum("nki,nkj->nij", d, s) / points
     u, sigma, vt = np.linalg.svd(cov)
-    sign = np.eye(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[1, 1] = -1.0
-    rotation = u @ sign @ vt
-    scale = float((sigma * np.diag(sign)).sum() / var_s) if var_s > 0 else 1.0
-    shift = mu_d - scale * rotation @ mu_s
-    return np.hstack([scale * rotation, shift[:, None]])
+    # diag(1, +-1): the second axis flipped where the best fit would be a reflection.
+    signs = np.ones((count, 2))
+    signs[np.linalg.det(u) * np.linalg.det(vt) < 0, 1] = -1.0
+    rotation = (u * signs[:, None, :]) @ vt
+    safe_var = np.where(var_s > 0, var_s, 1.0)
+    scale = np.where(var_s > 0, (sigma * signs).sum(1) / safe_var, 1.0)
+    shift = mu_d - scale[:, None] * np.einsum("nij,nj->ni", rotation, mu_s)
+    return np.concatenate([scale[:, None, None] * rotation, shift[:, :, None]], axis=2)
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The 2x3 matrix of :func:`similarity_transforms` for one pair of point sets (K, 2)."""
+    return similarity_transforms(np.reshape(src, (-1, 2)), np.reshape(dst, (-1, 2)))[0]
 
 
 def roll_degrees(landmarks: np.ndarray) -> np.ndarray:
@@ -61,16 +72,15 @@ def roll_degrees(landmarks: np.ndarray) -> np.ndarray:
     the rotation of the least-squares fit of :data:`FER2013_TEMPLATE` onto all five landmarks, which
     is steadier than the eye line alone."""
     lm = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
-    angles = [np.arctan2(m[1, 0], m[0, 0]) for m in (similarity_transform(FER2013_TEMPLATE, face) for face in lm)]
-    return np.degrees(np.array(angles, dtype=np.float64))
+    fits = similarity_transforms(FER2013_TEMPLATE, lm)
+    return np.degrees(np.arctan2(fits[:, 1, 0], fits[:, 0, 0]))
 
 
 def alignment_matrices(landmarks: np.ndarray, size: int, template: np.ndarray = FER2013_TEMPLATE) -> np.ndarray:
     """(N, 2, 3) matrices taking frame pixels to ``size`` x ``size`` crop pixels for faces (N, 5, 2)."""
     lm = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
     # Pixel centres: a crop pixel (i, j) covers [i, i+1), so a template fraction f sits at f * size - 0.5.
-    dst = template * size - 0.5
-    return np.stack([similarity_transform(face, dst) for face in lm]) if len(lm) else np.zeros((0, 2, 3))
+    return similarity_transforms(lm, template * size - 0.5)
 
 
 def aligned_crops(image: np.ndarray, landmarks: np.ndarray, size: int = 48) -> np.ndarray:

@@ -13,6 +13,7 @@ from detector.align import (
     refine_landmarks,
     roll_degrees,
     similarity_transform,
+    similarity_transforms,
 )
 from detector.backends import YUNET_MODEL, YuNetDetector
 from detector.crops import face_crops
@@ -38,6 +39,25 @@ def test_similarity_transform_recovers_a_known_rotation_scale_and_shift() -> Non
     matrix = similarity_transform(src, dst)
     np.testing.assert_allclose(matrix[:, :2], scale * rot, atol=1e-9)
     np.testing.assert_allclose(matrix[:, 2], shift, atol=1e-9)
+
+
+def test_similarity_transforms_fit_each_face_of_a_batch_on_its_own() -> None:
+    rng = np.random.default_rng(0)
+    faces = FER2013_TEMPLATE * rng.uniform(40, 200, (6, 1, 1)) + rng.uniform(0, 600, (6, 1, 2))
+    faces += rng.normal(0, 3, faces.shape)  # landmarks as a detector gives them: not an exact similarity
+    faces[3] *= [-1, 1]  # a mirrored face: its best fit would be a reflection, which is excluded
+    target = FER2013_TEMPLATE * 48
+    batch = similarity_transforms(faces, target)
+    assert batch.shape == (6, 2, 3)
+    for face, matrix in zip(faces, batch, strict=True):
+        # The same fit solved another way: a similarity [[a, -b], [b, a]] + t is linear in (a, b, tx, ty),
+        # and no such matrix is a reflection.
+        x, y = face[:, 0], face[:, 1]
+        one, zero = np.ones_like(x), np.zeros_like(x)
+        design = np.concatenate([np.stack([x, -y, one, zero], 1), np.stack([y, x, zero, one], 1)])
+        a, b, tx, ty = np.linalg.lstsq(design, np.concatenate([target[:, 0], target[:, 1]]), rcond=None)[0]
+        np.testing.assert_allclose(matrix, [[a, -b, tx], [b, a, ty]], atol=1e-9)
+    assert similarity_transforms(np.zeros((0, 5, 2)), FER2013_TEMPLATE).shape == (0, 2, 3)
 
 
 def test_known_landmarks_give_the_known_roll_and_map_onto_the_template() -> None:
