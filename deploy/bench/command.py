@@ -77,9 +77,31 @@ class Progress:
         print(f"    {text}", file=self.stream, flush=True)
 
 
+def source_commit() -> str | None:
+    """The checkout's git commit, ``-dirty`` appended when tracked files differ from it; None outside git."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if changed else "")
+
+
 def machine_info(model_path: str | Path | None = None, budget: CpuBudget | None = None) -> dict[str, Any]:
     """The machine the bench ran on: the CPU's model and serving flags (emostream.cpu), the host's CPU
-    count and the usable CPUs with what decided them, library versions and their thread counts."""
+    count and the usable CPUs with what decided them, library versions and their thread counts, and the
+    code's commit."""
+    import onnxruntime
     import torch
 
     from classifier.settings import SHIPPED_MODEL
@@ -97,11 +119,23 @@ def machine_info(model_path: str | Path | None = None, budget: CpuBudget | None 
         "torch_threads": torch.get_num_threads(),
         "opencv": cv2.__version__,
         "opencv_threads": cv2.getNumThreads(),
+        "onnxruntime": onnxruntime.__version__,
+        "openvino": _version_of("openvino"),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "model_file": str(model),
         "loadavg_start": list(os.getloadavg()),
+        "commit": source_commit(),
     }
+
+
+def _version_of(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def _baseline_slice(settings: BenchSettings, progress: Progress, which: str) -> dict[str, Any]:

@@ -384,10 +384,16 @@ def readme_table(results: dict[str, Any], json_link: str = "docs/bench.json") ->
     """The README's performance block (markers excluded): the CPU it ran on, then the targets table."""
     m = results["machine"]
     started = str(results.get("started_at", "?"))[:10]
+    # Files older than the commit's entry have none.
+    commit = (
+        f" at commit `{m['commit'][:12]}{'-dirty' if m['commit'].endswith('-dirty') else ''}`"
+        if m.get("commit")
+        else ""
+    )
     lines = [
         "<!-- generated from docs/bench.json by: python -m deploy bench --render docs/bench.json "
         "--readme README.md -->",
-        f"Measured by `python -m deploy bench` on {started} ([{json_link}]({json_link})), on "
+        f"Measured by `python -m deploy bench` on {started}{commit} ([{json_link}]({json_link})), on "
         f"**{m.get('cpu_model') or '?'}**, {cpus_text(m)}; flags: {flags_text(m)}.",
         "",
         "| target | measured | |",

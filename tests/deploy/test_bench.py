@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -534,6 +535,17 @@ def test_machine_info_records_the_cpu_model_every_serving_flag_and_the_usable_cp
     assert info["native_bf16"] == cpu_info().native_bf16
     assert 1 <= info["usable_cpus"] <= info["cpu_count"]
     assert info["usable_cpus_source"] in ("affinity", "cgroup v1", "cgroup v2")
+    # The engines' versions and the commit measured, so that two bench files can be told apart.
+    assert info["onnxruntime"] and info["openvino"]
+    if (REPO / ".git").exists():
+        assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", info["commit"]), info["commit"]
+
+
+def test_the_readme_table_names_the_commit_measured_when_the_file_has_one():
+    results = fixed_results(MACHINE)
+    assert "at commit" not in readme_table(results)  # files from before the commit was recorded
+    results["machine"] = {**results["machine"], "commit": "0123456789abcdef0123456789abcdef01234567-dirty"}
+    assert " at commit `0123456789ab-dirty` (" in readme_table(results)
 
 
 def test_machine_ticks_of_some_cpus_are_part_of_all_of_them():
