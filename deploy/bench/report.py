@@ -318,6 +318,22 @@ def _target_lines(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _engines_text(machine: dict[str, Any]) -> str:
+    """ ", onnxruntime V, OpenVINO V" and the commit, where the file records them (older files do not)."""
+    names = {"onnxruntime": "onnxruntime", "openvino": "OpenVINO"}
+    text = "".join(f", {name} {machine[key]}" for key, name in names.items() if machine.get(key))
+    commit = commit_label(machine)
+    return text + (f"; commit {commit}" if commit else "")
+
+
+def commit_label(machine: dict[str, Any]) -> str | None:
+    """The commit measured, short (12 hex digits, ``-dirty`` kept); None for files that do not record it."""
+    commit = machine.get("commit")
+    if not commit:
+        return None
+    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
 def format_report(results: dict[str, Any]) -> str:
     """The printed summary: aligned text tables of every measurement and the headline ratios."""
     h, m, s = results["headline"], results["machine"], results["settings"]
@@ -325,7 +341,8 @@ def format_report(results: dict[str, Any]) -> str:
     quick = " --quick" if s.get("quick") else ""
     lines = [
         f"emostream bench{quick} on {machine_text(m)}",
-        f"torch {m['torch']}, OpenCV {m['opencv']}; every number below was measured side by side in this run.",
+        f"torch {m['torch']}, OpenCV {m['opencv']}{_engines_text(m)}; every number below was measured side by "
+        "side in this run.",
         "'others' = CPU cores other processes on this machine kept busy meanwhile (noise indicator).",
         "",
         *_baseline_lines(results),
@@ -384,12 +401,8 @@ def readme_table(results: dict[str, Any], json_link: str = "docs/bench.json") ->
     """The README's performance block (markers excluded): the CPU it ran on, then the targets table."""
     m = results["machine"]
     started = str(results.get("started_at", "?"))[:10]
-    # Files older than the commit's entry have none.
-    commit = (
-        f" at commit `{m['commit'][:12]}{'-dirty' if m['commit'].endswith('-dirty') else ''}`"
-        if m.get("commit")
-        else ""
-    )
+    short = commit_label(m)
+    commit = f" at commit `{short}`" if short else ""
     lines = [
         "<!-- generated from docs/bench.json by: python -m deploy bench --render docs/bench.json "
         "--readme README.md -->",

@@ -89,7 +89,7 @@ def _end_to_end(results: dict[str, Any]) -> TargetResult:
     drops = sum((run.get("drops_in_window") or {}).values())
     measured = (
         f"{run['cameras']} cameras: {_num(run['events_per_s'], 1)} events/s, p99 {_num(p99)} ms, "
-        f"{drops:,.0f} frames dropped (counted)"
+        f"{drops:,.0f} frame{'' if drops == 1 else 's'} dropped (counted)"
     )
     return TargetResult(target, measured, _keeps_real_time(run))
 

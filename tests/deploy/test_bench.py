@@ -541,11 +541,20 @@ def test_machine_info_records_the_cpu_model_every_serving_flag_and_the_usable_cp
         assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", info["commit"]), info["commit"]
 
 
-def test_the_readme_table_names_the_commit_measured_when_the_file_has_one():
+def test_the_readme_table_and_the_report_name_the_commit_and_engines_when_the_file_has_them():
     results = fixed_results(MACHINE)
-    assert "at commit" not in readme_table(results)  # files from before the commit was recorded
-    results["machine"] = {**results["machine"], "commit": "0123456789abcdef0123456789abcdef01234567-dirty"}
+    results["headline"] = dataclasses.asdict(derive(results))
+    # Files from before the commit and the engines were recorded.
+    assert "at commit" not in readme_table(results) and "commit" not in format_report(results).splitlines()[1]
+    results["machine"] = {
+        **results["machine"],
+        "commit": "0123456789abcdef0123456789abcdef01234567-dirty",
+        "onnxruntime": "1.99.0",
+        "openvino": "2099.1.0",
+    }
     assert " at commit `0123456789ab-dirty` (" in readme_table(results)
+    header = format_report(results).splitlines()[1]
+    assert "onnxruntime 1.99.0, OpenVINO 2099.1.0; commit 0123456789ab-dirty;" in header
 
 
 def test_machine_ticks_of_some_cpus_are_part_of_all_of_them():
