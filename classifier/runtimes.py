@@ -19,12 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from classifier.settings import RUNTIMES
 from emostream.modelfile import ModelFileError, ModelInfo, load_model
-from emostream.onnxmodel import OnnxModule, is_onnx, read_onnx_info
+from emostream.onnxmodel import OnnxModule, OpenVinoModule, is_onnx
 
 INT8_SUFFIX = ".int8.onnx"
 #: Start-up timing of ``auto``: untimed warm-up calls, then timed calls, per candidate, interleaved.
@@ -70,47 +69,16 @@ class OrtRuntime(OnnxModule):
         return _onnx_label(self.name, self.info)
 
 
-class OpenVinoRuntime:
-    """An ``.onnx`` file compiled by OpenVINO for the CPU: ``threads`` inference threads (0: OpenVINO's
-    choice), one stream, any batch size. Its threads are not pinned to cores (the stages share them), and
-    the file's float layers run in float32, as on onnxruntime, on every CPU (OpenVINO's default on a CPU
-    with bf16 would be bf16, and the logits would then depend on the machine)."""
+class OpenVinoRuntime(OpenVinoModule):
+    """An ``.onnx`` file on OpenVINO's CPU plugin (``threads`` inference threads)."""
 
     name = "openvino"
     device = torch.device("cpu")
     bf16 = False
 
-    def __init__(self, path: Path, threads: int = 0) -> None:
-        try:
-            import openvino
-        except ImportError as exc:
-            raise ModelFileError(f"classifier.runtime openvino: the openvino package is not installed ({exc})") from exc
-        self.path = Path(path)
-        self.info = read_onnx_info(self.path)
-        self.threads = threads
-        config: dict[str, Any] = {
-            "PERFORMANCE_HINT": "LATENCY",
-            "NUM_STREAMS": 1,
-            "ENABLE_CPU_PINNING": False,
-            "INFERENCE_PRECISION_HINT": "f32",
-        }
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        try:
-            compiled = openvino.Core().compile_model(str(self.path), "CPU", config)
-        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
-            raise ModelFileError(f"{self.path}: openvino cannot compile it: {exc}") from exc
-        self._request = compiled.create_infer_request()
-
     @property
     def label(self) -> str:
         return _onnx_label(self.name, self.info)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        # As OnnxModule: channels-last or strided views (TTA's crops) become plain NCHW float32.
-        batch = np.ascontiguousarray(x.detach().cpu().float().numpy())
-        # infer() copies its outputs out of the request (share_outputs=False), so they outlive the next call.
-        return torch.from_numpy(self._request.infer({0: batch})[0])
 
 
 Runtime = TorchRuntime | OrtRuntime | OpenVinoRuntime

@@ -4,9 +4,10 @@
 ``emostream.json`` ModelInfo in the ONNX ``metadata_props``, so it is self-describing like the ``.pt2``.
 Input ``input`` float32 (N, 1, H, W) normalised as the ``.pt2``'s; output ``logits`` (N, classes).
 
-:class:`OnnxModule` runs it on onnxruntime's CPU execution provider and is called like the torch
-module (a float32 tensor in, a float32 tensor of logits out), so ``forward_with_tta``, ``evaluate``
-and the classifier serve it unchanged.
+Two engines run it, each called like the torch module (a float32 tensor in, a float32 tensor of
+logits out), so ``forward_with_tta``, ``evaluate`` and the classifier serve it unchanged:
+:class:`OnnxModule` on onnxruntime's CPU execution provider, :class:`OpenVinoModule` on OpenVINO's
+CPU plugin. Which is faster depends on the CPU (docs/benchmarks.md); both read the same file.
 """
 
 from __future__ import annotations
@@ -105,6 +106,55 @@ class OnnxModule:
         return torch.from_numpy(self.session.run(None, {self.input_name: batch})[0])
 
 
-def load_onnx_model(path: str | Path, threads: int = 0) -> tuple[OnnxModule, ModelInfo]:
-    module = OnnxModule(path, threads)
+class OpenVinoModule:
+    """An ``.onnx`` model file compiled by OpenVINO for the CPU, called like the torch module.
+
+    ``threads`` inference threads (0: OpenVINO's choice), one stream, any batch size. Threads are not
+    pinned to cores (the stages share them), and the file's float layers run in float32, as on
+    onnxruntime, on every CPU: OpenVINO's default on a CPU with bf16 would be bf16, and the logits
+    would then depend on the machine.
+    """
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        try:
+            import openvino
+        except ImportError as exc:
+            raise ModelFileError(f"{path}: the openvino package is not installed ({exc})") from exc
+        self.path = Path(path)
+        self.info = read_onnx_info(self.path)
+        self.threads = threads
+        config: dict[str, Any] = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+            "ENABLE_CPU_PINNING": False,
+            "INFERENCE_PRECISION_HINT": "f32",
+        }
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            compiled = openvino.Core().compile_model(str(self.path), "CPU", config)
+        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
+            raise ModelFileError(f"{self.path}: openvino cannot compile it: {exc}") from exc
+        self._request = compiled.create_infer_request()
+
+    def __call__(self, x: Any) -> Any:
+        import numpy as np
+        import torch
+
+        # As OnnxModule: channels-last or strided views (TTA's crops) become plain NCHW float32.
+        batch = np.ascontiguousarray(x.detach().cpu().float().numpy())
+        # infer() copies its outputs out of the request (share_outputs=False), so they outlive the next call.
+        return torch.from_numpy(self._request.infer({0: batch})[0])
+
+
+#: The engines that run an ``.onnx`` model file, by name (``classifier.runtime``, ``evaluate --engine``).
+ENGINES: dict[str, type[OnnxModule] | type[OpenVinoModule]] = {"onnxruntime": OnnxModule, "openvino": OpenVinoModule}
+
+
+def load_onnx_model(
+    path: str | Path, threads: int = 0, engine: str = "onnxruntime"
+) -> tuple[OnnxModule | OpenVinoModule, ModelInfo]:
+    if engine not in ENGINES:
+        raise ModelFileError(f"unknown ONNX engine {engine!r}; one of {', '.join(ENGINES)}")
+    module = ENGINES[engine](path, threads)
     return module, module.info

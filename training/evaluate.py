@@ -2,7 +2,8 @@
 
 Loads the model file with torch alone (:func:`emostream.modelfile.load_model`; default: the shipped
 ``classifier/models/emotion.pt2``) or, for an ``.onnx`` export (float32 or int8, ``python -m training
-export``), with onnxruntime on the CPU (``--threads`` threads), runs one split in float32 and prints ONE
+export``), with onnxruntime or OpenVINO (``--engine``) on the CPU (``--threads`` threads), runs one split
+in float32 and prints ONE
 JSON object on stdout:
 accuracy, per-class precision/recall/F1/ROC-AUC, macro and weighted averages, confusion matrix,
 one-vs-rest ROC-AUC, ECE and NLL raw and with the model's temperature for the TTA mode. Logs go to stderr.
@@ -24,9 +25,10 @@ import torch
 
 from emostream.cpu import thread_budget
 from emostream.modelfile import TTA_MODES
+from emostream.onnxmodel import ENGINES, is_onnx, load_onnx_model
 from training.cli_support import canonical_split, emit, load_data, log, run_subcommand, subcommand_parser
 from training.data import DataError, Fer2013
-from training.inference import file_digest, load, predict_logits
+from training.inference import file_digest, load, predict_logits, shipped_model_path
 from training.metrics import (
     evaluation_report,
     plot_confusion,
@@ -61,6 +63,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (0: the usable CPUs, affinity and cgroup quota)"
     )
+    p.add_argument(
+        "--engine",
+        default="onnxruntime",
+        choices=list(ENGINES),
+        help="what runs an .onnx model file (as classifier.runtime); a .pt2 runs on torch",
+    )
     return p
 
 
@@ -87,9 +95,14 @@ def history_from(info_extra: dict[str, Any], info_metrics: dict[str, Any]) -> li
 
 def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(thread_budget(args.threads))
-    module, info, model_path = load(args.model, onnx=True)
+    model_path = Path(args.model) if args.model else shipped_model_path()
+    engine = args.engine if is_onnx(model_path) else "torch"
+    if engine == "torch":
+        module, info, _ = load(model_path)
+    else:
+        module, info = load_onnx_model(model_path, torch.get_num_threads(), engine)
     temperature = info.temperature_for(args.tta)  # the one the classifier serves with this recipe
-    log(f"model: {model_path} ({info.arch}, tta {args.tta}, temperature {temperature:g})")
+    log(f"model: {model_path} ({info.arch} on {engine}, tta {args.tta}, temperature {temperature:g})")
     # A CSV parses only the rows of the requested split; a folder is read whole (split names vary).
     wanted = (canonical_split(args.split or DEFAULT_SPLIT),) if Path(args.data).is_file() else None
     t0 = time.perf_counter()
@@ -110,6 +123,7 @@ def evaluate_model(args: argparse.Namespace) -> dict[str, Any]:
             "path": str(model_path),
             "sha256": file_digest(model_path),
             "arch": info.arch,
+            "engine": engine,
             "temperature": temperature,
             "tta": args.tta,
         },

@@ -65,14 +65,11 @@ def predict_logits(
     return torch.cat(out).numpy() if out else np.zeros((0, len(info.class_names)), np.float32)
 
 
-def load(path: str | Path | None = None, onnx: bool = False) -> tuple[Any, ModelInfo, Path]:
-    """``load_model`` of ``path`` (default: the shipped model) -> (module, info, path).
-
-    ``onnx``: the caller only runs the module forward (evaluate), so an exported ``.onnx`` file is
-    accepted too (an onnxruntime session called like the module); otherwise it is a clear error.
-    """
+def load(path: str | Path | None = None) -> tuple[Any, ModelInfo, Path]:
+    """``load_model`` of ``path`` (default: the shipped model) -> (module, info, path); an exported
+    ``.onnx`` file is a clear error (``evaluate`` loads those itself, on the engine it is asked for)."""
     path = Path(path) if path else shipped_model_path()
-    if not onnx and is_onnx(path):
+    if is_onnx(path):
         raise ModelFileError(f"{path} is an ONNX export; this command needs the .pt2 model file it was exported from")
     module, info = load_model(path)
     # No .eval(): the exported graph is already the eval-mode graph (and refuses train/eval switches).

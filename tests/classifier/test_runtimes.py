@@ -131,6 +131,14 @@ def test_forced_runtimes_and_the_served_file(tmp_path: Path) -> None:
     assert selection.runtime.name == "torch" and "no alone.int8.onnx beside alone.pt2" in selection.describe()
 
 
+def test_classifier_runtime_names_every_onnx_engine_and_nothing_else() -> None:
+    from classifier.settings import RUNTIMES
+    from emostream.onnxmodel import ENGINES
+
+    assert set(ONNX_ENGINES) == set(ENGINES)
+    assert set(RUNTIMES) == {"auto", "torch", *ENGINES}
+
+
 def test_bad_runtime_missing_and_stale_int8_files_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="classifier.runtime: unknown runtime 'tensorrt'"):
         EmotionModel(device="cpu", runtime="tensorrt")

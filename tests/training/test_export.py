@@ -119,9 +119,15 @@ def test_evaluate_accepts_the_onnx_file(
     assert metrics["model"]["path"] == str(int8) and metrics["n"] == FACES["PublicTest"]
     # The same figure export chose the calibration by.
     assert metrics["accuracy"] == pytest.approx(result["quantization"]["publictest_accuracy"], abs=1e-9)
+    assert metrics["model"]["engine"] == "onnxruntime"
     status, flip, err = run_in_process(capsys, *args, "--model", str(int8), "--tta", "flip")
     assert status == 0, err
     assert flip["model"]["tta"] == "flip" and flip["n"] == FACES["PublicTest"]
+    # The classifier's other engine scores the same file: its own int8 kernels, so near, not equal.
+    status, openvino, err = run_in_process(capsys, *args, "--model", str(int8), "--engine", "openvino")
+    assert status == 0, err
+    assert openvino["model"]["engine"] == "openvino" and openvino["n"] == FACES["PublicTest"]
+    assert openvino["accuracy"] == pytest.approx(metrics["accuracy"], abs=0.03)
 
 
 def test_int8_export_needs_data_and_other_commands_refuse_onnx(
