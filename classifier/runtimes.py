@@ -52,33 +52,31 @@ class TorchRuntime:
             return self.module(x.contiguous(memory_format=torch.channels_last))
 
 
-def _onnx_label(engine: str, info: ModelInfo) -> str:
-    fmt = info.extra.get("export", {}).get("format", "onnx") if isinstance(info.extra, dict) else "onnx"
-    return f"{engine} {'int8' if fmt == 'onnx-int8' else 'fp32'}"
+class _OnnxEngine:
+    """What the classifier needs of an ONNX engine beyond calling it: its name, device and label."""
+
+    name: str
+    info: ModelInfo
+    device = torch.device("cpu")
+    bf16 = False
+
+    @property
+    def label(self) -> str:
+        """``<engine> int8`` or ``<engine> fp32``, by the export format the file records."""
+        fmt = self.info.extra.get("export", {}).get("format", "onnx") if isinstance(self.info.extra, dict) else "onnx"
+        return f"{self.name} {'int8' if fmt == 'onnx-int8' else 'fp32'}"
 
 
-class OrtRuntime(OnnxModule):
+class OrtRuntime(_OnnxEngine, OnnxModule):
     """An ``.onnx`` file on onnxruntime's CPU provider (``threads`` intra-op threads)."""
 
     name = "onnxruntime"
-    device = torch.device("cpu")
-    bf16 = False
-
-    @property
-    def label(self) -> str:
-        return _onnx_label(self.name, self.info)
 
 
-class OpenVinoRuntime(OpenVinoModule):
+class OpenVinoRuntime(_OnnxEngine, OpenVinoModule):
     """An ``.onnx`` file on OpenVINO's CPU plugin (``threads`` inference threads)."""
 
     name = "openvino"
-    device = torch.device("cpu")
-    bf16 = False
-
-    @property
-    def label(self) -> str:
-        return _onnx_label(self.name, self.info)
 
 
 Runtime = TorchRuntime | OrtRuntime | OpenVinoRuntime
