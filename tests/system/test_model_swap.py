@@ -19,6 +19,7 @@ import zmq
 
 from classifier.settings import SHIPPED_MODEL
 from deploy.model_control import request
+from emostream.cpu import cpu_info
 from emostream.wire import EMOTIONS, encode_faces
 from support import (
     PYTHON,
@@ -34,6 +35,8 @@ from support.models import FAVOURED, tiny_model_file
 from support.pipeline import Pipeline, pipeline_config
 
 FERPLUS = SHIPPED_MODEL.with_name("emotion_ferplus.pt2")
+#: How the classifier serves a .pt2 with no int8 file beside it on this CPU: bf16 where it runs in hardware.
+TORCH_LABEL = "torch bf16" if cpu_info().native_bf16 else "torch fp32"
 
 
 def deploy_model(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -120,7 +123,7 @@ def test_a_classifier_fed_without_pause_swaps_refuses_and_rolls_back_losing_no_f
         # A relative path, as a user types it: the CLI sends it absolute.
         swapped = deploy_model("use", os.path.relpath(second, REPO), "--endpoint", endpoint)
         assert swapped.returncode == 0, swapped.stderr
-        assert f"serving {second} (version {version(second)}, runtime torch fp32)" in swapped.stdout
+        assert f"serving {second} (version {version(second)}, runtime {TORCH_LABEL})" in swapped.stdout
         collector.wait_for_more(20)
 
         for reason, path in bad.items():
@@ -165,7 +168,7 @@ def test_a_classifier_fed_without_pause_swaps_refuses_and_rolls_back_losing_no_f
     for reason in bad:
         assert sample(samples, "emostream_model_swap_refusals_total", reason=reason) == 1 + (reason == "not_finite")
     assert sample(samples, "emostream_model_swap_refusals_total", reason="no_previous") == 0
-    assert f"serving {second} (version {version(second)}, runtime torch fp32)" in stderr
+    assert f"serving {second} (version {version(second)}, runtime {TORCH_LABEL})" in stderr
     assert f"model swap refused (input_size): {bad['input_size']}" in stderr
 
 
