@@ -77,15 +77,33 @@ def session_options(threads: int = 0) -> Any:
     return options
 
 
-class OnnxModule:
+class _OnnxFileModule:
+    """An ``.onnx`` model file called like the torch module: a float32 tensor in, a tensor of logits out.
+    Each engine loads the file and runs one NCHW float32 array (:meth:`_logits`)."""
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        self.path = Path(path)
+        self.info = read_onnx_info(self.path)
+        self.threads = threads
+
+    def _logits(self, batch: Any) -> Any:
+        raise NotImplementedError
+
+    def __call__(self, x: Any) -> Any:
+        import numpy as np
+        import torch
+
+        # A torch tensor may be channels-last or a strided view (TTA's shifted crops); the engines read NCHW.
+        return torch.from_numpy(self._logits(np.ascontiguousarray(x.detach().cpu().float().numpy())))
+
+
+class OnnxModule(_OnnxFileModule):
     """An ``.onnx`` model file on onnxruntime (CPU), called like the torch module: tensor in, logits tensor out."""
 
     def __init__(self, path: str | Path, threads: int = 0) -> None:
         import onnxruntime as ort
 
-        self.path = Path(path)
-        self.info = read_onnx_info(self.path)
-        self.threads = threads
+        super().__init__(path, threads)
         try:
             self.session = ort.InferenceSession(
                 str(self.path), session_options(threads), providers=["CPUExecutionProvider"]
@@ -97,16 +115,11 @@ class OnnxModule:
             raise ModelFileError(f"{self.path}: expected one input, the model has {len(inputs)}")
         self.input_name = inputs[0].name
 
-    def __call__(self, x: Any) -> Any:
-        import numpy as np
-        import torch
-
-        # A torch tensor may be channels-last or a strided view (TTA's shifted crops); onnxruntime reads NCHW.
-        batch = np.ascontiguousarray(x.detach().cpu().float().numpy())
-        return torch.from_numpy(self.session.run(None, {self.input_name: batch})[0])
+    def _logits(self, batch: Any) -> Any:
+        return self.session.run(None, {self.input_name: batch})[0]
 
 
-class OpenVinoModule:
+class OpenVinoModule(_OnnxFileModule):
     """An ``.onnx`` model file compiled by OpenVINO for the CPU, called like the torch module.
 
     ``threads`` inference threads (0: OpenVINO's choice), one stream, any batch size. Threads are not
@@ -120,9 +133,7 @@ class OpenVinoModule:
             import openvino
         except ImportError as exc:
             raise ModelFileError(f"{path}: the openvino package is not installed ({exc})") from exc
-        self.path = Path(path)
-        self.info = read_onnx_info(self.path)
-        self.threads = threads
+        super().__init__(path, threads)
         config: dict[str, Any] = {
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
@@ -137,14 +148,9 @@ class OpenVinoModule:
             raise ModelFileError(f"{self.path}: openvino cannot compile it: {exc}") from exc
         self._request = compiled.create_infer_request()
 
-    def __call__(self, x: Any) -> Any:
-        import numpy as np
-        import torch
-
-        # As OnnxModule: channels-last or strided views (TTA's crops) become plain NCHW float32.
-        batch = np.ascontiguousarray(x.detach().cpu().float().numpy())
+    def _logits(self, batch: Any) -> Any:
         # infer() copies its outputs out of the request (share_outputs=False), so they outlive the next call.
-        return torch.from_numpy(self._request.infer({0: batch})[0])
+        return self._request.infer({0: batch})[0]
 
 
 #: The engines that run an ``.onnx`` model file, by name (``classifier.runtime``, ``evaluate --engine``).
