@@ -23,7 +23,7 @@ import torch
 
 from classifier.settings import RUNTIMES
 from emostream.modelfile import ModelFileError, ModelInfo, load_model
-from emostream.onnxmodel import OnnxModule, OpenVinoModule, is_onnx
+from emostream.onnxmodel import OnnxModule, OpenVinoModule, is_onnx, read_onnx_info
 
 INT8_SUFFIX = ".int8.onnx"
 #: Start-up timing of ``auto``: untimed warm-up calls, then timed calls, per candidate, interleaved.
@@ -142,9 +142,8 @@ def candidates(
                 f"classifier.runtime {runtime}: no int8 file {int8} beside {path.name}; make it with "
                 f"python -m training export --model {path} --quantize int8 --data D --out {path.parent}"
             )
-        engine = ONNX_ENGINES[runtime](int8, threads)
-        check_made_from(int8, engine.info, path)
-        return [engine], []
+        check_made_from(int8, read_onnx_info(int8), path)
+        return [ONNX_ENGINES[runtime](int8, threads)], []
     found: list[Runtime] = [TorchRuntime(path, device, bf16)]
     if not int8.is_file():
         return found, [f"no {int8.name} beside {path.name}"]
@@ -154,14 +153,17 @@ def candidates(
 
 def _engines_for(onnx_path: Path, threads: int, source: Path | None) -> tuple[list[Runtime], list[str]]:
     """Every engine that loads ``onnx_path`` (made from ``source``, when given), and why the others did not."""
+    if source is not None:
+        # Checked once, before any engine loads the file: the source is hashed once, and a stale file is never compiled.
+        try:
+            check_made_from(onnx_path, read_onnx_info(onnx_path), source)
+        except ModelFileError as exc:
+            return [], [f"{name} on {onnx_path.name} left out: {exc}" for name in ONNX_ENGINES]
     found: list[Runtime] = []
     skipped: list[str] = []
     for name, engine_type in ONNX_ENGINES.items():
         try:
-            engine = engine_type(onnx_path, threads)
-            if source is not None:
-                check_made_from(onnx_path, engine.info, source)
-            found.append(engine)
+            found.append(engine_type(onnx_path, threads))
         except ModelFileError as exc:
             skipped.append(f"{name} on {onnx_path.name} left out: {exc}")
     return found, skipped
