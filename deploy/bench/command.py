@@ -19,6 +19,7 @@ import numpy as np
 
 from classifier.settings import ACCURATE_CLASSIFY_EVERY_MAX, SHIPPED_ACCURATE_MODEL
 from deploy.baseline import merge_baselines, run_baseline
+from deploy.bench.allcore import measure_all_cores, stage_loops
 from deploy.bench.endtoend import RunResult, run_end_to_end
 from deploy.bench.procstats import CpuWatch
 from deploy.bench.ratios import DEFINITIONS, derive
@@ -198,6 +199,18 @@ def _standalone(
         note += f"; YuNet at interval {settings.interval}: {tracked.fps:.1f} frames/s, "
         note += f"{100 * kept.get(settings.interval, 1.0):.1f}% of faces kept"
     progress.note(note)
+    all_cores: dict[str, Any] | None = None
+    if settings.all_core_s > 0 and budget.cpus > 1:
+        progress.step(
+            f"decode and YuNet at interval {settings.interval}, each alone, then one copy on each of the "
+            f"{budget.cpus} usable CPUs at once, {settings.all_core_s:g} s each"
+        )
+        loops = stage_loops(
+            settings.video, settings.yunet, settings.downscale, settings.min_face, settings.interval, len(frames)
+        )
+        measured = [measure_all_cores(loop, budget.cpus, settings.all_core_s) for loop in loops]
+        all_cores = {m.stage: m.to_json() for m in measured}
+        progress.note("; ".join(f"{m.stage} {m.slowdown:.2f}x its CPU per frame alone" for m in measured))
     del frames  # ~2.7 MB each at 720p: free them before the pipeline runs start their own processes
 
     all_crops = np.concatenate(crops) if crops else np.empty((0, 48, 48), np.uint8)
@@ -260,6 +273,7 @@ def _standalone(
         "classifier": cls.to_json(),
         "accurate_classifier": accurate.to_json() if accurate else None,
         "peak": peak.to_json(),
+        "all_cores": all_cores,
     }
 
 
@@ -330,11 +344,13 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
     import torch
 
     steady = settings.steadiness_s > 0
-    extra_steps = (1 if settings.what_if_env else 0) + (2 if settings.accurate_model else 0) + (2 if steady else 0)
-    # Baseline twice, decode, detectors, classifier, runtimes, matmul; the realtime runs; max throughput twice.
-    progress = progress or Progress(7 + len(settings.cameras) + 2 + extra_steps)
     started = time.time()
     budget = cpu_budget()
+    all_cores = settings.all_core_s > 0 and budget.cpus > 1
+    extra_steps = (1 if settings.what_if_env else 0) + (2 if settings.accurate_model else 0) + (2 if steady else 0)
+    extra_steps += 1 if all_cores else 0
+    # Baseline twice, decode, detectors, classifier, runtimes, matmul; the realtime runs; max throughput twice.
+    progress = progress or Progress(7 + len(settings.cameras) + 2 + extra_steps)
     # The standalone classifier on the usable CPUs, not torch's count of the host's cores.
     torch.set_num_threads(budget.cpus)
     # The pipeline runs' detector threads, as the launcher splits the budget for them.

@@ -209,6 +209,27 @@ def _steadiness_lines(steadiness: dict[str, Any]) -> list[str]:
     )
 
 
+def _all_core_lines(all_cores: dict[str, Any]) -> list[str]:
+    """Decode and the detector alone against one copy per usable CPU at once (allcore.AllCoreStage as JSON)."""
+    if not all_cores:
+        return []
+    rows = [
+        [
+            stage,
+            _fmt(1000 * m["alone_cpu_s_per_frame"], 2),
+            _fmt(1000 * m["all_cores_cpu_s_per_frame"], 2),
+            str(m["processes"]),
+            _ratio(m["slowdown"]),
+        ]
+        for stage, m in all_cores.items()
+    ]
+    return [
+        "",
+        "Every CPU busy: the same single-threaded loop alone, then one copy per usable CPU at once (CPU ms/frame)",
+        *align(["stage", "alone", "all CPUs busy", "copies", "slowdown"], rows),
+    ]
+
+
 def _run_lines(results: dict[str, Any]) -> list[str]:
     """The end-to-end runs: throughput, latency and drops, then CPU cores per stage."""
     runs = all_runs(results)
@@ -292,6 +313,8 @@ def _headline_lines(results: dict[str, Any]) -> list[str]:
         [f"pipeline_over_slowest_stage ({h['slowest_stage']})", _fmt(h["pipeline_over_slowest_stage"], 2)],
         ["cpu_budget_fps", _fmt(h["cpu_budget_fps"])],
         ["pipeline_over_cpu_budget", _fmt(h["pipeline_over_cpu_budget"], 2)],
+        ["cpu_budget_all_cores_fps (every CPU busy)", _fmt(h.get("cpu_budget_all_cores_fps"))],
+        ["pipeline_over_all_core_budget", _fmt(h.get("pipeline_over_all_core_budget"), 2)],
         [
             "detector interval / faces kept at it",
             f"{h.get('detector_interval', 1)} / " + (f"{100 * kept:.1f}%" if kept else "-"),
@@ -349,6 +372,7 @@ def format_report(results: dict[str, Any]) -> str:
         "",
         *_stage_lines(results),
         *_interval_lines(results.get("interval_study") or []),
+        *_all_core_lines(results.get("all_cores") or {}),
         "",
         f"  classifier batched/batch-1 {_ratio(h['classifier_batched_over_batch1'])}; "
         f"{cls['flops_per_face'] / 1e9:.3f} GFLOP/face x {_fmt(h['classifier_faces_per_s'], 0)} faces/s = "

@@ -109,6 +109,9 @@ class BenchSettings:
     matmul_threads: int = 0
     #: How long the CPU's steadiness is sampled (standalone.measure_cpu_steadiness); 0: not measured.
     steadiness_s: float = 20.0
+    #: How long decode and the detector run, alone and then one copy per usable CPU at once
+    #: (deploy/bench/allcore.py); 0: not measured.
+    all_core_s: float = 6.0
     warmup_s: float = 5.0
     measure_s: float = 40.0
     startup_timeout_s: float = 120.0
@@ -150,6 +153,7 @@ class BenchSettings:
             baseline_slice_s=8.0,
             matmul_reps=4,
             steadiness_s=5.0,
+            all_core_s=2.0,
             measure_s=10.0,
         )
         return replace(base, **overrides)

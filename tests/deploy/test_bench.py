@@ -271,6 +271,43 @@ def test_derived_ratios_table_json_and_plot_on_fixed_results(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+def test_the_budget_takes_decode_and_the_detector_from_the_all_core_loops_alone_and_with_every_cpu_busy():
+    results = json.loads(json.dumps(FIXED))
+    plain = derive(results)
+    assert plain.cpu_budget_all_cores_fps is None and plain.pipeline_over_all_core_budget is None
+    # Without the all-core step: the stage passes (decode 0.005, detector 0.02, classifier 0.0005 x 3 faces).
+    assert plain.cpu_budget_fps == pytest.approx(2 / 0.0265)
+
+    def stage(name: str, alone: float, slowdown: float) -> dict:
+        return {
+            "stage": name,
+            "processes": 2,
+            "seconds": 6.0,
+            "alone_cpu_s_per_frame": alone,
+            "all_cores_cpu_s_per_frame": alone * slowdown,
+            "by_process": [alone * slowdown] * 2,
+            "slowdown": slowdown,
+        }
+
+    results["all_cores"] = {"decode": stage("decode", 0.004, 1.2), "detector": stage("detector", 0.016, 1.5)}
+    h = derive(results)
+    # Alone: 2 cores / (decode 0.004 + detector 0.016 + classifier 0.0015) s per frame.
+    assert h.cpu_budget_fps == pytest.approx(2 / 0.0215)
+    assert h.cpu_s_per_frame_by_stage == pytest.approx({"decode": 0.004, "detector": 0.016, "classifier": 0.0015})
+    assert h.pipeline_over_cpu_budget == pytest.approx(60 / (2 / 0.0215))
+    # Every CPU busy: decode 0.004 x 1.2, detector 0.016 x 1.5; the classifier was measured on every CPU already.
+    assert h.cpu_budget_all_cores_fps == pytest.approx(2 / (0.0048 + 0.024 + 0.0015))
+    assert h.pipeline_over_all_core_budget == pytest.approx(60 / (2 / 0.0303))
+
+    results["headline"] = dataclasses.asdict(h)
+    report = format_report(results)
+    assert "Every CPU busy" in report and "1.50x" in report and "1.20x" in report
+    (budget,) = [t for t in check_targets(results) if "CPU budget" in t.target]
+    assert budget.met is (h.pipeline_over_cpu_budget >= 0.85)
+    assert budget.measured.startswith(f"{h.pipeline_over_cpu_budget:.2f} (budget")
+    assert budget.measured.endswith(f"; {h.pipeline_over_all_core_budget:.2f} with every CPU busy")
+
+
 def test_a_windows_latency_is_split_at_the_detector_and_events_without_the_stamp_stay_out_of_the_parts():
     records = []
     for i in range(10):
