@@ -96,6 +96,9 @@ def _copy(loop: StageLoop, seconds: float, barrier: Any, results: Any) -> None:
     """One copy: set up untimed, wait for the others, then run the stage for ``seconds``."""
     import cv2
 
+    from emostream.runtime import tune_malloc
+
+    tune_malloc()  # the allocator every stage runs with
     cv2.setNumThreads(1)
     step = _decode_step(loop) if loop.stage == "decode" else _detector_step(loop)
     step()
