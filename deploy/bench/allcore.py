@@ -10,6 +10,7 @@ loop on one CPU just before gives the cost alone, so the slowdown is a ratio mea
 from __future__ import annotations
 
 import multiprocessing
+import queue
 import statistics
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from typing import Any, Literal
 from deploy.bench.result import JsonResult
 
 AllCoreStageName = Literal["decode", "detector"]
+#: Seconds a copy may take to start, load its frames and model, beyond the measured ones.
+SETUP_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -117,13 +120,28 @@ def run_copies(loop: StageLoop, processes: int, seconds: float) -> list[float]:
     workers = [context.Process(target=_copy, args=(loop, seconds, barrier, results)) for _ in range(processes)]
     for worker in workers:
         worker.start()
+    costs: list[float] = []
+    deadline = time.monotonic() + seconds + SETUP_TIMEOUT_S
     try:
-        costs = [results.get(timeout=seconds + 120.0) for _ in workers]
+        while len(costs) < processes:
+            try:
+                costs.append(results.get(timeout=0.5))
+                continue
+            except queue.Empty:
+                pass
+            failed = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+            if failed or time.monotonic() > deadline:
+                # A copy that died cannot reach the barrier: the others would wait for it until the deadline.
+                limit = seconds + SETUP_TIMEOUT_S
+                why = f"exited with code {failed[0]}" if failed else f"gave no result in {limit:g} s"
+                raise RuntimeError(f"a {loop.stage} copy {why} (its traceback is above)")
     finally:
+        # Every copy has put its result and is exiting; after a failure the others may be at the barrier.
         for worker in workers:
-            worker.join(timeout=30.0)
+            worker.join(timeout=30.0 if len(costs) == processes else 0.0)
             if worker.is_alive():
                 worker.kill()
+                worker.join()
     return costs
 
 

@@ -227,8 +227,7 @@ def _stages(results: dict[str, Any], max_fps: float | None) -> dict[str, Any]:
     }
     all_cores = results.get("all_cores") or {}
     # Where measured, decode's and the detector's costs come from the all-core step's loops alone: seconds of
-    # the same work are steadier than one pass over the stage frames, which a slow second of a virtual
-    # machine's host can make a third dearer.
+    # the same work are steadier than the 1-2 s pass over the stage frames (docs/benchmarks.md).
     cpu_per_frame.update({stage: float(m["alone_cpu_s_per_frame"]) for stage, m in all_cores.items()})
     busy = {**cpu_per_frame, **{stage: float(m["all_cores_cpu_s_per_frame"]) for stage, m in all_cores.items()}}
     budget = cpus / sum(cpu_per_frame.values()) if sum(cpu_per_frame.values()) > 0 else None

@@ -25,3 +25,12 @@ def test_each_copy_reports_its_own_cpu_per_frame_and_the_slowdown_is_together_ov
     )
     assert measured.slowdown == pytest.approx(measured.all_cores_cpu_s_per_frame / measured.alone_cpu_s_per_frame)
     assert list(measured.to_json()) == [f.name for f in dataclasses.fields(AllCoreStage)]
+
+
+def test_a_copy_that_fails_is_a_clear_error_not_a_wait(tmp_path):
+    loop = StageLoop("detector", str(tmp_path / "missing.mp4"), yunet=None)
+    with pytest.raises(RuntimeError, match="a detector copy exited with code 1"):
+        run_copies(loop, 2, 0.5)
+    # One copy alone: nothing else to wait for, the same error.
+    with pytest.raises(RuntimeError, match="a detector copy exited with code 1"):
+        run_copies(loop, 1, 0.5)
