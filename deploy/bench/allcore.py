@@ -55,18 +55,16 @@ class StageLoop:
 
 
 def _decode_step(loop: StageLoop) -> Callable[[], None]:
-    import cv2
-
     from capture.sources import DEFAULT_DECODE_THREADS
+    from deploy.bench.standalone import open_video
 
-    params = [cv2.CAP_PROP_N_THREADS, DEFAULT_DECODE_THREADS] if DEFAULT_DECODE_THREADS else []
-    cap = cv2.VideoCapture(loop.video, cv2.CAP_FFMPEG, params)
+    cap = open_video(loop.video, DEFAULT_DECODE_THREADS)
 
     def step() -> None:
         nonlocal cap
         if not cap.grab():  # the end of the file: start it again
             cap.release()
-            cap = cv2.VideoCapture(loop.video, cv2.CAP_FFMPEG, params)
+            cap = open_video(loop.video, DEFAULT_DECODE_THREADS)
             cap.grab()
         cap.retrieve()
 
@@ -74,16 +72,13 @@ def _decode_step(loop: StageLoop) -> Callable[[], None]:
 
 
 def _detector_step(loop: StageLoop) -> Callable[[], None]:
-    from deploy.bench.standalone import read_frames
-    from detector.pipeline import build_extractor
-    from detector.settings import DetectorSettings
+    from deploy.bench.standalone import decode_frames, warm_extractor
     from emostream.wire import Frame
 
-    _, frames = read_frames(loop.video, loop.frames)
-    extractor = build_extractor(
-        DetectorSettings(backend="yunet", model=loop.yunet, min_face=loop.min_face, downscale=loop.downscale, threads=1)
-    )
-    extractor.process(Frame(camera="bench", seq=0, ts_capture=0.0, image=frames[0]))
+    frames = decode_frames(loop.video, loop.frames)
+    if not frames:
+        raise RuntimeError(f"{loop.video} yielded no frames")
+    extractor, _ = warm_extractor(frames[0], "yunet", loop.yunet, loop.downscale, loop.min_face, threads=1)
     seq = 0
 
     def step() -> None:

@@ -155,6 +155,11 @@ def _baseline_slice(settings: BenchSettings, progress: Progress, which: str) -> 
     return result
 
 
+def _measures_all_cores(settings: BenchSettings, budget: CpuBudget) -> bool:
+    """Whether the bench runs the all-core step: asked for, and more than one CPU to fill."""
+    return settings.all_core_s > 0 and budget.cpus > 1
+
+
 def _standalone(
     settings: BenchSettings, progress: Progress, budget: CpuBudget, detector_threads: int
 ) -> dict[str, Any]:
@@ -200,7 +205,7 @@ def _standalone(
         note += f"{100 * kept.get(settings.interval, 1.0):.1f}% of faces kept"
     progress.note(note)
     all_cores: dict[str, Any] | None = None
-    if settings.all_core_s > 0 and budget.cpus > 1:
+    if _measures_all_cores(settings, budget):
         progress.step(
             f"decode and YuNet at interval {settings.interval}, each alone, then one copy on each of the "
             f"{budget.cpus} usable CPUs at once, {settings.all_core_s:g} s each"
@@ -346,9 +351,8 @@ def run_bench(settings: BenchSettings, progress: Progress | None = None) -> dict
     steady = settings.steadiness_s > 0
     started = time.time()
     budget = cpu_budget()
-    all_cores = settings.all_core_s > 0 and budget.cpus > 1
     extra_steps = (1 if settings.what_if_env else 0) + (2 if settings.accurate_model else 0) + (2 if steady else 0)
-    extra_steps += 1 if all_cores else 0
+    extra_steps += 1 if _measures_all_cores(settings, budget) else 0
     # Baseline twice, decode, detectors, classifier, runtimes, matmul; the realtime runs; max throughput twice.
     progress = progress or Progress(7 + len(settings.cameras) + 2 + extra_steps)
     # The standalone classifier on the usable CPUs, not torch's count of the host's cores.

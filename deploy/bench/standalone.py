@@ -23,7 +23,8 @@ from deploy.bench.result import JsonResult
 from emostream.boxes import iou_matrix
 
 if TYPE_CHECKING:
-    from detector.settings import DetectorBackend
+    from detector.pipeline import FaceExtractor
+    from detector.settings import DetectorBackend, DetectorSettings
 
 
 @dataclass(frozen=True)
@@ -235,14 +236,25 @@ def _frame_rate(seconds: Sequence[float], cpu_s: float, chunk: int) -> FrameRate
     )
 
 
-def _decode_pass(
-    video: str | Path, max_frames: int, decode_threads: int, keep: bool
-) -> tuple[list[float], list[np.ndarray], float, float]:
-    """Seconds per frame, the frames when ``keep``, CPU seconds and the nominal fps of one decode pass."""
+def open_video(video: str | Path, decode_threads: int) -> cv2.VideoCapture:
+    """``video`` opened as a capture process opens a file (FFmpeg, ``decode_threads``; 0: FFmpeg's choice)."""
     params = [cv2.CAP_PROP_N_THREADS, decode_threads] if decode_threads else []
     cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG, params)
     if not cap.isOpened():
         raise RuntimeError(f"OpenCV cannot open {video}")
+    return cap
+
+
+def decode_frames(video: str | Path, max_frames: int, decode_threads: int = DEFAULT_DECODE_THREADS) -> list[np.ndarray]:
+    """Up to ``max_frames`` decoded frames, untimed."""
+    return _decode_pass(video, max_frames, decode_threads, keep=True)[1]
+
+
+def _decode_pass(
+    video: str | Path, max_frames: int, decode_threads: int, keep: bool
+) -> tuple[list[float], list[np.ndarray], float, float]:
+    """Seconds per frame, the frames when ``keep``, CPU seconds and the nominal fps of one decode pass."""
+    cap = open_video(video, decode_threads)
     nominal_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
     kept: list[np.ndarray] = []
     seconds: list[float] = []
@@ -275,7 +287,7 @@ def read_frames(
     that capture does not pay. A second, untimed pass keeps the frames.
     """
     seconds, _, cpu_s, nominal_fps = _decode_pass(video, max_frames, decode_threads, keep=False)
-    _, frames, _, _ = _decode_pass(video, max_frames, decode_threads, keep=True)
+    frames = decode_frames(video, max_frames, decode_threads)
     if not frames:
         raise RuntimeError(f"{video} yielded no frames")
     height, width = frames[0].shape[:2]
@@ -301,6 +313,32 @@ def opencv_threads(threads: int) -> Iterator[None]:
         cv2.setNumThreads(previous)
 
 
+def warm_extractor(
+    first_frame: np.ndarray,
+    backend: DetectorBackend,
+    model_path: str | Path | None,
+    downscale: float,
+    min_face: int,
+    threads: int,
+) -> tuple[FaceExtractor, DetectorSettings]:
+    """A detector worker's extractor and its settings, the extractor already run once on ``first_frame``
+    (untimed: YuNet sets its input size and allocates its network on the first call)."""
+    from detector.pipeline import build_extractor
+    from detector.settings import DetectorSettings
+    from emostream.wire import Frame
+
+    settings = DetectorSettings(
+        backend=backend,
+        model=str(model_path) if model_path else None,
+        min_face=min_face,
+        downscale=downscale,
+        threads=threads,
+    )
+    extractor = build_extractor(settings)
+    extractor.process(Frame(camera="bench", seq=0, ts_capture=0.0, image=first_frame))
+    return extractor, settings
+
+
 def measure_detector(
     frames: Sequence[np.ndarray],
     backend: DetectorBackend,
@@ -319,21 +357,10 @@ def measure_detector(
     measured on real faces) and the boxes of every frame.
     """
     from detector.align import aligned_crops
-    from detector.pipeline import build_extractor
-    from detector.settings import DetectorSettings
     from emostream.wire import Frame
 
     with opencv_threads(threads):
-        settings = DetectorSettings(
-            backend=backend,
-            model=str(model_path) if model_path else None,
-            min_face=min_face,
-            downscale=downscale,
-            threads=threads,
-        )
-        extractor = build_extractor(settings)
-        # One untimed frame: YuNet sets its input size and allocates its network on the first call.
-        extractor.process(Frame(camera="bench", seq=0, ts_capture=0.0, image=frames[0]))
+        extractor, settings = warm_extractor(frames[0], backend, model_path, downscale, min_face, threads)
         seconds: list[float] = []
         crops: list[np.ndarray] = []
         boxes: list[np.ndarray] = []

@@ -34,3 +34,8 @@ def test_a_copy_that_fails_is_a_clear_error_not_a_wait(tmp_path):
     # One copy alone: nothing else to wait for, the same error.
     with pytest.raises(RuntimeError, match="a detector copy exited with code 1"):
         run_copies(loop, 1, 0.5)
+
+
+def test_a_decode_copy_of_a_file_that_does_not_open_fails_instead_of_timing_nothing(tmp_path):
+    with pytest.raises(RuntimeError, match="a decode copy exited with code 1"):
+        run_copies(StageLoop("decode", str(tmp_path / "missing.mp4")), 1, 0.5)
