@@ -43,6 +43,19 @@ def test_config_sets_defaults_and_flags_win(tmp_path: Path) -> None:
     assert (args.epochs, args.batch_size, args.arch, args.data) == (5, 16, "resnet_fer_tiny", "x.csv")
 
 
+@pytest.mark.parametrize("config", sorted((REPO / "training" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_parse(config: Path) -> None:
+    """Every recipe in training/configs is a valid config whose files (a teacher, a model to start from)
+    exist in the repository, so the commands in training/README.md run as written."""
+    from training.train import parse_args
+
+    args = parse_args(["--config", str(config), "--data", "x.csv", "--out", "o"])
+    assert args.epochs >= 1
+    for path in (args.teacher, args.init_from):
+        if path is not None:
+            assert (REPO / path).is_file(), f"{config.name}: {path} is not in the repository"
+
+
 @pytest.mark.parametrize(("text", "key"), [("epochs: 2.5\n", "epochs"), ("arch: vgg99\n", "arch")])
 def test_config_values_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, key: str) -> None:
     from training.train import parse_args
