@@ -23,7 +23,7 @@ import torch
 
 from classifier.settings import RUNTIMES
 from emostream.modelfile import ModelFileError, ModelInfo, load_model
-from emostream.onnxmodel import OnnxModule, OpenVinoModule, is_onnx, read_onnx_info
+from emostream.onnxmodel import EngineName, OnnxModule, OpenVinoModule, is_onnx, read_onnx_info
 
 INT8_SUFFIX = ".int8.onnx"
 #: Start-up timing of ``auto``: untimed warm-up calls, then timed calls, per candidate, interleaved.
@@ -55,7 +55,7 @@ class TorchRuntime:
 class _OnnxEngine:
     """What the classifier needs of an ONNX engine beyond calling it: its name, device and label."""
 
-    name: str
+    name: EngineName
     info: ModelInfo
     device = torch.device("cpu")
     bf16 = False
@@ -70,20 +70,15 @@ class _OnnxEngine:
 class OrtRuntime(_OnnxEngine, OnnxModule):
     """An ``.onnx`` file on onnxruntime's CPU provider (``threads`` intra-op threads)."""
 
-    name = "onnxruntime"
-
 
 class OpenVinoRuntime(_OnnxEngine, OpenVinoModule):
     """An ``.onnx`` file on OpenVINO's CPU plugin (``threads`` inference threads)."""
-
-    name = "openvino"
 
 
 Runtime = TorchRuntime | OrtRuntime | OpenVinoRuntime
 #: The engines that run an ``.onnx`` file, by ``classifier.runtime`` name.
 ONNX_ENGINES: dict[str, type[OrtRuntime] | type[OpenVinoRuntime]] = {
-    OrtRuntime.name: OrtRuntime,
-    OpenVinoRuntime.name: OpenVinoRuntime,
+    engine.name: engine for engine in (OrtRuntime, OpenVinoRuntime)
 }
 
 

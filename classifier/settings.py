@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from emostream.endpoint import normalize_endpoint
 from emostream.modelfile import MAX_BATCH, TtaMode
+from emostream.onnxmodel import EngineName
 from emostream.settings_cli import Cli
 
 #: The models trained by ``python -m training`` and shipped with the repository: the default, and the
@@ -26,8 +27,9 @@ SHIPPED_ACCURATE_MODEL = SHIPPED_MODEL.with_name("emotion_accurate.pt2")
 #: (docs/benchmarks.md). The bench's accurate run uses it.
 ACCURATE_CLASSIFY_EVERY_MAX = 8
 
-#: What runs the model (classifier/runtimes.py); here, not there, so that reading settings imports no torch.
-RuntimeName = Literal["auto", "torch", "onnxruntime", "openvino"]
+#: What runs the model (classifier/runtimes.py): torch, an ONNX engine, or the fastest of them. Here, not
+#: there, so that reading settings imports no torch.
+RuntimeName = Literal["auto", "torch", EngineName]
 RUNTIMES: tuple[str, ...] = get_args(RuntimeName)
 
 

@@ -13,12 +13,14 @@ CPU plugin. Which is faster depends on the CPU (docs/benchmarks.md); both read t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from emostream.modelfile import INFO_FILE, ModelFileError, ModelInfo
 
 ONNX_SUFFIX = ".onnx"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+#: The engines' names, as ``classifier.runtime`` and ``evaluate --engine`` take them (each class's ``name``).
+EngineName = Literal["onnxruntime", "openvino"]
 
 
 def is_onnx(path: str | Path) -> bool:
@@ -81,6 +83,10 @@ class _OnnxFileModule:
     """An ``.onnx`` model file called like the torch module: a float32 tensor in, a tensor of logits out.
     Each engine loads the file and runs one NCHW float32 array (:meth:`_logits`)."""
 
+    #: The engine's name (configs, logs, the bench JSON's version key) and how reports write it.
+    name: EngineName
+    title: str
+
     def __init__(self, path: str | Path, threads: int = 0) -> None:
         self.path = Path(path)
         self.info = read_onnx_info(self.path)
@@ -99,6 +105,9 @@ class _OnnxFileModule:
 
 class OnnxModule(_OnnxFileModule):
     """An ``.onnx`` model file on onnxruntime (CPU), called like the torch module: tensor in, logits tensor out."""
+
+    name: EngineName = "onnxruntime"
+    title = "onnxruntime"
 
     def __init__(self, path: str | Path, threads: int = 0) -> None:
         import onnxruntime as ort
@@ -128,6 +137,9 @@ class OpenVinoModule(_OnnxFileModule):
     would then depend on the machine.
     """
 
+    name: EngineName = "openvino"
+    title = "OpenVINO"
+
     def __init__(self, path: str | Path, threads: int = 0) -> None:
         try:
             import openvino
@@ -154,7 +166,9 @@ class OpenVinoModule(_OnnxFileModule):
 
 
 #: The engines that run an ``.onnx`` model file, by name (``classifier.runtime``, ``evaluate --engine``).
-ENGINES: dict[str, type[OnnxModule] | type[OpenVinoModule]] = {"onnxruntime": OnnxModule, "openvino": OpenVinoModule}
+ENGINES: dict[str, type[OnnxModule] | type[OpenVinoModule]] = {
+    engine.name: engine for engine in (OnnxModule, OpenVinoModule)
+}
 
 
 def load_onnx_model(

@@ -51,6 +51,7 @@ from deploy.config import ClassifierConfig
 from deploy.plan import split_threads
 from emostream.cpu import CpuBudget, cpu_budget, cpu_info, thread_budget
 from emostream.jsonutil import json_ready
+from emostream.onnxmodel import ENGINES
 from emostream.runtime import tune_malloc
 from emostream.settings_cli import positive_number
 
@@ -102,7 +103,6 @@ def machine_info(model_path: str | Path | None = None, budget: CpuBudget | None 
     """The machine the bench ran on: the CPU's model and serving flags (emostream.cpu), the host's CPU
     count and the usable CPUs with what decided them, library versions and their thread counts, and the
     code's commit."""
-    import onnxruntime
     import torch
 
     from classifier.settings import SHIPPED_MODEL
@@ -120,8 +120,7 @@ def machine_info(model_path: str | Path | None = None, budget: CpuBudget | None 
         "torch_threads": torch.get_num_threads(),
         "opencv": cv2.__version__,
         "opencv_threads": cv2.getNumThreads(),
-        "onnxruntime": onnxruntime.__version__,
-        "openvino": _version_of("openvino"),
+        **{engine: _version_of(engine) for engine in ENGINES},  # each engine's package has its name
         "python": platform.python_version(),
         "platform": platform.platform(),
         "model_file": str(model),

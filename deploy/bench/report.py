@@ -13,6 +13,7 @@ from typing import Any
 from deploy.bench.ratios import Headline
 from deploy.bench.targets import check_targets, cpus_text, flags_text, machine_text
 from emostream.jsonutil import json_ready
+from emostream.onnxmodel import ENGINES
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -343,8 +344,7 @@ def _target_lines(results: dict[str, Any]) -> list[str]:
 
 def _engines_text(machine: dict[str, Any]) -> str:
     """ ", onnxruntime V, OpenVINO V" and the commit, where the file records them (older files do not)."""
-    names = {"onnxruntime": "onnxruntime", "openvino": "OpenVINO"}
-    text = "".join(f", {name} {machine[key]}" for key, name in names.items() if machine.get(key))
+    text = "".join(f", {engine.title} {machine[name]}" for name, engine in ENGINES.items() if machine.get(name))
     commit = commit_label(machine)
     return text + (f"; commit {commit}" if commit else "")
 

@@ -135,7 +135,12 @@ def test_classifier_runtime_names_every_onnx_engine_and_nothing_else() -> None:
     from classifier.settings import RUNTIMES
     from emostream.onnxmodel import ENGINES
 
-    assert set(ONNX_ENGINES) == set(ENGINES)
+    from typing import get_args
+
+    from emostream.onnxmodel import EngineName
+
+    assert set(ONNX_ENGINES) == set(ENGINES) == set(get_args(EngineName))
+    assert all(ONNX_ENGINES[name].name == ENGINES[name].name == name for name in ENGINES)
     assert set(RUNTIMES) == {"auto", "torch", *ENGINES}
 
 
