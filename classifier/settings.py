@@ -22,10 +22,6 @@ from emostream.settings_cli import Cli
 #: accurate operating point (an ensemble, served with ``classifier.model``) when one is shipped.
 SHIPPED_MODEL = Path(__file__).resolve().parent / "models" / "emotion.pt2"
 SHIPPED_ACCURATE_MODEL = SHIPPED_MODEL.with_name("emotion_accurate.pt2")
-#: classifier.classify_every_max to serve the accurate model with on a small CPU: its members cost several
-#: times the default's, and only reusing steady faces' scores longer keeps live cameras in real time
-#: (docs/benchmarks.md). The bench's accurate run uses it.
-ACCURATE_CLASSIFY_EVERY_MAX = 8
 
 #: What runs the model (classifier/runtimes.py): torch, an ONNX engine, or the fastest of them. Here, not
 #: there, so that reading settings imports no torch.
@@ -153,6 +149,8 @@ class ClassifierSettings(BaseModel):
     ] = 2
     # Under load, reusing a steady face's scores for a few more frames costs less than the alternatives:
     # queues (latency on every event) or stale drops (events lost). The smoothing spans eight frames anyway.
+    # Up to 8, not 4: an ensemble model keeps four live cameras on two cores only at 8, and the interval
+    # grows only as far as lateness requires, so a lighter model never gets there (docs/benchmarks.md).
     classify_every_max: Annotated[
         int,
         Field(
@@ -164,7 +162,7 @@ class ClassifierSettings(BaseModel):
             "classify_every or less: never",
         ),
         Cli(metavar="N"),
-    ] = 4
+    ] = 8
     load_latency_ms: Annotated[
         float,
         Field(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from classifier.settings import ACCURATE_CLASSIFY_EVERY_MAX, SHIPPED_ACCURATE_MODEL
+from classifier.settings import SHIPPED_ACCURATE_MODEL
 from deploy.baseline import merge_baselines, run_baseline
 from deploy.bench.allcore import measure_all_cores, stage_loops
 from deploy.bench.endtoend import RunResult, run_end_to_end
@@ -337,7 +337,7 @@ def _end_to_end(settings: BenchSettings, progress: Progress) -> dict[str, Any]:
             cams = max(settings.cameras)
             out["accurate_run"] = run(
                 f"end to end with the accurate model {settings.accurate_model.name}: {cams} camera(s) at 25 fps, "
-                f"{settings.realtime_drop_policy}, classify_every_max {ACCURATE_CLASSIFY_EVERY_MAX}",
+                f"{settings.realtime_drop_policy}",
                 settings.accurate_spec(cams),
             )
     return out

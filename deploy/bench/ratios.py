@@ -75,8 +75,8 @@ DEFINITIONS = {
     "accurate_over_default": (
         "accurate_classifier: the accurate model's faces/s over the default model's at max_batch, each served as "
         "the classifier serves it (classifier.runtime auto), in alternating rounds, medians; accurate_run: the "
-        "largest realtime run again with classifier.model the accurate file (--accurate-model) and "
-        "classifier.classify_every_max ACCURATE_CLASSIFY_EVERY_MAX (classifier/settings.py)"
+        "largest realtime run again with classifier.model the accurate file (--accurate-model), the classifier's "
+        "other settings their defaults"
     ),
     "cpu_steadiness": (
         "one fixed single-thread workload (OpenCV blur of a 720p frame) timed in 0.2 s windows, nothing else of "

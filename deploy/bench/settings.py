@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from capture.sources import file_seconds
-from classifier.settings import ACCURATE_CLASSIFY_EVERY_MAX
 from deploy.config import ClassifierConfig, PipelineConfig, parse_config
 from deploy.plan import endpoints, metrics_ports
 from detector.backends import YUNET_MODEL
@@ -128,7 +127,7 @@ class BenchSettings:
         return PipelineSpec(cameras=cameras, pacing=pacing, drop_policy=drop_policy, **{**stage, **changes})
 
     def accurate_spec(self, cameras: int) -> PipelineSpec:
-        """``cameras`` live cameras with the classifier serving ``accurate_model`` as it is meant to be served."""
+        """``cameras`` live cameras with the classifier serving ``accurate_model``, its other settings the defaults."""
         if self.accurate_model is None:
             raise ValueError("no accurate model to run")
         return self.spec(
@@ -136,7 +135,6 @@ class BenchSettings:
             "realtime",
             self.realtime_drop_policy,
             emotion_model=str(self.accurate_model),
-            classify_every_max=ACCURATE_CLASSIFY_EVERY_MAX,
         )
 
     @classmethod

@@ -132,12 +132,10 @@ def test_forced_runtimes_and_the_served_file(tmp_path: Path) -> None:
 
 
 def test_classifier_runtime_names_every_onnx_engine_and_nothing_else() -> None:
-    from classifier.settings import RUNTIMES
-    from emostream.onnxmodel import ENGINES
-
     from typing import get_args
 
-    from emostream.onnxmodel import EngineName
+    from classifier.settings import RUNTIMES
+    from emostream.onnxmodel import ENGINES, EngineName
 
     assert set(ONNX_ENGINES) == set(ENGINES) == set(get_args(EngineName))
     assert all(ONNX_ENGINES[name].name == ENGINES[name].name == name for name in ENGINES)
