@@ -6,7 +6,8 @@ processes come and go on a small machine; absolute numbers drift between runs, r
 1. **Baseline** (:mod:`deploy.baseline`): the study's sequential loop on the video, frames/s.
 2. **Stages standalone**, each in this one process on the same frames: decode (what a capture process
    does), detection (YuNet and Haar at the configured downscale, frames/s), the classifier at batch 1
-   and batched (faces/s), the model's FLOPs and the machine's measured matmul peak (bf16 where native, else float32).
+   and batched (faces/s), the model's FLOPs and the machine's measured matmul peaks (bf16 where native,
+   else float32; and int8, which bounds an int8 model file).
 3. **End to end**: the real pipeline under the launcher (``python -m deploy run``) for 1, 2 and 4
    cameras replaying the video at its own 25 fps, events read from the sink's PUB socket, drops read
    from every stage's ``/metrics``; plus one run with ``pacing: fast`` and ``drop_policy: block``,
@@ -70,6 +71,7 @@ from deploy.bench.standalone import (
     measure_classifier,
     measure_cpu_steadiness,
     measure_detector,
+    measure_int8_peak,
     measure_matmul_peak,
     read_frames,
     steadiness,
@@ -121,6 +123,7 @@ __all__ = [
     "measure_classifier",
     "measure_cpu_steadiness",
     "measure_detector",
+    "measure_int8_peak",
     "measure_matmul_peak",
     "noisy_steps",
     "pipeline_config",

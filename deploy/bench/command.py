@@ -43,6 +43,7 @@ from deploy.bench.standalone import (
     measure_classifier,
     measure_cpu_steadiness,
     measure_detector,
+    measure_int8_peak,
     measure_matmul_peak,
     measure_runtimes,
     read_frames,
@@ -271,12 +272,19 @@ def _standalone(
         peak = measure_matmul_peak(settings.matmul_size, settings.matmul_reps, matmul_threads)
     peak = replace(peak, cpu_watch=watch.result)
     progress.note(f"{peak.gflops:.0f} GFLOP/s")
+    int8_size = settings.int8_matmul_size
+    progress.step(f"int8 matmul peak (onnxruntime MatMulInteger): {int8_size}^2 on {matmul_threads} threads")
+    with CpuWatch() as watch:
+        int8_peak = measure_int8_peak(int8_size, settings.matmul_reps, matmul_threads)
+    int8_peak = replace(int8_peak, cpu_watch=watch.result)
+    progress.note(f"{int8_peak.gflops:.0f} GOP/s")
     return {
         "stages": {name: stage.to_json() for name, stage in stages.items()},
         "interval_study": [row.to_json() for row in study],
         "classifier": cls.to_json(),
         "accurate_classifier": accurate.to_json() if accurate else None,
         "peak": peak.to_json(),
+        "int8_peak": int8_peak.to_json(),
         "all_cores": all_cores,
     }
 

@@ -18,8 +18,11 @@ DEFINITIONS = {
     "classifier_batched_over_batch1": "classifier_faces_per_s / faces/s of the same model called one face at a time",
     "classifier_tta_flip_faces_per_s": "classifier_faces_per_s served with flip test-time augmentation "
     "(classifier.tta: flip; each face and its mirror image in one batch): what flip TTA's accuracy costs",
-    "classifier_share_of_peak": "model FLOPs/face (FlopCounterMode) x batched faces/s / measured matmul peak "
-    "(bf16 where native, else float32)",
+    "classifier_share_of_peak": "model FLOPs/face (FlopCounterMode) x batched faces/s / the measured matmul peak "
+    "of what the classifier computes in: int8 (onnxruntime MatMulInteger, int8_peak) for an int8 model file, "
+    "else bf16 where native, else float32 (peak)",
+    "classifier_batch1_ceiling": "the most classifier_batched_over_batch1 can be on this machine: that peak / "
+    "(batch-1 faces/s x FLOPs/face), since batched faces/s x FLOPs/face cannot exceed the peak",
     "standalone rates": (
         "decode and detectors: median over chunks of 25 consecutive frames; classifier: every batch size "
         "measured in turn in each of several rounds, median over the rounds. A burst of other processes slows "
@@ -135,7 +138,12 @@ class Headline(JsonResult):
     classifier_tta_flip_faces_per_s: float | None
     classifier_gflops: float
     bf16_peak_gflops: float
+    #: None in files from before the int8 peak was measured.
+    int8_peak_gops: float | None
+    #: The peak the classifier is measured against ("int8", "bfloat16", "float32").
+    classifier_peak_dtype: str
     classifier_share_of_peak: float | None
+    classifier_batch1_ceiling: float | None
     stage_standalone_fps: dict[str, float]
     stage_processes: dict[str, int]
     stage_capacity_fps: dict[str, float]
@@ -187,8 +195,14 @@ def _runs(results: dict[str, Any], baseline_fps: float) -> dict[str, Any]:
     }
 
 
-def _classifier(cls: dict[str, Any], peak: float) -> dict[str, Any]:
+def _classifier(cls: dict[str, Any], peak: dict[str, Any], int8_peak: dict[str, Any] | None) -> dict[str, Any]:
     gflops = cls["batched_faces_per_s"] * cls["flops_per_face"] / 1e9
+    batch1_gflops = cls["batch1_faces_per_s"] * cls["flops_per_face"] / 1e9
+    # An int8 model file computes in int8: against a float peak it would seem to beat the machine. Files
+    # from before the int8 peak was measured have no peak to hold it against.
+    served_int8 = "int8" in (cls.get("runtime") or "")
+    own = (int8_peak or {}) if served_int8 else peak
+    own_gflops = own.get("gflops")
     return {
         "classifier_faces_per_s": cls["batched_faces_per_s"],
         "classifier_batch1_faces_per_s": cls["batch1_faces_per_s"],
@@ -197,8 +211,11 @@ def _classifier(cls: dict[str, Any], peak: float) -> dict[str, Any]:
         ),
         "classifier_tta_flip_faces_per_s": cls.get("tta_flip_faces_per_s"),
         "classifier_gflops": gflops,
-        "bf16_peak_gflops": peak,
-        "classifier_share_of_peak": gflops / peak if peak else None,
+        "bf16_peak_gflops": peak["gflops"],
+        "int8_peak_gops": int8_peak["gflops"] if int8_peak else None,
+        "classifier_peak_dtype": "int8" if served_int8 else peak.get("dtype", "bfloat16"),
+        "classifier_share_of_peak": gflops / own_gflops if own_gflops else None,
+        "classifier_batch1_ceiling": own_gflops / batch1_gflops if own_gflops and batch1_gflops else None,
     }
 
 
@@ -268,7 +285,7 @@ def derive(results: dict[str, Any]) -> Headline:
     """The headline numbers and ratios, computed from the raw measurements in ``results`` only.
 
     ``results`` is the bench's JSON document (as :func:`deploy.bench.run_bench` builds it and as
-    ``--json`` writes it): ``baseline``, ``stages`` (decode, detector_yunet), ``classifier``, ``peak``,
+    ``--json`` writes it): ``baseline``, ``stages`` (decode, detector_yunet), ``classifier``, ``peak``, ``int8_peak``,
     ``runs``, ``max_throughput``, ``settings`` (workers, fast_cameras) and ``machine`` (usable_cpus or cpu_count).
     Kept pure (no measuring) so that tests can check the arithmetic on fixed numbers.
     """
@@ -277,7 +294,7 @@ def derive(results: dict[str, Any]) -> Headline:
     return Headline(
         baseline_fps=baseline_fps,
         **runs,
-        **_classifier(results["classifier"], results["peak"]["gflops"]),
+        **_classifier(results["classifier"], results["peak"], results.get("int8_peak")),
         **_stages(results, runs["max_throughput_fps"]),
         **_accurate(results),
     )

@@ -65,6 +65,7 @@ def noisy_steps(results: dict[str, Any]) -> list[str]:
     ]
     entries += [(name, entry) for name, entry in results.get("stages", {}).items()]
     entries += [("classifier", results.get("classifier", {})), ("matmul peak", results.get("peak", {}))]
+    entries += [("int8 matmul peak", results.get("int8_peak") or {})]
     entries += [(_run_name(r), r) for r in all_runs(results) if not r.get("error")]
     out = []
     for name, entry in entries:
@@ -357,10 +358,28 @@ def commit_label(machine: dict[str, Any]) -> str | None:
     return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
+def _peak_lines(results: dict[str, Any]) -> list[str]:
+    """The classifier's compute against the machine's matmul peak of the type it computes in."""
+    h, cls = results["headline"], results["classifier"]
+    dtype = h.get("classifier_peak_dtype") or results["peak"].get("dtype", "bfloat16")
+    peaks = [f"{results['peak'].get('dtype', 'bfloat16')} {_fmt(h['bf16_peak_gflops'], 0)}"]
+    if h.get("int8_peak_gops"):
+        peaks.append(f"int8 {_fmt(h['int8_peak_gops'], 0)}")
+    share = h.get("classifier_share_of_peak")
+    ceiling = h.get("classifier_batch1_ceiling")
+    return [
+        f"  classifier batched/batch-1 {_ratio(h['classifier_batched_over_batch1'])}"
+        + (f" (at most {_ratio(ceiling)} on this machine: its {dtype} peak over batch 1's rate)" if ceiling else "")
+        + f"; {cls['flops_per_face'] / 1e9:.3f} GFLOP/face x {_fmt(h['classifier_faces_per_s'], 0)} faces/s = "
+        f"{_fmt(h['classifier_gflops'])} GFLOP/s,",
+        (f"  {100 * share:.0f}% of this machine's measured {dtype} matmul peak" if share else "  no measured peak")
+        + f" (GFLOP/s, {results['peak']['threads']} threads: {', '.join(peaks)})",
+    ]
+
+
 def format_report(results: dict[str, Any]) -> str:
     """The printed summary: aligned text tables of every measurement and the headline ratios."""
-    h, m, s = results["headline"], results["machine"], results["settings"]
-    cls = results["classifier"]
+    m, s = results["machine"], results["settings"]
     quick = " --quick" if s.get("quick") else ""
     lines = [
         f"emostream bench{quick} on {machine_text(m)}",
@@ -374,12 +393,7 @@ def format_report(results: dict[str, Any]) -> str:
         *_interval_lines(results.get("interval_study") or []),
         *_all_core_lines(results.get("all_cores") or {}),
         "",
-        f"  classifier batched/batch-1 {_ratio(h['classifier_batched_over_batch1'])}; "
-        f"{cls['flops_per_face'] / 1e9:.3f} GFLOP/face x {_fmt(h['classifier_faces_per_s'], 0)} faces/s = "
-        f"{_fmt(h['classifier_gflops'])} GFLOP/s,",
-        f"  {100 * (h['classifier_share_of_peak'] or 0):.0f}% of this machine's measured "
-        f"{results['peak'].get('dtype', 'bfloat16')} matmul peak "
-        f"({_fmt(h['bf16_peak_gflops'], 0)} GFLOP/s on {results['peak']['threads']} threads)",
+        *_peak_lines(results),
         *_steadiness_lines(results.get("cpu_steadiness") or {}),
         "",
         f"End to end: python -m deploy run, YuNet {s['downscale']:g}x at interval {s.get('interval', 1)}, "

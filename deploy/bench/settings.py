@@ -104,8 +104,11 @@ class BenchSettings:
     classifier_max_s: float = 25.0
     matmul_size: int = 4096
     matmul_reps: int = 8
-    #: Threads of the matmul peak; 0: the usable CPUs (emostream.cpu.cpu_budget).
+    #: Threads of the matmul peaks; 0: the usable CPUs (emostream.cpu.cpu_budget).
     matmul_threads: int = 0
+    #: Side of the int8 peak's matrices (standalone.measure_int8_peak): integer GEMMs run fastest on
+    #: blocks that stay in cache; larger ones measure memory more than the integer units.
+    int8_matmul_size: int = 1024
     #: How long the CPU's steadiness is sampled (standalone.measure_cpu_steadiness); 0: not measured.
     steadiness_s: float = 20.0
     #: How long decode and the detector run, alone and then one copy per usable CPU at once

@@ -58,6 +58,10 @@ def _classifier(results: dict[str, Any]) -> TargetResult:
         return TargetResult(target, "-", None)
     batch = results.get("classifier", {}).get("max_batch", "max")
     measured = f"{_num(rate)} faces/s at batch {batch}, {ratio:.2f}x batch 1"
+    ceiling = h.get("classifier_batch1_ceiling")
+    if ceiling is not None and ceiling < TARGET_CLASSIFIER_OVER_BATCH1:
+        dtype = h.get("classifier_peak_dtype")
+        measured += f" (this CPU's {dtype} peak allows at most {ceiling:.2f}x)"
     return TargetResult(
         target, measured, rate >= TARGET_CLASSIFIER_FACES_PER_S and ratio >= TARGET_CLASSIFIER_OVER_BATCH1
     )

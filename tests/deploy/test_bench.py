@@ -216,7 +216,8 @@ def test_derived_ratios_table_json_and_plot_on_fixed_results(tmp_path):
     assert h.classifier_faces_per_s == 2400.0
     assert h.classifier_batched_over_batch1 == pytest.approx(6.0)
     assert h.classifier_gflops == pytest.approx(600.0)
-    assert h.classifier_share_of_peak == pytest.approx(0.5)
+    assert h.classifier_share_of_peak == pytest.approx(0.5) and h.classifier_peak_dtype == "bfloat16"
+    assert h.classifier_batch1_ceiling == pytest.approx(1200 / (400 * 0.25))  # the peak over batch 1's GFLOP/s
     # Capacity = fps x min(processes, cpus / parallelism):
     # decode 300 x min(2, 2/1.5) = 400; detector 90 x min(2, 2/1.25) = 144; classifier 2400/3 x min(1, ..) = 800.
     assert h.stage_capacity_fps == pytest.approx({"decode": 400.0, "detector": 144.0, "classifier": 800.0})
@@ -434,6 +435,44 @@ def test_the_report_names_the_cpu_its_flags_and_usable_cpus_and_checks_the_targe
     without = fixed_results(MACHINE)
     without["runs"] = without["runs"][:2]
     assert "no realtime run offered 100 frames/s" in format_report(without)
+
+
+def test_an_int8_classifier_is_held_against_the_int8_peak_which_bounds_its_gain_over_batch_1():
+    results = fixed_results(MACHINE)
+    results["classifier"]["runtime"] = "openvino int8"
+    # Without an int8 peak (older files) there is nothing to hold an int8 model against: the float peak
+    # would make it seem to beat the machine.
+    h = derive(results)
+    assert (
+        h.classifier_peak_dtype == "int8" and h.classifier_share_of_peak is None and h.classifier_batch1_ceiling is None
+    )
+    assert h.int8_peak_gops is None
+    # 400 faces/s at batch 1 x 0.25 GFLOP = 100 GOP/s: an int8 peak of 750 caps batching at 7.5x, short of 8x.
+    results["int8_peak"] = {
+        "gflops": 750.0,
+        "median_gflops": 700.0,
+        "size": 1024,
+        "reps": 8,
+        "threads": 2,
+        "dtype": "int8",
+    }
+    h = derive(results)
+    assert h.int8_peak_gops == 750.0 and h.bf16_peak_gflops == 1200.0
+    assert h.classifier_share_of_peak == pytest.approx(600 / 750)
+    assert h.classifier_batch1_ceiling == pytest.approx(7.5)
+    results["headline"] = dataclasses.asdict(h)
+    classifier_target = check_targets(results)[0]
+    assert not classifier_target.met
+    assert classifier_target.measured == (
+        "2,400 faces/s at batch 64, 6.00x batch 1 (this CPU's int8 peak allows at most 7.50x)"
+    )
+    report = format_report(results)
+    assert "6.00x (at most 7.50x on this machine: its int8 peak over batch 1's rate)" in report
+    assert "80% of this machine's measured int8 matmul peak" in report and "int8 750" in report
+    # A peak above 8x batch 1 leaves the target reachable: no bound is quoted.
+    results["int8_peak"]["gflops"] = 900.0
+    results["headline"] = dataclasses.asdict(derive(results))
+    assert check_targets(results)[0].measured == "2,400 faces/s at batch 64, 6.00x batch 1"
 
 
 ACCURATE = "/models/emotion_accurate.pt2"

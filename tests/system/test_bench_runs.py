@@ -20,6 +20,7 @@ from deploy.bench import (
     measure_classifier,
     measure_cpu_steadiness,
     measure_detector,
+    measure_int8_peak,
     measure_matmul_peak,
     read_frames,
     run_end_to_end,
@@ -111,6 +112,9 @@ def test_standalone_stages_on_a_few_frames(video, yunet, tmp_path):
     peak = measure_matmul_peak(size=256, reps=2, threads=2)
     assert peak.gflops >= peak.median_gflops > 0
     assert list(peak.to_json()) == documented_keys(DOCUMENTED["peak"])
+    int8_peak = measure_int8_peak(size=256, reps=2, threads=2)
+    assert int8_peak.gflops >= int8_peak.median_gflops > 0 and int8_peak.dtype == "int8"
+    assert list(int8_peak.to_json()) == documented_keys(DOCUMENTED["int8_peak"])
 
     steady = measure_cpu_steadiness(0.5, window_s=0.1)
     assert steady.windows >= 2 and steady.median_ops_per_s > 0 and 0 < steady.slowest <= 1
