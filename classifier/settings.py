@@ -150,7 +150,8 @@ class ClassifierSettings(BaseModel):
     # Under load, reusing a steady face's scores for a few more frames costs less than the alternatives:
     # queues (latency on every event) or stale drops (events lost). The smoothing spans eight frames anyway.
     # Up to 8, not 4: an ensemble model keeps four live cameras on two cores only at 8, and the interval
-    # grows only as far as lateness requires, so a lighter model never gets there (docs/benchmarks.md).
+    # grows only while batches are late, so a lighter model goes that far only on a machine that short
+    # of CPU (docs/benchmarks.md).
     classify_every_max: Annotated[
         int,
         Field(
