@@ -56,6 +56,9 @@ def _others(entry: dict[str, Any]) -> str:
 
 #: Cores of other processes above which a measurement is flagged as disturbed in the report.
 NOISY_CORES = 0.5
+#: The steadiness probe's median speed after the end-to-end runs over before them below which the report
+#: says the machine itself slowed down meanwhile (a VM's host can do that; no process here shows it).
+SLOWED_SPEED = 0.85
 
 
 def noisy_steps(results: dict[str, Any]) -> list[str]:
@@ -200,6 +203,16 @@ def steadiness_text(steady: dict[str, Any]) -> str:
         f"{100 * below['80']:.0f}% of {steady['window_s']:g} s windows below 80% of the median speed "
         f"({100 * below['70']:.0f}% below 70%), the slowest at {100 * steady['slowest']:.0f}%"
     )
+
+
+def speed_after_runs(results: dict[str, Any]) -> float | None:
+    """The steadiness probe's median speed after the end-to-end runs over its median before them; None
+    without both probes."""
+    steadiness = results.get("cpu_steadiness") or {}
+    before, after = steadiness.get("before_runs"), steadiness.get("after_runs")
+    if not before or not after or not before.get("median_ops_per_s"):
+        return None
+    return float(after["median_ops_per_s"] / before["median_ops_per_s"])
 
 
 def _steadiness_lines(steadiness: dict[str, Any]) -> list[str]:
@@ -408,6 +421,14 @@ def format_report(results: dict[str, Any]) -> str:
             f"NOTE: other processes kept more than {NOISY_CORES:g} cores busy during: {', '.join(busy)}.",
             "  Those numbers are depressed; ratios within one step (batched/batch-1, runs against each other) hold",
             "  up better than ratios across steps measured at different moments.",
+        ]
+    speed = speed_after_runs(results)
+    if speed is not None and speed < SLOWED_SPEED:
+        lines += [
+            "",
+            f"NOTE: after the end-to-end runs the CPU steadiness probe ran at {100 * speed:.0f}% of its speed before "
+            "them: the machine itself",
+            "  slowed down meanwhile, so some end-to-end figures may be depressed (the probe cannot tell which).",
         ]
     return "\n".join([*lines, "", *_headline_lines(results), "", *_target_lines(results)])
 

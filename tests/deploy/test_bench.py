@@ -35,7 +35,7 @@ from deploy.bench import (
     write_plot,
 )
 from deploy.bench.procstats import watched_cpus
-from deploy.bench.report import README_END, README_START, read_json, readme_table, update_readme
+from deploy.bench.report import README_END, README_START, read_json, readme_table, speed_after_runs, update_readme
 from deploy.bench.settings import used_ports
 from deploy.bench.targets import check_targets
 from deploy.config import ClassifierConfig
@@ -341,6 +341,13 @@ def test_steadiness_counts_the_windows_slower_than_each_share_of_the_median():
         "before runs: 20% of 0.2 s windows below 80% of the median speed (10% below 70%), the slowest at 50%" in report
     )
     assert "after runs: 0% of 0.2 s windows below 80% of the median speed (0% below 70%), the slowest at 100%" in report
+    # After the runs at 1 op/s against 100 before: the machine itself slowed down, and the report says so.
+    assert speed_after_runs(results) == pytest.approx(0.01)
+    assert "NOTE: after the end-to-end runs the CPU steadiness probe ran at 1% of its speed before them" in report
+    results["cpu_steadiness"]["after_runs"] = steadiness([90.0, 95.0], 0.2).to_json()
+    assert speed_after_runs(results) == pytest.approx(0.925) and "steadiness probe ran at" not in format_report(results)
+    del results["cpu_steadiness"]["after_runs"]
+    assert speed_after_runs(results) is None
 
 
 def test_a_failed_run_keeps_the_old_json_shape_without_stage_numbers():
