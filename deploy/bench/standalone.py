@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
@@ -500,15 +500,21 @@ def measure_matmul_peak(size: int = 4096, reps: int = 8, threads: int = 2, dtype
     try:
         a = torch.randn(size, size, dtype=getattr(torch, dtype))
         b = torch.randn(size, size, dtype=getattr(torch, dtype))
-        for _ in range(2):  # oneDNN/AMX set-up and page faults: not part of the peak
-            torch.matmul(a, b)
-        rates = []
-        for _ in range(max(1, reps)):
-            t0 = time.perf_counter()
-            torch.matmul(a, b)
-            rates.append(2.0 * size**3 / (time.perf_counter() - t0) / 1e9)
+        return _time_matmul(lambda: torch.matmul(a, b), size, reps, threads, dtype)
     finally:
         torch.set_num_threads(previous)
+
+
+def _time_matmul(multiply: Callable[[], object], size: int, reps: int, threads: int, dtype: str) -> MatmulPeak:
+    """``multiply`` (one ``size`` x ``size`` by ``size`` x ``size`` product) run twice untimed, then timed
+    ``reps`` times: the best repetition and the median."""
+    for _ in range(2):  # set-up (oneDNN/AMX, kernel selection) and page faults: not part of the peak
+        multiply()
+    rates = []
+    for _ in range(max(1, reps)):
+        t0 = time.perf_counter()
+        multiply()
+        rates.append(2.0 * size**3 / (time.perf_counter() - t0) / 1e9)
     return MatmulPeak(
         gflops=max(rates),
         median_gflops=statistics.median(rates),
@@ -545,21 +551,7 @@ def measure_int8_peak(size: int = 1024, reps: int = 8, threads: int = 2) -> Matm
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     a = rng.integers(0, 256, (size, size), dtype=np.uint8)
-    for _ in range(2):  # kernel selection and page faults: not part of the peak
-        session.run(None, {"a": a})
-    rates = []
-    for _ in range(max(1, reps)):
-        t0 = time.perf_counter()
-        session.run(None, {"a": a})
-        rates.append(2.0 * size**3 / (time.perf_counter() - t0) / 1e9)
-    return MatmulPeak(
-        gflops=max(rates),
-        median_gflops=statistics.median(rates),
-        size=size,
-        reps=len(rates),
-        threads=threads,
-        dtype="int8",
-    )
+    return _time_matmul(lambda: session.run(None, {"a": a}), size, reps, threads, "int8")
 
 
 def budgeted_rounds(rounds: int, max_seconds: float | None) -> Iterator[int]:
