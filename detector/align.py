@@ -76,6 +76,30 @@ def roll_degrees(landmarks: np.ndarray) -> np.ndarray:
     return np.degrees(np.arctan2(fits[:, 1, 0], fits[:, 0, 0]))
 
 
+def landmark_misfit(landmarks: np.ndarray, template: np.ndarray = FER2013_TEMPLATE) -> np.ndarray:
+    """How far each face's five landmarks (N, 5, 2) are from a frontal face's layout: the RMS distance,
+    as a fraction of the crop's side, between ``template`` and the landmarks mapped onto it by their
+    best rotation, scale and shift (:func:`similarity_transforms`). About 0.02 for a face seen from the
+    front; a head turned to profile, the back of a head or a face-like pattern elsewhere lands its
+    landmarks where no frontal face has them (docs/model.md, "Faces the detector should not report")."""
+    lm = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)
+    fits = similarity_transforms(lm, template)
+    mapped = np.einsum("nij,nkj->nki", fits[:, :, :2], lm) + fits[:, None, :, 2]
+    return np.sqrt(((mapped - template) ** 2).sum(-1).mean(-1))
+
+
+def frontal_faces(found: Detections, confident_score: float, max_misfit: float) -> Detections:
+    """``found`` less each face scoring under ``confident_score`` whose landmarks lie further than
+    ``max_misfit`` from a frontal face's (:func:`landmark_misfit`). Faces without landmarks stay."""
+    if found.landmarks is None or not len(found):
+        return found
+    doubtful = found.scores < confident_score
+    if not doubtful.any():
+        return found
+    keep = ~doubtful | (landmark_misfit(found.landmarks) <= max_misfit)
+    return found if keep.all() else found[keep]
+
+
 def alignment_matrices(landmarks: np.ndarray, size: int, template: np.ndarray = FER2013_TEMPLATE) -> np.ndarray:
     """(N, 2, 3) matrices taking frame pixels to ``size`` x ``size`` crop pixels for faces (N, 5, 2)."""
     lm = np.asarray(landmarks, dtype=np.float64).reshape(-1, 5, 2)

@@ -11,13 +11,13 @@ from functools import partial
 import cv2
 import numpy as np
 
-from detector.align import aligned_crops, detect_upright_patch, refine_landmarks, roll_degrees
+from detector.align import aligned_crops, detect_upright_patch, frontal_faces, refine_landmarks, roll_degrees
 from detector.backends import FaceDetector, RolledPasses, build_detector, merge_detections
 from detector.crops import face_crops
 from detector.detections import Detections
 from detector.settings import DetectorSettings
 from emostream.boxes import clip_boxes, iou_matrix
-from emostream.metrics import DETECTIONS
+from emostream.metrics import DETECTIONS, FACES_REJECTED
 from emostream.wire import Faces, Frame
 
 #: Keyword defaults below come from the detector settings (detector/settings.py), their one copy.
@@ -65,6 +65,9 @@ class FaceExtractor:
     rolled head, which the upright pass misses) is looked for on an upright patch around its last box
     (:func:`detect_upright_patch`): a face found rolled stays found at the cost of a small patch, not
     of whole turned frames.
+
+    Of YuNet's faces scoring under ``confident_score``, only those whose landmarks fit a frontal face
+    are reported (:func:`detector.align.frontal_faces`); the others are counted as rejected.
     """
 
     def __init__(
@@ -74,6 +77,8 @@ class FaceExtractor:
         crop_size: int = _DEFAULTS.crop_size,
         align: bool = False,
         roll_every: int = 1,
+        confident_score: float = _DEFAULTS.confident_score,
+        max_landmark_misfit: float = _DEFAULTS.max_landmark_misfit,
     ) -> None:
         if not 0 < downscale <= 1:
             raise ValueError(f"downscale {downscale} is not in (0, 1]")
@@ -86,6 +91,10 @@ class FaceExtractor:
         #: without landmarks (Haar) get the box's square crop.
         self.align = align
         self.roll_every = roll_every
+        #: Faces under ``confident_score`` are reported only if their landmarks fit a frontal face
+        #: (detector.align.frontal_faces): below it YuNet's boxes are mostly profiles and backs of heads.
+        self.confident_score = confident_score
+        self.max_landmark_misfit = max_landmark_misfit
         self._rolled = detector if isinstance(detector, RolledPasses) else None
         # Tilted faces' landmarks and followed faces are read on upright patches: one plain pass is enough there.
         self._upright = detector.inner if isinstance(detector, RolledPasses) else detector
@@ -115,7 +124,10 @@ class FaceExtractor:
         previous = self._key_faces.get(camera)
         if self._rolled is not None and count and previous is not None:
             found = self._follow(image, found, previous, self._rolled.iou)
-        return found
+        frontal = frontal_faces(found, self.confident_score, self.max_landmark_misfit)
+        if len(frontal) < len(found):
+            FACES_REJECTED.labels(camera=camera, reason="not_frontal").inc(len(found) - len(frontal))
+        return frontal
 
     def turned_angles(self, count: int) -> tuple[float, ...]:
         """The turned passes of a camera's key frame number ``count`` (0: its first, which runs all).
@@ -201,4 +213,6 @@ def build_extractor(settings: DetectorSettings | None = None) -> FaceExtractor:
         crop_size=settings.crop_size,
         align=settings.align,
         roll_every=settings.roll_every,
+        confident_score=settings.confident_score,
+        max_landmark_misfit=settings.max_landmark_misfit,
     )

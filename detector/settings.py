@@ -77,7 +77,35 @@ class DetectorSettings(BaseModel):
     min_face: Annotated[
         int, Field(ge=8, description="smallest face to report, in full-resolution pixels"), Cli(metavar="PX")
     ] = 40
-    score_threshold: Annotated[float, Field(gt=0, lt=1, description="YuNet's minimum confidence (Haar: unused)")] = 0.7
+    # 0.6 with the landmark check below, not 0.7 without it: more of the faces that are there and fewer
+    # backs of heads (docs/model.md, "Faces the detector should not report").
+    score_threshold: Annotated[
+        float,
+        Field(
+            gt=0,
+            lt=1,
+            description="YuNet's minimum confidence (Haar: unused); faces under confident_score must also "
+            "pass the landmark check",
+        ),
+    ] = 0.6
+    confident_score: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=1,
+            description="YuNet faces scoring at least this are reported whatever their landmarks; those "
+            "between score_threshold and it only when their landmarks fit a frontal face "
+            "(max_landmark_misfit); at or below score_threshold: no landmark check",
+        ),
+    ] = 0.85
+    max_landmark_misfit: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="how far, as a fraction of the crop's side (RMS), a less confident face's five "
+            "landmarks may lie from FER2013's frontal layout after the best rotation, scale and shift",
+        ),
+    ] = 0.07
     crop_size: Annotated[
         int, Field(ge=16, le=256, description="side of the face crops sent to the classifier"), Cli(metavar="PX")
     ] = 48

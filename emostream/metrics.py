@@ -27,6 +27,12 @@ FRAMES_DROPPED = Counter(
     ["stage", "camera", "reason"],
 )
 FACES = Counter("emostream_faces", "Faces detected.", ["camera"])
+FACES_REJECTED = Counter(
+    "emostream_faces_rejected",
+    "Detector candidates not reported as faces, by reason (not_frontal: under detector.confident_score and "
+    "landmarks that do not fit a frontal face).",
+    ["camera", "reason"],
+)
 DETECTIONS = Counter(
     "emostream_detections",
     "Frames the face detector ran on. With detector.interval N > 1 the other frames reuse their camera's "

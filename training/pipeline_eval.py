@@ -302,6 +302,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--score-threshold", type=float, default=None, help="YuNet's confidence threshold (default: the detector's)"
     )
+    p.add_argument(
+        "--confident-score",
+        type=float,
+        default=None,
+        help="YuNet faces under this score need frontal landmarks (default: the detector's; at or below "
+        "--score-threshold: no landmark check)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="also write pipeline_eval.json, .md and .png here")
     return p
@@ -335,6 +342,8 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str,
     common: dict[str, Any] = {"min_face": args.min_face}
     if args.score_threshold is not None:
         common["score_threshold"] = args.score_threshold
+    if args.confident_score is not None:
+        common["confident_score"] = args.confident_score
     settings = {name: DetectorSettings(**common, **BACKENDS[name]) for name in backends}
     extractors = {name: build_extractor(s) for name, s in settings.items()}
     log(f"pipeline-eval: {len(images)} {split} faces x {len(conditions)} conditions x backends {backends}")

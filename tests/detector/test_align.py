@@ -10,6 +10,8 @@ from detector.align import (
     FER2013_TEMPLATE,
     aligned_crops,
     alignment_matrices,
+    frontal_faces,
+    landmark_misfit,
     refine_landmarks,
     roll_degrees,
     similarity_transform,
@@ -17,6 +19,7 @@ from detector.align import (
 )
 from detector.backends import YUNET_MODEL, YuNetDetector
 from detector.crops import face_crops
+from detector.detections import Detections
 from support import SHARED
 
 MEDIA = SHARED / "media"
@@ -139,3 +142,34 @@ def test_large_faces_are_area_averaged_and_land_where_the_small_path_puts_them()
 def test_no_faces_give_an_empty_stack() -> None:
     out = aligned_crops(np.zeros((10, 10, 3), np.uint8), np.zeros((0, 5, 2)), 48)
     assert out.shape == (0, 48, 48) and out.dtype == np.uint8
+
+
+def test_landmark_misfit_is_zero_for_any_similar_copy_of_the_template_and_grows_with_distortion() -> None:
+    moved = apply(rotation(37.0, (0.5, 0.5)), FER2013_TEMPLATE) * 180.0 + [300.0, 40.0]
+    np.testing.assert_allclose(landmark_misfit(np.stack([FER2013_TEMPLATE, moved])), [0.0, 0.0], atol=1e-12)
+    # Nose tip pushed sideways by d (in template units, at any scale): the fit absorbs a fifth of the
+    # shift by translation (mean of the five points) and the rest stays; the misfit grows with d.
+    misfits = []
+    for d in (0.02, 0.05, 0.1, 0.2):
+        face = FER2013_TEMPLATE.copy()
+        face[2, 0] += d
+        misfits.append(float(landmark_misfit((face * 90.0)[None])[0]))
+    assert misfits == sorted(misfits) and misfits[0] > 0
+    # A profile-like layout: every landmark on one side of the face, eyes almost on top of each other.
+    profile = np.array([[0.60, 0.38], [0.66, 0.38], [0.78, 0.59], [0.64, 0.76], [0.70, 0.76]]) * 100
+    assert landmark_misfit(profile[None])[0] > 0.07 > landmark_misfit((FER2013_TEMPLATE * 100)[None])[0]
+
+
+def test_frontal_faces_drops_only_unconfident_faces_whose_landmarks_misfit() -> None:
+    frontal = FER2013_TEMPLATE * 60 + 100
+    profile = np.array([[0.60, 0.38], [0.66, 0.38], [0.78, 0.59], [0.64, 0.76], [0.70, 0.76]]) * 60 + 100
+    boxes = np.array([[100, 100, 60, 60]] * 4)
+    found = Detections(boxes, np.array([0.9, 0.9, 0.7, 0.7]), np.stack([frontal, profile, frontal, profile]))
+    kept = frontal_faces(found, confident_score=0.85, max_misfit=0.07)
+    np.testing.assert_allclose(kept.scores, [0.9, 0.9, 0.7])
+    assert kept.landmarks is not None
+    np.testing.assert_allclose(kept.landmarks[2], frontal)
+    # A confident_score at or below every score turns the check off; faces without landmarks (Haar) stay.
+    assert len(frontal_faces(found, confident_score=0.7, max_misfit=0.07)) == 4
+    haar = Detections(boxes, np.array([0.5, 0.5, 0.5, 0.5]))
+    assert len(frontal_faces(haar, confident_score=0.85, max_misfit=0.07)) == 4

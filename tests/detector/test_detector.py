@@ -212,6 +212,25 @@ def test_extractor_reports_boxes_inside_the_frame_with_full_res_crops(yunet_mode
     assert (x >= 0).all() and (y >= 0).all() and (x + w <= 1280).all() and (y + h <= 720).all()
 
 
+def test_extractor_reports_unconfident_faces_only_when_their_landmarks_fit_a_frontal_face(yunet_model: str) -> None:
+    from prometheus_client import REGISTRY
+
+    # faces.mp4's first frame: two faces seen from the front (YuNet scores about 0.93) and the backs
+    # of three heads (0.73-0.74) whose landmarks lie far from a frontal layout.
+    image = video_frame(0)
+    every = build_extractor(DetectorSettings(model=yunet_model, threads=1, max_landmark_misfit=10.0))
+    default = build_extractor(DetectorSettings(model=yunet_model, threads=1))
+    everything = every.extract(image, "misfit-off")[0]
+    labels = {"camera": "misfit-on", "reason": "not_frontal"}
+    before = REGISTRY.get_sample_value("emostream_faces_rejected_total", labels) or 0.0
+    frontal = default.extract(image, "misfit-on")[0]
+    assert len(frontal) == 2 and (frontal.scores >= 0.85).all()
+    assert len(everything) >= 5 and (np.sort(everything.scores)[-2:] >= 0.85).all()
+    assert REGISTRY.get_sample_value("emostream_faces_rejected_total", labels) == before + len(everything) - 2
+    for box in frontal.boxes:
+        assert max(iou(box, other) for other in everything.boxes) > 0.9
+
+
 class CountingDetector:
     """A real detector wrapped to count its calls (how often the extractor ran detection)."""
 
