@@ -92,10 +92,11 @@ def test_real_video_ids_stay_stable_and_the_smoothed_label_flips_far_less(video_
         f"(lengths {lasting}); same id as the best-IoU face of the previous frame: {same}/{total} = "
         f"{same / total:.3f}; label flips raw {raw}, smoothed (window 8) {smoothed}"
     )
-    # 5 people (2 standing, 3 seated); two of them turn away or leave the picture for longer than
-    # max_age, and IoU cannot tell who comes back, so 5-8 lasting tracks are expected.
+    # 5 people (2 standing, 3 seated, most of the time seen from behind or the side, which the detector
+    # does not report: detector.confident_score); faces turn away or leave the picture for longer than
+    # max_age, and IoU cannot tell who comes back, so 4-8 lasting tracks are expected.
     assert 4 <= len(lasting) <= 8
-    assert total > 500 and same / total >= 0.9
+    assert total > 400 and same / total >= 0.9
     assert raw > 20, "the raw labels do flicker on this video"
     assert smoothed <= 0.5 * raw
     assert flips(identity, 2) == flips(identity, 3) == raw, "window 1 changes nothing"
