@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
     "video-labels": "training.video_labels",
     "ensemble": "training.ensemble",
     "served-crops": "training.served_crops",
+    "framing": "training.framing",
 }
 
 
@@ -40,6 +41,7 @@ SUMMARIES: dict[str, str] = {
     "video-labels": "label every frame of a video through the served detector, model and tracking",
     "ensemble": "average several model files' logits in one calibrated model file",
     "served-crops": "crop every face of a split as the served detector does, for --served-crops training",
+    "framing": "measure where YuNet finds the five landmarks in FER2013's images (the aligned crops' template)",
 }
 
 

@@ -112,3 +112,26 @@ def test_video_labels_cli_labels_every_frame_and_reports_tracks(tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr
     boxes = [json.loads(line)["faces"][0]["box"] for line in (held / "events.jsonl").read_text().splitlines()]
     assert boxes[1:4] == [boxes[0]] * 3 and boxes[5:8] == [boxes[4]] * 3 and boxes[4] != boxes[0]
+
+
+def test_framing_cli_measures_a_mirror_symmetric_template_near_the_shipped_one(tmp_path: Path) -> None:
+    from detector.align import FER2013_TEMPLATE
+
+    faces = fer_like_faces()
+    rows = [f"6,{' '.join(map(str, face.ravel()))},Training" for face in faces]
+    data = tmp_path / "faces.csv"
+    data.write_text("emotion,pixels,Usage\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "framing"
+    proc = run_cli("framing", "--data", str(data), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert json.loads((out / "framing.json").read_text()) == result
+    assert cv2.imread(str(out / "framing.png")) is not None
+    assert result["images"] == 3 and result["faces_found"] >= 2
+    template = np.array(result["template"])
+    # Mirror-symmetric: the eyes and the mouth corners mirror each other about x = 0.5, the nose is on it.
+    np.testing.assert_allclose(template[0, 0] + template[1, 0], 1.0, atol=2e-4)
+    np.testing.assert_allclose(template[3, 0] + template[4, 0], 1.0, atol=2e-4)
+    assert template[0, 1] == template[1, 1] and template[2, 0] == 0.5
+    # These photos' crops are framed about as FER2013's faces: their landmarks land near the template.
+    assert np.abs(template - FER2013_TEMPLATE).max() < 0.1
