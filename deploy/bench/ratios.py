@@ -137,7 +137,8 @@ class Headline(JsonResult):
     classifier_batched_over_batch1: float | None
     classifier_tta_flip_faces_per_s: float | None
     classifier_gflops: float
-    bf16_peak_gflops: float
+    #: The float matmul peak: bf16 where the CPU has it natively, else float32 (``peak.dtype`` says which).
+    float_peak_gflops: float
     #: None in files from before the int8 peak was measured.
     int8_peak_gops: float | None
     #: The peak the classifier is measured against ("int8", "bfloat16", "float32").
@@ -211,7 +212,7 @@ def _classifier(cls: dict[str, Any], peak: dict[str, Any], int8_peak: dict[str, 
         ),
         "classifier_tta_flip_faces_per_s": cls.get("tta_flip_faces_per_s"),
         "classifier_gflops": gflops,
-        "bf16_peak_gflops": peak["gflops"],
+        "float_peak_gflops": peak["gflops"],
         "int8_peak_gops": int8_peak["gflops"] if int8_peak else None,
         "classifier_peak_dtype": "int8" if served_int8 else peak.get("dtype", "bfloat16"),
         "classifier_share_of_peak": gflops / own_gflops if own_gflops else None,

@@ -375,7 +375,7 @@ def _peak_lines(results: dict[str, Any]) -> list[str]:
     """The classifier's compute against the machine's matmul peak of the type it computes in."""
     h, cls = results["headline"], results["classifier"]
     dtype = h.get("classifier_peak_dtype") or results["peak"].get("dtype", "bfloat16")
-    peaks = [f"{results['peak'].get('dtype', 'bfloat16')} {_fmt(h['bf16_peak_gflops'], 0)}"]
+    peaks = [f"{results['peak'].get('dtype', 'bfloat16')} {_fmt(results['peak']['gflops'], 0)}"]
     if h.get("int8_peak_gops"):
         peaks.append(f"int8 {_fmt(h['int8_peak_gops'], 0)}")
     share = h.get("classifier_share_of_peak")

@@ -464,7 +464,7 @@ def test_an_int8_classifier_is_held_against_the_int8_peak_which_bounds_its_gain_
         "dtype": "int8",
     }
     h = derive(results)
-    assert h.int8_peak_gops == 750.0 and h.bf16_peak_gflops == 1200.0
+    assert h.int8_peak_gops == 750.0 and h.float_peak_gflops == 1200.0
     assert h.classifier_share_of_peak == pytest.approx(600 / 750)
     assert h.classifier_batch1_ceiling == pytest.approx(7.5)
     results["headline"] = dataclasses.asdict(h)
