@@ -22,6 +22,8 @@ from emostream.wire import Faces, Frame
 
 #: Keyword defaults below come from the detector settings (detector/settings.py), their one copy.
 _DEFAULTS = DetectorSettings()
+#: ``emostream_faces_rejected_total``'s reason for faces under ``confident_score`` without frontal landmarks.
+NOT_FRONTAL = "not_frontal"
 
 
 def downscale_image(image: np.ndarray, factor: float) -> np.ndarray:
@@ -114,6 +116,9 @@ class FaceExtractor:
         """Run the detector on one key frame of ``camera``: faces in full-resolution pixels."""
         count = self._key_frames.get(camera, 0)
         self._key_frames[camera] = count + 1
+        if not count:
+            # The series exists at zero from the camera's first key frame, so rate() and dashboards see it.
+            FACES_REJECTED.labels(camera=camera, reason=NOT_FRONTAL)
         if self._rolled is None:
             found = detect_downscaled(self.detector.detect, image, self.downscale)
         else:
@@ -126,7 +131,7 @@ class FaceExtractor:
             found = self._follow(image, found, previous, self._rolled.iou)
         frontal = frontal_faces(found, self.confident_score, self.max_landmark_misfit)
         if len(frontal) < len(found):
-            FACES_REJECTED.labels(camera=camera, reason="not_frontal").inc(len(found) - len(frontal))
+            FACES_REJECTED.labels(camera=camera, reason=NOT_FRONTAL).inc(len(found) - len(frontal))
         return frontal
 
     def turned_angles(self, count: int) -> tuple[float, ...]:

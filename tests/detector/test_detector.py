@@ -229,6 +229,9 @@ def test_extractor_reports_unconfident_faces_only_when_their_landmarks_fit_a_fro
     assert REGISTRY.get_sample_value("emostream_faces_rejected_total", labels) == before + len(everything) - 2
     for box in frontal.boxes:
         assert max(iou(box, other) for other in everything.boxes) > 0.9
+    # A camera with nothing rejected has the series at zero from its first key frame (dashboards see it).
+    off = {"camera": "misfit-off", "reason": "not_frontal"}
+    assert REGISTRY.get_sample_value("emostream_faces_rejected_total", off) == 0.0
 
 
 class CountingDetector:
