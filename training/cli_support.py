@@ -66,6 +66,16 @@ def load_data(args: argparse.Namespace, splits: tuple[str, ...] | None = None) -
     return load_dataset(args.data, labels=args.labels, ferplus_csv=args.ferplus_csv, splits=splits, strict=args.strict)
 
 
+def load_split(args: argparse.Namespace) -> tuple[Fer2013, str]:
+    """The data file of ``args`` loaded with only the split ``args.split`` names, and that split's
+    canonical name; a file without it is a :class:`DataError` that lists the splits it has."""
+    split = canonical_split(args.split)
+    data = load_data(args, splits=(split,))
+    if split not in data.splits:
+        raise DataError(f"{data.path} has no {split!r} split (it has {sorted(data.splits)})")
+    return data, split
+
+
 def canonical_split(name: str) -> str:
     """FER2013 split name for ``name`` (any case, or a folder alias such as ``test``); else unchanged."""
     if name.lower() == FLAT_SPLIT:

@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from training.cli_support import canonical_split, emit, load_data, log, run_subcommand, subcommand_parser
+from training.cli_support import emit, load_split, log, run_subcommand, subcommand_parser
 from training.data import DataError
 
 #: YuNet's landmark order mirrored: the subject's right eye <-> left eye, right <-> left mouth corner.
@@ -111,10 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.upscale < 1 or not 0 <= args.pad <= 2:
         raise DataError(f"--upscale {args.upscale} must be at least 1 and --pad {args.pad} in [0, 2]")
-    split = canonical_split(args.split)
-    data = load_data(args, splits=(split,))
-    if split not in data.splits:
-        raise DataError(f"{data.path} has no {split!r} split (it has {sorted(data.splits)})")
+    data, split = load_split(args)
     images = data.splits[split].images[:, 0].numpy()
     if args.limit:
         images = images[: args.limit]

@@ -27,7 +27,7 @@ import numpy as np
 
 from emostream.cpu import cpu_info
 from emostream.jsonutil import json_ready
-from training.cli_support import canonical_split, emit, load_data, log, subcommand_parser
+from training.cli_support import emit, load_split, log, subcommand_parser
 from training.data import DataError
 
 FRAME_SHAPE = (480, 640)
@@ -331,10 +331,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str,
     backends = _choices(args.backends, BACKENDS, "backends", parser)
     if args.limit < 1:
         parser.error(f"--limit {args.limit}: must be at least 1")
-    split = canonical_split(args.split)
-    data = load_data(args, splits=(split,))
-    if split not in data.splits:
-        raise DataError(f"{data.path} has no {split!r} split (it has {sorted(data.splits)})")
+    data, split = load_split(args)
     images = data.splits[split].images[: args.limit, 0].numpy()
     labels = data.splits[split].labels[: args.limit].numpy()
     model = EmotionModel(args.model, device="cpu", bf16=cpu_info().native_bf16)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from training.cli_support import canonical_split, emit, load_data, log, run_subcommand, subcommand_parser
+from training.cli_support import emit, load_split, log, run_subcommand, subcommand_parser
 from training.data import DataError
 from training.pipeline_eval import Condition, crop_placed_face, place_face
 
@@ -85,10 +85,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from detector.pipeline import build_extractor
     from detector.settings import DetectorSettings
 
-    split = canonical_split(args.split)
-    data = load_data(args, splits=(split,))
-    if split not in data.splits:
-        raise DataError(f"{data.path} has no {split!r} split (it has {sorted(data.splits)})")
+    data, split = load_split(args)
     images = data.splits[split].images[:, 0].numpy()
     if args.limit:
         images = images[: args.limit]
