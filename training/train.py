@@ -93,10 +93,17 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def memory_format(amp_dtype: torch.dtype | None) -> torch.memory_format:
-    """channels-last where the convolutions run in 16 bits (AMX, tensor cores); plain float32 CPU
-    convolutions (oneDNN on AVX2) run faster on contiguous tensors."""
-    return torch.channels_last if amp_dtype is not None else torch.contiguous_format
+#: ``--memory-format`` choices other than ``auto``.
+MEMORY_FORMATS = {"channels-last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+
+def memory_format(choice: str, amp_dtype: torch.dtype | None) -> torch.memory_format:
+    """``--memory-format``: ``auto`` is channels-last where the convolutions run in 16 bits (AMX, tensor
+    cores) and contiguous in float32, where which is faster depends on the CPU (oneDNN: contiguous on
+    AVX2, channels-last on AVX-512; training/README.md), so a float32 run may choose."""
+    if choice == "auto":
+        return torch.channels_last if amp_dtype is not None else torch.contiguous_format
+    return MEMORY_FORMATS[choice]
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -177,9 +184,11 @@ class Evaluator:
     device: torch.device
     amp_dtype: torch.dtype | None
     batch_size: int = 256
+    memory_format: torch.memory_format = torch.contiguous_format
 
     def with_amp(self, amp_dtype: torch.dtype | None) -> Evaluator:
-        return dataclasses.replace(self, amp_dtype=amp_dtype)
+        """This evaluator in ``amp_dtype``, in the memory format ``auto`` gives it (as served)."""
+        return dataclasses.replace(self, amp_dtype=amp_dtype, memory_format=memory_format("auto", amp_dtype))
 
 
 @dataclass
@@ -196,6 +205,8 @@ class Trainer:
     mixer: presets.MixupCutmix
     teacher: nn.Module | None
     steps_per_epoch: int
+    #: Of the model's weights and every batch (--memory-format).
+    memory_format: torch.memory_format = torch.contiguous_format
 
     @property
     def scored(self) -> nn.Module:
@@ -293,8 +304,9 @@ def build_trainer(
     model = build_model(args.arch, len(EMOTIONS), args.dropout)
     if args.init_from:
         init_weights(model, args.init_from)
+    fmt = memory_format(args.memory_format, amp_dtype)
     # Module.to takes memory_format at run time; torch's overloads of it leave the keyword out.
-    model = model.to(device, memory_format=memory_format(amp_dtype))  # type: ignore[call-overload]
+    model = model.to(device, memory_format=fmt)  # type: ignore[call-overload]
     weights = class_weights(train_split.class_counts(), args.class_weights)
     criterion = nn.CrossEntropyLoss(
         weight=None if weights is None else weights.to(device), label_smoothing=args.label_smoothing
@@ -332,6 +344,7 @@ def build_trainer(
         mixer=presets.MixupCutmix(len(EMOTIONS), args.mixup_alpha, args.cutmix_alpha, args.mix_prob),
         teacher=load_teacher(args, device) if args.teacher else None,
         steps_per_epoch=steps_per_epoch,
+        memory_format=fmt,
     )
 
 
@@ -479,7 +492,7 @@ def train_one_epoch(
             soft_target = blend_votes(target, split.votes[idx].to(device), args.ferplus_soft)
         teacher_sees = original if t.teacher is not None and args.teacher_view == "original" else None
         images, mixed_target, teacher_images = augment_batch(
-            t.transform, t.mixer, batch, target if soft_target is None else soft_target, g, device, amp_dtype,
+            t.transform, t.mixer, batch, target if soft_target is None else soft_target, g, device, t.memory_format,
             also=teacher_sees,
         )  # fmt: skip
         if t.mixer.enabled:
@@ -530,7 +543,7 @@ def augment_batch(
     targets: torch.Tensor,
     generator: torch.Generator,
     device: torch.device,
-    amp_dtype: torch.dtype | None,
+    fmt: torch.memory_format,
     also: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The batch as the model trains on it: augmented, on ``device``, then mixed when ``mixer`` is enabled.
@@ -543,7 +556,6 @@ def augment_batch(
     def replay(state: torch.Tensor) -> torch.Generator:
         return torch.Generator().set_state(state)
 
-    fmt = memory_format(amp_dtype)
     state = generator.get_state()
     images = transform(batch, generator=generator).to(device, non_blocking=True).contiguous(memory_format=fmt)
     also_images = None
@@ -566,7 +578,7 @@ def predict(model: nn.Module, split: Split, ev: Evaluator, tta: str = "none") ->
     out = []
     for start in range(0, len(split), ev.batch_size):
         images = ev.transform(split.images[start : start + ev.batch_size]).to(ev.device)
-        images = images.contiguous(memory_format=memory_format(ev.amp_dtype))
+        images = images.contiguous(memory_format=ev.memory_format)
         with autocast(ev.device, ev.amp_dtype):
             out.append(forward_with_tta(model, images, tta).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, len(EMOTIONS))
@@ -810,6 +822,7 @@ def write_report(
             "python": platform.python_version(),
             "device": str(ev.device),
             "amp": str(ev.amp_dtype),
+            "memory_format": str(ev.memory_format),
             "threads": torch.get_num_threads(),
             "machine": platform.machine(),
         },
@@ -855,10 +868,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     progress = restore_checkpoint(resume_path(args), trainer, args) if args.resume else Progress()
     print(
         f"model: {args.arch} {sum(p.numel() for p in trainer.model.parameters()) / 1e6:.2f}M params, "
-        f"device {device}, amp {amp_dtype}, threads {torch.get_num_threads()}, {trainer.steps_per_epoch} steps/epoch",
+        f"device {device}, amp {amp_dtype}, {str(trainer.memory_format).removeprefix('torch.')}, "
+        f"threads {torch.get_num_threads()}, {trainer.steps_per_epoch} steps/epoch",
         flush=True,
     )
-    ev = Evaluator(presets.EvalPreset(args.mean, args.std), device, amp_dtype, args.eval_batch_size)
+    ev = Evaluator(
+        presets.EvalPreset(args.mean, args.std), device, amp_dtype, args.eval_batch_size, trainer.memory_format
+    )
     progress = fit(args, trainer, loaded, ev, progress, out)
     final = finalize(args, trainer.model, progress, loaded, ev, out)
     return write_report(args, out, loaded, progress, final, ev, t_start)

@@ -138,6 +138,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="autocast dtype")
     g.add_argument(
+        "--memory-format",
+        default="auto",
+        choices=["auto", "channels-last", "contiguous"],
+        help="of the weights and batches while training (auto: channels-last under 16-bit autocast, else "
+        "contiguous); float32 convolutions are faster channels-last on some CPUs (AVX-512) and contiguous on "
+        "others (AVX2): measure on yours (training/README.md)",
+    )
+    g.add_argument(
         "-j",
         "--workers",
         type=int,

@@ -53,13 +53,15 @@ def flat_folder(synthetic, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(data_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """Train one epoch, then resume the same run to two epochs (the model every other test uses)."""
+    """Train one epoch, then resume the same run to two epochs (the model every other test uses), the
+    second in the other memory format: a run may change it when it resumes."""
     out = tmp_path_factory.mktemp("run")
     first = run_cli("train", "--data", str(data_csv), "--out", str(out), "--epochs", "1", *TINY_TRAIN_FLAGS)
     assert first.returncode == 0, first.stderr
     second = run_cli(
-        "train", "--data", str(data_csv), "--out", str(out), "--epochs", "2", "--resume", *TINY_TRAIN_FLAGS
-    )
+        "train", "--data", str(data_csv), "--out", str(out), "--epochs", "2", "--resume",
+        "--memory-format", "channels-last", *TINY_TRAIN_FLAGS,
+    )  # fmt: skip
     assert second.returncode == 0, second.stderr
     return {"out": out, "model": out / "model.pt2", "first": first.stdout, "second": second.stdout}
 
@@ -96,9 +98,11 @@ def test_train_resumes_and_stores_calibration(trained: dict[str, object]) -> Non
     assert isinstance(out, Path)
     assert "after epoch 1" in str(trained["second"])
     assert "epoch   1/2" not in str(trained["second"])  # the resumed run does not redo epoch 1
+    assert "contiguous_format" in str(trained["first"]) and "channels_last" in str(trained["second"])
     assert "calibration: temperature" in str(trained["second"])
     report = json.loads((out / "report.json").read_text())
     assert [h["epoch"] for h in report["history"]] == [1, 2]
+    assert report["environment"]["memory_format"] == "torch.channels_last"
     calibration = report["calibration"]
     _, info = load_model(out / "model.pt2")
     # The fitted temperature is what the model file serves with.

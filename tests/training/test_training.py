@@ -251,6 +251,45 @@ def test_out_of_range_options_fail_before_the_data_loads(
     assert flag in err and "out of range" in err and "resume" not in err
 
 
+def test_memory_format_auto_follows_the_autocast_dtype_and_a_choice_overrides_it() -> None:
+    from training.train import memory_format
+    from training.train_args import parse_args
+
+    assert memory_format("auto", None) == torch.contiguous_format
+    assert memory_format("auto", torch.bfloat16) == torch.channels_last
+    assert memory_format("channels-last", None) == torch.channels_last
+    assert memory_format("contiguous", torch.bfloat16) == torch.contiguous_format
+    assert parse_args(["--data", "d", "--out", "o"]).memory_format == "auto"
+    with pytest.raises(SystemExit):
+        parse_args(["--data", "d", "--out", "o", "--memory-format", "nhwc"])
+
+
+def test_a_model_learns_the_same_in_either_memory_format() -> None:
+    """One training step from the same weights on the same batch: the layout changes the kernels, not
+    the result, so a run can change ``--memory-format`` when it resumes."""
+    from training.models import build_model
+
+    torch.manual_seed(0)
+    images, labels = torch.randn(8, 1, 48, 48), torch.arange(8) % 7
+    start = build_model("resnet_fer_tiny").state_dict()
+    after = {}
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        model = build_model("resnet_fer_tiny")
+        model.load_state_dict(start)
+        model = model.to(memory_format=fmt)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        torch.manual_seed(1)  # the same dropout masks
+        loss = torch.nn.functional.cross_entropy(model(images.contiguous(memory_format=fmt)), labels)
+        loss.backward()
+        optimizer.step()
+        after[fmt] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    contiguous, channels_last = after.values()
+    assert channels_last.keys() == contiguous.keys()
+    for name, value in contiguous.items():
+        torch.testing.assert_close(channels_last[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    assert any(not torch.equal(contiguous[k], start[k]) for k in start)  # the step changed the weights
+
+
 @pytest.mark.parametrize("mix", [False, True])
 def test_the_teachers_view_of_a_batch_gets_the_students_draws_face_for_face(mix: bool) -> None:
     from training.presets import MixupCutmix, TrainPreset
@@ -266,13 +305,13 @@ def test_the_teachers_view_of_a_batch_gets_the_students_draws_face_for_face(mix:
 
     def alone(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         images, targets, none = augment_batch(
-            transform, mixer, batch, labels, torch.Generator().manual_seed(5), cpu, None
+            transform, mixer, batch, labels, torch.Generator().manual_seed(5), cpu, torch.contiguous_format
         )
         assert none is None
         return images, targets
 
     images, targets, teacher = augment_batch(
-        transform, mixer, served, labels, torch.Generator().manual_seed(5), cpu, None, also=original
+        transform, mixer, served, labels, torch.Generator().manual_seed(5), cpu, torch.contiguous_format, also=original
     )
     # Each view is exactly what that batch alone would have become with the same seed: same affine,
     # light, erasing, partner and box; the student's targets are the mix's, the labels when unmixed.
@@ -284,7 +323,7 @@ def test_the_teachers_view_of_a_batch_gets_the_students_draws_face_for_face(mix:
     same = served.clone()
     same[:4] = original[:4]
     student, _, teacher = augment_batch(
-        transform, mixer, same, labels, torch.Generator().manual_seed(5), cpu, None, also=original
+        transform, mixer, same, labels, torch.Generator().manual_seed(5), cpu, torch.contiguous_format, also=original
     )
     assert teacher is not None
     # Faces 1-3: they and their mixing partners (the face before) are the same in both views.
