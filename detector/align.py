@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 
 #: YuNet's landmark order (the subject's right eye is on the image's left).
 LANDMARKS = ("right_eye", "left_eye", "nose_tip", "right_mouth", "left_mouth")
+#: For each landmark, the index of its mirror image's (right <-> left): the order of a face flipped sideways.
+MIRRORED_LANDMARKS = tuple(
+    LANDMARKS.index({"right": "left", "left": "right"}.get(side, side) + "_" + part)
+    for side, _, part in (name.partition("_") for name in LANDMARKS)
+)
 
 #: Landmark positions in a FER2013 image, as fractions of its side (x, y), from
 #: ``python -m training framing --data ../shared/data/fer2013/fer2013.csv.gz`` (see training/framing.py).

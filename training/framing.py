@@ -21,11 +21,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from detector.align import MIRRORED_LANDMARKS
 from training.cli_support import emit, load_split, log, run_subcommand, subcommand_parser
 from training.data import DataError
-
-#: YuNet's landmark order mirrored: the subject's right eye <-> left eye, right <-> left mouth corner.
-MIRRORED = [1, 0, 2, 4, 3]
 
 
 def image_landmarks(image: np.ndarray, detector: Any, upscale: int = 4, pad: float = 0.25) -> np.ndarray | None:
@@ -50,7 +48,7 @@ def image_landmarks(image: np.ndarray, detector: Any, upscale: int = 4, pad: flo
 
 def mirror_symmetric(template: np.ndarray) -> np.ndarray:
     """The mean of ``template`` (5, 2 fractions) and its mirror image (x -> 1 - x, left and right swapped)."""
-    mirrored = template[MIRRORED].copy()
+    mirrored = template[list(MIRRORED_LANDMARKS)].copy()
     mirrored[:, 0] = 1.0 - mirrored[:, 0]
     return (template + mirrored) / 2
 
