@@ -7,7 +7,7 @@ import sys
 
 from classifier.settings import ClassifierSettings
 from emostream.cpu import CpuBudget, thread_budget
-from emostream.modelfile import ModelFileError
+from emostream.modelinfo import ModelFileError
 from emostream.runtime import EXIT_FATAL, add_common_args, start_process
 from emostream.settings_cli import SettingsParser
 

@@ -13,7 +13,8 @@ import torch
 from classifier.runtimes import check_runtime, select_runtime
 from classifier.settings import SHIPPED_MODEL, ClassifierSettings
 from emostream.cpu import cpu_info, thread_budget
-from emostream.modelfile import ModelFileError, ModelInfo, check_tta, forward_with_tta
+from emostream.modelfile import forward_with_tta
+from emostream.modelinfo import ModelFileError, ModelInfo, check_tta
 from emostream.onnxmodel import is_onnx
 from emostream.wire import EMOTIONS
 

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from classifier.settings import RUNTIMES
-from emostream.modelfile import ModelFileError, ModelInfo, load_model
+from emostream.modelfile import load_model
+from emostream.modelinfo import ModelFileError, ModelInfo
 from emostream.onnxmodel import EngineName, OnnxModule, OpenVinoModule, is_onnx, read_onnx_info
 
 INT8_SUFFIX = ".int8.onnx"

@@ -14,7 +14,8 @@ from typing import Annotated, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from emostream.endpoint import normalize_endpoint
-from emostream.modelfile import MAX_BATCH, TtaMode
+from emostream.modelfile import MAX_BATCH
+from emostream.modelinfo import TtaMode
 from emostream.onnxmodel import EngineName
 from emostream.settings_cli import Cli
 

@@ -32,7 +32,7 @@ import zmq
 from classifier.model import EmotionModel, ModelMismatchError, serving_model
 from classifier.settings import ClassifierSettings
 from emostream import metrics
-from emostream.modelfile import ModelFileError
+from emostream.modelinfo import ModelFileError
 from emostream.security import CurveKeys, secure_server
 from emostream.wire import EMOTIONS
 

@@ -2,7 +2,7 @@
 
 Training writes it (:func:`save_model`), the classifier reads it (:func:`load_model`) with torch
 alone -- no model class, no torchvision. Besides the graph and weights it carries, as the extra file
-``emostream.json``, a :class:`ModelInfo`: class names, input size, normalisation, calibration
+``emostream.json``, a :class:`~emostream.modelinfo.ModelInfo`: class names, input size, normalisation, calibration
 temperature (one per test-time augmentation), training-data hash and metrics.
 
 Input contract: float32 tensor (N, 1, H, W) holding ``(pixel / 255 - mean) / std`` of grayscale
@@ -12,93 +12,26 @@ face crops; output: logits (N, len(class_names)). Calibrated probabilities are
 ``python -m training export`` writes the same model as ONNX (float32 or int8) with the same ModelInfo
 (:mod:`emostream.onnxmodel`); :func:`load_model` loads either.
 
-Test-time augmentation (:data:`TTA_MODES`, :func:`forward_with_tta`) is a way of serving a file, not
+Test-time augmentation (:data:`emostream.modelinfo.TTA_MODES`, :func:`forward_with_tta`) is a way of serving a file, not
 part of it: the classifier (``classifier.tta``) and ``python -m training evaluate --tta`` share it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import warnings
 import zipfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
-MODEL_FORMAT = "emostream-model/1"
-INFO_FILE = "emostream.json"
+from emostream.modelinfo import INFO_FILE, ModelFileError, ModelInfo, check_tta
+from emostream.onnxmodel import load_onnx_model
+
 MAX_BATCH = 4096
-#: "none": one forward pass per face; "flip": the mean of the logits of the face and of its mirror image
-#: (twice the compute); "multicrop": the mean over the face and four copies shifted by
-#: :data:`MULTICROP_SHIFT` of its side (edge pixels repeated), each also mirrored: ten views, ten
-#: times the compute, in the spirit of the ten-crop test of the published FER2013 recipes.
-TtaMode = Literal["none", "flip", "multicrop"]
-TTA_MODES: tuple[str, ...] = get_args(TtaMode)
+#: How far ``multicrop`` shifts each copy, as a fraction of the face's side (:data:`emostream.modelinfo.TtaMode`).
 MULTICROP_SHIFT = 1 / 16
-
-
-class ModelFileError(ValueError):
-    """The file is not an emostream model (or is corrupt)."""
-
-
-@dataclass
-class ModelInfo:
-    arch: str
-    class_names: list[str]
-    input_size: tuple[int, int] = (48, 48)
-    mean: float = 0.5
-    std: float = 0.25
-    temperature: float = 1.0
-    #: Temperature fitted on the logits a TTA mode other than "none" produces (averaged logits are
-    #: less extreme than single-pass ones, so they need their own); see :meth:`temperature_for`.
-    tta_temperatures: dict[str, float] = field(default_factory=dict)
-    data_sha256: str = ""
-    metrics: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-    format: str = MODEL_FORMAT
-
-    def temperature_for(self, tta: str = "none") -> float:
-        """The calibration temperature for logits served under ``tta``.
-
-        Files written before per-TTA temperatures existed (or never calibrated under ``tta``) fall
-        back to the single-pass temperature.
-        """
-        if check_tta(tta) == "none":
-            return self.temperature
-        return float(self.tta_temperatures.get(tta, self.temperature))
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelInfo:
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise ModelFileError(f"{INFO_FILE} is not JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ModelFileError(f"{INFO_FILE} is not a JSON object")
-        if data.get("format") != MODEL_FORMAT:
-            raise ModelFileError(f"model format {data.get('format')!r}, expected {MODEL_FORMAT!r}")
-        names, size = data.get("class_names"), data.get("input_size")
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-            raise ModelFileError(f"{INFO_FILE}: class_names={names!r} is not a list of names")
-        if not isinstance(size, list) or len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
-            raise ModelFileError(f"{INFO_FILE}: input_size={size!r} is not [height, width]")
-        data["input_size"] = tuple(size)
-        temps = data.get("tta_temperatures", {})
-        if not isinstance(temps, dict) or not all(
-            k in TTA_MODES and isinstance(v, (int, float)) and v > 0 for k, v in temps.items()
-        ):
-            raise ModelFileError(f"{INFO_FILE}: tta_temperatures={temps!r} is not {{mode: positive number}}")
-        known = set(cls.__dataclass_fields__)
-        try:
-            return cls(**{k: v for k, v in data.items() if k in known})
-        except TypeError as exc:  # a required field missing
-            raise ModelFileError(f"{INFO_FILE}: {exc}") from exc
 
 
 def save_model(module: Any, info: ModelInfo, path: str | Path) -> Path:
@@ -145,8 +78,6 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[Any, ModelInfo]:
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist")
     if path.suffix.lower() == ".onnx":
-        from emostream.onnxmodel import load_onnx_model
-
         if device != "cpu":
             raise ModelFileError(f"{path}: an .onnx model file runs on the CPU (onnxruntime), not on {device}")
         return load_onnx_model(path, threads=torch.get_num_threads())
@@ -166,13 +97,6 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[Any, ModelInfo]:
         raise ModelFileError(f"{path}: {exc}") from exc
     module = program.module().to(device)
     return module, info
-
-
-def check_tta(tta: str) -> str:
-    """``tta`` if it names one of :data:`TTA_MODES`; ValueError otherwise."""
-    if tta not in TTA_MODES:
-        raise ValueError(f"unknown test-time augmentation {tta!r}; one of {', '.join(TTA_MODES)}")
-    return tta
 
 
 def tta_views(x: Any, tta: str) -> list[Any]:

@@ -1,4 +1,4 @@
-"""The ONNX form of the model file (``.onnx``): the same :class:`~emostream.modelfile.ModelInfo`, run by onnxruntime.
+"""The ONNX form of the model file (``.onnx``): the same :class:`~emostream.modelinfo.ModelInfo`, run by onnxruntime.
 
 ``python -m training export`` writes it (float32, or int8 with ``--quantize int8``) with the
 ``emostream.json`` ModelInfo in the ONNX ``metadata_props``, so it is self-describing like the ``.pt2``.
@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from emostream.modelfile import INFO_FILE, ModelFileError, ModelInfo
+from emostream.modelinfo import INFO_FILE, ModelFileError, ModelInfo
 
 ONNX_SUFFIX = ".onnx"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"

@@ -29,7 +29,8 @@ def tiny_model(tmp_path_factory) -> Path:
     import torch
     from torch import nn
 
-    from emostream.modelfile import ModelInfo, save_model
+    from emostream.modelfile import save_model
+    from emostream.modelinfo import ModelInfo
     from emostream.wire import EMOTIONS
 
     torch.manual_seed(0)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from emostream.jsonutil import json_ready
-from emostream.modelfile import TTA_MODES
+from emostream.modelinfo import TTA_MODES
 from training.cli_support import canonical_split, emit, load_data, log, run_subcommand, subcommand_parser
 from training.data import DataError
 from training.inference import file_digest, load, predict_logits, rewrite_model_info

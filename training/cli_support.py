@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from emostream.jsonutil import json_ready
-from emostream.modelfile import ModelFileError
+from emostream.modelinfo import ModelFileError
 from training.data import FLAT_SPLIT, LABEL_SOURCES, SPLITS, DataError, Fer2013, load_dataset, split_name
 
 DATA_HELP = "fer2013.csv(.gz), or an image folder <root>/<split>/<class>/*.png or <root>/<class>/*.png"

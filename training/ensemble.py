@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from emostream.jsonutil import json_ready
-from emostream.modelfile import ModelFileError, ModelInfo, save_model
+from emostream.modelfile import save_model
+from emostream.modelinfo import ModelFileError, ModelInfo
 from training.cli_support import emit, load_data, log, run_subcommand, subcommand_parser
 from training.data import DataError
 from training.inference import file_digest, load, predict_logits

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from emostream.cpu import thread_budget
-from emostream.modelfile import TTA_MODES
+from emostream.modelinfo import TTA_MODES
 from emostream.onnxmodel import ENGINES, is_onnx, load_onnx_model
 from training.cli_support import canonical_split, emit, load_data, log, run_subcommand, subcommand_parser
 from training.data import DataError, Fer2013

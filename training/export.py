@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from emostream.modelfile import INFO_FILE, ModelInfo
+from emostream.modelinfo import INFO_FILE, ModelInfo
 from emostream.onnxmodel import INPUT_NAME, OUTPUT_NAME, OnnxModule, set_onnx_info
 from training.cli_support import canonical_split, emit, load_data, log, run_subcommand, subcommand_parser
 from training.data import DataError

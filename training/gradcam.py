@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emostream.modelfile import ModelFileError, ModelInfo, load_model
+from emostream.modelfile import load_model
+from emostream.modelinfo import ModelFileError, ModelInfo
 from emostream.wire import EMOTIONS
 from training.cli_support import emit, log, run_subcommand, subcommand_parser
 from training.data import class_index as class_index_of

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from emostream.modelfile import INFO_FILE, ModelFileError, ModelInfo, forward_with_tta, load_model
+from emostream.modelfile import forward_with_tta, load_model
+from emostream.modelinfo import INFO_FILE, ModelFileError, ModelInfo
 from emostream.onnxmodel import is_onnx
 
 

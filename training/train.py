@@ -39,7 +39,8 @@ from tqdm import tqdm
 
 from emostream.cpu import cpu_info, thread_budget
 from emostream.jsonutil import json_ready
-from emostream.modelfile import ModelFileError, ModelInfo, forward_with_tta, load_model, save_model
+from emostream.modelfile import forward_with_tta, load_model, save_model
+from emostream.modelinfo import ModelFileError, ModelInfo
 from emostream.wire import EMOTIONS
 from training import presets
 from training.cli_support import run_subcommand

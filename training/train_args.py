@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from emostream.modelfile import TTA_MODES
+from emostream.modelinfo import TTA_MODES
 from training import presets
 from training.cli_support import add_data_arguments
 from training.models import ARCHS

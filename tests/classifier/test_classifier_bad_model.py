@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from classifier.settings import SHIPPED_MODEL
-from emostream.modelfile import INFO_FILE, ModelFileError, ModelInfo, load_model, save_model
+from emostream.modelfile import load_model, save_model
+from emostream.modelinfo import INFO_FILE, ModelFileError, ModelInfo
 from emostream.wire import (
     EMOTIONS,
 )

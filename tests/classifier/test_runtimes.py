@@ -16,7 +16,7 @@ from classifier.model import EmotionModel
 from classifier.runtimes import ONNX_ENGINES, int8_beside, select_runtime
 from classifier.settings import SHIPPED_MODEL, ClassifierSettings
 from emostream.cpu import cpu_info
-from emostream.modelfile import ModelFileError
+from emostream.modelinfo import ModelFileError
 from support import shared_path
 from training.data import load_dataset
 

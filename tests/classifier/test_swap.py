@@ -78,7 +78,8 @@ def test_a_missing_file_and_a_model_with_too_few_outputs_are_refused(models, ser
     # A model file whose seven names sit on two outputs: its file is fine, its outputs are not.
     from torch import nn
 
-    from emostream.modelfile import ModelInfo, save_model
+    from emostream.modelfile import save_model
+    from emostream.modelinfo import ModelInfo
 
     two = nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     path = save_model(two, ModelInfo(arch="two-outputs", class_names=list(EMOTIONS)), tmp_path / "two.pt2")

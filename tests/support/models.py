@@ -27,7 +27,8 @@ def tiny_model_file(
     import torch
     from torch import nn
 
-    from emostream.modelfile import ModelInfo, save_model
+    from emostream.modelfile import save_model
+    from emostream.modelinfo import ModelInfo
 
     names = list(class_names or EMOTIONS)
     torch.manual_seed(seed)

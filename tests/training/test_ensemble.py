@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from emostream.modelfile import ModelInfo, load_model, save_model
+from emostream.modelfile import load_model, save_model
+from emostream.modelinfo import ModelInfo
 from emostream.wire import EMOTIONS
 from support.training import run_in_process, synthetic_rows, write_csv
 

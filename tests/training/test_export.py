@@ -147,7 +147,7 @@ def test_int8_export_needs_data_and_other_commands_refuse_onnx(
 def test_onnx_file_without_model_info_is_refused(tmp_path: Path) -> None:
     import onnx
 
-    from emostream.modelfile import ModelFileError
+    from emostream.modelinfo import ModelFileError
 
     bare = tmp_path / "bare.onnx"
     graph = onnx.helper.make_graph(

@@ -16,7 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from emostream.modelfile import ModelInfo, load_model, save_model
+from emostream.modelfile import load_model, save_model
+from emostream.modelinfo import ModelInfo
 from emostream.wire import EMOTIONS
 from support import shared_path
 from support.training import (
@@ -59,7 +60,7 @@ def test_subcommands_are_registered() -> None:
 
 
 def test_model_info_falls_back_to_the_single_pass_temperature_and_rejects_bad_ones() -> None:
-    from emostream.modelfile import ModelFileError
+    from emostream.modelinfo import ModelFileError
 
     old = json.loads(ModelInfo(arch="a", class_names=list(EMOTIONS), temperature=1.3).to_json())
     del old["tta_temperatures"]  # a file written before per-TTA temperatures existed
