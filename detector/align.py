@@ -155,6 +155,10 @@ def _warp(gray: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
 
 #: Faces whose measured roll is under this many degrees are aligned from their first landmarks.
 REFINE_MIN_ROLL = 5.0
+#: How far refining a tilted face's landmarks can lower their misfit (docs/model.md): a face under
+#: ``confident_score`` whose first landmarks misfit by more than the limit plus this is rejected at once,
+#: without the patch its refinement would cost.
+REFINE_MISFIT_SLACK = 0.03
 #: Largest side, in pixels, of the upright patch a tilted face is detected again in.
 REFINE_PATCH = 256
 

@@ -11,7 +11,14 @@ from functools import partial
 import cv2
 import numpy as np
 
-from detector.align import aligned_crops, detect_upright_patch, frontal_faces, refine_landmarks, roll_degrees
+from detector.align import (
+    REFINE_MISFIT_SLACK,
+    aligned_crops,
+    detect_upright_patch,
+    frontal_faces,
+    refine_landmarks,
+    roll_degrees,
+)
 from detector.backends import FaceDetector, RolledPasses, build_detector, merge_detections
 from detector.crops import face_crops
 from detector.detections import Detections
@@ -69,7 +76,9 @@ class FaceExtractor:
     of whole turned frames.
 
     Of YuNet's faces scoring under ``confident_score``, only those whose landmarks fit a frontal face
-    are reported (:func:`detector.align.frontal_faces`); the others are counted as rejected.
+    are reported (:func:`detector.align.frontal_faces`); the others are counted as rejected. With
+    alignment, one whose first landmarks already misfit beyond the limit plus
+    :data:`detector.align.REFINE_MISFIT_SLACK` is rejected before its landmarks are refined on a patch.
     """
 
     def __init__(
@@ -124,14 +133,19 @@ class FaceExtractor:
         else:
             angles = self.turned_angles(count)
             found = detect_downscaled(partial(self._rolled.detect, angles=angles), image, self.downscale)
+        rejected = 0
         if self.align:
-            found = refine_landmarks(image, found, self._upright)
+            # The refinement's patch only for faces the landmark check below may still keep.
+            hopeful = frontal_faces(found, self.confident_score, self.max_landmark_misfit + REFINE_MISFIT_SLACK)
+            rejected += len(found) - len(hopeful)
+            found = refine_landmarks(image, hopeful, self._upright)
         previous = self._key_faces.get(camera)
         if self._rolled is not None and count and previous is not None:
             found = self._follow(image, found, previous, self._rolled.iou)
         frontal = frontal_faces(found, self.confident_score, self.max_landmark_misfit)
-        if len(frontal) < len(found):
-            FACES_REJECTED.labels(camera=camera, reason=NOT_FRONTAL).inc(len(found) - len(frontal))
+        rejected += len(found) - len(frontal)
+        if rejected:
+            FACES_REJECTED.labels(camera=camera, reason=NOT_FRONTAL).inc(rejected)
         return frontal
 
     def turned_angles(self, count: int) -> tuple[float, ...]:

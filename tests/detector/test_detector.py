@@ -245,6 +245,46 @@ class CountingDetector:
         return self.inner.detect(image_bgr)
 
 
+def test_extractor_spends_no_refinement_patch_on_a_face_the_landmark_check_will_reject(yunet_model: str) -> None:
+    from prometheus_client import REGISTRY
+
+    from detector.align import (
+        REFINE_MIN_ROLL,
+        REFINE_MISFIT_SLACK,
+        frontal_faces,
+        landmark_misfit,
+        refine_landmarks,
+        roll_degrees,
+    )
+
+    # faces.mp4's frame 8: three faces seen from the front and, scoring about 0.82 and tilted about 8
+    # degrees, the back of a head whose landmarks lie far from a frontal layout.
+    image = video_frame(8)
+    settings = DetectorSettings(model=yunet_model, threads=1, roll_passes=())
+    detector = CountingDetector(YuNetDetector(yunet_model, settings.score_threshold, min_size=10))
+    found = detect_downscaled(detector.detect, image, settings.downscale)
+    assert found.landmarks is not None
+    doomed = (
+        (found.scores < settings.confident_score)
+        & (np.abs(roll_degrees(found.landmarks)) >= REFINE_MIN_ROLL)
+        & (landmark_misfit(found.landmarks) > settings.max_landmark_misfit + REFINE_MISFIT_SLACK)
+    )
+    assert doomed.sum() == 1
+    # Refining every tilted face first, then checking, as the extractor did before: the same faces.
+    detector.calls = 0
+    refined = refine_landmarks(image, found, detector)
+    patches_before = detector.calls
+    expected = frontal_faces(refined, settings.confident_score, settings.max_landmark_misfit)
+    extractor = FaceExtractor(detector, downscale=settings.downscale, align=True)
+    labels = {"camera": "frame8", "reason": "not_frontal"}
+    detector.calls = 0
+    reported = extractor.detect(image, "frame8")
+    assert np.array_equal(reported.boxes, expected.boxes) and np.allclose(reported.landmarks, expected.landmarks)
+    patches = detector.calls - 1  # the whole frame once, then the patches
+    assert patches == patches_before - 1  # none for the back of the head
+    assert REGISTRY.get_sample_value("emostream_faces_rejected_total", labels) == len(found) - len(reported)
+
+
 def test_rolled_passes_run_on_one_key_frame_in_roll_every_and_the_faces_they_find_are_followed(
     yunet_model: str,
 ) -> None:
