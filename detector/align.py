@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from detector.crops import gray_region
 from detector.detections import Detections
 
 if TYPE_CHECKING:
@@ -117,29 +118,31 @@ def aligned_crops(image: np.ndarray, landmarks: np.ndarray, size: int = 48) -> n
     (N, 5, 2) in ``image`` (BGR or gray) pixels. Past the frame's edge, edge pixels are repeated."""
     matrices = alignment_matrices(landmarks, size)
     out = np.empty((len(matrices), size, size), dtype=np.uint8)
-    if not len(matrices):
-        return out
-    gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     for i, matrix in enumerate(matrices):
-        out[i] = _warp(gray, matrix, size)
+        out[i] = _warp(image, matrix, size)
     return out
 
 
-def _warp(gray: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
-    scale = float(np.hypot(matrix[0, 0], matrix[0, 1]))
-    if scale >= 0.5:
-        return cv2.warpAffine(gray, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    # Shrinking by more than 2x with bilinear sampling aliases (FER2013's faces were area-averaged):
-    # area-resize just the face's region first, so that the warp itself shrinks by 2x at most.
+def _warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    # The frame pixels the crop samples, one more on each side for the interpolation: only they are made gray.
     inverse = cv2.invertAffineTransform(matrix)
     corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], dtype=np.float64) @ inverse.T
     x0, y0 = np.floor(corners.min(0)).astype(int) - 1
     x1, y1 = np.ceil(corners.max(0)).astype(int) + 1
-    height, width = gray.shape
+    height, width = image.shape[:2]
     cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
     if cx0 >= cx1 or cy0 >= cy1:
-        return np.full((size, size), 128, dtype=np.uint8)
-    region = cv2.copyMakeBorder(gray[cy0:cy1, cx0:cx1], cy0 - y0, y1 - cy1, cx0 - x0, x1 - cx1, cv2.BORDER_REPLICATE)
+        return np.full((size, size), 128, dtype=np.uint8)  # entirely outside the frame (a corrupt face)
+    gray = gray_region(image, cx0, cy0, cx1, cy1)
+    scale = float(np.hypot(matrix[0, 0], matrix[0, 1]))
+    if scale >= 0.5:
+        # Crop pixel A p + t of frame pixel p = q + (cx0, cy0) of the region: A q + (A (cx0, cy0) + t).
+        m = matrix.copy()
+        m[:, 2] += matrix[:, :2] @ np.array([cx0, cy0], dtype=np.float64)
+        return cv2.warpAffine(gray, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    # Shrinking by more than 2x with bilinear sampling aliases (FER2013's faces were area-averaged):
+    # area-resize just the face's region first, so that the warp itself shrinks by 2x at most.
+    region = cv2.copyMakeBorder(gray, cy0 - y0, y1 - cy1, cx0 - x0, x1 - cx1, cv2.BORDER_REPLICATE)
     factor = 2.0 * scale
     rh, rw = region.shape
     dsize = (max(1, round(rw * factor)), max(1, round(rh * factor)))

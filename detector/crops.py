@@ -28,14 +28,21 @@ def crop_squares(boxes: np.ndarray) -> np.ndarray:
     return np.stack([x0, y0, side, side], axis=1).astype(np.int32)
 
 
-def _square_crop(gray: np.ndarray, x: int, y: int, side: int) -> np.ndarray:
-    height, width = gray.shape
+def gray_region(image: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """``image[y0:y1, x0:x1]`` (BGR or gray) in gray. Crops convert just the face's region: converting a
+    whole 720p frame costs more than cutting its few face crops."""
+    region = image[y0:y1, x0:x1]
+    return region if region.ndim == 2 else cv2.cvtColor(region, cv2.COLOR_BGR2GRAY)
+
+
+def _square_crop(image: np.ndarray, x: int, y: int, side: int) -> np.ndarray:
+    height, width = image.shape[:2]
     x1, y1 = max(x, 0), max(y, 0)
     x2, y2 = min(x + side, width), min(y + side, height)
     if x1 >= x2 or y1 >= y2:
         # Entirely outside the frame (a corrupt box): a flat grey crop rather than an exception.
         return np.full((side, side), 128, dtype=np.uint8)
-    region = gray[y1:y2, x1:x2]
+    region = gray_region(image, x1, y1, x2, y2)
     top, left = y1 - y, x1 - x
     bottom, right = (y + side) - y2, (x + side) - x2
     if top or left or bottom or right:
@@ -49,8 +56,7 @@ def face_crops(image_bgr: np.ndarray, boxes: np.ndarray, size: int = 48) -> np.n
     out = np.empty((len(squares), size, size), dtype=np.uint8)
     if len(squares) == 0:
         return out
-    gray = image_bgr if image_bgr.ndim == 2 else cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
     for i, (x, y, side, _) in enumerate(squares):
-        crop = _square_crop(gray, int(x), int(y), int(side))
+        crop = _square_crop(image_bgr, int(x), int(y), int(side))
         out[i] = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
     return out

@@ -140,6 +140,44 @@ def test_large_faces_are_area_averaged_and_land_where_the_small_path_puts_them()
     assert np.abs(big - direct).mean() < 3.0
 
 
+def test_crops_of_a_colour_frame_are_those_of_its_gray_frame_though_only_the_faces_are_converted() -> None:
+    image = real_face("grace_hopper.jpg")
+    height, width = image.shape[:2]
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    found = YuNetDetector(YUNET_MODEL).detect(image)
+    assert len(found) == 1 and found.landmarks is not None
+    face = found.landmarks[0]
+    centre = face.mean(0)
+    faces = np.stack(
+        [
+            face,  # as found: shrunk ~4x, the area path
+            (face - centre) / 4 + centre,  # a quarter of the size: the bilinear path
+            (face - centre) / 4 + [3, height / 2],  # the same, half past the left edge
+            (face - centre) * 2 + [width - 10, height - 10],  # large and past the bottom-right corner
+        ]
+    )
+    for crops in (aligned_crops, lambda img, lm, size: face_crops(img, crop_squares_of(lm), size)):
+        from_colour, from_gray = crops(image, faces, 48), crops(gray, faces, 48)
+        assert np.array_equal(from_colour, from_gray)
+        assert all(crop.std() > 5 for crop in from_colour)  # each crop holds part of the photo
+    # Where the warp samples the frame directly, the crop is the whole gray frame's warp, edge pixels
+    # repeated past the frame: the region converted holds every pixel the interpolation reads.
+    for i in (1, 2):
+        (matrix,) = alignment_matrices(faces[i : i + 1], 48)
+        assert np.hypot(matrix[0, 0], matrix[0, 1]) >= 0.5
+        direct = cv2.warpAffine(gray, matrix, (48, 48), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        assert np.array_equal(aligned_crops(image, faces[i : i + 1], 48)[0], direct)
+    # A face wholly outside the frame (a corrupt one) gives a flat grey crop, as a box there does.
+    outside = face + [3 * width, 0]
+    assert (aligned_crops(image, outside[None], 48) == 128).all()
+
+
+def crop_squares_of(landmarks: np.ndarray) -> np.ndarray:
+    """A box (x, y, w, h) around each face's landmarks (N, 5, 2), for the square-crop path."""
+    low, high = landmarks.min(1), landmarks.max(1)
+    return np.hstack([low - (high - low) / 2, (high - low) * 2])
+
+
 def test_no_faces_give_an_empty_stack() -> None:
     out = aligned_crops(np.zeros((10, 10, 3), np.uint8), np.zeros((0, 5, 2)), 48)
     assert out.shape == (0, 48, 48) and out.dtype == np.uint8
