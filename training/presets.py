@@ -17,6 +17,8 @@ import torch.nn.functional as F
 # file, so serving normalises identically.
 DEFAULT_MEAN = 0.508
 DEFAULT_STD = 0.255
+#: The layouts a batch (and the model's weights) can train in, by their ``--memory-format`` names.
+MEMORY_FORMATS = {"channels-last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
 class EvalPreset:

@@ -94,17 +94,13 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-#: ``--memory-format`` choices other than ``auto``.
-MEMORY_FORMATS = {"channels-last": torch.channels_last, "contiguous": torch.contiguous_format}
-
-
 def memory_format(choice: str, amp_dtype: torch.dtype | None) -> torch.memory_format:
     """``--memory-format``: ``auto`` is channels-last where the convolutions run in 16 bits (AMX, tensor
     cores) and contiguous in float32, where which is faster depends on the CPU (oneDNN: contiguous on
     AVX2, channels-last on AVX-512; training/README.md), so a float32 run may choose."""
     if choice == "auto":
         return torch.channels_last if amp_dtype is not None else torch.contiguous_format
-    return MEMORY_FORMATS[choice]
+    return presets.MEMORY_FORMATS[choice]
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

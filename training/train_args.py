@@ -140,7 +140,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--memory-format",
         default="auto",
-        choices=["auto", "channels-last", "contiguous"],
+        choices=["auto", *presets.MEMORY_FORMATS],
         help="of the weights and batches while training (auto: channels-last under 16-bit autocast, else "
         "contiguous); float32 convolutions are faster channels-last on some CPUs (AVX-512) and contiguous on "
         "others (AVX2): measure on yours (training/README.md)",
