@@ -257,8 +257,8 @@ def test_extractor_spends_no_refinement_patch_on_a_face_the_landmark_check_will_
         roll_degrees,
     )
 
-    # faces.mp4's frame 8: three faces seen from the front and, scoring about 0.82 and tilted about 8
-    # degrees, the back of a head whose landmarks lie far from a frontal layout.
+    # faces.mp4's frame 8: three faces seen from the front, and two candidates under 0.85 whose landmarks
+    # lie far from a frontal layout, one of them (the back of a head) tilted about 8 degrees.
     image = video_frame(8)
     settings = DetectorSettings(model=yunet_model, threads=1, roll_passes=())
     detector = CountingDetector(YuNetDetector(yunet_model, settings.score_threshold, min_size=10))
