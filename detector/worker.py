@@ -18,7 +18,6 @@ reason ``overwritten``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -46,6 +45,9 @@ HEARTBEAT_S = 1.0
 #: Faces messages (a few KB each) queued towards the classifier before sending blocks.
 SNDHWM = 16
 POLL_MS = 100
+#: How soon a credit the camera's socket refused is sent again. Until the camera hears of a finished
+#: frame it sends this worker nothing, so waiting for the next heartbeat would idle both for up to a second.
+CREDIT_RETRY_MS = 5
 #: Faces still queued at shutdown get this long to reach the classifier.
 CLOSE_LINGER_MS = 1000
 
@@ -57,6 +59,8 @@ class CameraLink:
     endpoint: str
     socket: zmq.Socket
     done: int = 0
+    #: The last credit could not be queued (the socket's send queue was full): send one again soon.
+    credit_pending: bool = False
 
 
 class DetectorWorker:
@@ -143,9 +147,13 @@ class DetectorWorker:
 
     def _credit(self, link: CameraLink) -> None:
         credit = Credit(self.name, link.done, self.window, self.load, self.interval, self.shm_domain)
-        # Again: not connected yet and the queue is full; the next credit (absolute values) supersedes it.
-        with contextlib.suppress(zmq.Again):
+        # Again: the queue is full (not connected yet, or its I/O thread starved of CPU for a moment). A
+        # credit carries absolute values, so the one sent on the retry supersedes the one refused.
+        try:
             link.socket.send_multipart(encode_credit(credit), flags=zmq.NOBLOCK)
+            link.credit_pending = False
+        except zmq.Again:
+            link.credit_pending = True
 
     def _credit_all(self) -> None:
         for link in self.links:
@@ -170,9 +178,13 @@ class DetectorWorker:
             HEALTH.beat()
             if self.updates is not None and (cameras := self.updates.take()) is not None:
                 self.set_cameras(list(cameras.values()))
-            self._receive(0 if self.queue else POLL_MS)
+            pending = [link for link in self.links if link.credit_pending]
+            self._receive(0 if self.queue else CREDIT_RETRY_MS if pending else POLL_MS)
             if time.monotonic() - self._last_heartbeat >= HEARTBEAT_S:
                 self._credit_all()
+            else:
+                for link in pending:
+                    self._credit(link)
             if not self.queue:
                 continue
             link, parts = self.queue[0]

@@ -53,3 +53,39 @@ def test_a_worker_credits_a_camera_added_to_its_set_and_closes_a_removed_one():
         for router in routers:
             router.close()
         context.term()
+
+
+def test_a_credit_the_socket_refuses_is_sent_again_without_waiting_for_the_heartbeat(monkeypatch):
+    import detector.worker as worker_module
+
+    # No heartbeat in this test: only the retry can deliver the refused credit.
+    monkeypatch.setattr(worker_module, "HEARTBEAT_S", 3600.0)
+    context = zmq.Context()
+    camera, push = (f"tcp://127.0.0.1:{p}" for p in free_ports(2))
+    stop = threading.Event()
+    worker = DetectorWorker(context, [camera], push, build_extractor(DetectorSettings(backend="haar")), stop)
+    link = worker.links[0]
+    thread = threading.Thread(target=worker.run)
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    try:
+        # The camera is not up yet: credits wait in the connecting socket's queue until it is full.
+        for _ in range(100):
+            worker._credit(link)
+            if link.credit_pending:
+                break
+        assert link.credit_pending, "the send queue never filled"
+        link.done = 5  # frames finished meanwhile: what the camera must hear of
+        thread.start()  # its first credits are refused as well, the queue being still full
+        router.bind(camera)
+        done = []
+        while 5 not in done:
+            assert router.poll(5000), f"the camera heard only of done={done}"
+            done.append(decode_credit(router.recv_multipart()[1:]).done)
+        assert done[0] == 0 and not link.credit_pending
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        worker.close()
+        router.close()
+        context.term()
