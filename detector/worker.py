@@ -47,6 +47,7 @@ SNDHWM = 16
 POLL_MS = 100
 #: How soon a credit the camera's socket refused is sent again. Until the camera hears of a finished
 #: frame it sends this worker nothing, so waiting for the next heartbeat would idle both for up to a second.
+#: Each refusal in a row doubles the wait, up to POLL_MS: a camera that is down costs no more wake-ups.
 CREDIT_RETRY_MS = 5
 #: Faces still queued at shutdown get this long to reach the classifier.
 CLOSE_LINGER_MS = 1000
@@ -59,8 +60,9 @@ class CameraLink:
     endpoint: str
     socket: zmq.Socket
     done: int = 0
-    #: The last credit could not be queued (the socket's send queue was full): send one again soon.
-    credit_pending: bool = False
+    #: When the last credit could not be queued (the socket's send queue was full): how long to wait
+    #: before sending one again; 0 when none is pending.
+    retry_ms: int = 0
 
 
 class DetectorWorker:
@@ -151,9 +153,9 @@ class DetectorWorker:
         # credit carries absolute values, so the one sent on the retry supersedes the one refused.
         try:
             link.socket.send_multipart(encode_credit(credit), flags=zmq.NOBLOCK)
-            link.credit_pending = False
+            link.retry_ms = 0
         except zmq.Again:
-            link.credit_pending = True
+            link.retry_ms = min(POLL_MS, max(CREDIT_RETRY_MS, 2 * link.retry_ms))
 
     def _credit_all(self) -> None:
         for link in self.links:
@@ -178,8 +180,8 @@ class DetectorWorker:
             HEALTH.beat()
             if self.updates is not None and (cameras := self.updates.take()) is not None:
                 self.set_cameras(list(cameras.values()))
-            pending = [link for link in self.links if link.credit_pending]
-            self._receive(0 if self.queue else CREDIT_RETRY_MS if pending else POLL_MS)
+            pending = [link for link in self.links if link.retry_ms]
+            self._receive(0 if self.queue else min([POLL_MS, *(link.retry_ms for link in pending)]))
             if time.monotonic() - self._last_heartbeat >= HEARTBEAT_S:
                 self._credit_all()
             else:

@@ -72,9 +72,9 @@ def test_a_credit_the_socket_refuses_is_sent_again_without_waiting_for_the_heart
         # The camera is not up yet: credits wait in the connecting socket's queue until it is full.
         for _ in range(100):
             worker._credit(link)
-            if link.credit_pending:
+            if link.retry_ms:
                 break
-        assert link.credit_pending, "the send queue never filled"
+        assert link.retry_ms == worker_module.CREDIT_RETRY_MS, "the send queue never filled"
         link.done = 5  # frames finished meanwhile: what the camera must hear of
         thread.start()  # its first credits are refused as well, the queue being still full
         router.bind(camera)
@@ -82,7 +82,7 @@ def test_a_credit_the_socket_refuses_is_sent_again_without_waiting_for_the_heart
         while 5 not in done:
             assert router.poll(5000), f"the camera heard only of done={done}"
             done.append(decode_credit(router.recv_multipart()[1:]).done)
-        assert done[0] == 0 and not link.credit_pending
+        assert done[0] == 0 and not link.retry_ms
     finally:
         stop.set()
         thread.join(timeout=5)
