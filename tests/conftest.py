@@ -1,5 +1,5 @@
-"""Fixtures shared by the test suite (a tiny model file, started processes, a ZeroMQ context) and the
-``system`` marker on every test under tests/system/. Helpers live in tests/support/."""
+"""Fixtures shared by the test suite (a tiny model file, small synthetic training data, started processes,
+a ZeroMQ context) and the ``system`` marker on every test under tests/system/. Helpers live in tests/support/."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zmq
 
@@ -21,6 +22,40 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SYSTEM in item.path.parents:
             item.add_marker(pytest.mark.system)
+
+
+@pytest.fixture(scope="module")
+def synthetic_data() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Small FER2013-shaped splits a tiny model learns in seconds (support.training.synthetic_splits)."""
+    from support.training import synthetic_splits
+
+    return synthetic_splits()
+
+
+@pytest.fixture(scope="module")
+def synthetic_csv(synthetic_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``synthetic_data`` as a gzipped FER2013 CSV."""
+    from support.training import write_splits_csv
+
+    return write_splits_csv(synthetic_data, tmp_path_factory.mktemp("csv") / "fer2013.csv.gz")
+
+
+@pytest.fixture(scope="module")
+def synthetic_image_folder(synthetic_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``synthetic_data`` as image folders, one per split and class."""
+    from support.training import write_folder
+
+    return write_folder(tmp_path_factory.mktemp("folder"), synthetic_data)
+
+
+@pytest.fixture(scope="module")
+def synthetic_flat_folder(synthetic_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The PrivateTest split of ``synthetic_data`` as class folders with no split level."""
+    from support.training import write_folder
+
+    return write_folder(
+        tmp_path_factory.mktemp("flat"), {"PrivateTest": synthetic_data["PrivateTest"]}, with_splits=False
+    )
 
 
 @pytest.fixture(scope="session")

@@ -23,52 +23,29 @@ from support.training import (
     PER_CLASS,
     run_cli,
     run_in_process,
-    synthetic_splits,
-    write_folder,
-    write_splits_csv,
 )
 
-TINY_TRAIN_FLAGS = FAST_FLAGS  # the same tiny, augmentation-free recipe as tests/training/test_training.py
-
 
 @pytest.fixture(scope="module")
-def synthetic() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return synthetic_splits()
-
-
-@pytest.fixture(scope="module")
-def data_csv(synthetic, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_splits_csv(synthetic, tmp_path_factory.mktemp("csv") / "fer2013.csv.gz")
-
-
-@pytest.fixture(scope="module")
-def image_folder(synthetic, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_folder(tmp_path_factory.mktemp("folder"), synthetic)
-
-
-@pytest.fixture(scope="module")
-def flat_folder(synthetic, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_folder(tmp_path_factory.mktemp("flat"), {"PrivateTest": synthetic["PrivateTest"]}, with_splits=False)
-
-
-@pytest.fixture(scope="module")
-def trained(data_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def trained(synthetic_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """Train one epoch, then resume the same run to two epochs (the model every other test uses), the
     second in the other memory format: a run may change it when it resumes."""
     out = tmp_path_factory.mktemp("run")
-    first = run_cli("train", "--data", str(data_csv), "--out", str(out), "--epochs", "1", *TINY_TRAIN_FLAGS)
+    first = run_cli("train", "--data", str(synthetic_csv), "--out", str(out), "--epochs", "1", *FAST_FLAGS)
     assert first.returncode == 0, first.stderr
     second = run_cli(
-        "train", "--data", str(data_csv), "--out", str(out), "--epochs", "2", "--resume",
-        "--memory-format", "channels-last", *TINY_TRAIN_FLAGS,
+        "train", "--data", str(synthetic_csv), "--out", str(out), "--epochs", "2", "--resume",
+        "--memory-format", "channels-last", *FAST_FLAGS,
     )  # fmt: skip
     assert second.returncode == 0, second.stderr
     return {"out": out, "model": out / "model.pt2", "first": first.stdout, "second": second.stdout}
 
 
-def test_explore_counts_histograms_and_samples(data_csv: Path, image_folder: Path, tmp_path: Path, capsys) -> None:
+def test_explore_counts_histograms_and_samples(
+    synthetic_csv: Path, synthetic_image_folder: Path, tmp_path: Path, capsys
+) -> None:
     out = tmp_path / "explore"
-    result = run_cli("explore", "--data", str(data_csv), "--out", str(out), "--samples-per-class", "4")
+    result = run_cli("explore", "--data", str(synthetic_csv), "--out", str(out), "--samples-per-class", "4")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report == json.loads((out / "explore.json").read_text())
@@ -85,7 +62,7 @@ def test_explore_counts_histograms_and_samples(data_csv: Path, image_folder: Pat
 
     # The image-folder copy of the same data explores to the same counts and pixel histograms.
     status, folder_report, _ = run_in_process(
-        capsys, "explore", "--data", str(image_folder), "--out", str(tmp_path / "f")
+        capsys, "explore", "--data", str(synthetic_image_folder), "--out", str(tmp_path / "f")
     )
     assert status == 0
     assert folder_report["data"]["layout"] == "image_folder_splits"
@@ -125,9 +102,9 @@ def test_train_resumes_and_stores_calibration(trained: dict[str, object]) -> Non
     assert info.metrics["tta_flip"]["PrivateTest"]["accuracy"] == report["tta_flip"]["PrivateTest"]["accuracy"]
 
 
-def test_evaluate_prints_one_json_object(trained: dict[str, object], data_csv: Path, tmp_path: Path) -> None:
+def test_evaluate_prints_one_json_object(trained: dict[str, object], synthetic_csv: Path, tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    result = run_cli("evaluate", "--model", str(trained["model"]), "--data", str(data_csv), "--out", str(out))
+    result = run_cli("evaluate", "--model", str(trained["model"]), "--data", str(synthetic_csv), "--out", str(out))
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout)  # the whole stdout is one JSON object; logs went to stderr
     assert "accuracy" in result.stderr
@@ -159,16 +136,16 @@ def test_evaluate_prints_one_json_object(trained: dict[str, object], data_csv: P
 
 
 def test_evaluate_image_folders_match_csv(
-    trained: dict[str, object], data_csv: Path, image_folder: Path, flat_folder: Path, capsys
+    trained: dict[str, object], synthetic_csv: Path, synthetic_image_folder: Path, synthetic_flat_folder: Path, capsys
 ) -> None:
     model = str(trained["model"])
-    status, from_csv, _ = run_in_process(capsys, "evaluate", "--model", model, "--data", str(data_csv))
+    status, from_csv, _ = run_in_process(capsys, "evaluate", "--model", model, "--data", str(synthetic_csv))
     assert status == 0
     status, from_folder, _ = run_in_process(
-        capsys, "evaluate", "--model", model, "--data", str(image_folder), "--split", "test"
+        capsys, "evaluate", "--model", model, "--data", str(synthetic_image_folder), "--split", "test"
     )
     assert status == 0
-    status, from_flat, _ = run_in_process(capsys, "evaluate", "--model", model, "--data", str(flat_folder))
+    status, from_flat, _ = run_in_process(capsys, "evaluate", "--model", model, "--data", str(synthetic_flat_folder))
     assert status == 0
     assert from_folder["split"] == "PrivateTest" and from_flat["split"] == "all"
     assert from_flat["data"]["layout"] == "image_folder_flat"
@@ -179,15 +156,15 @@ def test_evaluate_image_folders_match_csv(
 
 
 def test_evaluate_with_flip_tta_scores_the_mean_of_face_and_mirror_logits(
-    trained: dict[str, object], data_csv: Path, synthetic, capsys
+    trained: dict[str, object], synthetic_csv: Path, synthetic_data, capsys
 ) -> None:
     model = str(trained["model"])
     status, metrics, err = run_in_process(
-        capsys, "evaluate", "--model", model, "--data", str(data_csv), "--tta", "flip"
+        capsys, "evaluate", "--model", model, "--data", str(synthetic_csv), "--tta", "flip"
     )
     assert status == 0 and metrics["model"]["tta"] == "flip" and "tta flip" in err
     module, info = load_model(model)
-    images, labels = synthetic["PrivateTest"]
+    images, labels = synthetic_data["PrivateTest"]
     x = (torch.from_numpy(images).float().unsqueeze(1) / 255 - info.mean) / info.std
     with torch.no_grad():
         logits = (module(x) + module(x.flip(-1))) / 2
@@ -205,7 +182,7 @@ def test_evaluate_with_flip_tta_scores_the_mean_of_face_and_mirror_logits(
     predicted = logits.argmax(1).numpy()
     assert metrics["accuracy"] == pytest.approx(np.mean(predicted == labels), abs=1 / len(labels) + 1e-12)
     with pytest.raises(SystemExit) as info:
-        run_in_process(capsys, "evaluate", "--model", model, "--data", str(data_csv), "--tta", "rotate")
+        run_in_process(capsys, "evaluate", "--model", model, "--data", str(synthetic_csv), "--tta", "rotate")
     assert info.value.code == 2 and "invalid choice: 'rotate'" in capsys.readouterr().err
 
 
@@ -233,10 +210,12 @@ def ferplus_votes_for(labels: np.ndarray) -> tuple[list[list[int]], np.ndarray]:
     return votes, np.asarray(expected)
 
 
-def test_evaluate_with_ferplus_labels(trained: dict[str, object], data_csv: Path, synthetic, tmp_path: Path, capsys):
+def test_evaluate_with_ferplus_labels(
+    trained: dict[str, object], synthetic_csv: Path, synthetic_data, tmp_path: Path, capsys
+):
     header = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF\n"
     lines, expected_all = [], []
-    for split, (_, labels) in synthetic.items():
+    for split, (_, labels) in synthetic_data.items():
         votes, expected = ferplus_votes_for(labels)
         lines += [f"{split},img{len(lines)}.png," + ",".join(map(str, v)) + "\n" for v in votes]
         expected_all.append((split, expected))
@@ -248,7 +227,7 @@ def test_evaluate_with_ferplus_labels(trained: dict[str, object], data_csv: Path
         "--model",
         str(trained["model"]),
         "--data",
-        str(data_csv),
+        str(synthetic_csv),
         "--labels",
         "ferplus",
         "--ferplus-csv",
@@ -266,22 +245,22 @@ def test_evaluate_with_ferplus_labels(trained: dict[str, object], data_csv: Path
 
 
 def calibrate_into(
-    capsys, trained: dict[str, object], data_csv: Path, tmp_path: Path, *extra: str
+    capsys, trained: dict[str, object], synthetic_csv: Path, tmp_path: Path, *extra: str
 ) -> tuple[int, dict, str, Path, Path]:
     """``calibrate`` of the trained model into tmp_path/calibrated.pt2, merged into a stub training report
     tmp_path/emotion.report.json: (status, stdout JSON, stderr, report, calibrated model)."""
     report = tmp_path / "emotion.report.json"
     report.write_text(json.dumps({"arch": "resnet_fer_tiny"}))
     calibrated = tmp_path / "calibrated.pt2"
-    args = ["--model", str(trained["model"]), "--data", str(data_csv), "--output", str(calibrated)]
+    args = ["--model", str(trained["model"]), "--data", str(synthetic_csv), "--output", str(calibrated)]
     status, result, err = run_in_process(capsys, "calibrate", *args, "--report", str(report), *extra)
     return status, result, err, report, calibrated
 
 
 def test_calibrate_writes_temperature_and_keeps_weights(
-    trained: dict[str, object], data_csv: Path, tmp_path: Path, capsys
+    trained: dict[str, object], synthetic_csv: Path, tmp_path: Path, capsys
 ) -> None:
-    status, result, _, report, calibrated = calibrate_into(capsys, trained, data_csv, tmp_path)
+    status, result, _, report, calibrated = calibrate_into(capsys, trained, synthetic_csv, tmp_path)
     assert status == 0
     temperature = result["calibration"]["temperature"]
     module, info = load_model(calibrated)
@@ -299,9 +278,9 @@ def test_calibrate_writes_temperature_and_keeps_weights(
 
 
 def test_calibrate_with_flip_tta_stores_a_second_temperature(
-    trained: dict[str, object], data_csv: Path, tmp_path: Path, capsys
+    trained: dict[str, object], synthetic_csv: Path, tmp_path: Path, capsys
 ) -> None:
-    status, result, err, report, calibrated = calibrate_into(capsys, trained, data_csv, tmp_path, "--tta", "flip")
+    status, result, err, report, calibrated = calibrate_into(capsys, trained, synthetic_csv, tmp_path, "--tta", "flip")
     assert status == 0 and "for tta flip" in err
     fitted = result["calibration"]
     assert fitted["tta"] == "flip"
@@ -319,11 +298,11 @@ def test_calibrate_with_flip_tta_stores_a_second_temperature(
     assert (tmp_path / "emotion.reliability_privatetest_flip.png").stat().st_size > 0
 
 
-def test_classifier_serves_flip_with_the_flip_temperature(trained: dict[str, object], synthetic) -> None:
+def test_classifier_serves_flip_with_the_flip_temperature(trained: dict[str, object], synthetic_data) -> None:
     from classifier.model import EmotionModel
 
     module, info = load_model(trained["model"])
-    images = synthetic["PrivateTest"][0][:10]
+    images = synthetic_data["PrivateTest"][0][:10]
     x = (torch.from_numpy(images).float().unsqueeze(1) / 255 - info.mean) / info.std
     with torch.no_grad():
         logits = (module(x) + module(x.flip(-1))) / 2
@@ -334,8 +313,8 @@ def test_classifier_serves_flip_with_the_flip_temperature(trained: dict[str, obj
     assert EmotionModel(trained["model"], device="cpu", bf16=False).temperature == pytest.approx(info.temperature)
 
 
-def test_gradcam_cli_writes_overlays(trained: dict[str, object], synthetic, tmp_path: Path) -> None:
-    images, labels = synthetic["PrivateTest"]
+def test_gradcam_cli_writes_overlays(trained: dict[str, object], synthetic_data, tmp_path: Path) -> None:
+    images, labels = synthetic_data["PrivateTest"]
     paths = []
     for i in range(3):
         paths.append(tmp_path / f"face{i}.png")

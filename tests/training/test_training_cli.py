@@ -25,28 +25,8 @@ from support.training import (
     csv_text,
     pixels,
     run_in_process,
-    synthetic_splits,
     write_folder,
-    write_splits_csv,
 )
-
-TINY_TRAIN_FLAGS = FAST_FLAGS  # the same tiny, augmentation-free recipe as tests/training/test_training.py
-
-
-@pytest.fixture(scope="module")
-def synthetic() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return synthetic_splits()
-
-
-@pytest.fixture(scope="module")
-def data_csv(synthetic, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_splits_csv(synthetic, tmp_path_factory.mktemp("csv") / "fer2013.csv.gz")
-
-
-@pytest.fixture(scope="module")
-def flat_folder(synthetic, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_folder(tmp_path_factory.mktemp("flat"), {"PrivateTest": synthetic["PrivateTest"]}, with_splits=False)
-
 
 # ---------------------------------------------------------------------------------------------
 # CLI end to end
@@ -256,10 +236,10 @@ def test_ferplus_on_the_shared_data() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_bad_csv_rows_are_counted_skips_or_strict_errors(tmp_path: Path, synthetic) -> None:
+def test_bad_csv_rows_are_counted_skips_or_strict_errors(tmp_path: Path, synthetic_data) -> None:
     from training.data import DataError, load_dataset
 
-    images, labels = synthetic["Training"]
+    images, labels = synthetic_data["Training"]
     rows = [(int(labels[i]), pixels(images[i]), "Training") for i in range(6)]
     rows[2] = (int(labels[2]), "1 2 3", "Training")  # wrong pixel count
     rows[4] = (int(labels[4]), pixels(images[4]).replace("255", "x", 1), "Training")  # non-numeric
@@ -279,10 +259,10 @@ def test_bad_csv_rows_are_counted_skips_or_strict_errors(tmp_path: Path, synthet
         load_dataset(path, strict=True)
 
 
-def test_unreadable_image_is_a_counted_skip_or_strict_error(tmp_path: Path, synthetic) -> None:
+def test_unreadable_image_is_a_counted_skip_or_strict_error(tmp_path: Path, synthetic_data) -> None:
     from training.data import DataError, load_dataset
 
-    images, labels = synthetic["PrivateTest"]
+    images, labels = synthetic_data["PrivateTest"]
     root = write_folder(tmp_path / "flat", {"PrivateTest": (images[:7], labels[:7])}, with_splits=False)
     broken = root / "happy" / "broken.png"
     broken.write_bytes(b"not an image at all")
@@ -300,10 +280,10 @@ def test_unreadable_image_is_a_counted_skip_or_strict_error(tmp_path: Path, synt
         load_dataset(root, strict=True)
 
 
-def test_unknown_class_or_split_folder_is_an_error(tmp_path: Path, synthetic, capsys) -> None:
+def test_unknown_class_or_split_folder_is_an_error(tmp_path: Path, synthetic_data, capsys) -> None:
     from training.data import DataError, load_dataset
 
-    images, labels = synthetic["PrivateTest"]
+    images, labels = synthetic_data["PrivateTest"]
     root = write_folder(tmp_path / "flat", {"PrivateTest": (images[:7], labels[:7])}, with_splits=False)
     (root / "Contempt").mkdir()
     cv2.imwrite(str(root / "Contempt" / "a.png"), images[0])
@@ -318,11 +298,11 @@ def test_unknown_class_or_split_folder_is_an_error(tmp_path: Path, synthetic, ca
         load_dataset(split_root)
 
 
-def test_training_needs_all_three_splits(flat_folder: Path, tmp_path: Path) -> None:
+def test_training_needs_all_three_splits(synthetic_flat_folder: Path, tmp_path: Path) -> None:
     from training.data import DataError
     from training.train import main, parse_args
 
-    args = parse_args(["--data", str(flat_folder), "--out", str(tmp_path), *TINY_TRAIN_FLAGS])
+    args = parse_args(["--data", str(synthetic_flat_folder), "--out", str(tmp_path), *FAST_FLAGS])
     with pytest.raises(DataError, match="training needs all three"):
         main(args)
 
@@ -418,12 +398,18 @@ def test_real_fer2013_privatetest_parses_only_that_split() -> None:
     assert data.splits["PrivateTest"].class_counts() == [491, 55, 528, 879, 594, 416, 626]
 
 
-def test_an_unknown_split_of_a_csv_lists_the_splits_the_file_has(data_csv: Path, tmp_path: Path, synthetic, capsys):
+def test_an_unknown_split_of_a_csv_lists_the_splits_the_file_has(
+    synthetic_csv: Path, tmp_path: Path, synthetic_data, capsys
+):
     model = str(brightness_model(tmp_path))
-    status, _, err = run_in_process(capsys, "evaluate", "--data", str(data_csv), "--model", model, "--split", "Nope")
-    have = ", ".join(f"{name} ({len(synthetic[name][1])} rows)" for name in ("Training", "PublicTest", "PrivateTest"))
+    status, _, err = run_in_process(
+        capsys, "evaluate", "--data", str(synthetic_csv), "--model", model, "--split", "Nope"
+    )
+    have = ", ".join(
+        f"{name} ({len(synthetic_data[name][1])} rows)" for name in ("Training", "PublicTest", "PrivateTest")
+    )
     assert status == 1
-    assert err.strip().splitlines()[-1] == f"error: {data_csv} has no split 'Nope'; its splits: {have}"
+    assert err.strip().splitlines()[-1] == f"error: {synthetic_csv} has no split 'Nope'; its splits: {have}"
 
 
 def test_training_help_lists_every_subcommand_with_one_line() -> None:
