@@ -156,6 +156,67 @@ def start_played_detector(
     return PlayedDetector(proc, camera, peer, results, metrics_port, log_path)
 
 
+@dataclass
+class PlayedClassifier:
+    """A real classifier process between a detector and a sink that the test plays with its own sockets."""
+
+    proc: subprocess.Popen
+    push: zmq.Socket  # a PUSH, as detector workers connect
+    events: zmq.Socket  # a PULL, as the sink binds
+    metrics_port: int
+    log_path: Path
+
+
+def start_played_classifier(
+    model: Path, zmq_context: zmq.Context, processes: list[subprocess.Popen], tmp_path: Path
+) -> PlayedClassifier:
+    events = zmq_context.socket(zmq.PULL)
+    events_port = events.bind_to_random_port("tcp://127.0.0.1")
+    faces_port, metrics_port = free_ports(2)
+    log_path = tmp_path / "classifier.log"
+    proc = start_logged_stage(
+        "classifier", log_path,
+        "--pull", f"tcp://127.0.0.1:{faces_port}",
+        "--push", f"tcp://127.0.0.1:{events_port}",
+        "--model", str(model),
+        "--device", "cpu",
+        "--metrics-port", str(metrics_port),
+    )  # fmt: skip
+    processes.append(proc)
+    wait_ready(proc, metrics_port, log_path)
+    push = zmq_context.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDTIMEO, REPLY_MS)
+    push.connect(f"tcp://127.0.0.1:{faces_port}")
+    return PlayedClassifier(proc, push, events, metrics_port, log_path)
+
+
+@dataclass
+class PlayedCapture:
+    """A real capture process (the demo source at 5 fps) whose detector worker the test plays."""
+
+    proc: subprocess.Popen
+    worker: zmq.Socket  # a DEALER, as detector workers connect
+    metrics_port: int
+    log_path: Path
+
+
+def start_played_capture(zmq_context: zmq.Context, processes: list[subprocess.Popen], tmp_path: Path) -> PlayedCapture:
+    frames_port, metrics_port = free_ports(2)
+    log_path = tmp_path / "capture.log"
+    proc = start_logged_stage(
+        "capture", log_path,
+        "--camera", "fuzz-cam", "--source", "demo", "--fps", "5",
+        "--frames", f"tcp://127.0.0.1:{frames_port}",
+        "--metrics-port", str(metrics_port),
+    )  # fmt: skip
+    processes.append(proc)
+    wait_ready(proc, metrics_port, log_path)
+    worker = zmq_context.socket(zmq.DEALER)
+    worker.setsockopt(zmq.SNDTIMEO, REPLY_MS)
+    worker.connect(f"tcp://127.0.0.1:{frames_port}")
+    return PlayedCapture(proc, worker, metrics_port, log_path)
+
+
 @pytest.mark.timeout(180)
 def test_detector_survives_10000_malformed_frames_counts_each_and_answers_the_next_frame(
     zmq_context: zmq.Context, processes: list[subprocess.Popen], tmp_path: Path
@@ -183,23 +244,8 @@ def test_classifier_survives_10000_malformed_faces_counts_each_and_classifies_th
     tiny_model: Path, zmq_context: zmq.Context, processes: list[subprocess.Popen], tmp_path: Path
 ) -> None:
     messages, reasons = malformed_batch("faces", STAGE_MESSAGES, seed=2)
-    events = zmq_context.socket(zmq.PULL)  # the test plays the sink
-    events_port = events.bind_to_random_port("tcp://127.0.0.1")
-    faces_port, metrics_port = free_ports(2)
-    log_path = tmp_path / "classifier.log"
-    proc = start_logged_stage(
-        "classifier", log_path,
-        "--pull", f"tcp://127.0.0.1:{faces_port}",
-        "--push", f"tcp://127.0.0.1:{events_port}",
-        "--model", str(tiny_model),
-        "--device", "cpu",
-        "--metrics-port", str(metrics_port),
-    )  # fmt: skip
-    processes.append(proc)
-    wait_ready(proc, metrics_port, log_path)
-    push = zmq_context.socket(zmq.PUSH)
-    push.setsockopt(zmq.SNDTIMEO, REPLY_MS)
-    push.connect(f"tcp://127.0.0.1:{faces_port}")
+    cls = start_played_classifier(tiny_model, zmq_context, processes, tmp_path)
+    proc, push, events, metrics_port, log_path = cls.proc, cls.push, cls.events, cls.metrics_port, cls.log_path
 
     send_all(push, messages)
     crops = np.full((1, 48, 48), 128, np.uint8)
@@ -264,22 +310,9 @@ def test_capture_survives_10000_malformed_credits_counts_each_and_serves_the_nex
     zmq_context: zmq.Context, processes: list[subprocess.Popen], tmp_path: Path
 ) -> None:
     messages, reasons = malformed_batch("credit", STAGE_MESSAGES, seed=4)
-    frames_port, metrics_port = free_ports(2)
-    log_path = tmp_path / "capture.log"
-    proc = start_logged_stage(
-        "capture", log_path,
-        "--camera", "fuzz-cam",
-        "--source", "demo",
-        "--fps", "5",
-        "--frames", f"tcp://127.0.0.1:{frames_port}",
-        "--metrics-port", str(metrics_port),
-    )  # fmt: skip
-    processes.append(proc)
-    wait_ready(proc, metrics_port, log_path)
-    # A broken detector worker: a DEALER, as real workers connect, sending credits nobody can read.
-    worker = zmq_context.socket(zmq.DEALER)
-    worker.setsockopt(zmq.SNDTIMEO, REPLY_MS)
-    worker.connect(f"tcp://127.0.0.1:{frames_port}")
+    cam = start_played_capture(zmq_context, processes, tmp_path)
+    # A broken detector worker, sending credits nobody can read.
+    proc, worker, metrics_port, log_path = cam.proc, cam.worker, cam.metrics_port, cam.log_path
 
     send_all(worker, messages)
     assert not worker.poll(500), "a malformed credit must not earn a frame"
@@ -306,22 +339,8 @@ def test_detector_survives_a_jpeg_frame_with_an_empty_payload(
 def test_classifier_survives_faces_whose_score_float32_cannot_hold(
     tiny_model: Path, zmq_context: zmq.Context, processes: list[subprocess.Popen], tmp_path: Path
 ) -> None:
-    events = zmq_context.socket(zmq.PULL)
-    events_port = events.bind_to_random_port("tcp://127.0.0.1")
-    faces_port, metrics_port = free_ports(2)
-    log_path = tmp_path / "classifier.log"
-    proc = start_logged_stage(
-        "classifier", log_path,
-        "--pull", f"tcp://127.0.0.1:{faces_port}",
-        "--push", f"tcp://127.0.0.1:{events_port}",
-        "--model", str(tiny_model),
-        "--device", "cpu",
-        "--metrics-port", str(metrics_port),
-    )  # fmt: skip
-    processes.append(proc)
-    wait_ready(proc, metrics_port, log_path)
-    push = zmq_context.socket(zmq.PUSH)
-    push.connect(f"tcp://127.0.0.1:{faces_port}")
+    cls = start_played_classifier(tiny_model, zmq_context, processes, tmp_path)
+    proc, push, events, log_path = cls.proc, cls.push, cls.events, cls.log_path
     crops = np.zeros((1, 48, 48), np.uint8)
     # Fresh and from a file camera (not droppable): it must reach the model, not be dropped as stale.
     odd = Faces("odd-cam", 1, time.time(), time.time(), (480, 640), np.array([[1, 2, 40, 40]]), np.ones(1), crops)
@@ -360,20 +379,10 @@ def test_sink_survives_an_event_whose_timestamp_no_float_can_hold(
 def test_capture_keeps_serving_workers_after_a_credit_with_a_5000_digit_number(
     zmq_context: zmq.Context, processes: list[subprocess.Popen], tmp_path: Path
 ) -> None:
-    # Today the ValueError kills capture's sender thread: the process lives on, /healthz stays 200 (the
-    # grab loop beats it), and the camera never sends a frame again.
-    frames_port, metrics_port = free_ports(2)
-    log_path = tmp_path / "capture.log"
-    proc = start_logged_stage(
-        "capture", log_path,
-        "--camera", "fuzz-cam", "--source", "demo", "--fps", "5",
-        "--frames", f"tcp://127.0.0.1:{frames_port}",
-        "--metrics-port", str(metrics_port),
-    )  # fmt: skip
-    processes.append(proc)
-    wait_ready(proc, metrics_port, log_path)
-    worker = zmq_context.socket(zmq.DEALER)
-    worker.connect(f"tcp://127.0.0.1:{frames_port}")
+    # A ValueError here once killed capture's sender thread: the process lived on, /healthz stayed 200
+    # (the grab loop beats it), and the camera never sent a frame again.
+    cam = start_played_capture(zmq_context, processes, tmp_path)
+    proc, worker, log_path = cam.proc, cam.worker, cam.log_path
     worker.send_multipart(with_raw_field(TEMPLATES["credit"][0], "done", TOO_MANY_DIGITS))
     worker.send_multipart(encode_credit(Credit("fuzz-worker", 0, 1, 0)))
     thread_died = "Exception in thread"
