@@ -357,3 +357,34 @@ def test_distillation_loss_matches_a_hand_computation() -> None:
     expected = expected / 2 * t**2
     assert float(distillation_loss(student, teacher, t)) == pytest.approx(expected, rel=1e-5)
     assert float(distillation_loss(teacher, teacher, t)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_teacher_file_exported_to_onnx_gives_its_sources_soft_targets(tiny_model: Path, tmp_path: Path) -> None:
+    """``--teacher`` takes the model's .onnx file (its int8 copy runs faster on a CPU): it reads the
+    student's channels-last batches and gives the logits of the model file it was exported from."""
+    import argparse
+
+    from emostream.modelfile import forward_with_tta
+    from training.export import export_onnx, exported_info, write_info
+    from training.inference import load
+    from training.train import distillation_loss, load_teacher
+
+    _, info, path = load(tiny_model)
+    onnx_path = export_onnx(path, info, tmp_path / "teacher.onnx", 18)
+    write_info(onnx_path, exported_info(info, path, format="onnx-float32"))
+    teachers = [
+        load_teacher(
+            argparse.Namespace(teacher=str(p), teacher_tta="flip", mean=info.mean, std=info.std), torch.device("cpu")
+        )
+        for p in (tiny_model, onnx_path)
+    ]
+    images = torch.rand(16, 1, 48, 48, generator=torch.Generator().manual_seed(0))
+    batch = ((images - info.mean) / info.std).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        from_pt2, from_onnx = (forward_with_tta(t, batch, "flip").float() for t in teachers)
+    assert from_onnx.shape == (16, len(EMOTIONS))
+    assert torch.allclose(from_onnx, from_pt2, atol=1e-4, rtol=1e-3)
+    student = torch.randn(16, len(EMOTIONS), generator=torch.Generator().manual_seed(1))
+    assert float(distillation_loss(student, from_onnx, 4.0)) == pytest.approx(
+        float(distillation_loss(student, from_pt2, 4.0)), rel=1e-4
+    )
