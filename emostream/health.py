@@ -2,8 +2,10 @@
 
 Every stage's HTTP port answers ``/metrics`` (Prometheus), ``/healthz`` (liveness: 200 while the
 stage's main loop has beaten within ``stale_after_s``, else 503 -- a hung process is restarted by
-Kubernetes or compose) and ``/readyz`` (readiness: 200 once the stage has bound or connected its
-sockets and loaded what it needs, e.g. the classifier's model; 503 before).
+the launcher, Kubernetes or compose; before the main loop's first beat the stage is starting, and
+loading a model may take longer than ``stale_after_s``: it is live for ``start_timeout_s``) and
+``/readyz`` (readiness: 200 once the stage has bound or connected its sockets and loaded what it
+needs, e.g. the classifier's model; 503 before).
 """
 
 from __future__ import annotations
@@ -16,18 +18,24 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import make_wsgi_app
 
 STALE_AFTER_S = 10.0
+#: Longer than any stage's start (the classifier times its runtimes on a loaded 2-core host), so
+#: only a start that is stuck ends it.
+START_TIMEOUT_S = 120.0
 
 
 class Health:
-    def __init__(self, stale_after_s: float = STALE_AFTER_S) -> None:
+    def __init__(self, stale_after_s: float = STALE_AFTER_S, start_timeout_s: float = START_TIMEOUT_S) -> None:
         self.stale_after_s = stale_after_s
+        self.start_timeout_s = start_timeout_s
         self._last_beat = time.monotonic()
+        self._started = False
         self._ready = False
         self._reason = "starting"
 
     def beat(self) -> None:
         """Called from the stage's main loop: proves the process is not hung."""
         self._last_beat = time.monotonic()
+        self._started = True
 
     def set_ready(self, ready: bool = True, reason: str = "") -> None:
         self._ready = ready
@@ -35,6 +43,10 @@ class Health:
 
     def live(self) -> tuple[bool, str]:
         age = time.monotonic() - self._last_beat
+        if not self._started:
+            if age > self.start_timeout_s:
+                return False, f"still starting after {age:.1f}s"
+            return True, "starting"
         if age > self.stale_after_s:
             return False, f"main loop silent for {age:.1f}s"
         return True, "ok"

@@ -22,6 +22,7 @@ def test_readiness_follows_the_stage_and_liveness_follows_its_heartbeat():
         status, body = get(port, "/metrics")
         assert status == 200 and "python_info" in body
 
+        health.beat()  # the main loop runs: from now on its heartbeat is what counts
         health.stale_after_s = -1.0  # every heartbeat is now too old: a hung main loop
         status, body = get(port, "/healthz")
         assert status == 503 and "silent" in body
@@ -29,6 +30,26 @@ def test_readiness_follows_the_stage_and_liveness_follows_its_heartbeat():
         health.stale_after_s = 3600
         health.beat()
         assert get(port, "/healthz")[0] == 200
+    finally:
+        server.shutdown()
+
+
+def test_a_stage_still_loading_is_live_until_its_start_timeout_though_its_main_loop_has_not_beaten():
+    # A classifier times its runtimes before its main loop's first beat: on a busy host that takes longer
+    # than stale_after_s, and the launcher's watchdog must not kill it for a hang.
+    health = Health(stale_after_s=-1.0, start_timeout_s=3600)
+    port = free_port()
+    server = serve_http(port, health=health)
+    try:
+        assert get(port, "/healthz") == (200, "starting\n")
+        assert get(port, "/readyz") == (503, "starting\n")
+        health.start_timeout_s = -1.0  # a start that never ends is a hang too
+        status, body = get(port, "/healthz")
+        assert status == 503 and "still starting" in body
+        health.start_timeout_s = 3600
+        health.beat()
+        status, body = get(port, "/healthz")
+        assert status == 503 and "silent" in body, "once it beats, its main loop's heartbeat counts"
     finally:
         server.shutdown()
 
