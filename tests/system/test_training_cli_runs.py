@@ -368,7 +368,10 @@ def test_export_onnx_parity(trained: dict[str, object], tmp_path: Path) -> None:
     assert np.allclose(session.run(None, {"input": x})[0], expected, atol=1e-4, rtol=1e-3)
 
 
-@pytest.mark.parametrize(("name", "labels", "n"), [("emotion", "fer2013", 3589), ("emotion_ferplus", "ferplus", 3137)])
+@pytest.mark.parametrize(
+    ("name", "labels", "n"),
+    [("emotion", "fer2013", 3589), ("emotion_accurate", "fer2013", 3589), ("emotion_ferplus", "ferplus", 3137)],
+)
 def test_shipped_model_reproduces_its_report(capsys, name: str, labels: str, n: int) -> None:
     from training.inference import shipped_model_path
 
