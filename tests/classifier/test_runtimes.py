@@ -86,7 +86,7 @@ def int8_probs(request: pytest.FixtureRequest, faces: np.ndarray) -> tuple[np.nd
 def test_shipped_int8_agrees_with_torch_on_real_faces(
     int8_probs: tuple[np.ndarray, dict[str, np.ndarray]], engine: str
 ) -> None:
-    # The target; measured figures per file and engine: docs/model.md#int8-serving.
+    # The target; measured figures per file and engine: docs/model.md (int8 serving, the accurate model).
     float_probs, engine_probs = int8_probs
     assert agreement(engine_probs[engine], float_probs) >= 0.99
     assert np.abs(engine_probs[engine] - float_probs).mean() < 0.01
