@@ -393,7 +393,13 @@ class Supervisor:
             return {n: s.process.pid for n, s in self.states.items() if s.process and s.process.poll() is None}
 
     def stop(self) -> None:
-        """SIGTERM sources first, then downstream stages in order; SIGKILL what outlives the timeout."""
+        """SIGTERM sources first, then downstream stages in order; SIGKILL what outlives the timeout.
+
+        Each group is waited for up to its share of ``stop_timeout_s`` before the next is signalled (so
+        frames in flight drain downstream), and every stage still running then has until the whole
+        timeout: a stage slow to exit (the classifier's native runtimes take a second or two to tear
+        down on a busy host) is not killed just because its share ran out.
+        """
         self._stopping.set()
         with self._lock:
             for state in self.states.values():
@@ -410,6 +416,9 @@ class Supervisor:
                 group_deadline = min(deadline, time.monotonic() + share)
                 for process in group:
                     self._wait(process, group_deadline)
+            for state in self.states.values():
+                if state.process:
+                    self._wait(state.process, deadline)
             for state in self.states.values():
                 if state.process and state.process.poll() is None:
                     log.warning("%s did not stop in time; killing it", state.spec.name)

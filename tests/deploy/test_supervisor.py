@@ -166,3 +166,38 @@ def test_update_spec_writes_the_new_camera_set_to_a_following_stage_without_rest
         assert supervisor.states["detector-0"].process.pid == pid
     finally:
         supervisor.stop()
+
+
+SLOW_TO_STOP = """
+import signal, sys, time
+def stop(signum, frame):
+    time.sleep(float(sys.argv[1]))  # a stage whose exit takes a while (native runtimes tearing down)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("ready", file=sys.stderr, flush=True)
+while True:
+    time.sleep(0.1)
+"""
+
+
+def test_a_stage_slower_to_stop_than_its_share_of_the_stop_timeout_is_not_killed_before_the_timeout(tmp_path):
+    # Stages are stopped by module, in reverse plan order: detector, then classifier, then sink; three
+    # groups share the 6 s timeout, 2 s each. The classifier takes 3 s to exit.
+    for module in ("fake_detector", "fake_classifier", "fake_sink"):
+        (tmp_path / f"{module}.py").write_text(SLOW_TO_STOP)
+    env = {"PYTHONPATH": str(tmp_path)}
+    plan = [
+        StageSpec("sink", "fake_sink", ["0"], env=env),
+        StageSpec("classifier", "fake_classifier", ["3"], env=env),
+        StageSpec("detector", "fake_detector", ["0"], env=env),
+    ]
+    supervisor = Supervisor(plan, hang_timeout_s=0, stop_timeout_s=6.0)
+    supervisor.start()
+    try:
+        # "ready" on stderr (the supervisor keeps each stage's last line): its SIGTERM handler is installed.
+        wait_for(lambda: all(s.last_line == "ready" for s in supervisor.states.values()), timeout=30, what="ready")
+    finally:
+        supervisor.stop()
+    codes = {name: state.process.returncode for name, state in supervisor.states.items() if state.process}
+    # Its share (2 s) ran out while it stopped; the timeout had not: it exited on its own, not killed (-9).
+    assert codes == {"sink": 0, "classifier": 0, "detector": 0}
