@@ -417,15 +417,15 @@ class Supervisor:
                 for process in group:
                     self._wait(process, group_deadline)
             for state in self.states.values():
-                if state.process:
-                    self._wait(state.process, deadline)
-            for state in self.states.values():
-                if state.process and state.process.poll() is None:
+                stage = state.process
+                if stage is None:
+                    continue
+                self._wait(stage, deadline)
+                if stage.poll() is None:
                     log.warning("%s did not stop in time; killing it", state.spec.name)
-                    state.process.kill()
-                    state.process.wait()
-                if state.process:
-                    metrics.STAGE_UP.labels(state.spec.name).set(0)
+                    stage.kill()
+                    stage.wait()
+                metrics.STAGE_UP.labels(state.spec.name).set(0)
             for state in self.states.values():
                 if state.relay is not None:
                     state.relay.join(RELAY_JOIN_S)  # the stages' last lines before the launcher's summary
