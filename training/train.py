@@ -45,6 +45,7 @@ from emostream.wire import EMOTIONS
 from training import presets
 from training.cli_support import run_subcommand
 from training.data import SPLITS, DataError, Fer2013, Split, load_dataset
+from training.fake_quant import add_activation_fake_quant
 from training.metrics import (
     classification_metrics,
     expected_calibration_error,
@@ -320,6 +321,8 @@ def build_trainer(
     model_ema = None
     if args.model_ema_decay > 0:
         model_ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.model_ema_decay), use_buffers=True)
+    if args.fake_quant:  # after the average's copy: it is scored, and scoring stays float32
+        add_activation_fake_quant(model)
     return Trainer(
         model=model,
         criterion=criterion,

@@ -107,6 +107,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         "is replaced by its served crop with probability --served-prob",
     )
     g.add_argument("--served-prob", type=float, default=0.5, help="see --served-crops")
+    g.add_argument(
+        "--fake-quant",
+        action="store_true",
+        help="round activations in training forwards as the int8 export does (training/fake_quant.py): a "
+        "fine-tune for a model whose int8 copy changes its top class too often",
+    )
     g.add_argument("--mean", type=float, default=presets.DEFAULT_MEAN, help="normalisation mean (pixel/255)")
     g.add_argument("--std", type=float, default=presets.DEFAULT_STD, help="normalisation std (pixel/255)")
 
@@ -210,6 +216,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{required} is required (on the command line or in --config)")
     if args.teacher_view == "original" and not (args.teacher and args.served_crops):
         parser.error("--teacher-view original needs --teacher and --served-crops (what else would differ?)")
+    if args.fake_quant and not args.arch.startswith("resnet_fer"):
+        parser.error(f"--fake-quant knows the resnet_fer architectures' layout, not --arch {args.arch}")
     # Checked before the data loads: a wrong number should not cost the load, or read as another error.
     for dest, low, high in _RANGES:
         value = getattr(args, dest)

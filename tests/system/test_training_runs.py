@@ -185,6 +185,19 @@ def test_training_with_mixing_and_a_teacher_writes_a_model(data_csv: Path, tmp_p
     assert bad.returncode != 0 and "--teacher" in bad.stderr
 
 
+def test_fake_quant_training_rounds_in_training_and_writes_a_float_model(data_csv: Path, tmp_path: Path) -> None:
+    common = ["--data", str(data_csv), "--arch", "resnet_fer_tiny", "--epochs", "1", "-b", "16", "--no-progress"]
+    proc = run_cli(*common, "--fake-quant", "--out", str(tmp_path / "fq"))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "fq" / "report.json").read_text())
+    assert report["config"]["fake_quant"] is True
+    module = load_model(tmp_path / "fq" / "model.pt2")[0]
+    ops = {str(node.target) for node in module.graph.nodes if node.op == "call_function"}
+    assert ops and not any("quant" in op for op in ops)  # the rounding lives in training forwards only
+    wrong = run_cli(*common, "--arch", "resnet18", "--fake-quant", "--out", str(tmp_path / "w"))
+    assert wrong.returncode != 0 and "--fake-quant" in wrong.stderr and "resnet18" in wrong.stderr
+
+
 def test_init_from_starts_from_a_model_files_weights(data_csv: Path, tmp_path: Path) -> None:
     common = ["--data", str(data_csv), "--epochs", "1", "-b", "16", "--no-progress"]
     source = tmp_path / "source"
