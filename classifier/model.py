@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from classifier.runtimes import check_runtime, select_runtime
+from classifier.runtimes import TorchRuntime, check_runtime, near_tie_gap, rescore_near_ties, select_runtime
 from classifier.settings import SHIPPED_MODEL, ClassifierSettings
 from emostream.cpu import cpu_info, thread_budget
 from emostream.modelfile import forward_with_tta
@@ -71,6 +71,10 @@ class EmotionModel:
         use_bf16 = bf16 if bf16 is not None else self.device.type == "cuda" or cpu_info().native_bf16
         self.selection = select_runtime(self.source, runtime, self.device, use_bf16, threads, batch)
         self.runtime = self.selection.runtime
+        #: An int8 file made from the ``.pt2`` hands its near ties (top two logits under this gap apart,
+        #: where its rounding may change the top class) to the ``.pt2`` in float32; 0: none.
+        self.near_tie_gap = near_tie_gap(self.runtime.info) if self.runtime.path != self.source else 0.0
+        self._float_runtime = TorchRuntime(self.source, self.device, bf16=False) if self.near_tie_gap > 0 else None
         self.bf16 = self.runtime.bf16
         self.path = self.runtime.path
         info = self.runtime.info
@@ -98,13 +102,16 @@ class EmotionModel:
         level = logging.INFO if announce else logging.DEBUG
         log.log(
             level,
-            "loaded %s (%s) on %s, bf16=%s, tta=%s, temperature %.3f",
+            "loaded %s (%s) on %s, bf16=%s, tta=%s, temperature %.3f%s",
             self.path.name,
             info.arch,
             self.device,
             self.bf16,
             tta,
             self.temperature,
+            f", near ties (top two logits under {self.near_tie_gap:g} apart) re-scored by {self.source.name} in float32"
+            if self._float_runtime is not None
+            else "",
         )
         log.log(level, "%s", self.selection.describe())
 
@@ -133,6 +140,11 @@ class EmotionModel:
             return np.empty((0, len(self.class_names)), dtype=np.float32)
         x = self._to_input(crops)
         logits = forward_with_tta(self.runtime, x, self.tta)  # the runtime applies bf16 autocast where it serves
+        if self._float_runtime is not None:
+            float_runtime = self._float_runtime
+            logits = rescore_near_ties(
+                logits, x, lambda near: forward_with_tta(float_runtime, near, self.tta), self.near_tie_gap
+            )
         probs = torch.softmax(logits.float() / self.temperature, dim=1)
         return probs.cpu().numpy()
 

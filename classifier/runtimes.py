@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,26 @@ def check_runtime(name: str) -> str:
     if name not in RUNTIMES:
         raise ValueError(f"classifier.runtime: unknown runtime {name!r}; one of {', '.join(RUNTIMES)}")
     return name
+
+
+def near_tie_gap(info: ModelInfo) -> float:
+    """The top-two logit gap under which an int8 file's faces are re-scored in float32 (``python -m training
+    export`` records it; 0 for float files and int8 files made before it did)."""
+    export = info.extra.get("export", {}) if isinstance(info.extra, dict) else {}
+    return float(export.get("quantization", {}).get("near_tie_gap", 0.0))
+
+
+def rescore_near_ties(
+    logits: torch.Tensor, x: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor], gap: float
+) -> torch.Tensor:
+    """``logits`` with the rows whose top two are under ``gap`` apart replaced by ``forward`` of their inputs."""
+    top2 = logits.topk(2, dim=1).values
+    near = (top2[:, 0] - top2[:, 1]) < gap
+    if not bool(near.any()):
+        return logits
+    logits = logits.clone()
+    logits[near] = forward(x[near]).to(logits.dtype)
+    return logits
 
 
 def int8_beside(path: Path) -> Path:

@@ -33,6 +33,11 @@ The export fails (status 1) when the kept candidate's accuracy falls more than `
 points below the float model's; its file is then written as ``<stem>.int8.failed.onnx``, a name the
 classifier never serves, and a ``<stem>.int8.onnx`` already there is left as it was. Figures: docs/model.md.
 
+Near ties: the faces whose top class int8 changes are those whose top two logits are closer than its
+rounding can separate. The export records in the int8 file the smallest top-two gap of the int8 logits
+under which re-scoring in float32 brings PublicTest agreement to ``--near-tie-agreement`` (a few percent
+of the faces); the classifier re-scores such faces with the ``.pt2`` (``classifier/model.py``).
+
 Parity: onnxruntime (CPU) and torch run the same preprocessed inputs -- seeded random uint8 crops,
 or real images with ``--data`` -- at several batch sizes (checks the dynamic batch too); float32
 passes when every logit satisfies ``|onnx - torch| <= atol + rtol * |torch|`` (numpy.allclose); int8
@@ -68,6 +73,8 @@ WEIGHT_SCHEMES = {"s8": (False, False), "s8-7bit": (False, True), "u8": (True, F
 DEFAULT_WEIGHT_SCHEMES = ("s8", "s8-7bit")
 CHOOSE_BY = ("agreement", "accuracy")
 DEFAULT_OUT = "runs/export"
+#: Near-tie re-scoring (``--near-tie-agreement``): the gaps tried, in logits, and the largest.
+NEAR_TIE_STEP, NEAR_TIE_MAX = 0.005, 0.5
 #: Faces per calibration batch: every batch the same size (onnxruntime's histogram calibrators stack them).
 CALIBRATION_BATCH = 64
 
@@ -170,6 +177,27 @@ def accuracy(module: Any, info: ModelInfo, images: Any, labels: np.ndarray) -> t
     return float((logits.argmax(1) == labels).mean()), logits
 
 
+def near_tie_threshold(int8_logits: np.ndarray, float_logits: np.ndarray, target: float) -> dict[str, float]:
+    """The smallest top-two gap of the int8 logits (a multiple of ``NEAR_TIE_STEP``, at most ``NEAR_TIE_MAX``)
+    under which re-scoring a face in float32 brings int8's top class into agreement with float32's on at
+    least ``target`` of the faces: the faces int8 and float32 disagree on are the near ties its rounding flips."""
+    top2 = np.sort(int8_logits, axis=1)[:, -2:]
+    gap = top2[:, 1] - top2[:, 0]
+    differ = int8_logits.argmax(1) != float_logits.argmax(1)
+    steps = int(round(NEAR_TIE_MAX / NEAR_TIE_STEP))
+    for threshold in (i * NEAR_TIE_STEP for i in range(steps + 1)):
+        agreement = 1.0 - float((differ & (gap >= threshold)).mean())
+        if agreement >= target or threshold >= NEAR_TIE_MAX:
+            break
+    return {
+        "gap": round(threshold, 6),
+        "rescored_share": float((gap < threshold).mean()),
+        "agreement_before": 1.0 - float(differ.mean()),
+        "agreement_after": agreement,
+        "target": target,
+    }
+
+
 def make_int8(
     args: argparse.Namespace, module: Any, info: ModelInfo, model_path: Path, float_path: Path, out_path: Path
 ) -> dict[str, Any]:
@@ -193,6 +221,7 @@ def make_int8(
         quant_pre_process(str(float_path), str(prepared))  # shape inference and graph folds first, as advised
     keep_float = float_nodes(prepared)
     trials: dict[str, dict[str, float]] = {}
+    int8_logits: dict[str, np.ndarray] = {}
     for weights in args.weight_schemes:
         for method in args.calibration_methods:
             name = f"{weights}/{method}"
@@ -202,6 +231,7 @@ def make_int8(
             acc, logits = accuracy(OnnxModule(candidate, torch.get_num_threads()), info, public.images, labels)
             agreement = float((logits.argmax(1) == float_logits.argmax(1)).mean())
             trials[name] = {"publictest_accuracy": acc, "publictest_argmax_agreement": agreement}
+            int8_logits[name] = logits
             log(
                 f"int8 {name}: PublicTest accuracy {acc:.4f} (float {float_accuracy:.4f}), "
                 f"argmax agreement {agreement:.4f}"
@@ -236,7 +266,14 @@ def make_int8(
         "publictest_argmax_agreement": trials[best]["publictest_argmax_agreement"],
         "float_publictest_accuracy": float_accuracy,
         "trials": trials,
+        "near_ties": near_tie_threshold(int8_logits[best], float_logits, args.near_tie_agreement),
     }
+    quantization["near_tie_gap"] = quantization["near_ties"]["gap"]
+    log(
+        f"int8 near ties: faces whose top two int8 logits are under {quantization['near_tie_gap']:g} apart "
+        f"({quantization['near_ties']['rescored_share']:.2%} of PublicTest) are re-scored in float32 when served: "
+        f"PublicTest agreement {quantization['near_ties']['agreement_after']:.4f}"
+    )
     shutil.copyfile(work / f"int8_{weights}_{method}.onnx", out_path)
     write_info(out_path, exported_info(info, model_path, format="onnx-int8", quantization=quantization))
     drop = 100 * (float_accuracy - trials[best]["publictest_accuracy"])
@@ -326,6 +363,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         default="agreement",
         choices=CHOOSE_BY,
         help="keep the candidate whose PublicTest argmax agrees best with float32's, or the most accurate one",
+    )
+    g.add_argument(
+        "--near-tie-agreement",
+        type=float,
+        default=0.997,
+        help="record the top-two logit gap under which the classifier re-scores a face in float32, the smallest "
+        "that brings PublicTest argmax agreement with float32 to this share (0 = no re-scoring)",
     )
     g.add_argument(
         "--max-accuracy-drop",

@@ -4,16 +4,18 @@ clear errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from pydantic import ValidationError
 
 from classifier.model import EmotionModel
-from classifier.runtimes import ONNX_ENGINES, int8_beside, select_runtime
+from classifier.runtimes import ONNX_ENGINES, int8_beside, rescore_near_ties, select_runtime
 from classifier.settings import SHIPPED_ACCURATE_MODEL, SHIPPED_MODEL, ClassifierSettings
 from emostream.cpu import cpu_info
 from emostream.modelinfo import ModelFileError
@@ -90,6 +92,56 @@ def test_shipped_int8_agrees_with_torch_on_real_faces(
     float_probs, engine_probs = int8_probs
     assert agreement(engine_probs[engine], float_probs) >= 0.99
     assert np.abs(engine_probs[engine] - float_probs).mean() < 0.01
+
+
+def test_rescore_near_ties_replaces_only_the_rows_whose_top_two_are_close() -> None:
+    logits = torch.tensor([[2.0, 1.95, 0.0], [3.0, 0.0, 0.0], [0.0, 1.0, 1.09]])
+    x = torch.arange(3.0)[:, None]
+    seen = []
+
+    def forward(near: torch.Tensor) -> torch.Tensor:
+        seen.append(near.clone())
+        return torch.full((len(near), 3), 7.0)
+
+    out = rescore_near_ties(logits, x, forward, 0.1)
+    assert torch.equal(seen[0], torch.tensor([[0.0], [2.0]]))  # rows 0 and 2, nothing else re-run
+    assert torch.equal(out[1], logits[1]) and (out[[0, 2]] == 7.0).all()
+    assert logits[0, 0] == 2.0  # the caller's logits are left as they were
+    seen.clear()
+    assert rescore_near_ties(logits, x, forward, 0.0) is logits and not seen
+
+
+@pytest.mark.parametrize("engine", list(ONNX_ENGINES))
+def test_an_int8_file_that_records_a_near_tie_gap_hands_its_near_ties_to_float32(
+    faces: np.ndarray, torch_probs: np.ndarray, tmp_path: Path, engine: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from training.export import write_info
+
+    if not SHIPPED_INT8.is_file():
+        pytest.skip(f"{SHIPPED_INT8} is not shipped")
+    model = tmp_path / "emotion.pt2"
+    shutil.copyfile(SHIPPED_MODEL, model)
+    shutil.copyfile(SHIPPED_INT8, int8_beside(model))
+    plain = EmotionModel(model, device="cpu", runtime=engine, threads=1)
+    plain_probs = plain.predict(faces)
+    info = plain.runtime.info
+    export = info.extra["export"]
+    gap = 0.1
+    quantization = {**export["quantization"], "near_tie_gap": gap}
+    tied = dataclasses.replace(info, extra={**info.extra, "export": {**export, "quantization": quantization}})
+    write_info(int8_beside(model), tied)
+    with caplog.at_level(logging.INFO, logger="classifier"):
+        served = EmotionModel(model, device="cpu", runtime=engine, threads=1)
+    assert plain.near_tie_gap == 0 and served.near_tie_gap == gap and served.path == int8_beside(model)
+    assert any("near ties (top two logits under 0.1 apart) re-scored by emotion.pt2 in float32" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+    probs = served.predict(faces)
+    # The faces int8 flips are near ties: re-scored, nearly all agree with float32, the rest are int8's as before.
+    assert agreement(probs, torch_probs) > agreement(plain_probs, torch_probs)
+    assert agreement(probs, torch_probs) >= 0.997
+    rescored = np.abs(probs - plain_probs).max(1) > 0
+    assert 0 < rescored.mean() < 0.1
+    assert np.allclose(probs[rescored], torch_probs[rescored], atol=1e-5)
 
 
 @pytest.mark.parametrize("engine", list(ONNX_ENGINES))

@@ -74,7 +74,26 @@ def test_int8_export_writes_a_self_describing_file_in_out(int8_export: tuple[int
     best = max(trials, key=lambda t: (trials[t]["publictest_argmax_agreement"], trials[t]["publictest_accuracy"]))
     assert best == f"{q['weight_scheme']}/{q['calibration']['method']}"
     assert len(q["float_nodes"]) == 2  # the first convolution and the logits' linear layer
+    near = q["near_ties"]
+    assert q["near_tie_gap"] == near["gap"] >= 0 and near["target"] == 0.997
+    assert near["agreement_before"] == pytest.approx(q["publictest_argmax_agreement"])
+    assert near["agreement_after"] >= min(0.997, near["agreement_before"]) and "int8 near ties:" in err
     assert "int8 OK" in err
+
+
+def test_the_near_tie_gap_is_the_smallest_that_brings_agreement_to_its_target() -> None:
+    from training.export import near_tie_threshold
+
+    float_logits = np.array([[1.0, 0.0, 0.0]] * 10)
+    int8_logits = float_logits.copy()
+    int8_logits[0] = [1.0, 1.02, 0.0]  # flipped, int8 gap 0.02
+    int8_logits[1] = [1.0, 1.07, 0.0]  # flipped, int8 gap 0.07
+    int8_logits[2] = [1.0, 0.96, 0.0]  # agrees, gap 0.04: re-scored with the rest under 0.07
+    got = near_tie_threshold(int8_logits, float_logits, 1.0)
+    assert got["gap"] == pytest.approx(0.075) and got["rescored_share"] == pytest.approx(0.3)
+    assert got["agreement_before"] == pytest.approx(0.8) and got["agreement_after"] == 1.0
+    assert near_tie_threshold(int8_logits, float_logits, 0.9)["gap"] == pytest.approx(0.025)
+    assert near_tie_threshold(int8_logits, float_logits, 0.0)["gap"] == 0.0  # re-scoring off
 
 
 def test_an_int8_file_that_fails_its_accuracy_check_is_not_left_where_the_classifier_serves_it(
