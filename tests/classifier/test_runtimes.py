@@ -80,6 +80,7 @@ def int8_probs(request: pytest.FixtureRequest, faces: np.ndarray) -> tuple[np.nd
         assert served.path == int8_beside(model) and served.runtime.label == f"{engine} int8"
         # Calibrated probabilities: the int8 file carries the .pt2's temperature.
         assert served.temperature == torch_model.temperature
+        assert served.near_tie_gap > 0  # the export recorded where int8's rounding may flip the top class
         probs[engine] = served.predict(faces)
     return torch_model.predict(faces), probs
 
@@ -122,14 +123,21 @@ def test_an_int8_file_that_records_a_near_tie_gap_hands_its_near_ties_to_float32
     model = tmp_path / "emotion.pt2"
     shutil.copyfile(SHIPPED_MODEL, model)
     shutil.copyfile(SHIPPED_INT8, int8_beside(model))
+    info = EmotionModel(model, device="cpu", runtime=engine, threads=1).runtime.info
+    export = info.extra["export"]
+
+    def record_gap(gap: float) -> None:
+        quantization = {**export["quantization"], "near_tie_gap": gap}
+        write_info(
+            int8_beside(model),
+            dataclasses.replace(info, extra={**info.extra, "export": {**export, "quantization": quantization}}),
+        )
+
+    record_gap(0.0)  # as int8 files made before the export recorded a gap
     plain = EmotionModel(model, device="cpu", runtime=engine, threads=1)
     plain_probs = plain.predict(faces)
-    info = plain.runtime.info
-    export = info.extra["export"]
     gap = 0.1
-    quantization = {**export["quantization"], "near_tie_gap": gap}
-    tied = dataclasses.replace(info, extra={**info.extra, "export": {**export, "quantization": quantization}})
-    write_info(int8_beside(model), tied)
+    record_gap(gap)
     with caplog.at_level(logging.INFO, logger="classifier"):
         served = EmotionModel(model, device="cpu", runtime=engine, threads=1)
     assert plain.near_tie_gap == 0 and served.near_tie_gap == gap and served.path == int8_beside(model)
