@@ -10,7 +10,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from classifier.runtimes import TorchRuntime, check_runtime, near_tie_gap, rescore_near_ties, select_runtime
+from classifier.runtimes import (
+    TorchRuntime,
+    check_runtime,
+    near_tie_gap,
+    one_torch_thread,
+    rescore_near_ties,
+    select_runtime,
+)
 from classifier.settings import SHIPPED_MODEL, ClassifierSettings
 from emostream.cpu import cpu_info, thread_budget
 from emostream.modelfile import forward_with_tta
@@ -142,9 +149,12 @@ class EmotionModel:
         logits = forward_with_tta(self.runtime, x, self.tta)  # the runtime applies bf16 autocast where it serves
         if self._float_runtime is not None:
             float_runtime = self._float_runtime
-            logits = rescore_near_ties(
-                logits, x, lambda near: forward_with_tta(float_runtime, near, self.tta), self.near_tie_gap
-            )
+
+            def rescore(near: torch.Tensor) -> torch.Tensor:
+                with one_torch_thread():
+                    return forward_with_tta(float_runtime, near, self.tta)
+
+            logits = rescore_near_ties(logits, x, rescore, self.near_tie_gap)
         probs = torch.softmax(logits.float() / self.temperature, dim=1)
         return probs.cpu().numpy()
 

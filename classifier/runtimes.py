@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,18 @@ def rescore_near_ties(
     logits = logits.clone()
     logits[near] = forward(x[near]).to(logits.dtype)
     return logits
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch on one intra-op thread for the block: a re-score is a few faces, and on a machine whose cores the
+    other stages keep busy a thread team waits for its slowest, descheduled member (docs/model.md)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def int8_beside(path: Path) -> Path:

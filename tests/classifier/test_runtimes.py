@@ -15,7 +15,7 @@ import torch
 from pydantic import ValidationError
 
 from classifier.model import EmotionModel
-from classifier.runtimes import ONNX_ENGINES, int8_beside, rescore_near_ties, select_runtime
+from classifier.runtimes import ONNX_ENGINES, int8_beside, one_torch_thread, rescore_near_ties, select_runtime
 from classifier.settings import SHIPPED_ACCURATE_MODEL, SHIPPED_MODEL, ClassifierSettings
 from emostream.cpu import cpu_info
 from emostream.modelinfo import ModelFileError
@@ -110,6 +110,14 @@ def test_rescore_near_ties_replaces_only_the_rows_whose_top_two_are_close() -> N
     assert logits[0, 0] == 2.0  # the caller's logits are left as they were
     seen.clear()
     assert rescore_near_ties(logits, x, forward, 0.0) is logits and not seen
+
+
+def test_one_torch_thread_for_a_rescore_and_the_count_restored_after_it() -> None:
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError), one_torch_thread():
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("a failed re-score")
+    assert torch.get_num_threads() == before
 
 
 @pytest.mark.parametrize("engine", list(ONNX_ENGINES))
