@@ -54,6 +54,12 @@ class TorchRuntime:
             return self.module(x.contiguous(memory_format=torch.channels_last))
 
 
+def export_record(info: ModelInfo) -> dict[str, Any]:
+    """What ``python -m training export`` recorded in an ``.onnx`` file's info (format, source, quantisation);
+    empty for a ``.pt2``."""
+    return info.extra.get("export", {}) if isinstance(info.extra, dict) else {}
+
+
 class _OnnxEngine:
     """What the classifier needs of an ONNX engine beyond calling it: its name, device and label."""
 
@@ -65,7 +71,7 @@ class _OnnxEngine:
     @property
     def label(self) -> str:
         """``<engine> int8`` or ``<engine> fp32``, by the export format the file records."""
-        fmt = self.info.extra.get("export", {}).get("format", "onnx") if isinstance(self.info.extra, dict) else "onnx"
+        fmt = export_record(self.info).get("format", "onnx")
         return f"{self.name} {'int8' if fmt == 'onnx-int8' else 'fp32'}"
 
 
@@ -93,8 +99,7 @@ def check_runtime(name: str) -> str:
 def near_tie_gap(info: ModelInfo) -> float:
     """The top-two logit gap under which an int8 file's faces are re-scored in float32 (``python -m training
     export`` records it; 0 for float files and int8 files made before it did)."""
-    export = info.extra.get("export", {}) if isinstance(info.extra, dict) else {}
-    return float(export.get("quantization", {}).get("near_tie_gap", 0.0))
+    return float(export_record(info).get("quantization", {}).get("near_tie_gap", 0.0))
 
 
 def rescore_near_ties(
@@ -134,7 +139,7 @@ def _sha256(path: Path) -> str:
 def check_made_from(onnx_path: Path, info: ModelInfo, source: Path) -> None:
     """ModelFileError unless the ``.onnx`` file was exported from ``source`` (its recorded sha256 matches):
     a retrained ``.pt2`` must not be served through a stale int8 file left beside it."""
-    recorded = info.extra.get("export", {}).get("source_sha256") if isinstance(info.extra, dict) else None
+    recorded = export_record(info).get("source_sha256")
     if recorded != _sha256(source):
         raise ModelFileError(
             f"{onnx_path} was not exported from {source} (its recorded source sha256 {str(recorded)[:12]} differs); "
