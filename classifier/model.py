@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from classifier.runtimes import (
-    TorchRuntime,
+    Rescorer,
     check_runtime,
     near_tie_gap,
-    one_torch_thread,
+    near_tie_rescorer,
     rescore_near_ties,
     select_runtime,
 )
@@ -81,7 +81,10 @@ class EmotionModel:
         #: An int8 file made from the ``.pt2`` hands its near ties (top two logits under this gap apart,
         #: where its rounding may change the top class) to the ``.pt2`` in float32; 0: none.
         self.near_tie_gap = near_tie_gap(self.runtime.info) if self.runtime.path != self.source else 0.0
-        self._float_runtime = TorchRuntime(self.source, self.device, bf16=False) if self.near_tie_gap > 0 else None
+        self._rescorer: Rescorer | None = None
+        rescorer_note = ""
+        if self.near_tie_gap > 0:
+            self._rescorer, rescorer_note = near_tie_rescorer(self.source)
         self.bf16 = self.runtime.bf16
         self.path = self.runtime.path
         info = self.runtime.info
@@ -116,8 +119,9 @@ class EmotionModel:
             self.bf16,
             tta,
             self.temperature,
-            f", near ties (top two logits under {self.near_tie_gap:g} apart) re-scored by {self.source.name} in float32"
-            if self._float_runtime is not None
+            f", near ties (top two logits under {self.near_tie_gap:g} apart) re-scored by {self.source.name} "
+            f"in float32 on {self._rescorer.label}{' (' + rescorer_note + ')' if rescorer_note else ''}"
+            if self._rescorer is not None
             else "",
         )
         log.log(level, "%s", self.selection.describe())
@@ -147,14 +151,11 @@ class EmotionModel:
             return np.empty((0, len(self.class_names)), dtype=np.float32)
         x = self._to_input(crops)
         logits = forward_with_tta(self.runtime, x, self.tta)  # the runtime applies bf16 autocast where it serves
-        if self._float_runtime is not None:
-            float_runtime = self._float_runtime
-
-            def rescore(near: torch.Tensor) -> torch.Tensor:
-                with one_torch_thread():
-                    return forward_with_tta(float_runtime, near, self.tta)
-
-            logits = rescore_near_ties(logits, x, rescore, self.near_tie_gap)
+        if self._rescorer is not None:
+            rescorer = self._rescorer
+            logits = rescore_near_ties(
+                logits, x, lambda near: forward_with_tta(rescorer, near, self.tta), self.near_tie_gap
+            )
         probs = torch.softmax(logits.float() / self.temperature, dim=1)
         return probs.cpu().numpy()
 

@@ -6,7 +6,8 @@ returning float32 logits, so :func:`emostream.modelfile.forward_with_tta` runs T
 the ``<stem>.int8.onnx`` beside a ``.pt2``, made by ``python -m training export --quantize int8``);
 ``auto``: torch on CUDA, and on the CPU the fastest of the candidates, each timed on a few batches at
 start-up. Which engine runs a given int8 file fastest depends on the CPU's instructions, so none is
-assumed: they are timed.
+assumed: they are timed. Faces an int8 file may misrank (near ties) are re-scored in float32 by the
+``.pt2`` itself (:func:`near_tie_rescorer`, :func:`rescore_near_ties`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,9 +25,18 @@ from typing import Any
 import torch
 
 from classifier.settings import RUNTIMES
-from emostream.modelfile import load_model
+from emostream.modelfile import load_model, load_program
 from emostream.modelinfo import ModelFileError, ModelInfo
-from emostream.onnxmodel import EngineName, OnnxModule, OpenVinoModule, is_onnx, read_onnx_info
+from emostream.onnxmodel import (
+    EngineName,
+    OnnxModule,
+    OpenVinoModule,
+    call_engine,
+    is_onnx,
+    openvino_logits,
+    openvino_request,
+    read_onnx_info,
+)
 
 INT8_SUFFIX = ".int8.onnx"
 #: Start-up timing of ``auto``: untimed warm-up calls, then timed calls, per candidate, interleaved.
@@ -125,6 +136,55 @@ def one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+class OpenVinoProgramRuntime:
+    """A ``.pt2``'s program compiled by OpenVINO in float32, on one thread, with no file in between: what
+    re-scores an int8 file's near ties on the CPU, a few faces at a time, where torch's call costs more."""
+
+    name = "openvino"
+    label = "openvino fp32"
+    device = torch.device("cpu")
+    bf16 = False
+
+    def __init__(self, path: Path) -> None:
+        import openvino
+
+        program, self.info = load_program(path)
+        self.path = path
+        try:
+            with warnings.catch_warnings():  # its converter's deprecation warnings are about torch's internals
+                warnings.simplefilter("ignore", FutureWarning)
+                model = openvino.convert_model(program)
+        except Exception as exc:  # OpenVINO's converter raises its own error types
+            raise ModelFileError(f"{path}: openvino cannot convert its program: {exc}") from exc
+        self._request = openvino_request(model, 1, path)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return call_engine(lambda batch: openvino_logits(self._request, batch), x)
+
+
+class TorchRescoreRuntime(TorchRuntime):
+    """The ``.pt2`` on torch in float32, on one thread: the re-scorer where OpenVINO cannot compile it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, torch.device("cpu"), bf16=False)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with one_torch_thread():
+            return super().__call__(x)
+
+
+Rescorer = OpenVinoProgramRuntime | TorchRescoreRuntime
+
+
+def near_tie_rescorer(source: Path) -> tuple[Rescorer, str]:
+    """What re-scores an int8 file's near ties in float32: ``source`` (the ``.pt2``) compiled by OpenVINO, or,
+    where it cannot be, on torch; and why it is not OpenVINO ("" when it is), for the log."""
+    try:
+        return OpenVinoProgramRuntime(source), ""
+    except (ModelFileError, ImportError) as exc:
+        return TorchRescoreRuntime(source), f"openvino left out: {exc}"
 
 
 def int8_beside(path: Path) -> Path:

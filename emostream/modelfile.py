@@ -75,12 +75,24 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[Any, ModelInfo]:
     import torch
 
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"model file {path} does not exist")
     if path.suffix.lower() == ".onnx":
+        if not path.is_file():
+            raise ModelFileError(f"model file {path} does not exist")
         if device != "cpu":
             raise ModelFileError(f"{path}: an .onnx model file runs on the CPU (onnxruntime), not on {device}")
         return load_onnx_model(path, threads=torch.get_num_threads())
+    program, info = load_program(path)
+    return program.module().to(device), info
+
+
+def load_program(path: str | Path) -> tuple[Any, ModelInfo]:
+    """A ``.pt2`` model file's ``torch.export`` program and its info, for what compiles the program itself
+    (OpenVINO's float re-scorer, classifier/runtimes.py); ModelFileError for anything else."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist")
     if not zipfile.is_zipfile(path):  # a .pt2 is a zip archive: anything else never reaches torch
         raise ModelFileError(f"{path} is not an emostream model file (a .pt2 archive): it is not a zip archive")
     extra = {INFO_FILE: ""}
@@ -95,8 +107,7 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[Any, ModelInfo]:
         info = ModelInfo.from_json(extra[INFO_FILE])
     except ModelFileError as exc:
         raise ModelFileError(f"{path}: {exc}") from exc
-    module = program.module().to(device)
-    return module, info
+    return program, info
 
 
 def tta_views(x: Any, tta: str) -> list[Any]:

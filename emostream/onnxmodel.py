@@ -96,11 +96,16 @@ class _OnnxFileModule:
         raise NotImplementedError
 
     def __call__(self, x: Any) -> Any:
-        import numpy as np
-        import torch
+        return call_engine(self._logits, x)
 
-        # A torch tensor may be channels-last or a strided view (TTA's shifted crops); the engines read NCHW.
-        return torch.from_numpy(self._logits(np.ascontiguousarray(x.detach().cpu().float().numpy())))
+
+def call_engine(logits: Any, x: Any) -> Any:
+    """``logits`` (an engine's call on one NCHW float32 array) on the torch tensor ``x``, as a torch tensor."""
+    import numpy as np
+    import torch
+
+    # A torch tensor may be channels-last or a strided view (TTA's shifted crops); the engines read NCHW.
+    return torch.from_numpy(logits(np.ascontiguousarray(x.detach().cpu().float().numpy())))
 
 
 class OnnxModule(_OnnxFileModule):
@@ -128,41 +133,51 @@ class OnnxModule(_OnnxFileModule):
         return self.session.run(None, {self.input_name: batch})[0]
 
 
-class OpenVinoModule(_OnnxFileModule):
-    """An ``.onnx`` model file compiled by OpenVINO for the CPU, called like the torch module.
+def openvino_request(model: Any, threads: int, what: Path) -> Any:
+    """An infer request for ``model`` (an ``.onnx`` path or an ``openvino.Model``) compiled for the CPU.
 
     ``threads`` inference threads (0: OpenVINO's choice), one stream, any batch size. Threads are not
-    pinned to cores (the stages share them), and the file's float layers run in float32, as on
-    onnxruntime, on every CPU: OpenVINO's default on a CPU with bf16 would be bf16, and the logits
-    would then depend on the machine.
+    pinned to cores (the stages share them), and float layers run in float32, as on onnxruntime, on
+    every CPU: OpenVINO's default on a CPU with bf16 would be bf16, and the logits would then depend on
+    the machine. ModelFileError, naming ``what``, when OpenVINO is missing or cannot compile it.
     """
+    try:
+        import openvino
+    except ImportError as exc:
+        raise ModelFileError(f"{what}: the openvino package is not installed ({exc})") from exc
+    config: dict[str, Any] = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+        "ENABLE_CPU_PINNING": False,
+        "INFERENCE_PRECISION_HINT": "f32",
+    }
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    try:
+        compiled = openvino.Core().compile_model(model, "CPU", config)
+    except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
+        raise ModelFileError(f"{what}: openvino cannot compile it: {exc}") from exc
+    return compiled.create_infer_request()
+
+
+def openvino_logits(request: Any, batch: Any) -> Any:
+    # infer() copies its outputs out of the request (share_outputs=False), so they outlive the next call.
+    return request.infer({0: batch})[0]
+
+
+class OpenVinoModule(_OnnxFileModule):
+    """An ``.onnx`` model file compiled by OpenVINO for the CPU (:func:`openvino_request`), called like the
+    torch module."""
 
     name: EngineName = "openvino"
     title = "OpenVINO"
 
     def __init__(self, path: str | Path, threads: int = 0) -> None:
-        try:
-            import openvino
-        except ImportError as exc:
-            raise ModelFileError(f"{path}: the openvino package is not installed ({exc})") from exc
         super().__init__(path, threads)
-        config: dict[str, Any] = {
-            "PERFORMANCE_HINT": "LATENCY",
-            "NUM_STREAMS": 1,
-            "ENABLE_CPU_PINNING": False,
-            "INFERENCE_PRECISION_HINT": "f32",
-        }
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        try:
-            compiled = openvino.Core().compile_model(str(self.path), "CPU", config)
-        except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
-            raise ModelFileError(f"{self.path}: openvino cannot compile it: {exc}") from exc
-        self._request = compiled.create_infer_request()
+        self._request = openvino_request(str(self.path), threads, self.path)
 
     def _logits(self, batch: Any) -> Any:
-        # infer() copies its outputs out of the request (share_outputs=False), so they outlive the next call.
-        return self._request.infer({0: batch})[0]
+        return openvino_logits(self._request, batch)
 
 
 #: The engines that run an ``.onnx`` model file, by name (``classifier.runtime``, ``evaluate --engine``).

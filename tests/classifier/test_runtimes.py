@@ -15,7 +15,17 @@ import torch
 from pydantic import ValidationError
 
 from classifier.model import EmotionModel
-from classifier.runtimes import ONNX_ENGINES, int8_beside, one_torch_thread, rescore_near_ties, select_runtime
+from classifier.runtimes import (
+    ONNX_ENGINES,
+    OpenVinoProgramRuntime,
+    TorchRescoreRuntime,
+    TorchRuntime,
+    int8_beside,
+    near_tie_rescorer,
+    one_torch_thread,
+    rescore_near_ties,
+    select_runtime,
+)
 from classifier.settings import SHIPPED_ACCURATE_MODEL, SHIPPED_MODEL, ClassifierSettings
 from emostream.cpu import cpu_info
 from emostream.modelinfo import ModelFileError
@@ -120,6 +130,20 @@ def test_one_torch_thread_for_a_rescore_and_the_count_restored_after_it() -> Non
     assert torch.get_num_threads() == before
 
 
+@pytest.mark.parametrize("model", [SHIPPED_MODEL, SHIPPED_ACCURATE_MODEL], ids=["emotion", "emotion_accurate"])
+def test_the_near_tie_rescorer_is_the_pt2_in_float32_on_openvino(faces: np.ndarray, model: Path) -> None:
+    rescorer, why_not_openvino = near_tie_rescorer(model)
+    assert isinstance(rescorer, OpenVinoProgramRuntime) and why_not_openvino == ""
+    x = (torch.from_numpy(faces[:64]).unsqueeze(1).float() / 255 - rescorer.info.mean) / rescorer.info.std
+    reference = TorchRuntime(model, torch.device("cpu"), bf16=False)(x)
+    # The re-score must give float32's answer: the same logits, to float32 rounding, at any batch size.
+    for batch in (x[:1], x[:3], x):
+        assert torch.allclose(rescorer(batch), reference[: len(batch)], atol=1e-4)
+    threads = torch.get_num_threads()
+    fallback = TorchRescoreRuntime(model)
+    assert torch.allclose(fallback(x[:3]), reference[:3], atol=1e-5) and torch.get_num_threads() == threads
+
+
 @pytest.mark.parametrize("engine", list(ONNX_ENGINES))
 def test_an_int8_file_that_records_a_near_tie_gap_hands_its_near_ties_to_float32(
     faces: np.ndarray, torch_probs: np.ndarray, tmp_path: Path, engine: str, caplog: pytest.LogCaptureFixture
@@ -149,8 +173,8 @@ def test_an_int8_file_that_records_a_near_tie_gap_hands_its_near_ties_to_float32
     with caplog.at_level(logging.INFO, logger="classifier"):
         served = EmotionModel(model, device="cpu", runtime=engine, threads=1)
     assert plain.near_tie_gap == 0 and served.near_tie_gap == gap and served.path == int8_beside(model)
-    assert any("near ties (top two logits under 0.1 apart) re-scored by emotion.pt2 in float32" in r.getMessage()
-               for r in caplog.records)  # fmt: skip
+    assert any("near ties (top two logits under 0.1 apart) re-scored by emotion.pt2 in float32 on openvino fp32"
+               in r.getMessage() for r in caplog.records)  # fmt: skip
     probs = served.predict(faces)
     # The faces int8 flips are near ties: re-scored, nearly all agree with float32, the rest are int8's as before.
     assert agreement(probs, torch_probs) > agreement(plain_probs, torch_probs)
