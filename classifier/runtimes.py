@@ -160,8 +160,11 @@ class OpenVinoProgramRuntime:
             raise ModelFileError(f"{path}: openvino cannot convert its program: {exc}") from exc
         self._request = openvino_request(model, 1, path)
 
+    def _logits(self, batch: Any) -> Any:
+        return openvino_logits(self._request, batch)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return call_engine(lambda batch: openvino_logits(self._request, batch), x)
+        return call_engine(self._logits, x)
 
 
 class TorchRescoreRuntime(TorchRuntime):

@@ -38,7 +38,9 @@ def save_model(module: Any, info: ModelInfo, path: str | Path) -> Path:
     """Export ``module`` (eval mode, CPU, float32) with a dynamic batch dimension and ``info``."""
     import torch
 
-    module = module.eval().float().cpu()
+    if not isinstance(module, torch.fx.GraphModule):  # a model file's graph, loaded, is eval-mode and refuses eval()
+        module = module.eval()
+    module = module.float().cpu()
     h, w = info.input_size
     example = torch.zeros(2, 1, h, w)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)

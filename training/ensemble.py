@@ -1,10 +1,15 @@
-"""``python -m training ensemble M1 M2 ... --out F --data D``: several model files as one model file.
+"""``python -m training ensemble M1 M2 ... --out F --data D [--average logits|weights]``: several model
+files as one model file.
 
-The ensemble's forward pass averages its members' logits, so the classifier, ``evaluate`` and
-``export`` serve and score it like any model file. It is calibrated as a whole: its own temperature
-(and flip TTA's) is fitted on the PublicTest logits of the averaged output; PrivateTest is not
-touched here (``python -m training evaluate --model F`` reports it, once). The members must take the
-same input (size, normalisation) and name the same classes in the same order.
+``--average logits`` (the default): the ensemble's forward pass averages its members' logits, at the
+cost of all of them. ``--average weights``: one network whose parameters and BatchNorm statistics are
+the members' mean (a "model soup"; with a model and its own fine-tune, WiSE-FT), at the cost of one;
+the members must then be the same architecture, tensor for tensor, as fine-tunes of one model are.
+Either way the classifier, ``evaluate`` and ``export`` serve and score the result like any model file.
+It is calibrated as a whole: its own temperature (and flip TTA's) is fitted on the PublicTest logits of
+its output; PrivateTest is not touched here (``python -m training evaluate --model F`` reports it,
+once). The members must take the same input (size, normalisation) and name the same classes in the
+same order.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from training.inference import file_digest, load, predict_logits
 from training.metrics import classification_metrics, fit_temperature
 
 FIT_SPLIT = "PublicTest"
+AVERAGES = ("logits", "weights")
 
 
 class LogitEnsemble(nn.Module):
@@ -59,12 +65,33 @@ def check_compatible(infos: Sequence[ModelInfo], paths: Sequence[Path]) -> None:
                 )
 
 
+def average_weights(members: Sequence[nn.Module], infos: Sequence[ModelInfo], paths: Sequence[Path]) -> nn.Module:
+    """The first member with every floating-point parameter and buffer replaced by the members' mean (integer
+    buffers, BatchNorm's batch counts, stay the first's); ModelFileError unless all share one architecture."""
+    states = [member.state_dict() for member in members]
+    for info, state, path in zip(infos[1:], states[1:], paths[1:], strict=True):
+        if info.arch != infos[0].arch or state.keys() != states[0].keys():
+            raise ModelFileError(f"{path} ({info.arch}) is not the same network as {paths[0]} ({infos[0].arch})")
+        for name, tensor in state.items():
+            if tensor.shape != states[0][name].shape:
+                raise ModelFileError(
+                    f"{path}: {name} is {tuple(tensor.shape)}, {tuple(states[0][name].shape)} in {paths[0]}"
+                )
+    mean = {
+        name: torch.stack([state[name] for state in states]).mean(0) if tensor.is_floating_point() else tensor
+        for name, tensor in states[0].items()
+    }
+    members[0].load_state_dict(mean, strict=True)
+    return members[0]
+
+
 def build_ensemble(args: argparse.Namespace) -> dict[str, Any]:
     paths = [Path(p) for p in args.models]
     loaded = [load(p) for p in paths]
     infos = [info for _, info, _ in loaded]
     check_compatible(infos, paths)
-    ensemble = LogitEnsemble([module for module, _, _ in loaded])
+    modules = [module for module, _, _ in loaded]
+    ensemble = LogitEnsemble(modules) if args.average == "logits" else average_weights(modules, infos, paths)
     first = infos[0]
     data = load_data(args, (FIT_SPLIT,) if Path(args.data).is_file() else None)
     if FIT_SPLIT not in data.splits or not len(data.splits[FIT_SPLIT]):
@@ -79,7 +106,7 @@ def build_ensemble(args: argparse.Namespace) -> dict[str, Any]:
         metrics = classification_metrics(labels, logits.argmax(1), first.class_names)
         scores[tta] = {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "n": metrics["n"]}
         log(
-            f"ensemble of {len(paths)}, tta {tta}: {FIT_SPLIT} acc {metrics['accuracy']:.4f} "
+            f"{args.average} average of {len(paths)}, tta {tta}: {FIT_SPLIT} acc {metrics['accuracy']:.4f} "
             f"macro-F1 {metrics['macro_f1']:.4f}, temperature {fitted[tta]:.3f}"
         )
     members = [
@@ -87,7 +114,7 @@ def build_ensemble(args: argparse.Namespace) -> dict[str, Any]:
         for path, info in zip(paths, infos, strict=True)
     ]
     info = ModelInfo(
-        arch=f"ensemble({', '.join(i.arch for i in infos)})",
+        arch=f"ensemble({', '.join(i.arch for i in infos)})" if args.average == "logits" else first.arch,
         class_names=list(first.class_names),
         input_size=first.input_size,
         mean=first.mean,
@@ -96,13 +123,14 @@ def build_ensemble(args: argparse.Namespace) -> dict[str, Any]:
         tta_temperatures={"flip": fitted["flip"]},
         data_sha256=data.sha256,
         metrics={FIT_SPLIT: scores["none"], "tta_flip": {FIT_SPLIT: scores["flip"]}, "fit_split": FIT_SPLIT},
-        extra={"members": json_ready(members), "labels": data.labels},
+        extra={"members": json_ready(members), "average": args.average, "labels": data.labels},
     )
     out = save_model(ensemble, info, args.out)
     log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return {
         "model": str(out),
         "model_sha256": file_digest(out),
+        "average": args.average,
         "members": members,
         "temperature": fitted["none"],
         "tta_temperatures": {"flip": fitted["flip"]},
@@ -113,9 +141,18 @@ def build_ensemble(args: argparse.Namespace) -> dict[str, Any]:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = subcommand_parser(
-        "ensemble", "Average several model files' logits in one model file, calibrated on PublicTest.", data=True
+        "ensemble",
+        "Average several model files' logits (or weights) in one model file, calibrated on PublicTest.",
+        data=True,
     )
     p.add_argument("models", nargs="+", help="member model files (.pt2), at least two")
+    p.add_argument(
+        "--average",
+        choices=AVERAGES,
+        default="logits",
+        help="logits: a forward pass through every member, their logits averaged; weights: one network with the "
+        "members' mean parameters (the same architecture each: fine-tunes of one model)",
+    )
     p.add_argument("--out", required=True, help="the ensemble's model file (.pt2)")
     p.add_argument("--batch-size", type=int, default=256)
     return p
