@@ -61,24 +61,13 @@ def synthetic_flat_folder(synthetic_data, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """An untrained small CNN in the real model-file format: for plumbing tests, not accuracy."""
-    import torch
-    from torch import nn
-
     from emostream.modelfile import save_model
     from emostream.modelinfo import ModelInfo
     from emostream.wire import EMOTIONS
+    from support.models import tiny_bn_net
 
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Conv2d(1, 8, 3, stride=2, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, len(EMOTIONS)),
-    )
     path = tmp_path_factory.mktemp("model") / "tiny.pt2"
-    save_model(net, ModelInfo(arch="tiny-test-cnn", class_names=list(EMOTIONS)), path)
+    save_model(tiny_bn_net(seed=0, width=8), ModelInfo(arch="tiny-test-cnn", class_names=list(EMOTIONS)), path)
     return path
 
 

@@ -4,11 +4,30 @@ in the model-file format, untrained, with one thing changed at a time."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from emostream.wire import EMOTIONS
 
 #: The class a "happy" model file puts almost all its probability on, for every face.
 FAVOURED = "happy"
+
+
+def tiny_bn_net(seed: int = 0, width: int = 8) -> Any:
+    """An untrained small CNN with a BatchNorm layer (convolution, BatchNorm, ReLU, pooling, linear), its
+    weights drawn after ``torch.manual_seed(seed)``: the tiny model fixture's network and the weight-average
+    tests' members."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, width, 3, stride=2, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, len(EMOTIONS)),
+    )
 
 
 def tiny_model_file(

@@ -12,6 +12,7 @@ from torch import nn
 from emostream.modelfile import load_model, save_model
 from emostream.modelinfo import ModelInfo
 from emostream.wire import EMOTIONS
+from support.models import tiny_bn_net
 from support.training import run_in_process, synthetic_rows, write_csv
 
 
@@ -70,15 +71,7 @@ def test_members_that_differ_are_refused(tmp_path: Path, capsys) -> None:
 
 def normed_net(seed: int) -> nn.Module:
     """A net with BatchNorm whose running statistics differ from seed to seed, as trained ones do."""
-    torch.manual_seed(seed)
-    net = nn.Sequential(
-        nn.Conv2d(1, 4, 3, stride=2, padding=1),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 7),
-    )
+    net = tiny_bn_net(seed, width=4)
     bn = net[1]
     bn.running_mean.uniform_(-1, 1)
     bn.running_var.uniform_(0.5, 2)
