@@ -53,7 +53,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if threads.warning():
         print(f"warning: {threads.warning()}")
     for spec in plan_stages(config, threads):
-        print(f"{spec.name}: {' '.join(spec.argv[1:])}")
+        pinned = f" [CPU {','.join(map(str, spec.cpus))}]" if spec.cpus else ""
+        print(f"{spec.name}{pinned}: {' '.join(spec.argv[1:])}")
     print(f"events: {endpoints(config).events}")
     return 0
 

@@ -108,6 +108,12 @@ class SupervisorConfig(Section):
     #: 0: restart forever.
     max_restarts: Annotated[int, Field(ge=0)] = 5
     nice: NiceConfig = NiceConfig()
+    #: Pin each detector worker and each capture to its own CPU, round-robin over the launcher's CPUs (the
+    #: classifier, sink and launcher stay free to run anywhere): a process that keeps its core keeps its
+    #: caches. auto: pin when the CPUs are the launcher's own (its affinity mask sets the budget, not a
+    #: cgroup quota) and the captures and workers are at least as many as those CPUs, so they contend for
+    #: every one of them. docs/benchmarks.md ("CPU pinning") has the measurement.
+    pin_cpus: bool | Literal["auto"] = "auto"
 
 
 class SecurityConfig(Section):

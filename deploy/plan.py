@@ -7,18 +7,20 @@ a setting added to a stage's model reaches the stage without a line here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from capture.settings import CameraSettings
 from classifier.settings import ClassifierSettings
 from deploy.config import CameraConfig, ConfigError, PipelineConfig, RecorderConfig, ViewerConfig
 from detector.settings import DetectorSettings
 from emostream import settings_cli
-from emostream.cpu import CpuBudget, cpu_budget
+from emostream.cpu import CpuBudget, affinity_cpus, cpu_budget
 from sink.settings import SinkSettings
 
 
@@ -46,6 +48,8 @@ class StageSpec:
     update: str | None = None
     #: Unix nice value the stage runs at (supervisor.nice), on top of the launcher's.
     nice: int = 0
+    #: The CPUs the stage is pinned to (supervisor.pin_cpus); None: the launcher's own.
+    cpus: tuple[int, ...] | None = None
 
     @property
     def argv(self) -> list[str]:
@@ -86,6 +90,26 @@ class ThreadSplit:
     #: Whether each came from the budget (the setting was 0) rather than the config.
     detector_auto: bool = True
     classifier_auto: bool = False
+    #: The CPUs the detector workers and captures are pinned to, round-robin; empty: none pinned.
+    pinned: tuple[int, ...] = ()
+    #: Why they are pinned or not, for the log.
+    pinning: str = ""
+
+    def pinned_cpus(self, first: int, count: int = 1) -> tuple[int, ...] | None:
+        """``count`` of the pinned CPUs from position ``first`` on, wrapping around; None when none are pinned."""
+        if not self.pinned:
+            return None
+        n = len(self.pinned)
+        return tuple(sorted({self.pinned[(first + k) % n] for k in range(max(1, min(count, n)))}))
+
+    def detector_cpus(self, worker: int) -> tuple[int, ...] | None:
+        """Worker ``worker``'s CPUs: one per pool thread, the workers first in the round."""
+        return self.pinned_cpus(worker * self.detector, self.detector)
+
+    def capture_cpus(self, slot: int, decode_threads: int) -> tuple[int, ...] | None:
+        """The CPUs of the camera in ``slot`` (its port slot, stable while cameras come and go): after the
+        workers' in the round, as many as its decoder threads (FFmpeg's choice, 0, gets one)."""
+        return self.pinned_cpus(self.workers * self.detector + slot, decode_threads)
 
     @property
     def oversubscribed(self) -> bool:
@@ -96,10 +120,11 @@ class ThreadSplit:
         def auto(flag: bool) -> str:
             return " (auto)" if flag else ""
 
-        return (
+        text = (
             f"cpu budget: {self.budget.describe()}; threads: detector {self.workers} x {self.detector}"
             f"{auto(self.detector_auto)}, classifier {self.classifier}{auto(self.classifier_auto)}"
         )
+        return f"{text}; {self.pinning}" if self.pinning else text
 
     def warning(self) -> str | None:
         """One line for the log when explicit thread counts ask for more CPUs than the budget has."""
@@ -131,11 +156,37 @@ def split_threads(workers: int, detector: int, classifier: int, budget: CpuBudge
     return ThreadSplit(budget, workers, det, cls, detector_auto=detector == 0, classifier_auto=classifier == 0)
 
 
-def thread_split(config: PipelineConfig, budget: CpuBudget | None = None) -> ThreadSplit:
-    """The config's thread split on ``budget`` (None: the CPUs this launcher may use)."""
-    return split_threads(
-        config.detector.workers, config.detector.threads, config.classifier.threads, budget or cpu_budget()
-    )
+def pin_plan(
+    setting: bool | Literal["auto"], processes: int, budget: CpuBudget, cpus: Sequence[int]
+) -> tuple[tuple[int, ...], str]:
+    """The CPUs to pin ``processes`` captures and detector workers to (empty: none) and why, for
+    ``supervisor.pin_cpus``; ``cpus``: the CPU ids the launcher may run on."""
+    ids = tuple(sorted(set(cpus)))
+    if setting is False:
+        return (), "not pinned (supervisor.pin_cpus: false)"
+    if len(ids) < 2:
+        return (), "not pinned (one CPU)"
+    if setting == "auto" and budget.source != "affinity":
+        return (), f"not pinned: a {budget.source} quota, not the affinity mask, sets the budget (pin_cpus: true pins)"
+    if setting == "auto" and processes < len(ids):
+        return (), f"not pinned: {processes} captures and detector workers for {len(ids)} CPUs"
+    return ids, f"captures and detector workers pinned round-robin to CPUs {','.join(map(str, ids))}"
+
+
+def thread_split(
+    config: PipelineConfig, budget: CpuBudget | None = None, cpus: Sequence[int] | None = None
+) -> ThreadSplit:
+    """The config's thread split and CPU pinning on ``budget`` (None: the CPUs this launcher may use).
+
+    ``cpus``: the CPU ids to pin to; None: this process's affinity mask, or with ``budget`` given, that
+    budget's mask as CPUs 0..n-1 (a machine described, not this one).
+    """
+    ids = cpus if cpus is not None else (sorted(affinity_cpus()) if budget is None else range(budget.affinity))
+    budget = budget or cpu_budget()
+    split = split_threads(config.detector.workers, config.detector.threads, config.classifier.threads, budget)
+    processes = len(config.cameras) + config.detector.workers
+    pinned, why = pin_plan(config.supervisor.pin_cpus, processes, budget, list(ids))
+    return dataclasses.replace(split, pinned=pinned, pinning=why)
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -310,6 +361,7 @@ class _Stages:
         self.config = config
         self.threads = threads
         layout = layout or port_layout(config)
+        self.slots = layout.slots
         self.ends = endpoints(config, layout)
         self.ports = layout.metrics if config.metrics.enabled else {}
         #: Stages that follow camera changes read them from stdin (the control API is on).
@@ -391,7 +443,17 @@ class _Stages:
             args, update = self.following(
                 ["--worker", str(i), *frames, "--push", self.ends.faces, *settings], self.ends.frames
             )
-            specs.append(self.spec(f"detector-{i}", "detector", args, env=env, update=update, nice=self.nice.detector))
+            specs.append(
+                self.spec(
+                    f"detector-{i}",
+                    "detector",
+                    args,
+                    env=env,
+                    update=update,
+                    nice=self.nice.detector,
+                    cpus=self.threads.detector_cpus(i),
+                )
+            )
         return specs
 
     def capture(self, camera: CameraConfig) -> StageSpec:
@@ -412,6 +474,7 @@ class _Stages:
             essential=False,
             labels={"camera": camera.id},
             nice=self.nice.capture,
+            cpus=self.threads.capture_cpus(self.slots[camera.id], camera.decode_threads),
         )
 
 

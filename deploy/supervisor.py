@@ -74,14 +74,17 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _child_setup(nice: int) -> Callable[[], None]:
+def _child_setup(nice: int, cpus: tuple[int, ...] | None = None) -> Callable[[], None]:
     """What a stage's child process does before it runs the stage: die with the launcher, take its
-    nice value (before any thread starts, so every thread of the stage has it)."""
+    nice value and CPUs (before any thread starts, so every thread of the stage has them)."""
 
     def setup() -> None:
         _die_with_parent()
         if nice:
             os.nice(nice)
+        if cpus:
+            with contextlib.suppress(OSError):  # a CPU taken away since the plan: the stage runs unpinned
+                os.sched_setaffinity(0, cpus)
 
     return setup
 
@@ -171,7 +174,7 @@ class Supervisor:
         state.process = subprocess.Popen(
             state.spec.argv,
             start_new_session=True,
-            preexec_fn=_child_setup(state.spec.nice),
+            preexec_fn=_child_setup(state.spec.nice, state.spec.cpus),
             env=env,
             stdin=stdin,
             stderr=subprocess.PIPE,

@@ -26,7 +26,7 @@ import zmq
 from deploy.bench.procstats import Snapshot, busy_cores, stage_pids, take_snapshot, watched_cpus
 from deploy.bench.result import JsonResult
 from deploy.bench.settings import REPO, PipelineSpec, pipeline_config
-from deploy.plan import endpoints, metrics_ports
+from deploy.plan import endpoints, metrics_ports, thread_split
 from emostream.stats import percentiles
 
 #: Events still received this long after a window count as delivered (not as a gap in the frame
@@ -176,6 +176,8 @@ class RunInfo(JsonResult):
     env: dict[str, str]
     error: str | None
     config: dict[str, Any]
+    #: The launcher's CPU pinning of this config on this machine (supervisor.pin_cpus), as its log says it.
+    cpu_pinning: str = ""
 
 
 @dataclass(frozen=True)
@@ -420,6 +422,7 @@ def run_end_to_end(
             env=dict(env or {}),
             error=error,
             config=config,
+            cpu_pinning=thread_split(parsed).pinning,
         )
         return RunResult(
             window=window_stats(run.records, run.window_start, measure_s),

@@ -276,6 +276,8 @@ def _run_lines(results: dict[str, Any]) -> list[str]:
         )
     lines = align([*header, "drops in window (stage/reason)"], rows, left=(0, len(header)))
     lines.append("  to det / in cls: p99 of capture to detector done / detector done to classified, ms")
+    pinning = sorted({run["cpu_pinning"] for run in runs if run.get("cpu_pinning")})
+    lines += [f"  CPU pinning (supervisor.pin_cpus): {text}" for text in pinning]
     rows = []
     for run in runs:
         if run.get("error"):

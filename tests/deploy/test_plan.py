@@ -150,3 +150,75 @@ def test_the_supervisor_starts_a_stage_at_its_nice_value_on_top_of_the_launchers
         assert nice == os.nice(0) + 7
     finally:
         supervisor.stop()
+
+
+def pinned(stages: list[StageSpec]) -> dict[str, tuple[int, ...] | None]:
+    return {s.name: s.cpus for s in stages}
+
+
+def test_on_two_cpus_of_its_own_the_launcher_pins_workers_then_cameras_round_robin():
+    config = parse_config(four_cameras(2))
+    split = thread_split(config, budget(2), cpus=[4, 5])
+    assert split.pinned == (4, 5) and "pinned round-robin to CPUs 4,5" in split.describe()
+    assert pinned(plan_stages(config, split)) == {
+        "sink": None, "classifier": None, "detector-0": (4,), "detector-1": (5,),
+        "capture-cam0": (4,), "capture-cam1": (5,), "capture-cam2": (4,), "capture-cam3": (5,),
+    }  # fmt: skip
+    # One camera, one worker: each on its own CPU, not both on the first.
+    one = parse_config({"cameras": [{"id": "cam0", "source": "demo"}]})
+    assert pinned(plan_stages(one, thread_split(one, budget(2), cpus=[0, 1])))["capture-cam0"] == (1,)
+
+
+def test_pinning_is_left_to_the_kernel_where_the_cpus_are_not_the_launchers_to_place(tmp_path: Path):
+    config = parse_config(four_cameras(2))
+    # A cgroup quota of 2 CPUs on a 64-CPU affinity mask: which 2 is the kernel's business.
+    root = tmp_path / "cgroup"
+    (root / "ctr").mkdir(parents=True)
+    (root / "cgroup.controllers").write_text("cpu\n")
+    (root / "ctr" / "cpu.max").write_text("200000 100000\n")
+    proc = tmp_path / "cgroup_file"
+    proc.write_text("0::/ctr\n")
+    quota = thread_split(config, cpu_budget(proc, root, affinity=64))
+    assert quota.pinned == () and "cgroup v2 quota" in quota.pinning
+    assert set(pinned(plan_stages(config, quota)).values()) == {None}
+    # More CPUs than captures and workers: nothing to contend for.
+    assert thread_split(config, budget(8)).pinned == ()
+    assert "6 captures and detector workers for 8 CPUs" in thread_split(config, budget(8)).describe()
+    # One CPU: nowhere else to go.
+    assert thread_split(config, budget(1)).pinned == ()
+    # The setting overrides the rule both ways.
+    forced = parse_config({**four_cameras(2), "supervisor": {"pin_cpus": True}})
+    assert thread_split(forced, cpu_budget(proc, root, affinity=64)).pinned == tuple(range(64))
+    off = parse_config({**four_cameras(2), "supervisor": {"pin_cpus": False}})
+    assert thread_split(off, budget(2)).pinned == ()
+    with pytest.raises(ConfigError, match="supervisor.pin_cpus"):
+        parse_config({**four_cameras(2), "supervisor": {"pin_cpus": "sometimes"}})
+
+
+def test_a_worker_with_a_pool_and_a_multithreaded_decoder_get_a_cpu_per_thread():
+    config = parse_config(
+        {
+            "cameras": [{"id": "cam0", "source": "demo", "decode_threads": 2}, {"id": "cam1", "source": "demo"}],
+            "detector": {"workers": 2, "threads": 2},
+            "supervisor": {"pin_cpus": True},
+        }
+    )
+    stages = pinned(plan_stages(config, thread_split(config, budget(4), cpus=[0, 1, 2, 3])))
+    assert stages["detector-0"] == (0, 1) and stages["detector-1"] == (2, 3)
+    # Cameras go round by their slot, one CPU along each: the second starts where the first's second CPU is.
+    assert stages["capture-cam0"] == (0, 1) and stages["capture-cam1"] == (1,)
+
+
+def test_the_supervisor_starts_a_stage_on_its_pinned_cpu():
+    cpu = max(os.sched_getaffinity(0))
+    spec = StageSpec("idle", "http.server", [str(free_port()), "--bind", "127.0.0.1"], cpus=(cpu,))
+    supervisor = Supervisor([spec], hang_timeout_s=0)
+    supervisor.start(watch=False)
+    try:
+        pid = supervisor.states["idle"].process.pid
+        assert os.sched_getaffinity(pid) == {cpu}
+        # Every thread the stage starts inherits it: the main thread's is the process's.
+        status = Path(f"/proc/{pid}/status").read_text()
+        assert f"Cpus_allowed_list:\t{cpu}\n" in status
+    finally:
+        supervisor.stop()
