@@ -71,7 +71,8 @@ OPENCV_THREAD_ENV = "OPENCV_FOR_THREADS_NUM"
 
 @dataclass(frozen=True)
 class ThreadSplit:
-    """How the launcher sizes the thread pools of the stages it starts from the CPU budget.
+    """How the launcher sizes the thread pools of the stages it starts from the CPU budget, and which CPUs
+    it pins the per-frame stages to (:func:`pin_plan`).
 
     Processes are the unit of parallelism here: frames are independent, so detector workers scale
     without sharing anything, while a pool splits one frame or batch and stalls whenever one of its
