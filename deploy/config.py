@@ -112,7 +112,7 @@ class SupervisorConfig(Section):
     #: classifier, sink and launcher stay free to run anywhere): a process that keeps its core keeps its
     #: caches. auto: pin when the CPUs are the launcher's own (its affinity mask sets the budget, not a
     #: cgroup quota) and the captures and workers are at least as many as those CPUs, so they contend for
-    #: every one of them. docs/benchmarks.md ("CPU pinning") has the measurement.
+    #: every one of them. docs/operations.md ("CPU pinning") says more, docs/benchmarks.md has the measurement.
     pin_cpus: bool | Literal["auto"] = "auto"
 
 
