@@ -19,6 +19,17 @@ def budget(cpus: int, host: int = 64) -> CpuBudget:
     return CpuBudget(cpus=cpus, source="affinity", affinity=cpus, quota=None, host_cpus=host)
 
 
+def two_cpu_quota_on_64(tmp_path: Path) -> CpuBudget:
+    """The budget of a container with a cgroup v2 quota of 2 CPUs and an affinity mask of 64 (a tree made here)."""
+    root = tmp_path / "cgroup"
+    (root / "ctr").mkdir(parents=True, exist_ok=True)
+    (root / "cgroup.controllers").write_text("cpu\n")
+    (root / "ctr" / "cpu.max").write_text("200000 100000\n")
+    proc = tmp_path / "cgroup_file"
+    proc.write_text("0::/ctr\n")
+    return cpu_budget(proc, root, affinity=64)
+
+
 def four_cameras(workers: int, detector: dict | None = None, classifier: dict | None = None) -> dict:
     return {
         "cameras": [{"id": f"cam{i}", "source": "demo"} for i in range(4)],
@@ -43,13 +54,7 @@ def test_two_cpus_four_cameras_give_every_pool_one_thread():
 
 
 def test_a_container_limited_to_two_cpus_on_a_64_core_host_does_not_start_64_threads(tmp_path: Path):
-    root = tmp_path / "cgroup"
-    (root / "ctr").mkdir(parents=True)
-    (root / "cgroup.controllers").write_text("cpu\n")
-    (root / "ctr" / "cpu.max").write_text("200000 100000\n")
-    proc = tmp_path / "cgroup_file"
-    proc.write_text("0::/ctr\n")
-    limited = cpu_budget(proc, root, affinity=64)
+    limited = two_cpu_quota_on_64(tmp_path)
     config = parse_config(four_cameras(1, classifier={"threads": 0}))
     stages = plan_stages(config, thread_split(config, limited))
     assert threads_of(stages) == {"classifier": 1, "detector-0": 1}
@@ -172,13 +177,7 @@ def test_on_two_cpus_of_its_own_the_launcher_pins_workers_then_cameras_round_rob
 def test_pinning_is_left_to_the_kernel_where_the_cpus_are_not_the_launchers_to_place(tmp_path: Path):
     config = parse_config(four_cameras(2))
     # A cgroup quota of 2 CPUs on a 64-CPU affinity mask: which 2 is the kernel's business.
-    root = tmp_path / "cgroup"
-    (root / "ctr").mkdir(parents=True)
-    (root / "cgroup.controllers").write_text("cpu\n")
-    (root / "ctr" / "cpu.max").write_text("200000 100000\n")
-    proc = tmp_path / "cgroup_file"
-    proc.write_text("0::/ctr\n")
-    quota = thread_split(config, cpu_budget(proc, root, affinity=64))
+    quota = thread_split(config, two_cpu_quota_on_64(tmp_path))
     assert quota.pinned == () and "cgroup v2 quota" in quota.pinning
     assert set(pinned(plan_stages(config, quota)).values()) == {None}
     # More CPUs than captures and workers: nothing to contend for.
@@ -188,7 +187,7 @@ def test_pinning_is_left_to_the_kernel_where_the_cpus_are_not_the_launchers_to_p
     assert thread_split(config, budget(1)).pinned == ()
     # The setting overrides the rule both ways.
     forced = parse_config({**four_cameras(2), "supervisor": {"pin_cpus": True}})
-    assert thread_split(forced, cpu_budget(proc, root, affinity=64)).pinned == tuple(range(64))
+    assert thread_split(forced, two_cpu_quota_on_64(tmp_path)).pinned == tuple(range(64))
     off = parse_config({**four_cameras(2), "supervisor": {"pin_cpus": False}})
     assert thread_split(off, budget(2)).pinned == ()
     with pytest.raises(ConfigError, match="supervisor.pin_cpus"):
