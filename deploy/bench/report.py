@@ -59,6 +59,10 @@ NOISY_CORES = 0.5
 #: The steadiness probe's median speed after the end-to-end runs over before them below which the report
 #: says the machine itself slowed down meanwhile (a VM's host can do that; no process here shows it).
 SLOWED_SPEED = 0.85
+#: Share of the steadiness probe's windows below 80% of its median, before or after the runs, from which the
+#: report says the host was unsteady: its speed moved within the probe itself, so figures measured at
+#: different moments of this bench (the CPU budget's stages against the pipeline) compare less well.
+UNSTEADY_SHARE = 0.1
 
 
 def noisy_steps(results: dict[str, Any]) -> list[str]:
@@ -203,6 +207,17 @@ def steadiness_text(steady: dict[str, Any]) -> str:
         f"{100 * below['80']:.0f}% of {steady['window_s']:g} s windows below 80% of the median speed "
         f"({100 * below['70']:.0f}% below 70%), the slowest at {100 * steady['slowest']:.0f}%"
     )
+
+
+def unsteady_probes(results: dict[str, Any]) -> dict[str, float]:
+    """The steadiness probes (``before_runs`` / ``after_runs``) with at least UNSTEADY_SHARE of their windows
+    below 80% of their median speed, and that share."""
+    steadiness = results.get("cpu_steadiness") or {}
+    return {
+        when: float(probe["below"]["80"])
+        for when, probe in steadiness.items()
+        if probe and probe.get("below") and probe["below"].get("80", 0.0) >= UNSTEADY_SHARE
+    }
 
 
 def speed_after_runs(results: dict[str, Any]) -> float | None:
@@ -431,6 +446,15 @@ def format_report(results: dict[str, Any]) -> str:
             f"NOTE: after the end-to-end runs the CPU steadiness probe ran at {100 * speed:.0f}% of its speed before "
             "them: the machine itself",
             "  slowed down meanwhile, so some end-to-end figures may be depressed (the probe cannot tell which).",
+        ]
+    unsteady = unsteady_probes(results)
+    if unsteady:
+        shares = ", ".join(f"{when.replace('_', ' ')} {100 * share:.0f}%" for when, share in unsteady.items())
+        lines += [
+            "",
+            f"NOTE: the host was unsteady: windows of the steadiness probe below 80% of its median speed, {shares}.",
+            "  Figures measured minutes apart (the CPU budget's stages alone against the pipeline, one run against",
+            "  another) compare less well than in a steady hour; ratios measured side by side hold up better.",
         ]
     return "\n".join([*lines, "", *_headline_lines(results), "", *_target_lines(results)])
 

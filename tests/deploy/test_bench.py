@@ -35,7 +35,15 @@ from deploy.bench import (
     write_plot,
 )
 from deploy.bench.procstats import watched_cpus
-from deploy.bench.report import README_END, README_START, read_json, readme_table, speed_after_runs, update_readme
+from deploy.bench.report import (
+    README_END,
+    README_START,
+    read_json,
+    readme_table,
+    speed_after_runs,
+    unsteady_probes,
+    update_readme,
+)
 from deploy.bench.settings import used_ports
 from deploy.bench.targets import check_targets
 from deploy.config import ClassifierConfig
@@ -344,8 +352,16 @@ def test_steadiness_counts_the_windows_slower_than_each_share_of_the_median():
     # After the runs at 1 op/s against 100 before: the machine itself slowed down, and the report says so.
     assert speed_after_runs(results) == pytest.approx(0.01)
     assert "NOTE: after the end-to-end runs the CPU steadiness probe ran at 1% of its speed before them" in report
+    # A fifth of the windows before the runs under 80% of the median: the host was unsteady, and the report says so.
+    assert unsteady_probes(results) == {"before_runs": pytest.approx(0.2)}
+    assert (
+        "NOTE: the host was unsteady: windows of the steadiness probe below 80% of its median speed, before runs 20%"
+        in report
+    )
     results["cpu_steadiness"]["after_runs"] = steadiness([90.0, 95.0], 0.2).to_json()
     assert speed_after_runs(results) == pytest.approx(0.925) and "steadiness probe ran at" not in format_report(results)
+    results["cpu_steadiness"]["before_runs"] = steadiness([100.0] * 19 + [75.0], 0.2).to_json()
+    assert unsteady_probes(results) == {} and "host was unsteady" not in format_report(results)
     del results["cpu_steadiness"]["after_runs"]
     assert speed_after_runs(results) is None
 
