@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import pytest
@@ -127,10 +128,24 @@ def test_the_launcher_itself_killed_takes_no_stage_with_it_left_running(tmp_path
         pipe.proc.send_signal(signal.SIGKILL)
         pipe.proc.wait(timeout=10)
         # PR_SET_PDEATHSIG: the kernel sends each stage SIGTERM when the launcher dies.
-        wait_for(lambda: not any(pid_alive(p) for p in pids), timeout=30, what="every stage gone")
+        try:
+            wait_for(lambda: not any(pid_alive(p) for p in pids), timeout=30, what="every stage gone")
+        except AssertionError as exc:
+            left = {stage: process_state(pid) for stage, pid in zip(STAGES, pids, strict=True) if pid_alive(pid)}
+            raise AssertionError(f"{exc}; still running: {left}\n{pipe.log_text()}") from None
     finally:
         pipe.stop()
     assert sys.platform != "linux" or not any(pid_alive(p) for p in pids)
+
+
+def process_state(pid: int) -> str:
+    """A live process's state letter and kernel wait channel (what it is blocked in), for failure messages."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        wchan = Path(f"/proc/{pid}/wchan").read_text().strip() or "-"
+    except OSError:
+        return "gone"
+    return f"pid {pid} state {state} in {wchan}"
 
 
 def rss_mb(pid: int) -> float:
