@@ -131,6 +131,19 @@ class ThrottledLog:
 FRAME_SOCKET_BUFFER = 128 * 1024
 
 
+def proc_stat_fields(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name, numbered from 0 as in proc(5) less 3:
+    [0] the state letter, [11] utime and [12] stime in clock ticks, [16] the nice value. None if the
+    process is gone or there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # The command name, in parentheses, may itself hold spaces and ")": split after its last ")".
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields or None
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` runs: it exists and is not a zombie (exited, not yet reaped)."""
     try:
@@ -139,8 +152,7 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # another user's process: it exists
         return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):  # it ended meanwhile, or there is no /proc (not Linux: kill said it runs)
+    fields = proc_stat_fields(pid)
+    if fields is None:  # it ended meanwhile, or there is no /proc (not Linux: kill said it runs)
         return not os.path.isdir("/proc")
+    return fields[0] != "Z"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from deploy.bench.result import JsonResult
 from emostream.cpu import affinity_cpus
+from emostream.runtime import proc_stat_fields
 
 Sample = tuple[str, dict[str, str], float]
 
@@ -36,13 +37,19 @@ def stage_pids(log_text: str) -> dict[str, int]:
 
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of a live process (all its threads), from /proc; None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+    fields = proc_stat_fields(pid)
+    if fields is None:
         return None
-    # After the ")" that ends the command name, utime and stime are the 12th and 13th fields.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of a live process in MB (``VmRSS`` in /proc/PID/status); None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0) / 1024
+    except (OSError, ValueError):
+        return None
 
 
 def watched_cpus() -> set[int]:

@@ -42,7 +42,7 @@ from typing import Any
 import yaml
 
 from deploy.bench.endtoend import events_socket, start_launcher, stop_launcher, waiting_face_events
-from deploy.bench.procstats import Sample, scrape, stage_pids
+from deploy.bench.procstats import Sample, cpu_seconds, rss_mb, scrape, stage_pids
 from deploy.bench.report import align
 from deploy.bench.settings import BenchSettings, pipeline_config
 from deploy.config import ClassifierConfig
@@ -69,17 +69,15 @@ TABLE_ROWS = 20
 
 def proc_stats(pid: int) -> dict[str, float] | None:
     """RSS (MB), CPU seconds (user + system, all threads) and open file descriptors of ``pid``; None if gone."""
+    rss = rss_mb(pid)
+    cpu_s = cpu_seconds(pid)
     try:
-        with open(f"/proc/{pid}/status") as f:
-            rss_kb = next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
         fds = len(os.listdir(f"/proc/{pid}/fd"))
-    except (OSError, IndexError, ValueError):
+    except OSError:
         return None
-    # After the ")" that ends the command name, utime and stime are the 12th and 13th fields.
-    cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return {"pid": pid, "rss_mb": rss_kb / 1024, "cpu_s": cpu_s, "fds": fds}
+    if rss is None or cpu_s is None:
+        return None
+    return {"pid": pid, "rss_mb": rss, "cpu_s": cpu_s, "fds": fds}
 
 
 def _scrape_order(name: str) -> int:

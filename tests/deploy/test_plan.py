@@ -12,6 +12,7 @@ from deploy.config import ConfigError, parse_config
 from deploy.plan import THREAD_ENV, StageSpec, plan_stages, split_threads, thread_split
 from deploy.supervisor import Supervisor
 from emostream.cpu import CpuBudget, cpu_budget
+from emostream.runtime import proc_stat_fields
 from support import free_port, wait_for
 
 
@@ -150,8 +151,9 @@ def test_the_supervisor_starts_a_stage_at_its_nice_value_on_top_of_the_launchers
     supervisor.start(watch=False)
     try:
         pid = supervisor.states["idle"].process.pid
-        # /proc/PID/stat: the 19th field is the nice value (fields counted after the command name's ")").
-        nice = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+        fields = proc_stat_fields(pid)
+        assert fields is not None
+        nice = int(fields[16])
         assert nice == os.nice(0) + 7
     finally:
         supervisor.stop()

@@ -10,6 +10,7 @@ import subprocess
 import pytest
 
 from emostream.cpu import affinity_cpus
+from emostream.runtime import pid_alive, proc_stat_fields
 from support import PYTHON, REPO, free_ports
 
 STAGES = {
@@ -56,3 +57,29 @@ def test_auto_threads_follow_the_cpu_budget_not_the_host(stage, processes):
     # Auto on two CPUs: two threads.
     two = set(sorted(affinity_cpus())[:2])
     assert f"threads: {POOLS[stage]} 2 (auto)" in budget_line([*argv, "--threads", "0"], two, processes)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_proc_stat_fields_are_counted_after_a_command_name_that_holds_spaces_and_parentheses():
+    # A process may name itself anything (prctl, /proc/self/comm): here "x) S 1 2", which a split on
+    # spaces or on the first ")" would read as its state and fields.
+    child = subprocess.Popen(
+        [
+            PYTHON,
+            "-c",
+            "import os, sys, time; open('/proc/self/comm', 'w').write('x) S 1 2'); print(flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        preexec_fn=lambda: os.nice(5),
+    )
+    try:
+        assert child.stdout is not None
+        child.stdout.readline()  # renamed
+        fields = proc_stat_fields(child.pid)
+        assert fields is not None
+        assert fields[0] in "RS" and int(fields[16]) == os.nice(0) + 5
+        assert pid_alive(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert proc_stat_fields(child.pid) is None and not pid_alive(child.pid)

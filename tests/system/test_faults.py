@@ -21,7 +21,8 @@ import cv2
 import pytest
 import zmq
 
-from emostream.runtime import pid_alive
+from deploy.bench.procstats import rss_mb
+from emostream.runtime import pid_alive, proc_stat_fields
 from emostream.wire import EMOTIONS, EmotionEvent, FaceEmotion, decode_event, encode_event
 from support import REPO, free_port, free_ports, metric_value, scrape, shared_path, wait_for
 from support.pipeline import Pipeline, pipeline_config
@@ -140,17 +141,18 @@ def test_the_launcher_itself_killed_takes_no_stage_with_it_left_running(tmp_path
 
 def process_state(pid: int) -> str:
     """A live process's state letter and kernel wait channel (what it is blocked in), for failure messages."""
+    fields = proc_stat_fields(pid)
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         wchan = Path(f"/proc/{pid}/wchan").read_text().strip() or "-"
     except OSError:
-        return "gone"
-    return f"pid {pid} state {state} in {wchan}"
+        wchan = "?"
+    return "gone" if fields is None else f"pid {pid} state {fields[0]} in {wchan}"
 
 
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+def live_rss_mb(pid: int) -> float:
+    mb = rss_mb(pid)
+    assert mb is not None, f"pid {pid} is gone"
+    return mb
 
 
 @pytest.mark.timeout(240)
@@ -163,10 +165,10 @@ def test_a_stalled_classifier_makes_live_cameras_drop_counted_frames_and_no_queu
     try:
         assert pipe.collect(90, lambda ev: sum(bool(e["faces"]) for e in ev) >= 10), pipe.log_text()
         classifier, detector, capture = (pipe.pid_of(s) for s in ("classifier", "detector-0", "capture-demo"))
-        rss_before = {pid: rss_mb(pid) for pid in (detector, capture)}
+        rss_before = {pid: live_rss_mb(pid) for pid in (detector, capture)}
         os.kill(classifier, signal.SIGSTOP)
         time.sleep(8)  # the fault's length, not a measurement
-        rss_stalled = {pid: rss_mb(pid) for pid in (detector, capture)}
+        rss_stalled = {pid: live_rss_mb(pid) for pid in (detector, capture)}
         os.kill(classifier, signal.SIGCONT)
         resumed_at = time.time()
         fresh = events_after(pipe, resumed_at)
@@ -321,7 +323,7 @@ def test_a_subscriber_that_does_not_read_costs_the_sink_bounded_memory_and_count
         )
         probe.close()
         time.sleep(0.5)  # the slow subscriber connected before the probe: its subscription is in place too
-        rss_start = rss_mb(sink.pid)
+        rss_start = live_rss_mb(sink.pid)
         total = 4 * PUB_HWM
         padding = [FaceEmotion((0, 0, 48, 48), "happy", 0.9, {e: 1 / 7 for e in EMOTIONS})] * 4  # ~1 KB events
         for frame in range(1, total + 1):
@@ -331,7 +333,7 @@ def test_a_subscriber_that_does_not_read_costs_the_sink_bounded_memory_and_count
             timeout=120,
             what="every event through the sink",
         )
-        grown = rss_mb(sink.pid) - rss_start
+        grown = live_rss_mb(sink.pid) - rss_start
         # Without a bound, 40,000 ~1 KB events queued for the slow subscriber would be ~40+ MB.
         assert grown < 30, f"the sink grew {grown:.0f} MB for one subscriber that does not read"
         gaps = FrameGaps()
