@@ -3,7 +3,8 @@
 Children run in their own session so that a Ctrl-C in the terminal reaches the launcher alone and
 the launcher decides the stop order (sources first, so frames in flight drain into the sink). Each
 child also gets SIGTERM from the kernel if the launcher itself dies (PR_SET_PDEATHSIG), so no stage
-outlives it.
+outlives it: one whose stop then hangs exits on its own by the deadline the launcher set in its
+environment (emostream.runtime.STOP_DEADLINE_ENV), since no launcher is left to SIGKILL it.
 
 A stage that hangs without dying (a deadlock, a stuck read, SIGSTOP) is found by its heartbeat: every
 stage's main loop beats :data:`emostream.health.HEALTH`, and its ``/healthz`` answers 503 once the
@@ -35,7 +36,7 @@ from typing import IO
 
 from deploy.plan import Restart, StageSpec
 from emostream import metrics
-from emostream.runtime import EXIT_FATAL
+from emostream.runtime import EXIT_FATAL, STOP_DEADLINE_ENV
 
 log = logging.getLogger("deploy")
 STABLE_AFTER_S = 30.0  # a stage that ran this long is healthy again: its backoff resets
@@ -44,6 +45,9 @@ WATCH_INTERVAL_S = 1.0
 PROBE_TIMEOUT_S = 1.0
 #: No probe in a stage's first seconds: it is loading and binding, and hang_timeout_s is far longer.
 PROBE_GRACE_S = 5.0
+#: How much later than the launcher's stop timeout a stage exits on its own, should its stop hang and
+#: the launcher be gone (emostream.runtime.STOP_DEADLINE_ENV).
+STOP_DEADLINE_SLACK_S = 5.0
 #: How long the exit handling waits for a dead stage's last stderr lines to be relayed.
 RELAY_JOIN_S = 1.0
 #: The longest last stderr line quoted in the launcher's own lines.
@@ -168,7 +172,9 @@ class Supervisor:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def _spawn(self, state: StageState) -> None:
-        env = {**os.environ, **state.spec.env} if state.spec.env else None
+        # The stage's own stop deadline comes after this launcher's SIGKILL: it only acts when no launcher is left to.
+        deadline = {STOP_DEADLINE_ENV: f"{self.stop_timeout_s + STOP_DEADLINE_SLACK_S:g}"}
+        env = {**os.environ, **state.spec.env, **deadline}
         # A stage that follows camera changes reads them from a pipe; the others keep the launcher's stdin.
         stdin = subprocess.PIPE if state.spec.update is not None else None
         state.process = subprocess.Popen(

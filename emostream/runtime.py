@@ -20,6 +20,14 @@ from emostream.security import keys_argument
 #: arguments); the launcher then does not restart it. Any other non-zero exit is a crash.
 EXIT_FATAL = 2
 
+#: Set by the launcher in every stage's environment: seconds after a stop request (SIGTERM, SIGINT)
+#: at which a stage whose shutdown hangs exits on its own with EXIT_STOP_DEADLINE. The launcher
+#: SIGKILLs a stage that outlives its stop timeout, but a launcher that died (SIGKILL, OOM) cannot;
+#: unset, a stage waits for its shutdown as long as it takes.
+STOP_DEADLINE_ENV = "EMOSTREAM_STOP_DEADLINE_S"
+#: The exit code of a stage that did not finish stopping by its deadline (timeout(1)'s code).
+EXIT_STOP_DEADLINE = 124
+
 #: glibc's mallopt parameters (malloc.h) and the values :func:`tune_malloc` sets.
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -90,14 +98,43 @@ def start_process(
     pools = f"; threads: {set_threads(budget)}" if set_threads else ""
     logging.getLogger(name).info("cpu budget: %s%s", budget.describe(), pools)
     stop = threading.Event()
+    deadline_s = stop_deadline_s()
 
     def _request_stop(signum: int, _frame: object) -> None:
         logging.getLogger(name).info("received %s, stopping", signal.Signals(signum).name)
+        if deadline_s is not None and not stop.is_set():
+            timer = threading.Timer(deadline_s, _exit_at_deadline, (name, deadline_s))
+            timer.daemon = True
+            timer.start()
         stop.set()
 
     signal.signal(signal.SIGTERM, _request_stop)
     signal.signal(signal.SIGINT, _request_stop)
     return stop
+
+
+def stop_deadline_s() -> float | None:
+    """The stop deadline the launcher set (STOP_DEADLINE_ENV); None when unset. A value that is no
+    positive number is ignored with a warning: it must not keep a stage from starting."""
+    raw = os.environ.get(STOP_DEADLINE_ENV)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        logging.getLogger(__name__).warning(
+            "%s=%r is no positive number of seconds: no stop deadline", STOP_DEADLINE_ENV, raw
+        )
+        return None
+    return value
+
+
+def _exit_at_deadline(name: str, deadline_s: float) -> None:
+    # os.write, not logging: the thread that hangs may hold the logging lock.
+    os.write(2, f"{name} did not stop within {deadline_s:g} s of the stop request: exiting now\n".encode())
+    os._exit(EXIT_STOP_DEADLINE)
 
 
 class ThrottledLog:

@@ -12,7 +12,7 @@ from deploy.config import ConfigError, parse_config
 from deploy.plan import THREAD_ENV, StageSpec, plan_stages, split_threads, thread_split
 from deploy.supervisor import Supervisor
 from emostream.cpu import CpuBudget, cpu_budget
-from emostream.runtime import proc_stat_fields
+from emostream.runtime import STOP_DEADLINE_ENV, proc_stat_fields
 from support import free_port, wait_for
 
 
@@ -126,6 +126,8 @@ def test_the_supervisor_starts_a_stage_with_its_environment_on_top_of_the_launch
 
         wait_for(read, what="the stage's environment")
         assert environ["OMP_NUM_THREADS"] == "3" and "PATH" in environ
+        # Its own stop deadline, in case this launcher is gone when its stop hangs, comes after the launcher's.
+        assert float(environ[STOP_DEADLINE_ENV]) > supervisor.stop_timeout_s
     finally:
         supervisor.stop()
 

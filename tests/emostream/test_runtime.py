@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from emostream.cpu import affinity_cpus
-from emostream.runtime import pid_alive, proc_stat_fields
+from emostream.runtime import EXIT_STOP_DEADLINE, STOP_DEADLINE_ENV, pid_alive, proc_stat_fields, stop_deadline_s
 from support import PYTHON, REPO, free_ports
 
 STAGES = {
@@ -83,3 +83,51 @@ def test_proc_stat_fields_are_counted_after_a_command_name_that_holds_spaces_and
         child.kill()
         child.wait()
     assert proc_stat_fields(child.pid) is None and not pid_alive(child.pid)
+
+
+HANGS_ON_STOP = """
+import argparse, sys, time
+from emostream.runtime import add_common_args, start_process
+parser = argparse.ArgumentParser()
+add_common_args(parser)
+stop = start_process("stuck", parser.parse_args([]))
+print("ready", flush=True)
+stop.wait()
+print("stopping", flush=True)
+while True:  # a shutdown that never ends: a blocked socket, a thread that is never joined
+    time.sleep(1)
+"""
+
+
+def test_a_stage_whose_stop_hangs_exits_by_the_deadline_in_its_environment():
+    # What a stage does when its launcher died (nobody left to SIGKILL it) and its stop hangs.
+    child = subprocess.Popen(
+        [PYTHON, "-c", HANGS_ON_STOP],
+        cwd=REPO,
+        env={**os.environ, STOP_DEADLINE_ENV: "0.5"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "ready\n"
+        child.send_signal(signal.SIGTERM)
+        assert child.stdout.readline() == "stopping\n"
+        code = child.wait(timeout=60)
+    finally:
+        child.kill()
+    assert code == EXIT_STOP_DEADLINE
+    assert "stuck did not stop within 0.5 s of the stop request" in child.stderr.read()
+
+
+def test_a_stop_deadline_that_is_no_number_is_ignored_with_a_warning(monkeypatch, caplog):
+    monkeypatch.setenv(STOP_DEADLINE_ENV, "soon")
+    assert stop_deadline_s() is None
+    assert STOP_DEADLINE_ENV in caplog.text
+    monkeypatch.setenv(STOP_DEADLINE_ENV, "-1")
+    assert stop_deadline_s() is None
+    monkeypatch.setenv(STOP_DEADLINE_ENV, "7.5")
+    assert stop_deadline_s() == 7.5
+    monkeypatch.delenv(STOP_DEADLINE_ENV)
+    assert stop_deadline_s() is None
