@@ -234,6 +234,7 @@ def _standalone(
     progress.note(
         f"{cls.runtime}: batch 1 {cls.batch1_faces_per_s:.0f} faces/s, "
         f"batch {settings.max_batch} {cls.batched_faces_per_s:.0f} faces/s"
+        + (f"; served on {cls.torch_runtime} {cls.torch_faces_per_s:.0f}" if cls.torch_faces_per_s else "")
     )
     runtime_threads = sorted({1, budget.cpus})
     progress.step(f"classifier runtimes side by side: batch 1 and {settings.max_batch}, threads {runtime_threads}")

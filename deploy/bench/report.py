@@ -160,6 +160,9 @@ def _stage_lines(results: dict[str, Any]) -> list[str]:
     if cls.get("tta_flip_faces_per_s"):
         label = f"classifier {served} batch {cls['max_batch']}, tta flip"
         rows.append([label, _fmt(cls["tta_flip_faces_per_s"]), "faces/s", "", "", ""])
+    if cls.get("torch_faces_per_s"):
+        label = f"classifier served on {cls['torch_runtime']} instead, batch {cls['max_batch']}"
+        rows.append([label, _fmt(cls["torch_faces_per_s"]), "faces/s", "", "", ""])
     # Classifier runtimes side by side, measured in the same run (standalone.measure_runtimes).
     for runtime in cls.get("runtimes") or []:
         threads = f", {runtime['threads']} threads" if runtime.get("threads") else ""

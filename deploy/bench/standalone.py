@@ -112,6 +112,10 @@ class ClassifierResult(Measured):
     cpu_watch: CpuLoad | None = None
     #: Every runtime side by side in the same run (:func:`measure_runtimes`).
     runtimes: list[dict[str, Any]] | None = None
+    #: The same model served on torch (``classifier.runtime: torch``: bf16 where the CPU runs it natively),
+    #: the path the int8 file replaced, at ``max_batch`` in the same rounds; None where torch is what serves.
+    torch_runtime: str | None = None
+    torch_faces_per_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -578,7 +582,8 @@ def measure_classifier(
 ) -> ClassifierResult:
     """The serving model as the classifier serves it (``EmotionModel``, ``classifier.runtime: auto``: the
     fastest of torch and the int8 file at start-up) at batch 1, ``max_batch`` and ``sweep``, and at
-    ``max_batch`` served with flip test-time augmentation (``classifier.tta: flip``).
+    ``max_batch`` served with flip test-time augmentation (``classifier.tta: flip``) and served on torch
+    (``classifier.runtime: torch``), where torch is not what ``auto`` chose.
 
     ``crops`` are real uint8 48x48 faces from the detector; batches cycle through them. The sizes are
     interleaved: each of ``rounds`` rounds times every size in turn (batch 1 on ``batch1_faces /
@@ -598,6 +603,10 @@ def measure_classifier(
     threads = torch.get_num_threads()
     model = EmotionModel(model_path, device="cpu", runtime="auto", threads=threads, batch=max_batch)
     flip_model = EmotionModel(model_path, device="cpu", tta="flip", runtime="auto", threads=threads, batch=max_batch)
+    torch_model = None
+    if not model.runtime.label.startswith("torch"):
+        torch_model = EmotionModel(model_path, device="cpu", runtime="torch", threads=threads, batch=max_batch)
+        torch_model.predict(crops[np.arange(max_batch) % len(crops)])
     sizes = sorted({1, max_batch, *sweep})
     n = len(crops)
     for size in sizes:  # untimed: oneDNN builds its kernels for each new input shape
@@ -605,6 +614,7 @@ def measure_classifier(
     flip_model.predict(crops[np.arange(max_batch) % n])
     per_round: dict[int, list[float]] = {size: [] for size in sizes}
     flip_rates: list[float] = []
+    torch_rates: list[float] = []
     batched_cpu = batched_wall = 0.0
     batched_faces = 0
     offset = 0
@@ -635,6 +645,8 @@ def measure_classifier(
                 batched_faces += calls * size
         calls = max(1, round(batched_batches / rounds))
         flip_rates.append(calls * max_batch / timed_calls(flip_model, max_batch, calls))
+        if torch_model is not None:
+            torch_rates.append(calls * max_batch / timed_calls(torch_model, max_batch, calls))
     by_batch = {size: statistics.median(rates) for size, rates in per_round.items()}
     # FLOPs from the float network: an onnxruntime module is not a torch one to count in.
     flops = count_flops_per_face(load_model(model.source)[0], model.info.input_size)
@@ -660,6 +672,8 @@ def measure_classifier(
         batch1_gflops=batch1 * flops / 1e9,
         cpu_parallelism=batched_cpu / batched_wall if batched_wall > 0 else 0.0,
         cpu_s_per_face=batched_cpu / batched_faces if batched_faces else 0.0,
+        torch_runtime=torch_model.runtime.label if torch_model is not None else None,
+        torch_faces_per_s=statistics.median(torch_rates) if torch_rates else None,
     )
 
 

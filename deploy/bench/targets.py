@@ -111,22 +111,22 @@ def _slowest_stage(results: dict[str, Any]) -> TargetResult:
 
 
 def _over_torch_bf16(results: dict[str, Any]) -> TargetResult:
-    """The classifier as served against torch bf16 on the same machine, in the same run, at the same
-    batch and threads (the runtimes measured side by side)."""
-    target = f"classifier as served ≥ {TARGET_OVER_TORCH_BF16:g}x torch bf16 on the same CPU (batch 64, same threads)"
+    """The classifier as served against the same model served on torch (bf16 where the CPU runs it
+    natively: the path before the int8 file), both whole (preprocessing, the int8 path's near-tie
+    re-score), on the same machine, in the same rounds, at the same batch and threads."""
+    target = (
+        f"classifier as served ≥ {TARGET_OVER_TORCH_BF16:g}x the same model served on torch (bf16 where native), "
+        "same CPU, batch 64, same threads"
+    )
     classifier = results.get("classifier") or {}
-    served = classifier.get("runtime")
-    rows = {
-        (r.get("runtime"), r.get("threads")): r.get("faces_per_s_by_batch") or {}
-        for r in classifier.get("runtimes") or []
-    }
-    threads = max((t for _, t in rows), default=None)
-    batch = str(classifier.get("max_batch", 64))
-    mine, bf16 = rows.get((served, threads), {}).get(batch), rows.get(("torch bf16", threads), {}).get(batch)
-    if not mine or not bf16:
+    mine, theirs = classifier.get("batched_faces_per_s"), classifier.get("torch_faces_per_s")
+    if not mine or not theirs:
         return TargetResult(target, "-", None)
-    measured = f"{served} {_num(mine)} against torch bf16 {_num(bf16)} faces/s ({threads} threads): {mine / bf16:.1f}x"
-    return TargetResult(target, measured, mine / bf16 >= TARGET_OVER_TORCH_BF16)
+    measured = (
+        f"{classifier.get('runtime')} {_num(mine)} against {classifier.get('torch_runtime')} {_num(theirs)} faces/s, "
+        f"both as served ({classifier.get('torch_threads')} threads): {mine / theirs:.2f}x"
+    )
+    return TargetResult(target, measured, mine / theirs >= TARGET_OVER_TORCH_BF16)
 
 
 def _over_baseline(results: dict[str, Any]) -> TargetResult:
