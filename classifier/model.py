@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from pathlib import Path
@@ -15,6 +16,7 @@ from classifier.runtimes import (
     check_runtime,
     near_tie_gap,
     near_tie_rescorer,
+    one_torch_thread,
     rescore_near_ties,
     select_runtime,
 )
@@ -149,15 +151,18 @@ class EmotionModel:
         """Calibrated probabilities (N, classes) as float32 for uint8 crops (N, H, W)."""
         if crops.shape[0] == 0:
             return np.empty((0, len(self.class_names)), dtype=np.float32)
-        x = self._to_input(crops)
-        logits = forward_with_tta(self.runtime, x, self.tta)  # the runtime applies bf16 autocast where it serves
-        if self._rescorer is not None:
-            rescorer = self._rescorer
-            logits = rescore_near_ties(
-                logits, x, lambda near: forward_with_tta(rescorer, near, self.tta), self.near_tie_gap
-            )
-        probs = torch.softmax(logits.float() / self.temperature, dim=1)
-        return probs.cpu().numpy()
+        # Where an ONNX engine serves, torch only prepares the batch and the probabilities: on more than one
+        # thread its OpenMP workers, spinning after each small op, take the CPU the engine's threads need.
+        with one_torch_thread() if self.runtime.name != "torch" else contextlib.nullcontext():
+            x = self._to_input(crops)
+            logits = forward_with_tta(self.runtime, x, self.tta)  # the runtime applies bf16 autocast where it serves
+            if self._rescorer is not None:
+                rescorer = self._rescorer
+                logits = rescore_near_ties(
+                    logits, x, lambda near: forward_with_tta(rescorer, near, self.tta), self.near_tie_gap
+                )
+            probs = torch.softmax(logits.float() / self.temperature, dim=1)
+            return probs.cpu().numpy()
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8, 32)) -> None:
         """Run a few batches so the first real frames do not pay one-off allocation costs."""

@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -189,6 +190,33 @@ def test_tta_runs_on_the_onnx_engines(faces: np.ndarray, float_onnx: Path, engin
     torch_flip = EmotionModel(device="cpu", bf16=False, runtime="torch", tta="flip").predict(faces[:200])
     engine_flip = EmotionModel(float_onnx, runtime=engine, tta="flip").predict(faces[:200])
     assert agreement(engine_flip, torch_flip) >= 0.99 and np.abs(engine_flip - torch_flip).max() < 1e-3
+
+
+@pytest.mark.parametrize("runtime", ["torch", *ONNX_ENGINES])
+def test_torch_prepares_an_onnx_engines_batch_on_one_thread_and_serves_its_own_on_its_threads(
+    faces: np.ndarray, monkeypatch: pytest.MonkeyPatch, runtime: str
+) -> None:
+    # torch's idle OpenMP workers spin after each op and would take the cores an ONNX engine's threads need.
+    if runtime != "torch" and not SHIPPED_INT8.is_file():
+        pytest.skip(f"{SHIPPED_INT8} is not shipped")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        served = EmotionModel(device="cpu", runtime=runtime, threads=2)
+        engine = type(served.runtime)
+        seen: list[int] = []
+        real_call = engine.__call__
+
+        def call(self: Any, x: torch.Tensor) -> torch.Tensor:
+            seen.append(torch.get_num_threads())
+            return real_call(self, x)
+
+        monkeypatch.setattr(engine, "__call__", call)
+        served.predict(faces[:64])
+        assert seen == ([2] if runtime == "torch" else [1])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_auto_times_the_candidates_and_logs_one_line_naming_the_winner(caplog: pytest.LogCaptureFixture) -> None:
