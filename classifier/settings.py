@@ -106,8 +106,9 @@ class ClassifierSettings(BaseModel):
         Field(
             ge=0,
             le=256,
-            description="torch and onnxruntime CPU threads; 0: auto, the CPUs this process may use (affinity and "
-            "cgroup quota), under the launcher an equal share with each detector worker (deploy/plan.py)",
+            description="the serving engine's CPU threads (torch, onnxruntime or OpenVINO); 0: auto, the CPUs this "
+            "process may use (affinity and cgroup quota), under the launcher an equal share with each detector worker "
+            "(deploy/plan.py)",
         ),
     ] = 1
     # Eight frames: a third of a second at 25 fps, shorter than a real expression, long enough to
