@@ -128,8 +128,9 @@ def rescore_near_ties(
 
 @contextmanager
 def one_torch_thread() -> Iterator[None]:
-    """torch on one intra-op thread for the block: a re-score is a few faces, and on a machine whose cores the
-    other stages keep busy a thread team waits for its slowest, descheduled member (docs/model.md)."""
+    """torch on one intra-op thread for the block, its count restored after. For a re-score (a few faces: on a
+    machine whose cores the other stages keep busy a thread team waits for its slowest, descheduled member,
+    docs/model.md) and for torch's part beside an ONNX engine (``EmotionModel.predict``)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -6,6 +6,7 @@ import argparse
 import ctypes
 import ctypes.util
 import logging
+import math
 import os
 import signal
 import threading
@@ -123,7 +124,7 @@ def stop_deadline_s() -> float | None:
         value = float(raw)
     except ValueError:
         value = 0.0
-    if not value > 0 or value == float("inf"):
+    if not (value > 0 and math.isfinite(value)):  # NaN fails both
         logging.getLogger(__name__).warning(
             "%s=%r is no positive number of seconds: no stop deadline", STOP_DEADLINE_ENV, raw
         )

@@ -604,7 +604,7 @@ def measure_classifier(
     model = EmotionModel(model_path, device="cpu", runtime="auto", threads=threads, batch=max_batch)
     flip_model = EmotionModel(model_path, device="cpu", tta="flip", runtime="auto", threads=threads, batch=max_batch)
     torch_model = None
-    if not model.runtime.label.startswith("torch"):
+    if model.runtime.name != "torch":
         torch_model = EmotionModel(model_path, device="cpu", runtime="torch", threads=threads, batch=max_batch)
         torch_model.predict(crops[np.arange(max_batch) % len(crops)])
     sizes = sorted({1, max_batch, *sweep})
