@@ -32,6 +32,7 @@ from emostream.onnxmodel import (
     OnnxModule,
     OpenVinoModule,
     call_engine,
+    import_openvino,
     is_onnx,
     openvino_logits,
     openvino_request,
@@ -149,8 +150,7 @@ class OpenVinoProgramRuntime:
     bf16 = False
 
     def __init__(self, path: Path) -> None:
-        import openvino
-
+        openvino = import_openvino()
         program, self.info = load_program(path)
         self.path = path
         try:

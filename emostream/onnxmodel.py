@@ -12,6 +12,7 @@ CPU plugin. Which is faster depends on the CPU (docs/benchmarks.md); both read t
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -133,6 +134,24 @@ class OnnxModule(_OnnxFileModule):
         return self.session.run(None, {self.input_name: batch})[0]
 
 
+#: OpenVINO's usage-telemetry package. Its model converter (``openvino.convert_model``) sends usage events to
+#: Google Analytics from a forked child and writes a client id under ``~/intel``, unless a consent file there
+#: declines; each of its modules falls back to a stub of its own when this package cannot be imported.
+OPENVINO_TELEMETRY = "openvino_telemetry"
+
+
+def import_openvino() -> Any:
+    """The ``openvino`` module, with its usage telemetry left out: a service watching cameras sends nothing
+    anywhere of its own accord, and forks nothing. The one place emostream imports OpenVINO. ImportError
+    when it is not installed."""
+    if OPENVINO_TELEMETRY not in sys.modules:
+        # None in sys.modules makes ``import openvino_telemetry`` raise ImportError, so OpenVINO takes its stub.
+        sys.modules[OPENVINO_TELEMETRY] = None  # type: ignore[assignment]
+    import openvino
+
+    return openvino
+
+
 def openvino_request(model: Any, threads: int, what: Path) -> Any:
     """An infer request for ``model`` (an ``.onnx`` path or an ``openvino.Model``) compiled for the CPU.
 
@@ -142,7 +161,7 @@ def openvino_request(model: Any, threads: int, what: Path) -> Any:
     the machine. ModelFileError, naming ``what``, when OpenVINO is missing or cannot compile it.
     """
     try:
-        import openvino
+        openvino = import_openvino()
     except ImportError as exc:
         raise ModelFileError(f"{what}: the openvino package is not installed ({exc})") from exc
     config: dict[str, Any] = {

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from classifier.runtimes import (
 from classifier.settings import SHIPPED_ACCURATE_MODEL, SHIPPED_MODEL, ClassifierSettings
 from emostream.cpu import cpu_info
 from emostream.modelinfo import ModelFileError
-from support import shared_path
+from support import PYTHON, REPO, shared_path
 from training.data import load_dataset
 
 SHIPPED_INT8 = int8_beside(SHIPPED_MODEL)
@@ -143,6 +145,24 @@ def test_the_near_tie_rescorer_is_the_pt2_in_float32_on_openvino(faces: np.ndarr
     threads = torch.get_num_threads()
     fallback = TorchRescoreRuntime(model)
     assert torch.allclose(fallback(x[:3]), reference[:3], atol=1e-5) and torch.get_num_threads() == threads
+
+
+def test_compiling_the_rescorer_sends_no_usage_telemetry(tmp_path: Path) -> None:
+    # OpenVINO's converter, left to itself, writes a client id under ~/intel and forks a child to send usage
+    # events; the classifier must do neither. A fresh process, so nothing imported here decides it.
+    code = (
+        "import multiprocessing, sys\n"
+        "from pathlib import Path\n"
+        "from classifier.runtimes import OpenVinoProgramRuntime\n"
+        f"OpenVinoProgramRuntime(Path({str(SHIPPED_MODEL)!r}))\n"
+        "print(sys.modules['openvino_telemetry'], len(multiprocessing.active_children()))\n"
+    )
+    env = {**os.environ, "HOME": str(tmp_path)}
+    env.pop("CI", None)  # OpenVINO's telemetry stays quiet in CI by itself; the test is of emostream's opt-out.
+    done = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["None", "0"]
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("engine", list(ONNX_ENGINES))
