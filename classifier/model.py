@@ -137,14 +137,24 @@ class EmotionModel:
         """The torch module when torch serves (Grad-CAM, FLOP counts), else the ONNX engine's runtime."""
         return getattr(self.runtime, "module", self.runtime)
 
-    def _to_input(self, crops: np.ndarray) -> torch.Tensor:
+    def prepare(self, crops: np.ndarray) -> torch.Tensor:
+        """uint8 crops (N, H, W) as the model's float32 input (N, 1, H, W) on its device."""
         x = torch.from_numpy(np.ascontiguousarray(crops)).unsqueeze(1)
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
+        return self.normalise(x)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """A uint8 batch (N, 1, H, W) as the model's input, on its device: scaled, normalised, resized to the
+        model's input size if it differs."""
         x = x.float().mul_(self._scale).sub_(self._shift)
         if tuple(x.shape[-2:]) != tuple(self.info.input_size):
             x = torch.nn.functional.interpolate(x, size=self.info.input_size, mode="area")
         return x
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated probabilities from the served recipe's logits (its fitted temperature)."""
+        return torch.softmax(logits.float() / self.temperature, dim=1)
 
     @torch.inference_mode()
     def predict(self, crops: np.ndarray) -> np.ndarray:
@@ -154,15 +164,14 @@ class EmotionModel:
         # Where an ONNX engine serves, torch only prepares the batch and the probabilities: on more than one
         # thread its OpenMP workers, spinning after each small op, take the CPU the engine's threads need.
         with one_torch_thread() if self.runtime.name != "torch" else contextlib.nullcontext():
-            x = self._to_input(crops)
+            x = self.prepare(crops)
             logits = forward_with_tta(self.runtime, x, self.tta)  # the runtime applies bf16 autocast where it serves
             if self._rescorer is not None:
                 rescorer = self._rescorer
                 logits = rescore_near_ties(
                     logits, x, lambda near: forward_with_tta(rescorer, near, self.tta), self.near_tie_gap
                 )
-            probs = torch.softmax(logits.float() / self.temperature, dim=1)
-            return probs.cpu().numpy()
+            return self.probabilities(logits).cpu().numpy()
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8, 32)) -> None:
         """Run a few batches so the first real frames do not pay one-off allocation costs."""
