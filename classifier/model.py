@@ -56,6 +56,8 @@ class EmotionModel:
     int8 file beside the ``.pt2``, on the CPU with ``threads`` threads; ``auto`` times the candidates at start-up.
     Preprocessing (scale, normalise, resize if the crop size differs) is one vectorised op over the
     whole batch. ``tta="flip"`` averages each face's logits with its mirror image's (see emostream.modelfile).
+    Serving an int8 file made from the ``.pt2``, the faces whose top two int8 logits are near ties go to the
+    ``.pt2`` in float32 unless ``rescore_near_ties`` is False.
     ``path`` and ``version`` name the file that serves (an int8 file when that won), ``source`` the one given.
     """
 
@@ -69,6 +71,7 @@ class EmotionModel:
         threads: int = 0,
         batch: int = 64,
         announce: bool = True,
+        rescore_near_ties: bool = True,
     ) -> None:
         self.tta = check_tta(tta)  # before the model loads: a bad name fails at once
         check_runtime(runtime)
@@ -85,7 +88,7 @@ class EmotionModel:
         self.near_tie_gap = near_tie_gap(self.runtime.info) if self.runtime.path != self.source else 0.0
         self._rescorer: Rescorer | None = None
         rescorer_note = ""
-        if self.near_tie_gap > 0:
+        if self.near_tie_gap > 0 and rescore_near_ties:
             self._rescorer, rescorer_note = near_tie_rescorer(self.source)
         self.bf16 = self.runtime.bf16
         self.path = self.runtime.path
@@ -121,12 +124,25 @@ class EmotionModel:
             self.bf16,
             tta,
             self.temperature,
-            f", near ties (top two logits under {self.near_tie_gap:g} apart) re-scored by {self.source.name} "
-            f"in float32 on {self._rescorer.label}{' (' + rescorer_note + ')' if rescorer_note else ''}"
-            if self._rescorer is not None
-            else "",
+            self._near_ties_note(rescorer_note),
         )
         log.log(level, "%s", self.selection.describe())
+
+    @property
+    def rescores_near_ties(self) -> bool:
+        """Whether the faces an int8 file may misrank go to the ``.pt2`` in float32 (see ``near_tie_gap``)."""
+        return self._rescorer is not None
+
+    def _near_ties_note(self, rescorer_note: str) -> str:
+        if self._rescorer is not None:
+            why_not_openvino = f" ({rescorer_note})" if rescorer_note else ""
+            return (
+                f", near ties (top two logits under {self.near_tie_gap:g} apart) re-scored by {self.source.name} "
+                f"in float32 on {self._rescorer.label}{why_not_openvino}"
+            )
+        if self.near_tie_gap > 0:
+            return f", near ties (top two logits under {self.near_tie_gap:g} apart) kept as int8 ranks them"
+        return ""
 
     def describe(self) -> str:
         """The log line naming what serves: ``serving FILE (version V, runtime R)``."""
@@ -193,4 +209,5 @@ def serving_model(settings: ClassifierSettings, path: str | Path | None = None) 
         threads=thread_budget(settings.threads),
         batch=settings.max_batch,
         announce=path is None,
+        rescore_near_ties=settings.rescore_near_ties,
     )

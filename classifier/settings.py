@@ -92,6 +92,15 @@ class ClassifierSettings(BaseModel):
         ),
         Cli(metavar="{auto,on,off}", parse=parse_switch, format=format_switch),
     ] = None
+    rescore_near_ties: Annotated[
+        bool,
+        Field(
+            description="serving the int8 file made from a .pt2: re-score in float32 the faces whose top two int8 "
+            "logits lie closer than the gap its export recorded, so that the served top class is float32's whichever "
+            "engine serves; off: int8's own ranking, for less CPU per face (docs/model.md, near ties)"
+        ),
+        Cli(flag="--keep-near-ties"),
+    ] = True
     tta: Annotated[
         TtaMode,
         Field(

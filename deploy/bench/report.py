@@ -163,6 +163,9 @@ def _stage_lines(results: dict[str, Any]) -> list[str]:
     if cls.get("torch_faces_per_s"):
         label = f"classifier served on {cls['torch_runtime']} instead, batch {cls['max_batch']}"
         rows.append([label, _fmt(cls["torch_faces_per_s"]), "faces/s", "", "", ""])
+    if cls.get("near_ties_kept_faces_per_s"):
+        label = f"classifier as served with int8's near ties kept (rescore_near_ties false), batch {cls['max_batch']}"
+        rows.append([label, _fmt(cls["near_ties_kept_faces_per_s"]), "faces/s", "", "", ""])
     # Classifier runtimes side by side, measured in the same run (standalone.measure_runtimes).
     for runtime in cls.get("runtimes") or []:
         threads = f", {runtime['threads']} threads" if runtime.get("threads") else ""

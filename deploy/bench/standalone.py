@@ -116,6 +116,9 @@ class ClassifierResult(Measured):
     #: the path the int8 file replaced, at ``max_batch`` in the same rounds; None where torch is what serves.
     torch_runtime: str | None = None
     torch_faces_per_s: float | None = None
+    #: The same served path with int8's near ties kept (``classifier.rescore_near_ties: false``) at
+    #: ``max_batch`` in the same rounds; None where nothing is re-scored.
+    near_ties_kept_faces_per_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -603,10 +606,15 @@ def measure_classifier(
     threads = torch.get_num_threads()
     model = EmotionModel(model_path, device="cpu", runtime="auto", threads=threads, batch=max_batch)
     flip_model = EmotionModel(model_path, device="cpu", tta="flip", runtime="auto", threads=threads, batch=max_batch)
-    torch_model = None
+    torch_model = kept_model = None
     if model.runtime.name != "torch":
         torch_model = EmotionModel(model_path, device="cpu", runtime="torch", threads=threads, batch=max_batch)
         torch_model.predict(crops[np.arange(max_batch) % len(crops)])
+    if model.rescores_near_ties:
+        kept_model = EmotionModel(
+            model_path, "cpu", runtime=model.runtime.name, threads=threads, batch=max_batch, rescore_near_ties=False
+        )
+        kept_model.predict(crops[np.arange(max_batch) % len(crops)])
     sizes = sorted({1, max_batch, *sweep})
     n = len(crops)
     for size in sizes:  # untimed: oneDNN builds its kernels for each new input shape
@@ -615,6 +623,7 @@ def measure_classifier(
     per_round: dict[int, list[float]] = {size: [] for size in sizes}
     flip_rates: list[float] = []
     torch_rates: list[float] = []
+    kept_rates: list[float] = []
     batched_cpu = batched_wall = 0.0
     batched_faces = 0
     offset = 0
@@ -647,6 +656,8 @@ def measure_classifier(
         flip_rates.append(calls * max_batch / timed_calls(flip_model, max_batch, calls))
         if torch_model is not None:
             torch_rates.append(calls * max_batch / timed_calls(torch_model, max_batch, calls))
+        if kept_model is not None:
+            kept_rates.append(calls * max_batch / timed_calls(kept_model, max_batch, calls))
     by_batch = {size: statistics.median(rates) for size, rates in per_round.items()}
     # FLOPs from the float network: an onnxruntime module is not a torch one to count in.
     flops = count_flops_per_face(load_model(model.source)[0], model.info.input_size)
@@ -674,6 +685,7 @@ def measure_classifier(
         cpu_s_per_face=batched_cpu / batched_faces if batched_faces else 0.0,
         torch_runtime=torch_model.runtime.label if torch_model is not None else None,
         torch_faces_per_s=statistics.median(torch_rates) if torch_rates else None,
+        near_ties_kept_faces_per_s=statistics.median(kept_rates) if kept_rates else None,
     )
 
 

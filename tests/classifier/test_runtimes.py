@@ -203,6 +203,14 @@ def test_an_int8_file_that_records_a_near_tie_gap_hands_its_near_ties_to_float32
     rescored = np.abs(probs - plain_probs).max(1) > 0
     assert 0 < rescored.mean() < 0.1
     assert np.allclose(probs[rescored], torch_probs[rescored], atol=1e-5)
+    # classifier.rescore_near_ties false: the same file served with int8's own ranking, nothing compiled for it.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="classifier"):
+        kept = EmotionModel(model, device="cpu", runtime=engine, threads=1, rescore_near_ties=False)
+    assert served.rescores_near_ties and not kept.rescores_near_ties and kept.near_tie_gap == gap
+    assert any("near ties (top two logits under 0.1 apart) kept as int8 ranks them" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+    assert np.array_equal(kept.predict(faces), plain_probs)
 
 
 @pytest.mark.parametrize("engine", list(ONNX_ENGINES))

@@ -459,6 +459,14 @@ def test_the_report_names_the_cpu_its_flags_and_usable_cpus_and_checks_the_targe
     )
     with_torch["classifier"]["torch_faces_per_s"] = 1500.0
     assert check_targets(with_torch)[1].met is False
+    # The verdict is the default's; the faster setting that keeps int8's near ties is reported beside it.
+    with_torch["classifier"]["near_ties_kept_faces_per_s"] = 3300.0
+    kept = check_targets(with_torch)[1]
+    assert kept.met is False and kept.measured.endswith("both as served (2 threads): 1.60x (near ties kept: 2.20x)")
+    report_line = next(line for line in format_report(with_torch).splitlines() if "near ties kept (" in line)
+    assert " ".join(report_line.split()) == (
+        "classifier as served with int8's near ties kept (rescore_near_ties false), batch 64 3,300.0 faces/s"
+    )
     without = fixed_results(MACHINE)
     without["runs"] = without["runs"][:2]
     assert "no realtime run offered 100 frames/s" in format_report(without)

@@ -150,6 +150,11 @@ def test_stage_settings_reach_the_stage_command_lines_and_the_stage_parsers_acce
     fixed_cls = next(s for s in plan_stages(fixed) if s.name == "classifier")
     assert "--fixed-wait" in fixed_cls.args and not classifier_parser().parse_args(fixed_cls.args).adaptive_wait
     assert classifier_parser().parse_args(fixed_cls.args).tta == "none", "no test-time augmentation by default"
+    assert cls_args.rescore_near_ties, "int8's near ties go to float32 by default"
+    kept = parse_config({"cameras": [{"id": "a", "source": "demo"}], "classifier": {"rescore_near_ties": False}})
+    kept_cls = next(s for s in plan_stages(kept) if s.name == "classifier")
+    assert "--keep-near-ties" in kept_cls.args
+    assert not classifier_parser().parse_args(kept_cls.args).rescore_near_ties
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "deploy" / "examples").glob("*.yaml")), ids=lambda p: p.name)

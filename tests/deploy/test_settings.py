@@ -107,6 +107,7 @@ CUSTOM = {
         "device": "cpu",
         "runtime": "torch",
         "bf16": False,
+        "rescore_near_ties": False,
         "tta": "flip",
         "threads": 2,
         "smoothing_window": 1,
