@@ -132,16 +132,16 @@ def agreement(
     return float((top == reference[:count].argmax(1)).mean())
 
 
-def module_call(model: EmotionModel, device: torch.device, bf16: bool) -> Callable[[np.ndarray], Any]:
+def module_call(model: EmotionModel) -> Callable[[np.ndarray], Any]:
     """The module alone on a device-resident batch: each crop batch is moved once, ahead, and cached."""
     cache: dict[int, torch.Tensor] = {}
-    module = model.module
+    module, device = model.module, model.device
 
     def call(crops: np.ndarray) -> Any:
         key = id(crops)
         if key not in cache:
             cache[key] = model.prepare(crops).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=model.bf16):
             out = module(cache[key])
         if device.type == "cuda":
             torch.cuda.current_stream().synchronize()
@@ -180,7 +180,7 @@ def measure_model(
             if case == "served":
                 call = served.predict
             elif case == "module":
-                call = module_call(served, device, served.bf16)
+                call = module_call(served)
             elif case == "graph":
                 call = GraphedStep(served, batch)
             else:  # compiled: the served step with the module swapped for its compiled form
